@@ -1,0 +1,23 @@
+//! Load-time settings of the XDP program, written into its read-only data
+//! before it is loaded.
+
+/// The `SETTINGS` global of the `hola` program.
+///
+/// The outer source address of a tunnelled packet is
+/// `(base & !mask) | (flow_hash & mask)`, so that the backend's NIC spreads
+/// tunnelled flows over its receive queues. Addresses in network byte order;
+/// masks in host byte order over the last 32 bits of the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub tunnel_src_v4: [u8; 4],
+    /// Host bits of the IPv4 tunnel source taken from the flow hash.
+    pub tunnel_src_v4_mask: u32,
+    pub tunnel_src_v6: [u8; 16],
+    /// Host bits of the last 32 bits of the IPv6 tunnel source.
+    pub tunnel_src_v6_mask: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Settings>() == 32);
+
+crate::pod!(Settings);

@@ -1,0 +1,103 @@
+//! Counters. All of them live in per-CPU arrays; userspace sums the CPUs.
+
+/// One element of `VIP_STATS`, indexed by `VipMeta::vip_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flow-table misses that were assigned a backend.
+    pub new_flows: u64,
+    /// Packets dropped because the VIP had no usable backend.
+    pub no_backend: u64,
+}
+const _: () = assert!(core::mem::size_of::<VipStats>() == 32);
+
+/// One element of `BACKEND_STATS`, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub _reserved: u64,
+}
+const _: () = assert!(core::mem::size_of::<BackendStats>() == 32);
+
+/// One element of `REASONS`, indexed by [`Reason`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReasonStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<ReasonStats>() == 16);
+
+/// Why the program returned the verdict it did. Every packet is counted under
+/// exactly one reason. The enum is only an index: the map stores plain
+/// [`ReasonStats`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// XDP_PASS: not IPv4 or IPv6 (ARP, LLDP, ...).
+    PassNotIp = 0,
+    /// XDP_PASS: more than one VLAN tag.
+    PassVlanStack = 1,
+    /// XDP_PASS: IP, but not addressed to a VIP (address, port or protocol).
+    PassNotVip = 2,
+    /// XDP_PASS: IPv6 to a VIP address with extension headers (not balanced yet).
+    PassIpv6ExtHdr = 3,
+    /// XDP_DROP: a header is truncated or impossible.
+    DropMalformed = 4,
+    /// XDP_DROP: an IPv4 fragment addressed to a VIP address.
+    DropFragment = 5,
+    /// XDP_DROP: the VIP has no backend to send a new flow to.
+    DropNoBackend = 6,
+    /// XDP_DROP: the chosen backend's next-hop MAC is not resolved yet.
+    DropNoNexthop = 7,
+    /// XDP_TX/XDP_REDIRECT: flow-table hit.
+    FwdEstablished = 8,
+    /// XDP_TX/XDP_REDIRECT: flow-table miss; the backend came from Maglev.
+    FwdNewFlow = 9,
+    /// XDP_ABORTED: a helper failed (head adjustment, redirect).
+    Aborted = 10,
+}
+
+impl Reason {
+    /// Number of reasons: the size of the `REASONS` array.
+    pub const COUNT: u32 = 11;
+
+    /// Every reason, in index order.
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::PassNotIp,
+        Reason::PassVlanStack,
+        Reason::PassNotVip,
+        Reason::PassIpv6ExtHdr,
+        Reason::DropMalformed,
+        Reason::DropFragment,
+        Reason::DropNoBackend,
+        Reason::DropNoNexthop,
+        Reason::FwdEstablished,
+        Reason::FwdNewFlow,
+        Reason::Aborted,
+    ];
+
+    /// Stable snake_case name used in stats output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIp => "pass_not_ip",
+            Reason::PassVlanStack => "pass_vlan_stack",
+            Reason::PassNotVip => "pass_not_vip",
+            Reason::PassIpv6ExtHdr => "pass_ipv6_ext_hdr",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropFragment => "drop_fragment",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::DropNoNexthop => "drop_no_nexthop",
+            Reason::FwdEstablished => "fwd_established",
+            Reason::FwdNewFlow => "fwd_new_flow",
+            Reason::Aborted => "aborted",
+        }
+    }
+}
+
+crate::pod!(VipStats, BackendStats, ReasonStats);

@@ -1,0 +1,181 @@
+//! Rewriting a packet toward its backend and choosing how it leaves.
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use lb_common::{Backend, Reason, Settings};
+
+use crate::{
+    csum,
+    maps::TX_PORTS,
+    parse::{
+        eth::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
+        ipv4::IPV4_HLEN,
+        ipv6::IPV6_HLEN,
+        ptr_at,
+    },
+};
+
+/// Load-time settings, filled in by userspace before the program is loaded.
+#[unsafe(no_mangle)]
+static SETTINGS: Settings = Settings {
+    tunnel_src_v4: [0; 4],
+    tunnel_src_v4_mask: 0,
+    tunnel_src_v6: [0; 16],
+    tunnel_src_v6_mask: 0,
+    _pad: 0,
+};
+
+#[inline(always)]
+fn settings() -> Settings {
+    // SAFETY: a read of our own static; volatile so that the compiler does not
+    // fold the placeholder values in (userspace rewrites them at load time).
+    unsafe { core::ptr::read_volatile(&SETTINGS) }
+}
+
+/// What encapsulation needs to know about the packet being wrapped.
+#[derive(Clone, Copy)]
+pub enum Inner {
+    V4 { tot_len: u16, tos: u8 },
+    V6 { payload_len: u16, tclass: u8 },
+}
+
+/// Direct server return: the frame goes to the backend's MAC from ours.
+#[inline(always)]
+pub fn rewrite_macs(ctx: &XdpContext, b: &Backend) -> Result<(), Reason> {
+    let h: *mut [u8; 12] = ptr_at(ctx, 0)?;
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&b.dmac);
+    macs[6..].copy_from_slice(&b.smac);
+    // SAFETY: ptr_at checked that 12 bytes are in the packet.
+    unsafe { h.write_unaligned(macs) };
+    Ok(())
+}
+
+/// Wraps the packet in an outer IPv4 (IP-in-IP) or IPv6 (IPv6-in-IPv6)
+/// header addressed to the backend. A VLAN tag stays on the outer frame.
+#[inline(always)]
+pub fn encap(
+    ctx: &XdpContext,
+    l3_off: usize,
+    b: &Backend,
+    inner: Inner,
+    hash: u32,
+) -> Result<(), Reason> {
+    let vlan = l3_off != ETH_HLEN;
+    // The tag (if any) is copied from its old place before it is overwritten;
+    // the old and new places never overlap (the header grows by 20 or 40).
+    let tag = if vlan {
+        let t: *const [u8; 4] = ptr_at(ctx, ETH_HLEN - 2)?;
+        // SAFETY: ptr_at checked the bounds.
+        Some(unsafe { t.read_unaligned() })
+    } else {
+        None
+    };
+    let s = settings();
+    match inner {
+        Inner::V4 { tot_len, tos } => {
+            grow(ctx, IPV4_HLEN)?;
+            write_l2(ctx, b, tag, ETH_P_IP)?;
+            let src = (u32::from_be_bytes(s.tunnel_src_v4) & !s.tunnel_src_v4_mask)
+                | (hash & s.tunnel_src_v4_mask);
+            let len = (tot_len as usize + IPV4_HLEN) as u16;
+            let mut h = [0u8; IPV4_HLEN];
+            h[0] = 0x45;
+            h[1] = tos;
+            h[2..4].copy_from_slice(&len.to_be_bytes());
+            h[8] = 64;
+            h[9] = 4; // IPPROTO_IPIP
+            h[12..16].copy_from_slice(&src.to_be_bytes());
+            h[16..20].copy_from_slice(&b.addr[..4]);
+            let c = csum::ipv4_header(&h);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            let p: *mut [u8; IPV4_HLEN] = if vlan {
+                ptr_at(ctx, ETH_HLEN + 4)?
+            } else {
+                ptr_at(ctx, ETH_HLEN)?
+            };
+            // SAFETY: ptr_at checked the bounds.
+            unsafe { p.write_unaligned(h) };
+        }
+        Inner::V6 {
+            payload_len,
+            tclass,
+        } => {
+            grow(ctx, IPV6_HLEN)?;
+            write_l2(ctx, b, tag, ETH_P_IPV6)?;
+            let mut src = s.tunnel_src_v6;
+            let low = (u32::from_be_bytes([src[12], src[13], src[14], src[15]])
+                & !s.tunnel_src_v6_mask)
+                | (hash & s.tunnel_src_v6_mask);
+            src[12..16].copy_from_slice(&low.to_be_bytes());
+            let len = (payload_len as usize + IPV6_HLEN) as u16;
+            let flow_label = hash & 0x000f_ffff;
+            let mut h = [0u8; IPV6_HLEN];
+            h[0] = 0x60 | (tclass >> 4);
+            h[1] = (tclass << 4) | (flow_label >> 16) as u8;
+            h[2] = (flow_label >> 8) as u8;
+            h[3] = flow_label as u8;
+            h[4..6].copy_from_slice(&len.to_be_bytes());
+            h[6] = 41; // IPPROTO_IPV6
+            h[7] = 64;
+            h[8..24].copy_from_slice(&src);
+            h[24..40].copy_from_slice(&b.addr);
+            let p: *mut [u8; IPV6_HLEN] = if vlan {
+                ptr_at(ctx, ETH_HLEN + 4)?
+            } else {
+                ptr_at(ctx, ETH_HLEN)?
+            };
+            // SAFETY: ptr_at checked the bounds.
+            unsafe { p.write_unaligned(h) };
+        }
+    }
+    Ok(())
+}
+
+/// Makes `len` bytes of room in front of the packet.
+#[inline(always)]
+fn grow(ctx: &XdpContext, len: usize) -> Result<(), Reason> {
+    // SAFETY: the helper only moves ctx->data; every later access is
+    // bounds-checked against the new data/data_end.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(len as i32)) } != 0 {
+        return Err(Reason::Aborted);
+    }
+    Ok(())
+}
+
+/// Writes the Ethernet header (and tag) at the new start of the packet.
+#[inline(always)]
+fn write_l2(ctx: &XdpContext, b: &Backend, tag: Option<[u8; 4]>, proto: u16) -> Result<(), Reason> {
+    let p = proto.to_be_bytes();
+    match tag {
+        Some(t) => {
+            let h: *mut [u8; ETH_HLEN + 4] = ptr_at(ctx, 0).map_err(|_| Reason::Aborted)?;
+            let mut e = [0u8; ETH_HLEN + 4];
+            e[..6].copy_from_slice(&b.dmac);
+            e[6..12].copy_from_slice(&b.smac);
+            e[12..16].copy_from_slice(&t);
+            e[16..18].copy_from_slice(&p);
+            // SAFETY: ptr_at checked the bounds.
+            unsafe { h.write_unaligned(e) };
+        }
+        None => {
+            let h: *mut [u8; ETH_HLEN] = ptr_at(ctx, 0).map_err(|_| Reason::Aborted)?;
+            let mut e = [0u8; ETH_HLEN];
+            e[..6].copy_from_slice(&b.dmac);
+            e[6..12].copy_from_slice(&b.smac);
+            e[12..14].copy_from_slice(&p);
+            // SAFETY: ptr_at checked the bounds.
+            unsafe { h.write_unaligned(e) };
+        }
+    }
+    Ok(())
+}
+
+/// XDP_TX when the backend is reached through the interface the packet came
+/// in on, XDP_REDIRECT through `TX_PORTS` otherwise.
+#[inline(always)]
+pub fn egress(ctx: &XdpContext, b: &Backend) -> Result<u32, Reason> {
+    if b.ifindex == 0 || b.ifindex == ctx.ingress_ifindex() as u32 {
+        return Ok(xdp_action::XDP_TX);
+    }
+    TX_PORTS.redirect(b.ifindex, 0).map_err(|_| Reason::Aborted)
+}

@@ -1,0 +1,33 @@
+//! The hola balancer: one XDP entry point, thin, that hands the packet to
+//! `lookup::try_lb` and turns what it returns into a verdict and one counter.
+#![no_std]
+#![no_main]
+
+mod csum;
+mod forward;
+mod lookup;
+mod maps;
+mod parse;
+mod verdict;
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+
+#[xdp]
+pub fn hola_lb(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = lookup::try_lb(&ctx, bytes).unwrap_or_else(verdict::Verdict::from);
+    verdict::count(verdict.reason, bytes);
+    verdict.action
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program that could reach a panic, so
+    // this is never executed.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

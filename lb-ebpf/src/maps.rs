@@ -1,0 +1,64 @@
+//! Every map of the balancer. Writer and reader are named on each; the same
+//! table is in docs/maps.md. Sizes here are placeholders: userspace sets the
+//! real capacities at load time (`EbpfLoader::map_max_entries`).
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, BackendStats, FlowKey, FlowValue, Reason, ReasonStats, VipKey, VipMeta, VipStats,
+};
+
+/// (address, port, protocol) → VIP. Written by userspace (dataplane.rs),
+/// read by the program. Not preallocated, so an update never recycles an
+/// element a concurrent reader still holds.
+#[map]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// IPv4 address (network order, as loaded from the packet) → `ADDR_F_*` bits
+/// of the VIPs at that address. Written by userspace, read by the program:
+/// one lookup decides that a packet is not for a VIP.
+#[map]
+pub static VIP_ADDRS4: HashMap<u32, u32> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// IPv6 address → `ADDR_F_*` bits. As `VIP_ADDRS4`.
+#[map]
+pub static VIP_ADDRS6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// Backend id → backend (address, next-hop MACs, egress, owning VIP).
+/// Written by userspace, read by the program. Id 0 is never used.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(4096, 0);
+
+/// All VIPs' Maglev tables, one after another: slot → backend id (0: none).
+/// A VIP's table is `[ring_base, ring_base + ring_size)`. Written by
+/// userspace (only changed slots), read by the program on a flow-table miss.
+#[map]
+pub static RINGS: Array<u32> = Array::with_max_entries(65537, 0);
+
+/// 5-tuple → backend id and flow hash. An LRU hash with per-CPU LRU lists
+/// (no common LRU), so CPUs do not contend on eviction while a flow that
+/// moves to another CPU still finds its entry. Written by the program on a
+/// miss, read by the program; userspace reads it for `hola flow`.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+
+/// Per-CPU counters per VIP id. Written by the program, read by userspace.
+#[map]
+pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(1024, 0);
+
+/// Per-CPU counters per backend id. Written by the program, read by userspace.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(4096, 0);
+
+/// Per-CPU counters per verdict reason. Written by the program, read by userspace.
+#[map]
+pub static REASONS: PerCpuArray<ReasonStats> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+/// Egress interfaces for XDP_REDIRECT: ifindex → ifindex. Written by
+/// userspace for every interface a backend names; read by bpf_redirect_map.
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);

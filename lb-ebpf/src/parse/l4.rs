@@ -1,0 +1,40 @@
+//! TCP and UDP: only the ports are needed (and TCP's data offset is checked,
+//! so a forwarded segment is not obviously broken).
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{PROTO_TCP, Reason};
+
+use super::ptr_at;
+
+const TCP_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+
+/// Ports in network byte order, as they are in the packet.
+pub struct Ports {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext, off: usize, proto: u8) -> Result<Ports, Reason> {
+    if proto == PROTO_TCP {
+        let h: *const [u8; TCP_HLEN] = ptr_at(ctx, off)?;
+        // SAFETY: ptr_at checked that the 20-byte TCP header is in the packet.
+        let h = unsafe { &*h };
+        if h[12] >> 4 < 5 {
+            return Err(Reason::DropMalformed);
+        }
+        Ok(Ports {
+            sport: u16::from_ne_bytes([h[0], h[1]]),
+            dport: u16::from_ne_bytes([h[2], h[3]]),
+        })
+    } else {
+        let h: *const [u8; UDP_HLEN] = ptr_at(ctx, off)?;
+        // SAFETY: ptr_at checked that the 8-byte UDP header is in the packet.
+        let h = unsafe { &*h };
+        Ok(Ports {
+            sport: u16::from_ne_bytes([h[0], h[1]]),
+            dport: u16::from_ne_bytes([h[2], h[3]]),
+        })
+    }
+}
