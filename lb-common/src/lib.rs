@@ -19,7 +19,7 @@ pub use backend::Backend;
 pub use flow::{FlowKey, FlowValue};
 pub use settings::Settings;
 pub use stats::{BackendStats, Reason, ReasonStats, VipStats};
-pub use vip::{VipKey, VipMeta};
+pub use vip::{AddrVips, VipKey, VipMeta, VipSlot};
 
 /// Address family codes used inside map keys (not the kernel's AF_* values,
 /// so that the byte means the same thing everywhere).

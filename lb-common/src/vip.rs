@@ -44,25 +44,37 @@ pub const VIP_MODE_TUNNEL: u32 = 1;
 /// connections (client affinity).
 pub const VIP_F_SRC_HASH: u32 = 1 << 8;
 
-/// Values of the `VIP_ADDRS4`/`VIP_ADDRS6` maps: which VIP kinds exist at an
-/// address, so that traffic to a non-VIP address costs one lookup and an
-/// address with only port VIPs never tries the all-ports key.
-pub const ADDR_F_TCP_PORT: u32 = 1 << 0;
-/// An all-ports TCP VIP exists at the address.
-pub const ADDR_F_TCP_ANY: u32 = 1 << 1;
-/// A UDP VIP with a port exists at the address.
-pub const ADDR_F_UDP_PORT: u32 = 1 << 2;
-/// An all-ports UDP VIP exists at the address.
-pub const ADDR_F_UDP_ANY: u32 = 1 << 3;
+/// How many VIPs an address carries inline in its `VIP_ADDRS*` entry.
+pub const ADDR_SLOTS: usize = 8;
 
-/// The `VIP_ADDRS*` bits for a VIP of protocol `proto` on port `port`.
-pub const fn addr_flag(proto: u8, port: u16) -> u32 {
-    match (proto, port) {
-        (crate::PROTO_TCP, 0) => ADDR_F_TCP_ANY,
-        (crate::PROTO_TCP, _) => ADDR_F_TCP_PORT,
-        (crate::PROTO_UDP, 0) => ADDR_F_UDP_ANY,
-        (_, _) => ADDR_F_UDP_PORT,
-    }
+/// One VIP at an address, inside [`AddrVips`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipSlot {
+    /// Network byte order; 0 is the all-ports VIP.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub meta: VipMeta,
 }
+const _: () = assert!(core::mem::size_of::<VipSlot>() == 20);
 
-crate::pod!(VipKey, VipMeta);
+/// Value of the `VIP_ADDRS4`/`VIP_ADDRS6` maps: every VIP at one address,
+/// so that one hash lookup both rejects traffic to other addresses and finds
+/// the VIP. An address with more than [`ADDR_SLOTS`] VIPs sets
+/// [`ADDR_F_OVERFLOW`] and the program falls back to the `VIPS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrVips {
+    /// Slots in use, from the first.
+    pub count: u32,
+    /// `ADDR_F_*` bits.
+    pub flags: u32,
+    pub slots: [VipSlot; ADDR_SLOTS],
+}
+const _: () = assert!(core::mem::size_of::<AddrVips>() == 8 + 20 * ADDR_SLOTS);
+
+/// More VIPs at this address than fit in the slots: look in `VIPS`.
+pub const ADDR_F_OVERFLOW: u32 = 1 << 0;
+
+crate::pod!(VipKey, VipMeta, VipSlot, AddrVips);

@@ -3,10 +3,11 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, Reason, VipKey, VipMeta,
+    AddrVips, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, Reason, VipKey,
+    VipMeta,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP},
     hash::flow_hash,
-    vip::{VIP_F_SRC_HASH, VIP_MODE_MASK, VIP_MODE_TUNNEL, addr_flag},
+    vip::{ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_MASK, VIP_MODE_TUNNEL},
 };
 
 use crate::{
@@ -21,44 +22,36 @@ use crate::{
 
 pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     let eth = eth::parse(ctx)?;
-    let mut key = FlowKey::default();
-    let addr_flags;
-    let l4_off;
-    let inner;
+    // The key is built field by field once the packet is known to be for a
+    // VIP address: `FlowKey::default()` would cost a byte-wise memset (the
+    // BPF backend emits a libcall) on every packet, VIP or not.
+    let (src, dst, family, proto, addr_vips, l4_off, inner);
     if eth.proto == ETH_P_IP {
         let ip = ipv4::parse(ctx, eth.l3_off)?;
-        // SAFETY: the value is a plain u32 copied out at once.
-        addr_flags = match unsafe { VIP_ADDRS4.get(u32::from_ne_bytes(ip.daddr)) } {
-            Some(f) => *f,
+        addr_vips = match VIP_ADDRS4.get_ptr(u32::from_ne_bytes(ip.daddr)) {
+            Some(v) => v,
             None => return Err(Reason::PassNotVip),
         };
         if ip.is_fragment {
             return Err(Reason::DropFragment);
         }
-        key.family = FAMILY_V4;
-        key.proto = ip.proto;
-        key.src[..4].copy_from_slice(&ip.saddr);
-        key.dst[..4].copy_from_slice(&ip.daddr);
-        l4_off = ip.l4_off;
+        (src, dst) = (widen(ip.saddr), widen(ip.daddr));
+        (family, proto, l4_off) = (FAMILY_V4, ip.proto, ip.l4_off);
         inner = Inner::V4 {
             tot_len: ip.tot_len,
             tos: ip.tos,
         };
     } else if eth.proto == ETH_P_IPV6 {
         let ip = ipv6::parse(ctx, eth.l3_off)?;
-        // SAFETY: the value is a plain u32 copied out at once.
-        addr_flags = match unsafe { VIP_ADDRS6.get(ip.daddr) } {
-            Some(f) => *f,
+        addr_vips = match VIP_ADDRS6.get_ptr(ip.daddr) {
+            Some(v) => v,
             None => return Err(Reason::PassNotVip),
         };
         if ipv6::is_extension(ip.nexthdr) {
             return Err(Reason::PassIpv6ExtHdr);
         }
-        key.family = FAMILY_V6;
-        key.proto = ip.nexthdr;
-        key.src = ip.saddr;
-        key.dst = ip.daddr;
-        l4_off = ip.l4_off;
+        (src, dst) = (ip.saddr, ip.daddr);
+        (family, proto, l4_off) = (FAMILY_V6, ip.nexthdr, ip.l4_off);
         inner = Inner::V6 {
             payload_len: ip.payload_len,
             tclass: ip.tclass,
@@ -67,13 +60,20 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
         return Err(Reason::PassNotIp);
     }
 
-    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+    if proto != PROTO_TCP && proto != PROTO_UDP {
         return Err(Reason::PassNotVip);
     }
-    let ports = l4::parse(ctx, l4_off, key.proto)?;
-    key.sport = ports.sport;
-    key.dport = ports.dport;
-    let vip = find_vip(&key, addr_flags).ok_or(Reason::PassNotVip)?;
+    let ports = l4::parse(ctx, l4_off, proto)?;
+    let key = FlowKey {
+        src,
+        dst,
+        sport: ports.sport,
+        dport: ports.dport,
+        proto,
+        family,
+        _pad: [0; 2],
+    };
+    let vip = find_vip(&key, addr_vips).ok_or(Reason::PassNotVip)?;
     let vip_stats = VIP_STATS.get_ptr_mut(vip.vip_id);
     if let Some(s) = vip_stats {
         // SAFETY: per-CPU element, written only by this CPU.
@@ -102,8 +102,8 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
             reason = Reason::FwdNewFlow;
             let hash = flow_hash(&key, vip.flags & VIP_F_SRC_HASH != 0);
             let id = pick(&vip, hash);
-            let backend = match BACKENDS.get(id) {
-                Some(b) if id != 0 && b.flags & BACKEND_F_ACTIVE != 0 => *b,
+            match BACKENDS.get(id) {
+                Some(b) if id != 0 && b.flags & BACKEND_F_ACTIVE != 0 => (id, hash, *b),
                 _ => {
                     if let Some(s) = vip_stats {
                         // SAFETY: per-CPU element, written only by this CPU.
@@ -111,27 +111,22 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
                     }
                     return Err(Reason::DropNoBackend);
                 }
-            };
-            // A failed insert (LRU under heavy contention) still forwards this
-            // packet; the next one takes the same Maglev slot.
-            let _ = FLOWS.insert(
-                &key,
-                &FlowValue {
-                    backend_id: id,
-                    hash,
-                },
-                0,
-            );
-            if let Some(s) = vip_stats {
-                // SAFETY: per-CPU element, written only by this CPU.
-                unsafe { (*s).new_flows += 1 };
             }
-            (id, hash, backend)
         }
     };
-
+    // Checked before the flow is recorded: a flow whose first packet could
+    // not be sent is not a flow yet.
     if backend.flags & BACKEND_F_NEXTHOP == 0 {
         return Err(Reason::DropNoNexthop);
+    }
+    if reason == Reason::FwdNewFlow {
+        // A failed insert (LRU under heavy contention) still forwards this
+        // packet; the next one takes the same Maglev slot.
+        let _ = FLOWS.insert(&key, &FlowValue { backend_id, hash }, 0);
+        if let Some(s) = vip_stats {
+            // SAFETY: per-CPU element, written only by this CPU.
+            unsafe { (*s).new_flows += 1 };
+        }
     }
     if let Some(s) = BACKEND_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU element, written only by this CPU.
@@ -153,30 +148,57 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     Ok(Verdict { reason, action })
 }
 
-/// The VIP for the packet's (address, port, protocol), trying the exact port
-/// first and then the all-ports VIP, each only if the address has one.
+/// An IPv4 address as the first four bytes of a map key's address.
 #[inline(always)]
-fn find_vip(key: &FlowKey, addr_flags: u32) -> Option<VipMeta> {
+fn widen(a: [u8; 4]) -> [u8; 16] {
+    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+/// The VIP for the packet's (address, port, protocol): the exact port
+/// first, then the all-ports VIP, from the address's inline slots, or from
+/// `VIPS` when the address has more VIPs than slots.
+#[inline(always)]
+fn find_vip(key: &FlowKey, addr: *const AddrVips) -> Option<VipMeta> {
+    // SAFETY: a pointer into a map value returned by the lookup; entries are
+    // replaced whole (not preallocated, freed after an RCU grace period), so
+    // it stays valid while the program runs.
+    let addr = unsafe { &*addr };
+    let mut any = None;
+    let mut i = 0;
+    while i < ADDR_SLOTS {
+        if i as u32 >= addr.count {
+            break;
+        }
+        let slot = &addr.slots[i];
+        if slot.proto == key.proto {
+            if slot.port == key.dport {
+                return Some(slot.meta);
+            }
+            if slot.port == 0 {
+                any = Some(slot.meta);
+            }
+        }
+        i += 1;
+    }
+    if addr.flags & ADDR_F_OVERFLOW == 0 {
+        return any;
+    }
     let mut vk = VipKey {
         addr: key.dst,
         port: key.dport,
         proto: key.proto,
         family: key.family,
     };
-    if addr_flags & addr_flag(key.proto, 1) != 0 {
-        // SAFETY: the value is copied out at once.
-        if let Some(v) = unsafe { VIPS.get(&vk) } {
-            return Some(*v);
-        }
+    // SAFETY: the value is copied out at once.
+    if let Some(v) = unsafe { VIPS.get(&vk) } {
+        return Some(*v);
     }
-    if addr_flags & addr_flag(key.proto, 0) != 0 {
-        vk.port = 0;
-        // SAFETY: the value is copied out at once.
-        if let Some(v) = unsafe { VIPS.get(&vk) } {
-            return Some(*v);
-        }
+    if any.is_some() {
+        return any;
     }
-    None
+    vk.port = 0;
+    // SAFETY: the value is copied out at once.
+    unsafe { VIPS.get(&vk) }.copied()
 }
 
 /// The backend id in the VIP's Maglev slot for `hash` (0 when none).

@@ -8,24 +8,28 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendStats, FlowKey, FlowValue, Reason, ReasonStats, VipKey, VipMeta, VipStats,
+    AddrVips, Backend, BackendStats, FlowKey, FlowValue, Reason, ReasonStats, VipKey, VipMeta,
+    VipStats,
 };
 
-/// (address, port, protocol) → VIP. Written by userspace (dataplane.rs),
-/// read by the program. Not preallocated, so an update never recycles an
-/// element a concurrent reader still holds.
+/// (address, port, protocol) → VIP, for every VIP. Written by userspace
+/// (dataplane.rs); read by the program only for addresses with more VIPs
+/// than `VIP_ADDRS*` entries hold. Not preallocated, so an update never
+/// recycles an element a concurrent reader still holds.
 #[map]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
-/// IPv4 address (network order, as loaded from the packet) → `ADDR_F_*` bits
-/// of the VIPs at that address. Written by userspace, read by the program:
-/// one lookup decides that a packet is not for a VIP.
+/// IPv4 address (network order, as loaded from the packet) → the VIPs at
+/// that address. Written by userspace (whole entries: an update is atomic
+/// for readers), read by the program: one lookup both decides that a packet
+/// is not for a VIP and finds its VIP.
 #[map]
-pub static VIP_ADDRS4: HashMap<u32, u32> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+pub static VIP_ADDRS4: HashMap<u32, AddrVips> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
-/// IPv6 address → `ADDR_F_*` bits. As `VIP_ADDRS4`.
+/// IPv6 address → the VIPs at that address. As `VIP_ADDRS4`.
 #[map]
-pub static VIP_ADDRS6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+pub static VIP_ADDRS6: HashMap<[u8; 16], AddrVips> =
+    HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
 /// Backend id → backend (address, next-hop MACs, egress, owning VIP).
 /// Written by userspace, read by the program. Id 0 is never used.

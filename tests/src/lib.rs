@@ -1,1 +1,6 @@
-//! Helpers shared by the privileged tests.
+//! Helpers shared by the privileged tests: packet builders, network
+//! namespaces, and running programs through BPF_PROG_TEST_RUN.
+
+pub mod fixture;
+pub mod netns;
+pub mod packet;

@@ -1,0 +1,856 @@
+//! The one owner of the balancer's kernel state: it loads the program, holds
+//! every map handle, and turns VIPs, backends and weights into typed map
+//! writes. Nothing else in hola writes a map.
+//!
+//! Update order is what keeps a packet from ever seeing a half-written state:
+//! a backend's entry is written before any Maglev slot names it and cleared
+//! only after no slot does; a VIP's table is complete before the VIP entry
+//! points to it; a table change writes only the slots whose owner changed
+//! (each slot is one atomic 32-bit store).
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues},
+    programs::{ProgramError, Xdp, xdp::XdpMode},
+};
+use lb_common::{
+    AddrVips, Backend, BackendStats, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, PROTO_TCP,
+    PROTO_UDP, Reason, ReasonStats, Settings, VipKey, VipMeta, VipSlot, VipStats,
+    backend::{BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP},
+    maps as names,
+    vip::{ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_DSR, VIP_MODE_TUNNEL},
+};
+
+use crate::{
+    maglev::{self, MaglevBackend, MaglevError},
+    programs,
+};
+
+/// Load-time capacities and settings of the data plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// Flow-table entries per possible CPU.
+    pub flow_capacity_per_cpu: u32,
+    /// Most VIPs at once.
+    pub max_vips: u32,
+    /// Most backends at once, over all VIPs.
+    pub max_backends: u32,
+    /// Maglev slots over all VIPs (each VIP takes its table size).
+    pub ring_capacity: u32,
+    /// Interfaces a backend may name as egress (size of the devmap).
+    pub max_tx_ports: u32,
+    /// Base of the IPv4 tunnel source addresses and the prefix length kept
+    /// from it; the host bits come from the flow hash.
+    pub tunnel_src_v4: (std::net::Ipv4Addr, u8),
+    /// As `tunnel_src_v4`, over the last 32 bits of an IPv6 address.
+    pub tunnel_src_v6: (std::net::Ipv6Addr, u8),
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            flow_capacity_per_cpu: 1 << 20,
+            max_vips: 256,
+            max_backends: 4096,
+            ring_capacity: 16 * maglev::DEFAULT_TABLE_SIZE,
+            max_tx_ports: 64,
+            tunnel_src_v4: ("198.18.255.0".parse().expect("literal"), 24),
+            tunnel_src_v6: ("2001:db8:ffff::".parse().expect("literal"), 112),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub const fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => PROTO_TCP,
+            Proto::Udp => PROTO_UDP,
+        }
+    }
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Direct server return: MACs rewritten, the backend holds the VIP.
+    Dsr,
+    /// IP-in-IP / IPv6-in-IPv6 to the backend, which runs `hola-decap`.
+    Tunnel,
+}
+
+/// Identity of a VIP: (address, port, protocol). Port 0 is all ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VipAddr {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl std::fmt::Display for VipAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.proto),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.proto),
+        }
+    }
+}
+
+/// A VIP as configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipSpec {
+    pub vip: VipAddr,
+    pub mode: Mode,
+    /// Hash on the client address only (client affinity).
+    pub src_hash: bool,
+    /// Maglev table size M, a prime.
+    pub table_size: u32,
+}
+
+/// How frames reach a backend: resolved from the kernel's routing and
+/// neighbour tables by `neigh::resolve`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nexthop {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// Egress interface; 0 means "the interface the packet came in on".
+    pub ifindex: u32,
+}
+
+/// A backend of a VIP as configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub addr: IpAddr,
+    /// Relative share of new flows; 0 drains (established flows stay).
+    pub weight: u32,
+    /// `None` until resolved: packets to it are dropped and counted.
+    pub nexthop: Option<Nexthop>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading the hola eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("map TX_PORTS: {0}")]
+    TxPorts(aya::maps::xdp::XdpMapError),
+    #[error("map {0} is missing from the hola eBPF object (built from another version?)")]
+    MissingMap(&'static str),
+    #[error("reading the number of possible CPUs: {0}")]
+    Cpus(std::io::Error),
+    #[error("VIP {0} already exists")]
+    VipExists(VipAddr),
+    #[error("VIP {0} does not exist")]
+    NoSuchVip(VipAddr),
+    #[error("backend {backend} is not in VIP {vip}")]
+    NoSuchBackend { vip: VipAddr, backend: IpAddr },
+    #[error("backend {backend} is listed twice for VIP {vip}")]
+    DuplicateBackend { vip: VipAddr, backend: IpAddr },
+    #[error(
+        "backend {backend} is {} but VIP {vip} is {}; a backend must be of the VIP's address family",
+        family_name(.backend), family_name(&.vip.addr)
+    )]
+    FamilyMismatch { vip: VipAddr, backend: IpAddr },
+    #[error("VIP {vip}: {source}")]
+    Maglev { vip: VipAddr, source: MaglevError },
+    #[error("no room for {what}: all {capacity} in use (raise `{setting}` in the configuration)")]
+    Full {
+        what: &'static str,
+        capacity: u32,
+        setting: &'static str,
+    },
+}
+
+fn family_name(a: &IpAddr) -> &'static str {
+    if a.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+/// Counters summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub reasons: BTreeMap<&'static str, ReasonStats>,
+    pub vips: BTreeMap<VipAddr, VipCounters>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VipCounters {
+    pub stats: VipStats,
+    pub backends: BTreeMap<IpAddr, BackendStats>,
+}
+
+struct BackendState {
+    id: u32,
+    spec: BackendSpec,
+}
+
+impl VipState {
+    fn meta(&self) -> VipMeta {
+        let mode = match self.spec.mode {
+            Mode::Dsr => VIP_MODE_DSR,
+            Mode::Tunnel => VIP_MODE_TUNNEL,
+        };
+        let flags = mode
+            | if self.spec.src_hash {
+                VIP_F_SRC_HASH
+            } else {
+                0
+            };
+        VipMeta {
+            vip_id: self.id,
+            flags,
+            ring_base: self.ring_base,
+            ring_size: self.spec.table_size,
+        }
+    }
+}
+
+struct VipState {
+    spec: VipSpec,
+    id: u32,
+    ring_base: u32,
+    /// What the kernel's slots hold now: diffed against on every change.
+    ring: Vec<u32>,
+    backends: Vec<BackendState>,
+}
+
+/// The loaded balancer and every handle to its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    vips_map: HashMap<MapData, VipKey, VipMeta>,
+    addrs4: HashMap<MapData, u32, AddrVips>,
+    addrs6: HashMap<MapData, [u8; 16], AddrVips>,
+    backends_map: Array<MapData, Backend>,
+    rings: Array<MapData, u32>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    vip_stats: PerCpuArray<MapData, VipStats>,
+    backend_stats: PerCpuArray<MapData, BackendStats>,
+    reasons: PerCpuArray<MapData, ReasonStats>,
+    tx_ports: DevMapHash<MapData>,
+    cfg: DataplaneConfig,
+    ncpus: usize,
+    vips: BTreeMap<VipAddr, VipState>,
+    vip_ids: IdPool,
+    backend_ids: IdPool,
+    ring_space: RingSpace,
+}
+
+fn vip_key(v: &VipAddr) -> VipKey {
+    let (addr, family) = addr_bytes(v.addr);
+    VipKey {
+        addr,
+        port: v.port.to_be(),
+        proto: v.proto.number(),
+        family,
+    }
+}
+
+/// An address as the program sees it: network order, IPv4 in the first four
+/// bytes.
+pub fn addr_bytes(a: IpAddr) -> ([u8; 16], u8) {
+    let mut out = [0u8; 16];
+    match a {
+        IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (out, FAMILY_V4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+fn mask_of(prefix: u8) -> u32 {
+    if prefix >= 32 { 0 } else { u32::MAX >> prefix }
+}
+
+impl Dataplane {
+    /// Loads the balancer program and creates its maps with `cfg`'s
+    /// capacities. Nothing is attached yet.
+    pub fn load(cfg: DataplaneConfig) -> Result<Self, DataplaneError> {
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        let (v4, p4) = cfg.tunnel_src_v4;
+        let (v6, p6) = cfg.tunnel_src_v6;
+        let settings = Settings {
+            tunnel_src_v4: v4.octets(),
+            tunnel_src_v4_mask: mask_of(p4),
+            tunnel_src_v6: v6.octets(),
+            tunnel_src_v6_mask: mask_of(p6.saturating_sub(96)),
+            _pad: 0,
+        };
+        let flows = cfg.flow_capacity_per_cpu.saturating_mul(ncpus as u32);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::FLOWS, flows)
+            .map_max_entries(names::VIPS, cfg.max_vips)
+            .map_max_entries(names::VIP_ADDRS4, cfg.max_vips)
+            .map_max_entries(names::VIP_ADDRS6, cfg.max_vips)
+            .map_max_entries(names::VIP_STATS, cfg.max_vips + 1)
+            .map_max_entries(names::BACKENDS, cfg.max_backends + 1)
+            .map_max_entries(names::BACKEND_STATS, cfg.max_backends + 1)
+            .map_max_entries(names::RINGS, cfg.ring_capacity)
+            .map_max_entries(names::TX_PORTS, cfg.max_tx_ports)
+            .override_global(names::SETTINGS, &settings, true)
+            .load(programs::HOLA)?;
+        let prog: &mut Xdp = program(&mut ebpf, names::PROG_LB)?;
+        prog.load().map_err(|source| DataplaneError::Program {
+            name: names::PROG_LB,
+            source,
+        })?;
+
+        macro_rules! take {
+            ($name:expr) => {{
+                let m = ebpf
+                    .take_map($name)
+                    .ok_or(DataplaneError::MissingMap($name))?;
+                m.try_into().map_err(|source| DataplaneError::Map {
+                    name: $name,
+                    source,
+                })?
+            }};
+        }
+        Ok(Self {
+            vips_map: take!(names::VIPS),
+            addrs4: take!(names::VIP_ADDRS4),
+            addrs6: take!(names::VIP_ADDRS6),
+            backends_map: take!(names::BACKENDS),
+            rings: take!(names::RINGS),
+            flows: take!(names::FLOWS),
+            vip_stats: take!(names::VIP_STATS),
+            backend_stats: take!(names::BACKEND_STATS),
+            reasons: take!(names::REASONS),
+            tx_ports: take!(names::TX_PORTS),
+            ebpf,
+            vip_ids: IdPool::new(cfg.max_vips),
+            backend_ids: IdPool::new(cfg.max_backends),
+            ring_space: RingSpace::new(cfg.ring_capacity),
+            cfg,
+            ncpus,
+            vips: BTreeMap::new(),
+        })
+    }
+
+    /// The loaded XDP program, for attaching or for BPF_PROG_TEST_RUN.
+    pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        program(&mut self.ebpf, names::PROG_LB)
+    }
+
+    /// The loaded XDP program, shared, for BPF_PROG_TEST_RUN.
+    pub fn program_ref(&self) -> &Xdp {
+        self.ebpf
+            .program(names::PROG_LB)
+            .and_then(|p| p.try_into().ok())
+            .expect("the balancer program is loaded by Dataplane::load")
+    }
+
+    /// Attaches the balancer to `iface` in `mode`.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
+        self.program()?
+            .attach(iface, mode)
+            .map(drop)
+            .map_err(|source| DataplaneError::Program {
+                name: names::PROG_LB,
+                source,
+            })
+    }
+
+    pub fn config(&self) -> &DataplaneConfig {
+        &self.cfg
+    }
+
+    /// Adds a VIP with no backends (its packets are dropped and counted
+    /// until backends are set).
+    pub fn add_vip(&mut self, spec: VipSpec) -> Result<(), DataplaneError> {
+        let vip = spec.vip;
+        if self.vips.contains_key(&vip) {
+            return Err(DataplaneError::VipExists(vip));
+        }
+        if !maglev::is_prime(spec.table_size) {
+            return Err(DataplaneError::Maglev {
+                vip,
+                source: MaglevError::NotPrime(spec.table_size),
+            });
+        }
+        let id = self.vip_ids.alloc().ok_or(DataplaneError::Full {
+            what: "another VIP",
+            capacity: self.cfg.max_vips,
+            setting: "max_vips",
+        })?;
+        let Some(ring_base) = self.ring_space.alloc(spec.table_size) else {
+            self.vip_ids.free(id);
+            return Err(DataplaneError::Full {
+                what: "another Maglev table",
+                capacity: self.cfg.ring_capacity,
+                setting: "ring_capacity",
+            });
+        };
+        let result = self.install_vip(spec, id, ring_base);
+        if result.is_err() {
+            self.vip_ids.free(id);
+            self.ring_space.free(ring_base, spec.table_size);
+        }
+        result
+    }
+
+    fn install_vip(
+        &mut self,
+        spec: VipSpec,
+        id: u32,
+        ring_base: u32,
+    ) -> Result<(), DataplaneError> {
+        // The slots may hold ids from a VIP that had this region before.
+        for i in 0..spec.table_size {
+            self.rings
+                .set(ring_base + i, 0, 0)
+                .map_err(map_err(names::RINGS))?;
+        }
+        self.vip_stats
+            .set(
+                id,
+                PerCpuValues::try_from(vec![VipStats::default(); self.ncpus]).expect("ncpus > 0"),
+                0,
+            )
+            .map_err(map_err(names::VIP_STATS))?;
+        let state = VipState {
+            spec,
+            id,
+            ring_base,
+            ring: vec![0; spec.table_size as usize],
+            backends: Vec::new(),
+        };
+        self.vips_map
+            .insert(vip_key(&spec.vip), state.meta(), 0)
+            .map_err(map_err(names::VIPS))?;
+        self.vips.insert(spec.vip, state);
+        self.write_addr_vips(spec.vip.addr)
+    }
+
+    /// Removes a VIP, its table and its backends.
+    pub fn remove_vip(&mut self, vip: &VipAddr) -> Result<(), DataplaneError> {
+        if !self.vips.contains_key(vip) {
+            return Err(DataplaneError::NoSuchVip(*vip));
+        }
+        self.set_backends(vip, &[])?;
+        let state = self.vips.remove(vip).expect("checked above");
+        self.vips_map
+            .remove(&vip_key(vip))
+            .map_err(map_err(names::VIPS))?;
+        self.write_addr_vips(vip.addr)?;
+        self.vip_ids.free(state.id);
+        self.ring_space.free(state.ring_base, state.spec.table_size);
+        Ok(())
+    }
+
+    /// Makes `backends` the whole backend set of `vip`: new ones are added,
+    /// missing ones removed, weights and next hops updated. Validated in full
+    /// before anything is written.
+    pub fn set_backends(
+        &mut self,
+        vip: &VipAddr,
+        backends: &[BackendSpec],
+    ) -> Result<(), DataplaneError> {
+        let state = self.vips.get(vip).ok_or(DataplaneError::NoSuchVip(*vip))?;
+        for (i, b) in backends.iter().enumerate() {
+            if b.addr.is_ipv4() != vip.addr.is_ipv4() {
+                return Err(DataplaneError::FamilyMismatch {
+                    vip: *vip,
+                    backend: b.addr,
+                });
+            }
+            if backends[..i].iter().any(|o| o.addr == b.addr) {
+                return Err(DataplaneError::DuplicateBackend {
+                    vip: *vip,
+                    backend: b.addr,
+                });
+            }
+        }
+        let new_count = backends
+            .iter()
+            .filter(|b| !state.backends.iter().any(|o| o.spec.addr == b.addr))
+            .count();
+        if new_count > self.backend_ids.available() {
+            return Err(DataplaneError::Full {
+                what: "more backends",
+                capacity: self.cfg.max_backends,
+                setting: "max_backends",
+            });
+        }
+        let vip_id = state.id;
+        let table_size = state.spec.table_size;
+        let old: Vec<(IpAddr, u32)> = state.backends.iter().map(|b| (b.spec.addr, b.id)).collect();
+
+        // Ids: kept for backends that stay, fresh for new ones.
+        let mut next = Vec::with_capacity(backends.len());
+        for b in backends {
+            let id = match old.iter().find(|(a, _)| *a == b.addr) {
+                Some((_, id)) => *id,
+                None => self
+                    .backend_ids
+                    .alloc()
+                    .expect("availability checked above"),
+            };
+            next.push(BackendState { id, spec: *b });
+        }
+        let maglev_input: Vec<MaglevBackend> = next
+            .iter()
+            .map(|b| MaglevBackend {
+                id: b.id,
+                key: maglev::backend_key(b.spec.addr, vip.port),
+                weight: b.spec.weight,
+            })
+            .collect();
+        let table = maglev::build(&maglev_input, table_size)
+            .map_err(|source| DataplaneError::Maglev { vip: *vip, source })?;
+
+        // 1. Backend entries (new and changed) before any slot names them.
+        for b in &next {
+            let is_new = !old.iter().any(|(a, _)| *a == b.spec.addr);
+            if is_new {
+                self.backend_stats
+                    .set(
+                        b.id,
+                        PerCpuValues::try_from(vec![BackendStats::default(); self.ncpus])
+                            .expect("ncpus > 0"),
+                        0,
+                    )
+                    .map_err(map_err(names::BACKEND_STATS))?;
+            }
+            let entry = backend_entry(&b.spec, vip_id);
+            self.backends_map
+                .set(b.id, entry, 0)
+                .map_err(map_err(names::BACKENDS))?;
+            if let Some(nh) = b.spec.nexthop
+                && nh.ifindex != 0
+            {
+                self.tx_ports
+                    .insert(nh.ifindex, nh.ifindex, None, 0)
+                    .map_err(DataplaneError::TxPorts)?;
+            }
+        }
+        // 2. Only the slots whose owner changed.
+        let state = self.vips.get_mut(vip).expect("checked above");
+        for (i, (&want, have)) in table.iter().zip(state.ring.iter_mut()).enumerate() {
+            if want != *have {
+                self.rings
+                    .set(state.ring_base + i as u32, want, 0)
+                    .map_err(map_err(names::RINGS))?;
+                *have = want;
+            }
+        }
+        // 3. Removed backends: no slot names them any more.
+        for (addr, id) in &old {
+            if !next.iter().any(|b| b.spec.addr == *addr) {
+                self.backends_map
+                    .set(*id, Backend::default(), 0)
+                    .map_err(map_err(names::BACKENDS))?;
+                self.backend_ids.free(*id);
+            }
+        }
+        state.backends = next;
+        Ok(())
+    }
+
+    /// The VIPs and their backends as currently programmed.
+    pub fn vips(&self) -> impl Iterator<Item = (&VipSpec, Vec<BackendSpec>)> {
+        self.vips
+            .values()
+            .map(|v| (&v.spec, v.backends.iter().map(|b| b.spec).collect()))
+    }
+
+    /// The backend a VIP's Maglev table gives a flow, without the flow table.
+    pub fn maglev_backend(&self, vip: &VipAddr, key: &FlowKey) -> Option<IpAddr> {
+        let state = self.vips.get(vip)?;
+        let hash = lb_common::hash::flow_hash(key, state.spec.src_hash);
+        let id = state.ring[(hash % state.spec.table_size) as usize];
+        state
+            .backends
+            .iter()
+            .find(|b| b.id == id)
+            .map(|b| b.spec.addr)
+    }
+
+    /// The flow-table entry for a 5-tuple, if any.
+    pub fn flow_entry(&self, key: &FlowKey) -> Option<FlowValue> {
+        self.flows.get(key, 0).ok()
+    }
+
+    /// Every counter, summed over CPUs.
+    pub fn stats(&self) -> Result<Stats, DataplaneError> {
+        let mut out = Stats::default();
+        for r in Reason::ALL {
+            let per_cpu = self
+                .reasons
+                .get(&(r as u32), 0)
+                .map_err(map_err(names::REASONS))?;
+            let mut sum = ReasonStats::default();
+            for v in per_cpu.iter() {
+                sum.packets += v.packets;
+                sum.bytes += v.bytes;
+            }
+            out.reasons.insert(r.name(), sum);
+        }
+        for (addr, v) in &self.vips {
+            let per_cpu = self
+                .vip_stats
+                .get(&v.id, 0)
+                .map_err(map_err(names::VIP_STATS))?;
+            let mut c = VipCounters::default();
+            for s in per_cpu.iter() {
+                c.stats.packets += s.packets;
+                c.stats.bytes += s.bytes;
+                c.stats.new_flows += s.new_flows;
+                c.stats.no_backend += s.no_backend;
+            }
+            for b in &v.backends {
+                let per_cpu = self
+                    .backend_stats
+                    .get(&b.id, 0)
+                    .map_err(map_err(names::BACKEND_STATS))?;
+                let mut sum = BackendStats::default();
+                for s in per_cpu.iter() {
+                    sum.packets += s.packets;
+                    sum.bytes += s.bytes;
+                    sum.new_flows += s.new_flows;
+                }
+                c.backends.insert(b.spec.addr, sum);
+            }
+            out.vips.insert(*addr, c);
+        }
+        Ok(out)
+    }
+
+    /// Rewrites the `VIP_ADDRS*` entry of `addr` from the VIPs there (one
+    /// whole-value update, so the program sees the old set or the new one).
+    /// All-ports VIPs take slots first, so an overflowing address still
+    /// answers them from the slots.
+    fn write_addr_vips(&mut self, addr: IpAddr) -> Result<(), DataplaneError> {
+        let mut here: Vec<&VipState> = self
+            .vips
+            .values()
+            .filter(|v| v.spec.vip.addr == addr)
+            .collect();
+        here.sort_by_key(|v| (v.spec.vip.port != 0, v.spec.vip.port, v.spec.vip.proto));
+        let mut entry = AddrVips {
+            count: here.len().min(ADDR_SLOTS) as u32,
+            ..Default::default()
+        };
+        if here.len() > ADDR_SLOTS {
+            entry.flags |= ADDR_F_OVERFLOW;
+        }
+        for (slot, v) in entry.slots.iter_mut().zip(&here) {
+            *slot = VipSlot {
+                port: v.spec.vip.port.to_be(),
+                proto: v.spec.vip.proto.number(),
+                _pad: 0,
+                meta: v.meta(),
+            };
+        }
+        let empty = here.is_empty();
+        match addr {
+            IpAddr::V4(a) => {
+                let k = u32::from_ne_bytes(a.octets());
+                if empty {
+                    ignore_missing(self.addrs4.remove(&k))
+                } else {
+                    self.addrs4.insert(k, entry, 0)
+                }
+                .map_err(map_err(names::VIP_ADDRS4))
+            }
+            IpAddr::V6(a) => {
+                let k = a.octets();
+                if empty {
+                    ignore_missing(self.addrs6.remove(&k))
+                } else {
+                    self.addrs6.insert(k, entry, 0)
+                }
+                .map_err(map_err(names::VIP_ADDRS6))
+            }
+        }
+    }
+
+    /// Borrow of the underlying object, for tests that need another map.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+fn backend_entry(spec: &BackendSpec, vip_id: u32) -> Backend {
+    let (addr, family) = addr_bytes(spec.addr);
+    let mut b = Backend {
+        addr,
+        vip_id,
+        flags: BACKEND_F_ACTIVE,
+        family,
+        ..Default::default()
+    };
+    if let Some(nh) = spec.nexthop {
+        b.dmac = nh.dmac;
+        b.smac = nh.smac;
+        b.ifindex = nh.ifindex;
+        b.flags |= BACKEND_F_NEXTHOP;
+    }
+    b
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::Program {
+            name,
+            source: ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| DataplaneError::Program { name, source })
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+/// Free regions of the `RINGS` array, first fit, merged on free.
+struct RingSpace {
+    free: Vec<(u32, u32)>,
+}
+
+impl RingSpace {
+    fn new(capacity: u32) -> Self {
+        Self {
+            free: vec![(0, capacity)],
+        }
+    }
+
+    fn alloc(&mut self, size: u32) -> Option<u32> {
+        let i = self.free.iter().position(|&(_, len)| len >= size)?;
+        let (base, len) = self.free[i];
+        if len == size {
+            self.free.remove(i);
+        } else {
+            self.free[i] = (base + size, len - size);
+        }
+        Some(base)
+    }
+
+    fn free(&mut self, base: u32, size: u32) {
+        self.free.push((base, size));
+        self.free.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(self.free.len());
+        for &(b, l) in &self.free {
+            match merged.last_mut() {
+                Some((mb, ml)) if *mb + *ml == b => *ml += l,
+                _ => merged.push((b, l)),
+            }
+        }
+        self.free = merged;
+    }
+}
+
+/// Ids 1..=capacity, handed out round-robin so that a freed id is reused as
+/// late as possible (a stale flow entry then finds the slot empty, or taken
+/// by another VIP, and is re-balanced).
+struct IdPool {
+    capacity: u32,
+    used: Vec<bool>,
+    cursor: u32,
+    in_use: u32,
+}
+
+impl IdPool {
+    fn new(capacity: u32) -> Self {
+        Self {
+            capacity,
+            used: vec![false; capacity as usize + 1],
+            cursor: 0,
+            in_use: 0,
+        }
+    }
+
+    fn available(&self) -> usize {
+        (self.capacity - self.in_use) as usize
+    }
+
+    fn alloc(&mut self) -> Option<u32> {
+        if self.in_use == self.capacity {
+            return None;
+        }
+        loop {
+            self.cursor = self.cursor % self.capacity + 1;
+            if !self.used[self.cursor as usize] {
+                self.used[self.cursor as usize] = true;
+                self.in_use += 1;
+                return Some(self.cursor);
+            }
+        }
+    }
+
+    fn free(&mut self, id: u32) {
+        if std::mem::replace(&mut self.used[id as usize], false) {
+            self.in_use -= 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_space_first_fit_and_merge() {
+        let mut r = RingSpace::new(100);
+        assert_eq!(r.alloc(30), Some(0));
+        assert_eq!(r.alloc(30), Some(30));
+        assert_eq!(r.alloc(50), None, "only 40 left");
+        r.free(0, 30);
+        assert_eq!(r.alloc(40), Some(60));
+        r.free(30, 30);
+        // 0..60 merged back into one region.
+        assert_eq!(r.alloc(60), Some(0));
+        assert_eq!(r.alloc(1), None);
+    }
+
+    #[test]
+    fn ids_are_reused_as_late_as_possible() {
+        let mut p = IdPool::new(3);
+        assert_eq!((p.alloc(), p.alloc()), (Some(1), Some(2)));
+        p.free(1);
+        assert_eq!(p.alloc(), Some(3), "a fresh id before the freed one");
+        assert_eq!(p.alloc(), Some(1));
+        assert_eq!(p.alloc(), None);
+        assert_eq!(p.available(), 0);
+        p.free(2);
+        p.free(2);
+        assert_eq!(p.available(), 1, "a double free is harmless");
+    }
+
+    #[test]
+    fn tunnel_source_masks() {
+        assert_eq!(mask_of(24), 0xff);
+        assert_eq!(mask_of(32), 0);
+        assert_eq!(mask_of(0), u32::MAX);
+    }
+}

@@ -1,0 +1,289 @@
+//! `cargo xtask bench dataplane`: what each path of the balancer costs per
+//! packet, measured by the kernel through BPF_PROG_TEST_RUN.
+//!
+//! Method (docs/benchmarks.md): every call runs the program once
+//! (repeat = 1, so a rewriting program never re-processes its own output);
+//! the kernel's per-call duration is averaged over many calls; the same
+//! measurement of a `return XDP_PASS` program is subtracted. A MAC-swap
+//! XDP_TX program is measured beside it. Contenders alternate within each
+//! round; the report gives the median of the rounds and their spread.
+
+use std::{collections::BTreeMap, net::IpAddr, time::Instant};
+
+use aya::{
+    Ebpf,
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use hola_tests::packet::{L4, LB_MAC, Pkt, TCP_ACK, TCP_SYN};
+use lb_userspace::{
+    dataplane::{BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec},
+    programs,
+};
+use serde_json::json;
+
+/// Builds the input packet of call `i`.
+type Maker<'a> = Box<dyn FnMut(usize) -> Vec<u8> + 'a>;
+
+struct Args {
+    rounds: usize,
+    calls: usize,
+    flow_capacity_per_cpu: u32,
+    out: String,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        rounds: 5,
+        calls: 100_000,
+        flow_capacity_per_cpu: 4_000_000,
+        out: "target/bench/dataplane.json".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
+        match k.as_str() {
+            "--rounds" => a.rounds = v().parse().expect("--rounds N"),
+            "--calls" => a.calls = v().parse().expect("--calls N"),
+            "--flows" => a.flow_capacity_per_cpu = v().parse().expect("--flows N"),
+            "--out" => a.out = v(),
+            "--smoke" => {
+                a.rounds = 1;
+                a.calls = 2_000;
+                a.flow_capacity_per_cpu = 65_536;
+            }
+            other => panic!(
+                "unknown argument {other}; use --rounds N --calls N --flows N --out FILE or --smoke"
+            ),
+        }
+    }
+    a
+}
+
+/// Mean kernel-measured ns per call over `inputs`, one call per input.
+fn measure(prog: &Xdp, inputs: &mut dyn FnMut(usize) -> Vec<u8>, calls: usize) -> f64 {
+    let mut out = vec![0u8; 2048];
+    let mut total = 0u128;
+    for i in 0..calls {
+        let input = inputs(i);
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&input),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        total += r.duration.as_nanos();
+    }
+    total as f64 / calls as f64
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn backend(addr: IpAddr) -> BackendSpec {
+    BackendSpec {
+        addr,
+        weight: 1,
+        nexthop: Some(Nexthop {
+            dmac: [2, 0, 0, 0, 0xb, 1],
+            smac: LB_MAC,
+            ifindex: 0,
+        }),
+    }
+}
+
+/// A packet from a distinct client for call `i` (new flows).
+fn fresh(dst: &str, i: usize, flags: u8) -> Vec<u8> {
+    let src = format!("198.18.{}.{}", 128 + (i >> 16) % 64, (i >> 8) % 256);
+    Pkt::new(
+        &src,
+        dst,
+        L4::tcp(1024 + (i % 256) as u16 * 200 + (i >> 24) as u16, 80, flags),
+    )
+    .bytes()
+}
+
+fn main() {
+    let a = args();
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "bench-dataplane loads XDP programs: run it as root"
+    );
+
+    eprintln!(
+        "loading the balancer with {} flow-table entries per CPU (preallocated; this takes a moment)",
+        a.flow_capacity_per_cpu
+    );
+    let t0 = Instant::now();
+    let mut dp = Dataplane::load(DataplaneConfig {
+        flow_capacity_per_cpu: a.flow_capacity_per_cpu,
+        ..Default::default()
+    })
+    .expect("loading the balancer");
+    eprintln!("loaded in {:.1} s", t0.elapsed().as_secs_f64());
+    let vips = [
+        ("198.18.1.1", Mode::Dsr, "198.18.2."),
+        ("198.18.1.2", Mode::Tunnel, "198.18.3."),
+        ("2001:db8:1::1", Mode::Dsr, "2001:db8:2::"),
+    ];
+    for (addr, mode, prefix) in vips {
+        let vip = VipAddr {
+            addr: addr.parse().expect("vip"),
+            port: 80,
+            proto: Proto::Tcp,
+        };
+        dp.add_vip(VipSpec {
+            vip,
+            mode,
+            src_hash: false,
+            table_size: 65537,
+        })
+        .expect("add VIP");
+        let bs: Vec<_> = (1..=10)
+            .map(|i| backend(format!("{prefix}{i}").parse().expect("backend")))
+            .collect();
+        dp.set_backends(&vip, &bs).expect("backends");
+    }
+
+    let mut base = Ebpf::load(programs::BENCH).expect("bench programs");
+    for name in ["bench_pass", "bench_macswap"] {
+        let p: &mut Xdp = base.program_mut(name).expect(name).try_into().expect("XDP");
+        p.load().expect("verifier");
+    }
+
+    let established4 = Pkt::new("198.18.0.1", "198.18.1.1", L4::tcp(40000, 80, TCP_ACK)).bytes();
+    let tunnel4 = Pkt::new("198.18.0.1", "198.18.1.2", L4::tcp(40000, 80, TCP_ACK)).bytes();
+    let established6 =
+        Pkt::new("2001:db8::1", "2001:db8:1::1", L4::tcp(40000, 80, TCP_ACK)).bytes();
+    let not_vip = Pkt::new("198.18.0.1", "198.18.9.9", L4::tcp(40000, 80, TCP_ACK)).bytes();
+
+    type Path = (&'static str, &'static str);
+    let paths: [Path; 8] = [
+        ("xdp_pass", "baseline: return XDP_PASS"),
+        ("macswap_tx", "MAC-swap XDP_TX program"),
+        ("not_a_vip", "IPv4 TCP to a non-VIP address"),
+        (
+            "established_dsr",
+            "established IPv4 TCP flow, dsr (flow-table hit)",
+        ),
+        (
+            "established_tunnel",
+            "established IPv4 TCP flow, tunnel encap",
+        ),
+        ("established_ipv6", "established IPv6 TCP flow, dsr"),
+        (
+            "new_flow",
+            "new IPv4 TCP flow (flow-table miss, Maglev, insert)",
+        ),
+        ("tcp_syn", "TCP SYN of a new flow"),
+    ];
+    let mut results: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut fresh_counter = 0usize;
+    for round in 0..a.rounds {
+        for (name, _) in paths {
+            let (prog, mut make): (&Xdp, Maker) = match name {
+                "xdp_pass" => (
+                    base.program("bench_pass")
+                        .expect("p")
+                        .try_into()
+                        .expect("XDP"),
+                    Box::new(|_| not_vip.clone()),
+                ),
+                "macswap_tx" => (
+                    base.program("bench_macswap")
+                        .expect("p")
+                        .try_into()
+                        .expect("XDP"),
+                    Box::new(|_| not_vip.clone()),
+                ),
+                _ => {
+                    let lb: &Xdp = dp.program_ref();
+                    let f: Maker = match name {
+                        "not_a_vip" => Box::new(|_| not_vip.clone()),
+                        "established_dsr" => Box::new(|_| established4.clone()),
+                        "established_tunnel" => Box::new(|_| tunnel4.clone()),
+                        "established_ipv6" => Box::new(|_| established6.clone()),
+                        "new_flow" => {
+                            let start = fresh_counter;
+                            fresh_counter += a.calls;
+                            Box::new(move |i| fresh("198.18.1.1", start + i, TCP_ACK))
+                        }
+                        _ => {
+                            let start = fresh_counter;
+                            fresh_counter += a.calls;
+                            Box::new(move |i| fresh("198.18.1.1", start + i, TCP_SYN))
+                        }
+                    };
+                    (lb, f)
+                }
+            };
+            // The packet buffers are built outside the timed region: the
+            // kernel times only the program.
+            let inputs: Vec<Vec<u8>> = (0..a.calls).map(&mut make).collect();
+            let ns = measure(prog, &mut |i| inputs[i].clone(), a.calls);
+            results.entry(name).or_default().push(ns);
+        }
+        eprintln!("round {}/{} done", round + 1, a.rounds);
+    }
+
+    let pass = median(&mut results["xdp_pass"].clone());
+    let mut table = Vec::new();
+    let mut json_paths = serde_json::Map::new();
+    for (name, what) in paths {
+        let mut v = results[name].clone();
+        let med = median(&mut v);
+        let (lo, hi) = (v[0], v[v.len() - 1]);
+        let net = med - pass;
+        table.push(format!(
+            "{name:<20} {med:>8.1} {net:>8.1} {lo:>8.1} {hi:>8.1}  {what}"
+        ));
+        json_paths.insert(
+            name.into(),
+            json!({"what": what, "median_ns": med, "net_ns": net, "min_ns": lo, "max_ns": hi, "rounds": results[name]}),
+        );
+    }
+    println!(
+        "{:<20} {:>8} {:>8} {:>8} {:>8}",
+        "path", "ns", "net ns", "min", "max"
+    );
+    for l in &table {
+        println!("{l}");
+    }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let clocksource =
+        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+            .unwrap_or_default();
+    let doc = json!({
+        "method": "BPF_PROG_TEST_RUN, repeat=1 per call, kernel-measured duration averaged over calls; net = median - median(xdp_pass)",
+        "kernel": kernel.trim(),
+        "cpu": cpu,
+        "clocksource": clocksource.trim(),
+        "rounds": a.rounds,
+        "calls_per_round": a.calls,
+        "flow_capacity_per_cpu": a.flow_capacity_per_cpu,
+        "paths": json_paths,
+    });
+    if let Some(dir) = std::path::Path::new(&a.out).parent() {
+        std::fs::create_dir_all(dir).expect("create output directory");
+    }
+    std::fs::write(&a.out, serde_json::to_string_pretty(&doc).expect("json")).expect("write JSON");
+    println!("written to {}", a.out);
+}

@@ -1,0 +1,116 @@
+//! Running the real programs through BPF_PROG_TEST_RUN and comparing every
+//! counter before and after.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp};
+use lb_common::Reason;
+use lb_userspace::dataplane::{Dataplane, VipAddr};
+
+/// Fails the test with a clear message unless running as root: loading BPF
+/// programs needs CAP_BPF/CAP_NET_ADMIN.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test loads XDP programs into the kernel and must run as root (cargo xtask test does)"
+    );
+}
+
+/// One run of `prog` on `input` with repeat = 1: (action, output bytes).
+pub fn run(prog: &Xdp, input: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
+    let mut out = vec![0u8; input.len() + 256];
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(input),
+        data_out: Some(&mut out),
+        repeat: 1,
+        ..Default::default()
+    })?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
+}
+
+/// Every counter of the data plane, flattened to "name → value".
+pub fn snapshot(dp: &Dataplane) -> BTreeMap<String, u64> {
+    let s = dp.stats().expect("reading stats");
+    let mut m = BTreeMap::new();
+    for (name, r) in &s.reasons {
+        m.insert(format!("reason.{name}.packets"), r.packets);
+        m.insert(format!("reason.{name}.bytes"), r.bytes);
+    }
+    for (vip, v) in &s.vips {
+        m.insert(format!("vip.{vip}.packets"), v.stats.packets);
+        m.insert(format!("vip.{vip}.bytes"), v.stats.bytes);
+        m.insert(format!("vip.{vip}.new_flows"), v.stats.new_flows);
+        m.insert(format!("vip.{vip}.no_backend"), v.stats.no_backend);
+        for (b, c) in &v.backends {
+            m.insert(format!("backend.{vip}.{b}.packets"), c.packets);
+            m.insert(format!("backend.{vip}.{b}.bytes"), c.bytes);
+            m.insert(format!("backend.{vip}.{b}.new_flows"), c.new_flows);
+        }
+    }
+    m
+}
+
+/// The counter changes one packet must cause, derived from what the row says
+/// happened to it.
+pub fn expected_deltas(
+    len: usize,
+    reason: Reason,
+    vip: Option<VipAddr>,
+    backend: Option<IpAddr>,
+) -> BTreeMap<String, u64> {
+    let len = len as u64;
+    let mut d = BTreeMap::new();
+    d.insert(format!("reason.{}.packets", reason.name()), 1);
+    d.insert(format!("reason.{}.bytes", reason.name()), len);
+    let new = reason == Reason::FwdNewFlow;
+    if let Some(v) = vip {
+        d.insert(format!("vip.{v}.packets"), 1);
+        d.insert(format!("vip.{v}.bytes"), len);
+        if new {
+            d.insert(format!("vip.{v}.new_flows"), 1);
+        }
+        if reason == Reason::DropNoBackend {
+            d.insert(format!("vip.{v}.no_backend"), 1);
+        }
+        if let Some(b) = backend
+            && (reason == Reason::FwdNewFlow || reason == Reason::FwdEstablished)
+        {
+            d.insert(format!("backend.{v}.{b}.packets"), 1);
+            d.insert(format!("backend.{v}.{b}.bytes"), len);
+            if new {
+                d.insert(format!("backend.{v}.{b}.new_flows"), 1);
+            }
+        }
+    }
+    d
+}
+
+/// The non-zero differences between two snapshots.
+pub fn diff(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let b = before.get(k).copied().unwrap_or(0);
+            (*v != b).then(|| (k.clone(), v.wrapping_sub(b)))
+        })
+        .collect()
+}
+
+/// Hex dump for failure messages.
+pub fn hex(b: &[u8]) -> String {
+    b.chunks(16)
+        .map(|c| {
+            c.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,860 @@
+//! Packet fixtures: the real balancer and decapsulator programs, run by the
+//! kernel through BPF_PROG_TEST_RUN, provisioned through `Dataplane` exactly
+//! as the daemon provisions them. Each row states the input bytes, the
+//! verdict, the exact output bytes and (through what it says happened) the
+//! exact counter changes; every other counter must stay still.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::{Ebpf, maps::PerCpuArray, programs::Xdp};
+use hola_tests::{
+    fixture::{diff, expected_deltas, hex, require_root, run, snapshot},
+    netns::cmd,
+    packet::{L4, LB_MAC, Pkt, TCP_ACK, TCP_SYN, fold, ipv4_header_ok, sum16, with_macs},
+};
+use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, Reason, ReasonStats, hash::flow_hash};
+use lb_userspace::{
+    dataplane::{BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec},
+    programs,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+fn bmac(addr: IpAddr) -> [u8; 6] {
+    let last = match addr {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15],
+    };
+    [0x02, 0, 0, 0, 0x0b, last]
+}
+
+fn backend(addr: &str, weight: u32) -> BackendSpec {
+    let addr: IpAddr = addr.parse().expect("backend address");
+    BackendSpec {
+        addr,
+        weight,
+        nexthop: Some(Nexthop {
+            dmac: bmac(addr),
+            smac: LB_MAC,
+            ifindex: 0,
+        }),
+    }
+}
+
+fn vip(addr: &str, port: u16, proto: Proto) -> VipAddr {
+    VipAddr {
+        addr: addr.parse().expect("VIP address"),
+        port,
+        proto,
+    }
+}
+
+fn key_of(p: &Pkt) -> FlowKey {
+    let mut k = FlowKey::default();
+    let (sport, dport, proto) = match &p.l4 {
+        L4::Tcp { sport, dport, .. } => (*sport, *dport, 6),
+        L4::Udp { sport, dport, .. } => (*sport, *dport, 17),
+        L4::Raw { proto, .. } => (0, 0, *proto),
+    };
+    match (p.src, p.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            k.src[..4].copy_from_slice(&s.octets());
+            k.dst[..4].copy_from_slice(&d.octets());
+            k.family = FAMILY_V4;
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            k.src = s.octets();
+            k.dst = d.octets();
+            k.family = FAMILY_V6;
+        }
+        _ => unreachable!(),
+    }
+    k.sport = sport.to_be();
+    k.dport = dport.to_be();
+    k.proto = proto;
+    k
+}
+
+/// The frame the balancer must emit in `tunnel` mode, built independently of
+/// the program: outer header per RFC 2003 / RFC 2473, source from the
+/// configured tunnel prefix and the flow hash.
+fn tunnelled(p: &Pkt, to: IpAddr) -> Vec<u8> {
+    let hash = flow_hash(&key_of(p), false);
+    let inner = p.l3();
+    let mut f = Vec::new();
+    f.extend_from_slice(&bmac(to));
+    f.extend_from_slice(&LB_MAC);
+    for v in &p.vlans {
+        f.extend_from_slice(&0x8100u16.to_be_bytes());
+        f.extend_from_slice(&v.to_be_bytes());
+    }
+    match to {
+        IpAddr::V4(dst) => {
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            let src = Ipv4Addr::new(198, 18, 255, (hash & 0xff) as u8);
+            let mut h = vec![0x45, p.tos];
+            h.extend_from_slice(&((inner.len() + 20) as u16).to_be_bytes());
+            h.extend_from_slice(&[0, 0, 0, 0, 64, 4, 0, 0]);
+            h.extend_from_slice(&src.octets());
+            h.extend_from_slice(&dst.octets());
+            let c = fold(sum16(&h));
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&h);
+        }
+        IpAddr::V6(dst) => {
+            f.extend_from_slice(&0x86ddu16.to_be_bytes());
+            let mut src = "2001:db8:ffff::"
+                .parse::<Ipv6Addr>()
+                .expect("literal")
+                .octets();
+            src[14..16].copy_from_slice(&((hash & 0xffff) as u16).to_be_bytes());
+            let fl = hash & 0xf_ffff;
+            let mut h = vec![
+                0x60 | (p.tos >> 4),
+                (p.tos << 4) | (fl >> 16) as u8,
+                (fl >> 8) as u8,
+                fl as u8,
+            ];
+            h.extend_from_slice(&(inner.len() as u16).to_be_bytes());
+            h.extend_from_slice(&[41, 64]);
+            h.extend_from_slice(&src);
+            h.extend_from_slice(&dst.octets());
+            f.extend_from_slice(&h);
+        }
+    }
+    f.extend_from_slice(&inner);
+    f
+}
+
+struct Row {
+    name: String,
+    input: Vec<u8>,
+    action: u32,
+    reason: Reason,
+    vip: Option<VipAddr>,
+    backend: Option<IpAddr>,
+    output: Vec<u8>,
+}
+
+impl Row {
+    /// Passed (or dropped) untouched, counted under `reason` only.
+    fn untouched(name: &str, input: Vec<u8>, action: u32, reason: Reason) -> Self {
+        Row {
+            name: name.into(),
+            output: input.clone(),
+            input,
+            action,
+            reason,
+            vip: None,
+            backend: None,
+        }
+    }
+
+    /// Dropped after the VIP matched (no backend, no next hop).
+    fn vip_drop(
+        name: &str,
+        input: Vec<u8>,
+        reason: Reason,
+        vip: VipAddr,
+        backend: Option<IpAddr>,
+    ) -> Self {
+        Row {
+            name: name.into(),
+            output: input.clone(),
+            input,
+            action: XDP_DROP,
+            reason,
+            vip: Some(vip),
+            backend,
+        }
+    }
+
+    fn dsr(name: &str, p: &Pkt, reason: Reason, vip: VipAddr, to: IpAddr) -> Self {
+        let input = p.bytes();
+        Row {
+            name: name.into(),
+            output: with_macs(&input, bmac(to), LB_MAC),
+            input,
+            action: XDP_TX,
+            reason,
+            vip: Some(vip),
+            backend: Some(to),
+        }
+    }
+
+    fn tunnel(name: &str, p: &Pkt, reason: Reason, vip: VipAddr, to: IpAddr) -> Self {
+        Row {
+            name: name.into(),
+            input: p.bytes(),
+            output: tunnelled(p, to),
+            action: XDP_TX,
+            reason,
+            vip: Some(vip),
+            backend: Some(to),
+        }
+    }
+}
+
+/// Runs one row and returns what did not match.
+fn check(dp: &mut Dataplane, row: &Row) -> Option<String> {
+    let before = snapshot(dp);
+    let (action, out) = match run(dp.program().expect("program"), &row.input) {
+        Ok(r) => r,
+        Err(e) => return Some(format!("{}: BPF_PROG_TEST_RUN failed: {e}", row.name)),
+    };
+    let got = diff(&before, &snapshot(dp));
+    let want = expected_deltas(row.input.len(), row.reason, row.vip, row.backend);
+    let mut errs = Vec::new();
+    if action != row.action {
+        errs.push(format!("verdict {action}, expected {}", row.action));
+    }
+    if out != row.output {
+        errs.push(format!(
+            "output bytes differ\n got:\n{}\n want:\n{}",
+            hex(&out),
+            hex(&row.output)
+        ));
+    }
+    if got != want {
+        errs.push(format!("counter changes {got:?}\n expected {want:?}"));
+    }
+    (!errs.is_empty()).then(|| format!("{}: {}", row.name, errs.join("; ")))
+}
+
+fn set_u16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Rewrites an IPv4 frame's total length and header checksum (for
+/// consistent truncations).
+fn fix_ipv4(frame: &mut [u8], l3: usize) {
+    let total = frame.len() - l3;
+    set_u16(frame, l3 + 2, total as u16);
+    set_u16(frame, l3 + 10, 0);
+    let hl = usize::from(frame[l3] & 0x0f) * 4;
+    let c = fold(sum16(&frame[l3..l3 + hl]));
+    set_u16(frame, l3 + 10, c);
+}
+
+#[test]
+fn packet_fixtures() {
+    require_root();
+    // A namespace of this test's own: BPF_PROG_TEST_RUN runs the program as
+    // if the packet came in on this namespace's lo, and the redirect row
+    // needs a second interface that nothing else uses.
+    // SAFETY: unshare only affects the calling thread.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "unshare(CLONE_NEWNET)");
+    cmd(
+        "ip",
+        &[
+            "link", "add", "hfx0", "type", "veth", "peer", "name", "hfx1",
+        ],
+    );
+    cmd("ip", &["link", "set", "hfx0", "up"]);
+    let redirect_ifindex: u32 = cmd("ip", &["-o", "link", "show", "hfx0"])
+        .split(':')
+        .next()
+        .and_then(|i| i.trim().parse().ok())
+        .expect("ifindex of hfx0");
+    let cfg = DataplaneConfig {
+        flow_capacity_per_cpu: 4096,
+        ..Default::default()
+    };
+    let mut dp = Dataplane::load(cfg).expect("loading the balancer (the verifier must accept it)");
+
+    let dsr4 = vip("198.18.1.1", 80, Proto::Tcp);
+    let dsr4u = vip("198.18.1.1", 53, Proto::Udp);
+    let tun4 = vip("198.18.1.2", 0, Proto::Tcp);
+    let dsr6 = vip("2001:db8:1::1", 80, Proto::Tcp);
+    let tun6 = vip("2001:db8:1::2", 443, Proto::Tcp);
+    let nobe = vip("198.18.1.3", 80, Proto::Tcp);
+    let nonh = vip("198.18.1.4", 80, Proto::Tcp);
+    let redir = vip("198.18.1.5", 80, Proto::Tcp);
+    let drain = vip("198.18.1.6", 80, Proto::Tcp);
+    let change = vip("198.18.1.7", 80, Proto::Tcp);
+    let small = 1021;
+    for (v, mode, size) in [
+        (dsr4, Mode::Dsr, 65537),
+        (dsr4u, Mode::Dsr, small),
+        (tun4, Mode::Tunnel, small),
+        (dsr6, Mode::Dsr, small),
+        (tun6, Mode::Tunnel, small),
+        (nobe, Mode::Dsr, small),
+        (nonh, Mode::Dsr, small),
+        (redir, Mode::Dsr, small),
+        (drain, Mode::Dsr, small),
+        (change, Mode::Dsr, small),
+    ] {
+        dp.add_vip(VipSpec {
+            vip: v,
+            mode,
+            src_hash: false,
+            table_size: size,
+        })
+        .expect("add VIP");
+    }
+    let set = |dp: &mut Dataplane, v: &VipAddr, b: &[BackendSpec]| {
+        dp.set_backends(v, b).expect("set backends")
+    };
+    set(
+        &mut dp,
+        &dsr4,
+        &[
+            backend("198.18.2.1", 1),
+            backend("198.18.2.2", 1),
+            backend("198.18.2.3", 1),
+        ],
+    );
+    set(&mut dp, &dsr4u, &[backend("198.18.2.4", 1)]);
+    set(&mut dp, &tun4, &[backend("198.18.3.1", 1)]);
+    set(&mut dp, &dsr6, &[backend("2001:db8:2::1", 1)]);
+    set(&mut dp, &tun6, &[backend("2001:db8:3::1", 1)]);
+    let mut no_nexthop = backend("198.18.2.9", 1);
+    no_nexthop.nexthop = None;
+    set(&mut dp, &nonh, &[no_nexthop]);
+    let mut via_dummy = backend("198.18.2.10", 1);
+    via_dummy.nexthop.as_mut().expect("set above").ifindex = redirect_ifindex;
+    set(&mut dp, &redir, &[via_dummy]);
+    set(
+        &mut dp,
+        &drain,
+        &[backend("198.18.2.11", 1), backend("198.18.2.12", 1)],
+    );
+    set(
+        &mut dp,
+        &change,
+        &[
+            backend("198.18.2.21", 1),
+            backend("198.18.2.22", 1),
+            backend("198.18.2.23", 1),
+        ],
+    );
+
+    let ip = |s: &str| -> IpAddr { s.parse().expect("address") };
+    let maglev = |dp: &Dataplane, v: &VipAddr, p: &Pkt| -> IpAddr {
+        dp.maglev_backend(v, &key_of(p))
+            .expect("the VIP's table has a backend for every slot")
+    };
+    let client = "198.18.0.1";
+    let client6 = "2001:db8::1";
+    let syn4 = Pkt::new(client, "198.18.1.1", L4::tcp(40000, 80, TCP_SYN));
+    let ack4 = Pkt::new(client, "198.18.1.1", L4::tcp(40000, 80, TCP_ACK));
+    let to_syn4 = maglev(&dp, &dsr4, &syn4);
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    let mut run_rows = |dp: &mut Dataplane, rows: &mut Vec<Row>, new: Vec<Row>| {
+        for r in new {
+            if let Some(f) = check(dp, &r) {
+                failures.push(f);
+            }
+            rows.push(r);
+        }
+    };
+
+    // Not for us.
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&[0u8; 20]);
+    let mut qinq = Pkt::new(client, "198.18.1.1", L4::tcp(40000, 80, TCP_SYN))
+        .vlan(10)
+        .vlan(20)
+        .bytes();
+    // Outer tag as 802.1ad, as QinQ is on the wire.
+    set_u16(&mut qinq, 12, 0x88a8);
+    let batch = vec![
+        Row::untouched("ARP passes", arp, XDP_PASS, Reason::PassNotIp),
+        Row::untouched(
+            "IPv4 TCP to a non-VIP address passes unchanged",
+            Pkt::new(client, "198.18.9.9", L4::tcp(40000, 80, TCP_SYN)).bytes(),
+            XDP_PASS,
+            Reason::PassNotVip,
+        ),
+        Row::untouched(
+            "IPv6 UDP to a non-VIP address passes unchanged",
+            Pkt::new(client6, "2001:db8:9::9", L4::udp(5000, 53, b"query")).bytes(),
+            XDP_PASS,
+            Reason::PassNotVip,
+        ),
+        Row::untouched(
+            "TCP to a VIP address on a port with no VIP passes",
+            Pkt::new(client, "198.18.1.1", L4::tcp(40000, 81, TCP_SYN)).bytes(),
+            XDP_PASS,
+            Reason::PassNotVip,
+        ),
+        Row::untouched(
+            "ICMP echo to a VIP address passes",
+            Pkt::new(
+                client,
+                "198.18.1.1",
+                L4::Raw {
+                    proto: 1,
+                    bytes: vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0],
+                },
+            )
+            .bytes(),
+            XDP_PASS,
+            Reason::PassNotVip,
+        ),
+        Row::untouched("two VLAN tags pass", qinq, XDP_PASS, Reason::PassVlanStack),
+        Row::untouched(
+            "IPv4 fragment to a non-VIP address passes",
+            Pkt::new(client, "198.18.9.9", L4::udp(5000, 53, b"x"))
+                .frag(0x2000)
+                .bytes(),
+            XDP_PASS,
+            Reason::PassNotVip,
+        ),
+        // Balanced.
+        Row::dsr(
+            "dsr: IPv4 TCP SYN, new flow, MACs rewritten, XDP_TX",
+            &syn4,
+            Reason::FwdNewFlow,
+            dsr4,
+            to_syn4,
+        ),
+        Row::dsr(
+            "dsr: the same flow's ACK hits the flow table",
+            &ack4,
+            Reason::FwdEstablished,
+            dsr4,
+            to_syn4,
+        ),
+        Row::dsr(
+            "dsr: IPv4 UDP, new flow",
+            &Pkt::new(client, "198.18.1.1", L4::udp(5353, 53, b"query")),
+            Reason::FwdNewFlow,
+            dsr4u,
+            ip("198.18.2.4"),
+        ),
+        Row::dsr(
+            "dsr: IPv6 TCP SYN",
+            &Pkt::new(client6, "2001:db8:1::1", L4::tcp(40000, 80, TCP_SYN)),
+            Reason::FwdNewFlow,
+            dsr6,
+            ip("2001:db8:2::1"),
+        ),
+        Row::dsr(
+            "dsr: 802.1Q-tagged TCP keeps its tag",
+            &Pkt::new(client, "198.18.1.1", L4::tcp(40001, 80, TCP_SYN)).vlan(100),
+            Reason::FwdNewFlow,
+            dsr4,
+            maglev(
+                &dp,
+                &dsr4,
+                &Pkt::new(client, "198.18.1.1", L4::tcp(40001, 80, TCP_SYN)),
+            ),
+        ),
+        Row::dsr(
+            "dsr: IPv4 with 8 bytes of options",
+            &Pkt::new(client, "198.18.1.1", L4::tcp(40002, 80, TCP_SYN))
+                .options(&[1, 1, 1, 1, 0x44, 4, 5, 0]),
+            Reason::FwdNewFlow,
+            dsr4,
+            maglev(
+                &dp,
+                &dsr4,
+                &Pkt::new(client, "198.18.1.1", L4::tcp(40002, 80, TCP_SYN)),
+            ),
+        ),
+        Row::tunnel(
+            "tunnel: IPv4-in-IPv4 to an all-ports VIP, exact outer header",
+            &Pkt::new(client, "198.18.1.2", L4::tcp(40000, 8080, TCP_SYN)),
+            Reason::FwdNewFlow,
+            tun4,
+            ip("198.18.3.1"),
+        ),
+        Row::tunnel(
+            "tunnel: IPv4 established flow",
+            &Pkt::new(client, "198.18.1.2", L4::tcp(40000, 8080, TCP_ACK)),
+            Reason::FwdEstablished,
+            tun4,
+            ip("198.18.3.1"),
+        ),
+        Row::tunnel(
+            "tunnel: IPv4 with options and a VLAN tag",
+            &Pkt::new(client, "198.18.1.2", L4::tcp(40003, 7777, TCP_SYN))
+                .vlan(7)
+                .options(&[1, 1, 1, 0]),
+            Reason::FwdNewFlow,
+            tun4,
+            ip("198.18.3.1"),
+        ),
+        Row::tunnel(
+            "tunnel: IPv6-in-IPv6, exact outer header",
+            &Pkt::new(client6, "2001:db8:1::2", L4::tcp(40000, 443, TCP_SYN)),
+            Reason::FwdNewFlow,
+            tun6,
+            ip("2001:db8:3::1"),
+        ),
+        // Dropped, counted.
+        Row::untouched(
+            "IPv4 first fragment (MF) to a VIP is dropped",
+            Pkt::new(client, "198.18.1.1", L4::tcp(40000, 80, TCP_SYN))
+                .frag(0x2000)
+                .bytes(),
+            XDP_DROP,
+            Reason::DropFragment,
+        ),
+        Row::untouched(
+            "IPv4 later fragment (offset) to a VIP is dropped",
+            Pkt::new(
+                client,
+                "198.18.1.1",
+                L4::Raw {
+                    proto: 6,
+                    bytes: vec![0; 24],
+                },
+            )
+            .frag(0x00b9)
+            .bytes(),
+            XDP_DROP,
+            Reason::DropFragment,
+        ),
+        Row::vip_drop(
+            "VIP with no backend drops and counts",
+            Pkt::new(client, "198.18.1.3", L4::tcp(40000, 80, TCP_SYN)).bytes(),
+            Reason::DropNoBackend,
+            nobe,
+            None,
+        ),
+        Row::vip_drop(
+            "backend whose next hop is unresolved drops and counts",
+            Pkt::new(client, "198.18.1.4", L4::tcp(40000, 80, TCP_SYN)).bytes(),
+            Reason::DropNoNexthop,
+            nonh,
+            None,
+        ),
+        Row::untouched(
+            "IPv6 with a hop-by-hop header to a VIP passes",
+            // Hop-by-hop options (next header TCP, a PadN option), then nothing.
+            Pkt::new(
+                client6,
+                "2001:db8:1::1",
+                L4::Raw {
+                    proto: 0,
+                    bytes: vec![6, 0, 1, 4, 0, 0, 0, 0],
+                },
+            )
+            .bytes(),
+            XDP_PASS,
+            Reason::PassIpv6ExtHdr,
+        ),
+    ];
+    let mut batch = batch;
+    // An address with more VIPs than its map entry holds inline.
+    let crowded: Vec<VipAddr> = (1..=10)
+        .map(|port| vip("198.18.1.8", port, Proto::Tcp))
+        .collect();
+    for v in &crowded {
+        dp.add_vip(VipSpec {
+            vip: *v,
+            mode: Mode::Dsr,
+            src_hash: false,
+            table_size: 13,
+        })
+        .expect("add VIP");
+    }
+    for port in [1u16, 10] {
+        batch.push(Row::vip_drop(
+            &format!("crowded address (10 VIPs, 8 inline): port {port} is found"),
+            Pkt::new(client, "198.18.1.8", L4::tcp(40000, port, TCP_SYN)).bytes(),
+            Reason::DropNoBackend,
+            crowded[usize::from(port) - 1],
+            None,
+        ));
+    }
+    // The redirect row: the backend is reached through another interface.
+    let to_dummy = Pkt::new(client, "198.18.1.5", L4::tcp(40000, 80, TCP_SYN));
+    let mut r = Row::dsr(
+        "dsr: backend behind another interface, XDP_REDIRECT",
+        &to_dummy,
+        Reason::FwdNewFlow,
+        redir,
+        ip("198.18.2.10"),
+    );
+    r.action = XDP_REDIRECT;
+    batch.push(r);
+    run_rows(&mut dp, &mut rows, batch);
+
+    // Client affinity: a VIP that hashes on the source address only sends
+    // every connection of a client to the same backend.
+    let sticky = vip("198.18.1.9", 80, Proto::Tcp);
+    dp.add_vip(VipSpec {
+        vip: sticky,
+        mode: Mode::Dsr,
+        src_hash: true,
+        table_size: small,
+    })
+    .expect("add VIP");
+    set(
+        &mut dp,
+        &sticky,
+        &[
+            backend("198.18.2.31", 1),
+            backend("198.18.2.32", 1),
+            backend("198.18.2.33", 1),
+        ],
+    );
+    let conns: Vec<Pkt> = (0..8)
+        .map(|i| {
+            Pkt::new(
+                "198.18.0.77",
+                "198.18.1.9",
+                L4::tcp(50000 + i * 7, 80, TCP_SYN),
+            )
+        })
+        .collect();
+    let home = maglev(&dp, &sticky, &conns[0]);
+    let mut sticky_rows = Vec::new();
+    for (i, c) in conns.iter().enumerate() {
+        let name = format!("client affinity: connection {i} of one client goes to its backend");
+        sticky_rows.push(Row::dsr(&name, c, Reason::FwdNewFlow, sticky, home));
+    }
+    // The full 5-tuple hashes of these connections all differ: the rows above
+    // pass because the VIP ignores the ports, not by chance.
+    let full: std::collections::BTreeSet<u32> =
+        conns.iter().map(|c| flow_hash(&key_of(c), false)).collect();
+    assert_eq!(full.len(), conns.len(), "distinct 5-tuple hashes");
+    run_rows(&mut dp, &mut rows, sticky_rows);
+
+    // Truncated at every header boundary (and inside each header).
+    let base = syn4.bytes();
+    let tagged = Pkt::new(client, "198.18.1.1", L4::tcp(40000, 80, TCP_SYN))
+        .vlan(5)
+        .bytes();
+    let udp = Pkt::new(client, "198.18.1.1", L4::udp(5353, 53, b"")).bytes();
+    let v6 = Pkt::new(client6, "2001:db8:1::1", L4::tcp(40000, 80, TCP_SYN)).bytes();
+    let mut tcp_cut = base[..14 + 20 + 10].to_vec();
+    fix_ipv4(&mut tcp_cut, 14);
+    let mut udp_cut = udp[..14 + 20 + 4].to_vec();
+    fix_ipv4(&mut udp_cut, 14);
+    let mut v6_cut = v6[..14 + 40 + 12].to_vec();
+    set_u16(&mut v6_cut, 14 + 4, 12);
+    let mut ihl4 = base.clone();
+    ihl4[14] = 0x44;
+    let mut ihl15 = base.clone();
+    ihl15[14] = 0x4f; // 60-byte header in a 40-byte datagram
+    let mut doff4 = base.clone();
+    doff4[14 + 20 + 12] = 0x40;
+    let mut long_tot = base.clone();
+    set_u16(&mut long_tot, 16, 200);
+    let cut = |name: &str, b: Vec<u8>| Row::untouched(name, b, XDP_DROP, Reason::DropMalformed);
+    run_rows(
+        &mut dp,
+        &mut rows,
+        vec![
+            cut("truncated: Ethernet header only", base[..14].to_vec()),
+            cut("truncated: inside the VLAN tag", tagged[..16].to_vec()),
+            cut(
+                "truncated: inside the IPv4 header",
+                base[..14 + 19].to_vec(),
+            ),
+            cut(
+                "truncated: IPv4 header only, total length says more",
+                base[..14 + 20].to_vec(),
+            ),
+            cut(
+                "truncated: inside the TCP header (consistent IPv4 length)",
+                tcp_cut,
+            ),
+            cut(
+                "truncated: inside the UDP header (consistent IPv4 length)",
+                udp_cut,
+            ),
+            cut("truncated: inside the IPv6 header", v6[..14 + 39].to_vec()),
+            cut(
+                "truncated: inside the TCP header after IPv6 (consistent payload length)",
+                v6_cut,
+            ),
+            cut("malformed: IPv4 IHL below 5", ihl4),
+            cut("malformed: IPv4 IHL beyond the datagram", ihl15),
+            cut("malformed: TCP data offset below 5", doff4),
+            cut("malformed: IPv4 total length beyond the frame", long_tot),
+        ],
+    );
+
+    // A flow keeps its backend after the table changes.
+    let f_syn = Pkt::new(client, "198.18.1.7", L4::tcp(41000, 80, TCP_SYN));
+    let f_ack = Pkt::new(client, "198.18.1.7", L4::tcp(41000, 80, TCP_ACK));
+    let x = maglev(&dp, &change, &f_syn);
+    run_rows(
+        &mut dp,
+        &mut rows,
+        vec![Row::dsr(
+            "change: new flow F",
+            &f_syn,
+            Reason::FwdNewFlow,
+            change,
+            x,
+        )],
+    );
+    let y = ip("198.18.2.29");
+    set(
+        &mut dp,
+        &change,
+        &[backend(&x.to_string(), 1), backend("198.18.2.29", 1000)],
+    );
+    assert_eq!(
+        maglev(&dp, &change, &f_syn),
+        y,
+        "after the change Maglev must send F elsewhere for this row to mean anything"
+    );
+    run_rows(
+        &mut dp,
+        &mut rows,
+        vec![Row::dsr(
+            "change: F keeps its backend although Maglev now says otherwise",
+            &f_ack,
+            Reason::FwdEstablished,
+            change,
+            x,
+        )],
+    );
+    set(&mut dp, &change, &[backend("198.18.2.29", 1000)]);
+    run_rows(
+        &mut dp,
+        &mut rows,
+        vec![Row::dsr(
+            "change: F's backend removed, F is re-balanced as a new flow",
+            &f_ack,
+            Reason::FwdNewFlow,
+            change,
+            y,
+        )],
+    );
+
+    // Draining: established flows stay, new ones go elsewhere.
+    let g = Pkt::new(client, "198.18.1.6", L4::tcp(42000, 80, TCP_SYN));
+    let p_backend = maglev(&dp, &drain, &g);
+    let h = (42001..43000)
+        .map(|port| Pkt::new(client, "198.18.1.6", L4::tcp(port, 80, TCP_SYN)))
+        .find(|h| maglev(&dp, &drain, h) == p_backend)
+        .expect("some port maps to the backend about to drain");
+    run_rows(
+        &mut dp,
+        &mut rows,
+        vec![Row::dsr(
+            "drain: flow G before draining",
+            &g,
+            Reason::FwdNewFlow,
+            drain,
+            p_backend,
+        )],
+    );
+    let q_backend = if p_backend == ip("198.18.2.11") {
+        "198.18.2.12"
+    } else {
+        "198.18.2.11"
+    };
+    set(
+        &mut dp,
+        &drain,
+        &[backend(&p_backend.to_string(), 0), backend(q_backend, 1)],
+    );
+    let mut g_ack = g.clone();
+    g_ack.l4 = L4::tcp(42000, 80, TCP_ACK);
+    run_rows(
+        &mut dp,
+        &mut rows,
+        vec![
+            Row::dsr(
+                "drain: G stays on the draining backend",
+                &g_ack,
+                Reason::FwdEstablished,
+                drain,
+                p_backend,
+            ),
+            Row::dsr(
+                "drain: a new flow that Maglev gave the drained backend goes elsewhere",
+                &h,
+                Reason::FwdNewFlow,
+                drain,
+                ip(q_backend),
+            ),
+        ],
+    );
+
+    // Every forwarded IPv4 tunnel output carries a valid outer checksum.
+    for r in rows.iter().filter(|r| r.name.starts_with("tunnel: IPv4")) {
+        let l3 = if r.output[12..14] == [0x81, 0x00] {
+            18
+        } else {
+            14
+        };
+        assert!(
+            ipv4_header_ok(&r.output[l3..]),
+            "{}: outer IPv4 checksum",
+            r.name
+        );
+    }
+
+    // lb-decap restores the inner packet byte for byte.
+    let mut decap = Ebpf::load(programs::DECAP).expect("loading hola-decap");
+    let prog: &mut Xdp = decap
+        .program_mut("hola_decap")
+        .expect("hola_decap")
+        .try_into()
+        .expect("XDP");
+    prog.load().expect("the verifier must accept hola-decap");
+    let mut decap_rows = 0u64;
+    let mut decap_failures = Vec::new();
+    for r in rows.iter().filter(|r| r.name.starts_with("tunnel:")) {
+        let (action, out) = run(prog, &r.output).expect("test run");
+        let want = with_macs(&r.input, r.output[..6].try_into().expect("6"), LB_MAC);
+        if action != XDP_PASS || out != want {
+            decap_failures.push(format!(
+                "decap of {}: verdict {action}\n got:\n{}\n want:\n{}",
+                r.name,
+                hex(&out),
+                hex(&want)
+            ));
+        }
+        decap_rows += 1;
+    }
+    let plain = syn4.bytes();
+    let (action, out) = run(prog, &plain).expect("test run");
+    if action != XDP_PASS || out != plain {
+        decap_failures.push("decap: a packet that is not tunnelled must pass unchanged".into());
+    }
+    let stats: PerCpuArray<_, ReasonStats> =
+        PerCpuArray::try_from(decap.map("DECAP_STATS").expect("DECAP_STATS"))
+            .expect("per-CPU array");
+    let sum = |i: u32| {
+        stats
+            .get(&i, 0)
+            .expect("read")
+            .iter()
+            .map(|s| s.packets)
+            .sum::<u64>()
+    };
+    assert_eq!(
+        (sum(0), sum(1)),
+        (decap_rows, 1),
+        "decap counters: decapsulated, passed"
+    );
+    assert!(decap_rows >= 4, "every tunnel row was decapsulated");
+
+    failures.extend(decap_failures);
+    println!(
+        "{} balancer rows and {} decap rows run",
+        rows.len(),
+        decap_rows + 1
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n\n")
+    );
+    assert!(
+        rows.len() >= 25,
+        "the fixture table must have at least 25 rows"
+    );
+}
