@@ -1,1 +1,163 @@
-fn main() {}
+//! `cargo xtask`: the toolchain bootstrap and orchestration for hola. It only
+//! runs other programs (cargo, rustup, apt-get); the eBPF object is built by
+//! `lb-userspace/build.rs`, never here.
+
+mod bench;
+mod run;
+mod test;
+mod toolchain;
+
+use std::{
+    env,
+    ffi::OsString,
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Bootstrap, test, run and benchmark hola")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check the toolchain and install what is missing (every other subcommand runs this first).
+    Setup {
+        /// Say what would be installed, install nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Run setup, then fmt, clippy, unit tests, and the privileged tests (needs root).
+    Test {
+        /// Passed to the privileged test binaries, e.g. a test-name filter: `cargo xtask test -- fixture`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Start hola (not built yet: the daemon and the lab arrive with issue 3).
+    Run,
+    /// Run a benchmark.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Bench,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Setup { dry_run } => toolchain::setup(dry_run),
+        Cmd::Test { args } => test::test(&args),
+        Cmd::Run => run::run(),
+        Cmd::Bench { which } => bench::bench(which),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub(crate) fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask's manifest dir has a parent")
+}
+
+/// `$CARGO_HOME/bin`, where `cargo install` puts bpf-linker.
+pub(crate) fn cargo_bin() -> Option<PathBuf> {
+    let home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    Some(home.join("bin"))
+}
+
+/// PATH for every child: ours, with `$CARGO_HOME/bin` appended when it is not
+/// there already, so that a bpf-linker installed by setup is found by
+/// aya-build even from a shell that never sourced `~/.cargo/env`.
+pub(crate) fn child_path() -> OsString {
+    let current = env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = env::split_paths(&current).collect();
+    if let Some(bin) = cargo_bin()
+        && !dirs.contains(&bin)
+    {
+        dirs.push(bin);
+    }
+    env::join_paths(dirs).unwrap_or(current)
+}
+
+/// A command run from the workspace root with [`child_path`] as its PATH
+/// (which is also where `program` itself is looked up).
+pub(crate) fn command(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(repo_root()).env("PATH", child_path());
+    cmd
+}
+
+/// The command line as a person would type it, with the environment it sets
+/// (PATH left out).
+pub(crate) fn show(cmd: &Command) -> String {
+    let mut s = String::new();
+    for (k, v) in cmd.get_envs() {
+        if k != "PATH"
+            && let Some(v) = v
+        {
+            let _ = write!(s, "{}={} ", k.to_string_lossy(), v.to_string_lossy());
+        }
+    }
+    s.push_str(&cmd.get_program().to_string_lossy());
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Runs `cmd` with inherited stdio; an error names the command and its exit status.
+pub(crate) fn run_status(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{}` (is it installed and on PATH?)", show(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", show(cmd));
+    }
+    Ok(())
+}
+
+/// Runs `cmd` and returns its stdout; an error carries its stderr.
+pub(crate) fn run_output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start `{}` (is it installed and on PATH?)", show(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            show(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether we run with effective uid 0 (the `Uid:` line of /proc/self/status
+/// is real, effective, saved, filesystem).
+pub(crate) fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
