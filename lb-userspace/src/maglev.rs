@@ -22,10 +22,14 @@ pub struct MaglevBackend {
     pub weight: u32,
 }
 
+/// Why a table could not be built; both are configuration mistakes.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MaglevError {
+    /// A composite size would let a skip share a factor with M, so some
+    /// permutations would not visit every slot.
     #[error("table size {0} is not a prime number; pick a prime such as 65537 or 655373")]
     NotPrime(u32),
+    /// Every backend with weight > 0 needs at least one slot.
     #[error(
         "table size {size} is too small for {backends} backends with weight > 0; use a prime at least 100 times the number of backends"
     )]
@@ -256,14 +260,19 @@ mod tests {
     #[test]
     fn deterministic_and_edge_cases() {
         let bs = backends(10, |i| i);
+        let want = build(&bs, M).expect("build");
         let mut rev = bs.clone();
         rev.reverse();
-        assert_eq!(
-            build(&bs, 1021),
-            build(&rev, 1021),
-            "order of input does not matter"
-        );
-        assert_eq!(build(&backends(5, |_| 0), 1021), Ok(vec![0; 1021]));
+        // A stride coprime to 10 visits every backend in a scrambled order.
+        let shuffled: Vec<_> = (0..bs.len()).map(|i| bs[i * 7 % bs.len()]).collect();
+        for other in [rev, shuffled] {
+            assert_eq!(
+                build(&other, M).as_ref(),
+                Ok(&want),
+                "order of input does not matter"
+            );
+        }
+        assert_eq!(build(&backends(5, |_| 0), M), Ok(vec![0; M as usize]));
         assert_eq!(build(&[], 13), Ok(vec![0; 13]));
         assert_eq!(build(&bs, 1000), Err(MaglevError::NotPrime(1000)));
         assert_eq!(
@@ -274,9 +283,12 @@ mod tests {
             })
         );
         let drained = backends(4, |i| if i == 2 { 0 } else { 1 });
-        let t = build(&drained, 1021).expect("build");
+        let t = build(&drained, M).expect("build");
         assert!(!t.contains(&2), "weight 0 gets no slot");
         assert!(!t.contains(&0), "every slot owned");
+        // Draining must move exactly the flows that removal would.
+        let removed: Vec<_> = drained.iter().copied().filter(|b| b.id != 2).collect();
+        assert_eq!(build(&removed, M), Ok(t), "draining equals removing");
         assert!(
             is_prime(65537) && is_prime(655373) && is_prime(2) && !is_prime(1) && !is_prime(65535)
         );

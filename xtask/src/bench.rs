@@ -1,31 +1,35 @@
-//! `cargo xtask bench PART`: runs a benchmark binary in release mode.
+//! `cargo xtask bench`: runs a benchmark binary of the tests crate in release
+//! mode. The binaries measure and write their own reports (docs/benchmarks.md).
 
-use std::process::Command;
+use anyhow::{Context as _, Result};
+use clap::Subcommand;
 
-use anyhow::bail;
+use crate::{command, run_status, show, toolchain};
 
-use crate::{is_root, run_cmd};
+#[derive(Subcommand)]
+pub(crate) enum Bench {
+    /// Program cost per packet through BPF_PROG_TEST_RUN (needs root); writes target/bench/dataplane.json.
+    Dataplane {
+        /// Passed to bench-dataplane, e.g. `--rounds 5 --calls 100000` or `--smoke`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
 
-pub fn run(part: &str, args: &[String]) -> anyhow::Result<()> {
-    if !is_root() {
-        bail!("benchmarks load XDP programs: run as root (sudo -E cargo xtask bench {part})");
-    }
-    match part {
-        "dataplane" => run_cmd(
-            Command::new(env!("CARGO"))
-                .args([
-                    "run",
-                    "--release",
-                    "-p",
-                    "hola-tests",
-                    "--bin",
-                    "bench-dataplane",
-                    "--",
-                ])
-                .args(args),
-        ),
-        other => bail!(
-            "unknown benchmark part {other:?}; available: dataplane (forward, proxy and control arrive with the benchmarks issue)"
-        ),
-    }
+pub(crate) fn bench(which: Bench) -> Result<()> {
+    toolchain::setup(false)?;
+    let Bench::Dataplane { args } = which;
+    let mut cmd = command("cargo");
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "hola-tests",
+        "--bin",
+        "bench-dataplane",
+        "--",
+    ])
+    .args(&args);
+    println!("==> bench dataplane: {}", show(&cmd));
+    run_status(&mut cmd).context("bench dataplane failed")
 }

@@ -20,7 +20,10 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Bootstrap, test, run and benchmark hola")]
+#[command(
+    name = "cargo xtask",
+    about = "Bootstrap, test, run and benchmark hola"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -34,7 +37,7 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Run setup, then fmt, clippy, unit tests, and the privileged tests (needs root).
+    /// Run setup, fmt, clippy, unit tests, a bench smoke run, then the privileged tests (needs root).
     Test {
         /// Passed to the privileged test binaries, e.g. a test-name filter: `cargo xtask test -- fixture`.
         #[arg(last = true)]
@@ -124,9 +127,12 @@ pub(crate) fn show(cmd: &Command) -> String {
 
 /// Runs `cmd` with inherited stdio; an error names the command and its exit status.
 pub(crate) fn run_status(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{}` (is it installed and on PATH?)", show(cmd)))?;
+    let status = cmd.status().with_context(|| {
+        format!(
+            "could not start `{}` (is it installed and on PATH?)",
+            show(cmd)
+        )
+    })?;
     if !status.success() {
         bail!("`{}` failed ({status})", show(cmd));
     }
@@ -135,9 +141,12 @@ pub(crate) fn run_status(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` and returns its stdout; an error carries its stderr.
 pub(crate) fn run_output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("could not start `{}` (is it installed and on PATH?)", show(cmd)))?;
+    let out = cmd.output().with_context(|| {
+        format!(
+            "could not start `{}` (is it installed and on PATH?)",
+            show(cmd)
+        )
+    })?;
     if !out.status.success() {
         bail!(
             "`{}` failed ({}): {}",

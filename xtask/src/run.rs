@@ -1,10 +1,14 @@
-//! `cargo xtask run`: starts hola.
+//! `cargo xtask run`: will start the `hola` daemon on a NIC, or in the lab when
+//! no NIC is named. Neither exists yet; they arrive with issue 3.
 
-use anyhow::bail;
+use anyhow::{Result, bail};
 
-pub fn run(_args: &[String]) -> anyhow::Result<()> {
+use crate::toolchain;
+
+pub(crate) fn run() -> Result<()> {
+    toolchain::setup(false)?;
     bail!(
-        "the hola daemon and the lab are not built yet (issue 3: the daemon and CLI); \
-         today the data plane is exercised by `cargo xtask test` and measured by `cargo xtask bench dataplane`"
+        "the `hola` daemon and the lab are not built yet (they arrive with issue 3), so there is \
+         nothing to run; `cargo xtask test` runs the tests that exist"
     )
 }
