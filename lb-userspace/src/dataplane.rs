@@ -8,7 +8,11 @@
 //! points to it; a table change writes only the slots whose owner changed
 //! (each slot is one atomic 32-bit store).
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -20,7 +24,9 @@ use lb_common::{
     PROTO_UDP, Reason, ReasonStats, Settings, VipKey, VipMeta, VipSlot, VipStats,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP},
     maps as names,
-    vip::{ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_DSR, VIP_MODE_TUNNEL},
+    vip::{
+        ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_DSR, VIP_MODE_MASK, VIP_MODE_TUNNEL,
+    },
 };
 
 use crate::{
@@ -156,6 +162,23 @@ pub enum DataplaneError {
         name: &'static str,
         source: aya::maps::MapError,
     },
+    #[error(
+        "creating the pin directory {dir}: {source} (is bpffs mounted there? hola run mounts it at /sys/fs/bpf)"
+    )]
+    PinDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "pinned map {path} holds {pinned} entries but the configuration asks for {wanted}; capacities cannot change under a running data plane: run `hola down` first (this drops every flow) or restore the old setting"
+    )]
+    PinnedSize {
+        path: std::path::PathBuf,
+        pinned: u32,
+        wanted: u32,
+    },
+    #[error("attaching to {iface}: {message}")]
+    Attach { iface: String, message: String },
     #[error("map TX_PORTS: {0}")]
     TxPorts(aya::maps::xdp::XdpMapError),
     #[error("map {0} is missing from the hola eBPF object (built from another version?)")]
@@ -289,6 +312,20 @@ impl Dataplane {
     /// Loads the balancer program and creates its maps with `cfg`'s
     /// capacities. Nothing is attached yet.
     pub fn load(cfg: DataplaneConfig) -> Result<Self, DataplaneError> {
+        Self::load_with(cfg, None)
+    }
+
+    /// Loads the balancer with every map pinned under `pin_dir/maps`. Maps
+    /// already pinned there (a previous daemon's) are reused, with their
+    /// contents: the VIPs, backends, tables, flows and counters in them are
+    /// adopted, so a restart moves no flow and resets no counter.
+    pub fn load_pinned(cfg: DataplaneConfig, pin_dir: &Path) -> Result<Self, DataplaneError> {
+        let mut dp = Self::load_with(cfg, Some(pin_dir))?;
+        dp.adopt()?;
+        Ok(dp)
+    }
+
+    fn load_with(cfg: DataplaneConfig, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
         let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
         let (v4, p4) = cfg.tunnel_src_v4;
         let (v6, p6) = cfg.tunnel_src_v6;
@@ -300,16 +337,38 @@ impl Dataplane {
             _pad: 0,
         };
         let flows = cfg.flow_capacity_per_cpu.saturating_mul(ncpus as u32);
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::FLOWS, flows)
-            .map_max_entries(names::VIPS, cfg.max_vips)
-            .map_max_entries(names::VIP_ADDRS4, cfg.max_vips)
-            .map_max_entries(names::VIP_ADDRS6, cfg.max_vips)
-            .map_max_entries(names::VIP_STATS, cfg.max_vips + 1)
-            .map_max_entries(names::BACKENDS, cfg.max_backends + 1)
-            .map_max_entries(names::BACKEND_STATS, cfg.max_backends + 1)
-            .map_max_entries(names::RINGS, cfg.ring_capacity)
-            .map_max_entries(names::TX_PORTS, cfg.max_tx_ports)
+        let sizes = [
+            (names::FLOWS, flows),
+            (names::VIPS, cfg.max_vips),
+            (names::VIP_ADDRS4, cfg.max_vips),
+            (names::VIP_ADDRS6, cfg.max_vips),
+            (names::VIP_STATS, cfg.max_vips + 1),
+            (names::BACKENDS, cfg.max_backends + 1),
+            (names::BACKEND_STATS, cfg.max_backends + 1),
+            (names::RINGS, cfg.ring_capacity),
+            (names::TX_PORTS, cfg.max_tx_ports),
+            (names::REASONS, Reason::COUNT),
+        ];
+        let mut loader = EbpfLoader::new();
+        let mut pins = Vec::new();
+        for (name, size) in sizes {
+            loader.map_max_entries(name, size);
+            if let Some(dir) = pin_dir {
+                let path = dir.join("maps").join(name);
+                check_pinned_size(&path, name, size)?;
+                pins.push((name, path));
+            }
+        }
+        if let Some(dir) = pin_dir {
+            std::fs::create_dir_all(dir.join("maps")).map_err(|e| DataplaneError::PinDir {
+                dir: dir.to_path_buf(),
+                source: e,
+            })?;
+        }
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .override_global(names::SETTINGS, &settings, true)
             .load(programs::HOLA)?;
         let prog: &mut Xdp = program(&mut ebpf, names::PROG_LB)?;
@@ -348,6 +407,164 @@ impl Dataplane {
             ncpus,
             vips: BTreeMap::new(),
         })
+    }
+
+    /// Rebuilds the userspace view (VIPs, backend ids, table mirrors) from
+    /// maps a previous daemon left pinned. Nothing is written.
+    fn adopt(&mut self) -> Result<(), DataplaneError> {
+        let vips: Vec<(VipKey, VipMeta)> = self
+            .vips_map
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::VIPS))?;
+        let mut backends: BTreeMap<u32, Vec<BackendState>> = BTreeMap::new();
+        for id in 1..=self.cfg.max_backends {
+            let b = self
+                .backends_map
+                .get(&id, 0)
+                .map_err(map_err(names::BACKENDS))?;
+            if b.flags & BACKEND_F_ACTIVE == 0 {
+                continue;
+            }
+            let addr = if b.family == FAMILY_V4 {
+                IpAddr::from([b.addr[0], b.addr[1], b.addr[2], b.addr[3]])
+            } else {
+                IpAddr::from(b.addr)
+            };
+            let nexthop = (b.flags & BACKEND_F_NEXTHOP != 0).then_some(Nexthop {
+                dmac: b.dmac,
+                smac: b.smac,
+                ifindex: b.ifindex,
+            });
+            self.backend_ids.mark(id);
+            backends.entry(b.vip_id).or_default().push(BackendState {
+                id,
+                // The weight is not in the kernel; the owner re-applies the
+                // configured weights, which rebuild the same table.
+                spec: BackendSpec {
+                    addr,
+                    weight: 0,
+                    nexthop,
+                },
+            });
+        }
+        for (key, meta) in vips {
+            let addr = if key.family == FAMILY_V4 {
+                IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
+            } else {
+                IpAddr::from(key.addr)
+            };
+            let proto = if key.proto == PROTO_TCP {
+                Proto::Tcp
+            } else {
+                Proto::Udp
+            };
+            let vip = VipAddr {
+                addr,
+                port: u16::from_be(key.port),
+                proto,
+            };
+            let mode = if meta.flags & VIP_MODE_MASK == VIP_MODE_TUNNEL {
+                Mode::Tunnel
+            } else {
+                Mode::Dsr
+            };
+            let spec = VipSpec {
+                vip,
+                mode,
+                src_hash: meta.flags & VIP_F_SRC_HASH != 0,
+                table_size: meta.ring_size,
+            };
+            let mut ring = Vec::with_capacity(meta.ring_size as usize);
+            for i in 0..meta.ring_size {
+                ring.push(
+                    self.rings
+                        .get(&(meta.ring_base + i), 0)
+                        .map_err(map_err(names::RINGS))?,
+                );
+            }
+            self.vip_ids.mark(meta.vip_id);
+            self.ring_space.reserve(meta.ring_base, meta.ring_size);
+            self.vips.insert(
+                vip,
+                VipState {
+                    spec,
+                    id: meta.vip_id,
+                    ring_base: meta.ring_base,
+                    ring,
+                    backends: backends.remove(&meta.vip_id).unwrap_or_default(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Attaches the balancer to `iface`, keeping the attachment as a bpf_link
+    /// pinned at `pin`. When a link is already pinned there (a previous
+    /// daemon's), the new program replaces the old one in it atomically: no
+    /// packet is dropped. Otherwise `modes` are tried in order (driver, then
+    /// generic); the returned string says which mode is in use.
+    pub fn attach_pinned(
+        &mut self,
+        iface: &str,
+        modes: &[XdpMode],
+        pin: &Path,
+    ) -> Result<String, DataplaneError> {
+        use aya::programs::{
+            links::{FdLink, LinkError, PinnedLink},
+            xdp::XdpLink,
+        };
+        let attach_err = |message: String| DataplaneError::Attach {
+            iface: iface.to_string(),
+            message,
+        };
+        let prog = self.program()?;
+        if pin.exists() {
+            let pinned = PinnedLink::from_pin(pin).map_err(|e| {
+                attach_err(format!("opening the pinned link {}: {e}", pin.display()))
+            })?;
+            let link = XdpLink::try_from(FdLink::from(pinned))
+                .map_err(|e| attach_err(format!("{} is not an XDP link: {e}", pin.display())))?;
+            let id = prog.attach_to_link(link).map_err(|e| {
+                attach_err(format!("replacing the program in the pinned link: {e}"))
+            })?;
+            // The pin keeps the link (and so the attachment) alive after this
+            // daemon exits; our handle is only closed then.
+            let kept: FdLink = prog
+                .take_link(id)
+                .map_err(|e| attach_err(e.to_string()))?
+                .try_into()
+                .map_err(|e: LinkError| attach_err(e.to_string()))?;
+            drop(kept);
+            return Ok("existing link (program replaced in place)".into());
+        }
+        let mut last = String::new();
+        for mode in modes {
+            match prog.attach(iface, *mode) {
+                Ok(id) => {
+                    let link: FdLink = prog
+                        .take_link(id)
+                        .map_err(|e| attach_err(e.to_string()))?
+                        .try_into()
+                        .map_err(|e: LinkError| {
+                            attach_err(format!("the kernel gave no bpf_link for XDP ({e}); Linux 5.9 or newer is needed"))
+                        })?;
+                    if let Some(dir) = pin.parent() {
+                        std::fs::create_dir_all(dir).map_err(|e| DataplaneError::PinDir {
+                            dir: dir.to_path_buf(),
+                            source: e,
+                        })?;
+                    }
+                    let pinned = link.pin(pin).map_err(|e| {
+                        attach_err(format!("pinning the link at {}: {e}", pin.display()))
+                    })?;
+                    drop(pinned);
+                    return Ok(format!("{mode:?}").to_lowercase());
+                }
+                Err(e) => last = format!("{mode:?} mode: {e}"),
+            }
+        }
+        Err(attach_err(last))
     }
 
     /// The loaded XDP program, for attaching or for BPF_PROG_TEST_RUN.
@@ -589,6 +806,32 @@ impl Dataplane {
             .map(|b| b.spec.addr)
     }
 
+    /// The Maglev slot a flow hashes to in `vip`'s table, and its backend.
+    pub fn maglev_slot(&self, vip: &VipAddr, key: &FlowKey) -> Option<(u32, Option<IpAddr>)> {
+        let state = self.vips.get(vip)?;
+        let hash = lb_common::hash::flow_hash(key, state.spec.src_hash);
+        let slot = hash % state.spec.table_size;
+        let id = state.ring[slot as usize];
+        Some((
+            slot,
+            state
+                .backends
+                .iter()
+                .find(|b| b.id == id)
+                .map(|b| b.spec.addr),
+        ))
+    }
+
+    /// The address of backend `id` if it belongs to `vip`.
+    pub fn backend_by_id(&self, vip: &VipAddr, id: u32) -> Option<IpAddr> {
+        self.vips
+            .get(vip)?
+            .backends
+            .iter()
+            .find(|b| b.id == id)
+            .map(|b| b.spec.addr)
+    }
+
     /// The flow-table entry for a 5-tuple, if any.
     pub fn flow_entry(&self, key: &FlowKey) -> Option<FlowValue> {
         self.flows.get(key, 0).ok()
@@ -694,6 +937,48 @@ impl Dataplane {
     }
 }
 
+/// Refuses to reuse a pinned map whose capacity differs from the one asked
+/// for: aya would reuse it silently, and the program would then be sized
+/// differently from its maps.
+fn check_pinned_size(path: &Path, name: &'static str, wanted: u32) -> Result<(), DataplaneError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let info = aya::maps::MapInfo::from_pin(path).map_err(map_err(name))?;
+    let pinned = info.max_entries();
+    if pinned != wanted {
+        return Err(DataplaneError::PinnedSize {
+            path: PathBuf::from(path),
+            pinned,
+            wanted,
+        });
+    }
+    Ok(())
+}
+
+/// Removes everything `hola run` pinned under `pin_dir` (links first, so the
+/// program detaches, then maps). Returns what it removed.
+pub fn unpin_all(pin_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    if !pin_dir.exists() {
+        return Ok(removed);
+    }
+    for sub in ["links", "maps"] {
+        let dir = pin_dir.join(sub);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries {
+                let p = e?.path();
+                std::fs::remove_file(&p)?;
+                removed.push(p);
+            }
+            std::fs::remove_dir(&dir)?;
+        }
+    }
+    // Anything else there was not ours; leave it and say so by failing.
+    std::fs::remove_dir(pin_dir)?;
+    Ok(removed)
+}
+
 fn backend_entry(spec: &BackendSpec, vip_id: u32) -> Backend {
     let (addr, family) = addr_bytes(spec.addr);
     let mut b = Backend {
@@ -756,6 +1041,26 @@ impl RingSpace {
         Some(base)
     }
 
+    /// Takes `[base, base + size)` out of the free regions (adoption).
+    fn reserve(&mut self, base: u32, size: u32) {
+        let end = base + size;
+        let mut next = Vec::with_capacity(self.free.len() + 1);
+        for &(b, l) in &self.free {
+            let e = b + l;
+            if e <= base || b >= end {
+                next.push((b, l));
+                continue;
+            }
+            if b < base {
+                next.push((b, base - b));
+            }
+            if e > end {
+                next.push((end, e - end));
+            }
+        }
+        self.free = next;
+    }
+
     fn free(&mut self, base: u32, size: u32) {
         self.free.push((base, size));
         self.free.sort_unstable();
@@ -805,6 +1110,14 @@ impl IdPool {
                 self.in_use += 1;
                 return Some(self.cursor);
             }
+        }
+    }
+
+    /// Marks an id adopted from the kernel as in use.
+    fn mark(&mut self, id: u32) {
+        if id >= 1 && id <= self.capacity && !std::mem::replace(&mut self.used[id as usize], true) {
+            self.in_use += 1;
+            self.cursor = self.cursor.max(id);
         }
     }
 

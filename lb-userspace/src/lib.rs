@@ -1,7 +1,14 @@
 //! The hola controller library: Maglev tables, the one owner of the data
-//! plane's maps, next-hop resolution, and stats.
+//! plane's maps, next-hop resolution, the daemon, its API and stats.
 
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod daemon;
 pub mod dataplane;
+pub mod helpers;
 pub mod maglev;
 pub mod neigh;
+pub mod owner;
 pub mod programs;
+pub mod stats;

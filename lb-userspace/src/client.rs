@@ -1,0 +1,52 @@
+//! The CLI's side of the control API: HTTP/1.1 over the Unix socket.
+
+use std::path::Path;
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Method, Request, body::Bytes};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+/// The status and body of one request.
+pub async fn call(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+) -> anyhow::Result<(u16, String)> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the hola daemon at {}: {e} (is `hola run` running? use --socket to name another socket)",
+            socket.display()
+        )
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "hola")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// The body of a successful call; an error carries the daemon's message.
+pub async fn ok(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+) -> anyhow::Result<String> {
+    let (status, text) = call(socket, method, path, body).await?;
+    if (200..300).contains(&status) {
+        return Ok(text);
+    }
+    let msg = serde_json::from_str::<crate::api::ErrorBody>(&text)
+        .map(|e| e.error)
+        .unwrap_or(text);
+    anyhow::bail!("{msg}")
+}

@@ -1,0 +1,1674 @@
+//! The `hola` daemon's configuration: a TOML file (see `docs/configuration.md`).
+//!
+//! Parsing goes through a private, lenient model first (every field optional,
+//! numbers as `i64`, addresses as strings) so that one run reports every
+//! mistake, each with the file, the line, the field path, the value and the
+//! fix. Only unknown keys and wrong TOML types stop at the first (serde does).
+//! The result is the public [`Config`], which carries no spans; [`Config::validate`]
+//! runs the same semantic checks on a `Config` built elsewhere (the API), without
+//! line numbers.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use toml::de::{DeTable, DeValue};
+
+use crate::maglev::{DEFAULT_TABLE_SIZE, is_prime};
+
+/// Default values of every optional key, in one place (docs/configuration.md
+/// repeats them).
+pub mod defaults {
+    use super::{HashKind, Protocol, VipMode, XdpMode};
+
+    pub const XDP_MODE: XdpMode = XdpMode::Auto;
+    pub const FLOW_CAPACITY_PER_CPU: u32 = 1 << 20;
+    pub const MAX_VIPS: u32 = 256;
+    pub const MAX_BACKENDS: u32 = 4096;
+    pub const RING_CAPACITY: u32 = 1_048_592;
+    pub const DEFAULT_TABLE_SIZE: u32 = crate::maglev::DEFAULT_TABLE_SIZE;
+    pub const CONTROL_SOCKET: &str = "/run/hola/hola.sock";
+    pub const METRICS_ADDRESS: &str = "127.0.0.1:9464";
+    pub const STATE_FILE: &str = "/var/lib/hola/state.toml";
+    pub const BPFFS_DIR: &str = "/sys/fs/bpf/hola";
+    pub const TUNNEL_SOURCE_V4: &str = "198.18.255.0/24";
+    pub const TUNNEL_SOURCE_V6: &str = "2001:db8:ffff::/112";
+    pub const PROTOCOL: Protocol = Protocol::Tcp;
+    pub const MODE: VipMode = VipMode::Dsr;
+    pub const HASH: HashKind = HashKind::FiveTuple;
+    pub const WEIGHT: u32 = 1;
+}
+
+/// Smallest and largest Maglev table size accepted (both prime).
+pub const TABLE_SIZE_RANGE: (u32, u32) = (7, 16_777_259);
+/// Largest backend weight; 0 drains.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+// ---------------------------------------------------------------------------
+// Public model
+
+/// The whole configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub global: Global,
+    #[serde(rename = "vip", default)]
+    pub vips: Vec<VipConfig>,
+}
+
+/// The `[global]` table: where and how the balancer runs, and its capacities.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Global {
+    /// Where the balancer attaches; the first is the main one.
+    pub interfaces: Vec<String>,
+    #[serde(default = "d::xdp_mode")]
+    pub xdp_mode: XdpMode,
+    #[serde(default = "d::flow_capacity_per_cpu")]
+    pub flow_capacity_per_cpu: u32,
+    #[serde(default = "d::max_vips")]
+    pub max_vips: u32,
+    #[serde(default = "d::max_backends")]
+    pub max_backends: u32,
+    /// Total Maglev slots shared by all VIPs' tables.
+    #[serde(default = "d::ring_capacity")]
+    pub ring_capacity: u32,
+    #[serde(default = "d::default_table_size")]
+    pub default_table_size: u32,
+    #[serde(default = "d::control_socket")]
+    pub control_socket: PathBuf,
+    /// `None` (written `""`) disables `/metrics`.
+    #[serde(default = "d::metrics_address", with = "metrics_address_serde")]
+    pub metrics_address: Option<SocketAddr>,
+    #[serde(default = "d::state_file")]
+    pub state_file: PathBuf,
+    #[serde(default = "d::bpffs_dir")]
+    pub bpffs_dir: PathBuf,
+    #[serde(default = "d::tunnel_source_v4")]
+    pub tunnel_source_v4: Ipv4Cidr,
+    #[serde(default = "d::tunnel_source_v6")]
+    pub tunnel_source_v6: Ipv6Cidr,
+}
+
+/// One `[[vip]]`: a virtual service and its backends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipConfig {
+    pub address: IpAddr,
+    /// 0 means every port.
+    pub port: u16,
+    #[serde(default = "d::protocol")]
+    pub protocol: Protocol,
+    #[serde(default = "d::mode")]
+    pub mode: VipMode,
+    #[serde(default = "d::hash")]
+    pub hash: HashKind,
+    /// `None`: `global.default_table_size` (see [`Config::table_size`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u32>,
+    #[serde(rename = "backend", default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+/// One `[[vip.backend]]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub address: IpAddr,
+    /// 0..=10000; 0 drains the backend.
+    #[serde(default = "d::weight")]
+    pub weight: u32,
+    /// Used only when no primary backend is healthy.
+    #[serde(default)]
+    pub backup: bool,
+    /// Egress interface, when not the main one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Drained: no new flows, established flows stay; the weight is kept
+    /// for when it is undrained.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VipMode {
+    /// Direct server return: rewrite the destination MAC only.
+    Dsr,
+    /// IP-in-IP / IPv6 encapsulation to the backend.
+    Tunnel,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HashKind {
+    #[serde(rename = "5-tuple")]
+    FiveTuple,
+    /// Source address only: client affinity.
+    #[serde(rename = "source")]
+    Source,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Driver mode, falling back to generic with a warning.
+    Auto,
+    Driver,
+    Generic,
+}
+
+/// The TOML spelling of each enum value; must agree with the serde renames
+/// above (the round-trip test checks it).
+trait Choice: Copy + 'static {
+    const CHOICES: &'static [(&'static str, Self)];
+    fn name(self) -> &'static str
+    where
+        Self: PartialEq,
+    {
+        Self::CHOICES
+            .iter()
+            .find(|(_, v)| *v == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+impl Choice for Protocol {
+    const CHOICES: &'static [(&'static str, Self)] = &[("tcp", Self::Tcp), ("udp", Self::Udp)];
+}
+impl Choice for VipMode {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("dsr", Self::Dsr), ("tunnel", Self::Tunnel)];
+}
+impl Choice for HashKind {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("5-tuple", Self::FiveTuple), ("source", Self::Source)];
+}
+impl Choice for XdpMode {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("auto", Self::Auto),
+        ("driver", Self::Driver),
+        ("generic", Self::Generic),
+    ];
+}
+
+macro_rules! display_choice {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    )*};
+}
+display_choice!(Protocol, VipMode, HashKind, XdpMode);
+
+macro_rules! cidr {
+    ($name:ident, $addr:ty, $bits:ty, $max:expr, $example:expr) => {
+        /// An address prefix, written `ADDRESS/PREFIX`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub struct $name {
+            pub addr: $addr,
+            pub prefix: u8,
+        }
+
+        impl $name {
+            /// The network address (host bits cleared), when `prefix` is in range.
+            pub fn network(&self) -> Option<$addr> {
+                if self.prefix > $max {
+                    return None;
+                }
+                let mask = <$bits>::MAX
+                    .checked_shl(u32::from($max - self.prefix))
+                    .unwrap_or(0);
+                Some(<$addr>::from(<$bits>::from(self.addr) & mask))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}/{}", self.addr, self.prefix)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                let bad = || {
+                    format!(
+                        "not a CIDR; write ADDRESS/PREFIX with a prefix of 0..={} such as \"{}\"",
+                        $max, $example
+                    )
+                };
+                let (a, p) = s.split_once('/').ok_or_else(bad)?;
+                let addr = a.parse().map_err(|_| bad())?;
+                let prefix: u8 = p.parse().map_err(|_| bad())?;
+                if prefix > $max {
+                    return Err(bad());
+                }
+                Ok(Self { addr, prefix })
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+cidr!(Ipv4Cidr, Ipv4Addr, u32, 32u8, defaults::TUNNEL_SOURCE_V4);
+cidr!(Ipv6Cidr, Ipv6Addr, u128, 128u8, defaults::TUNNEL_SOURCE_V6);
+
+/// Serde default functions (serde wants paths to functions).
+mod d {
+    use super::*;
+    pub fn xdp_mode() -> XdpMode {
+        defaults::XDP_MODE
+    }
+    pub fn flow_capacity_per_cpu() -> u32 {
+        defaults::FLOW_CAPACITY_PER_CPU
+    }
+    pub fn max_vips() -> u32 {
+        defaults::MAX_VIPS
+    }
+    pub fn max_backends() -> u32 {
+        defaults::MAX_BACKENDS
+    }
+    pub fn ring_capacity() -> u32 {
+        defaults::RING_CAPACITY
+    }
+    pub fn default_table_size() -> u32 {
+        defaults::DEFAULT_TABLE_SIZE
+    }
+    pub fn control_socket() -> PathBuf {
+        defaults::CONTROL_SOCKET.into()
+    }
+    pub fn metrics_address() -> Option<SocketAddr> {
+        defaults::METRICS_ADDRESS.parse().ok()
+    }
+    pub fn state_file() -> PathBuf {
+        defaults::STATE_FILE.into()
+    }
+    pub fn bpffs_dir() -> PathBuf {
+        defaults::BPFFS_DIR.into()
+    }
+    pub fn tunnel_source_v4() -> Ipv4Cidr {
+        defaults::TUNNEL_SOURCE_V4
+            .parse()
+            .expect("the default is a valid CIDR")
+    }
+    pub fn tunnel_source_v6() -> Ipv6Cidr {
+        defaults::TUNNEL_SOURCE_V6
+            .parse()
+            .expect("the default is a valid CIDR")
+    }
+    pub fn protocol() -> Protocol {
+        defaults::PROTOCOL
+    }
+    pub fn mode() -> VipMode {
+        defaults::MODE
+    }
+    pub fn hash() -> HashKind {
+        defaults::HASH
+    }
+    pub fn weight() -> u32 {
+        defaults::WEIGHT
+    }
+}
+
+/// `metrics_address`: a socket address, or `""` for none.
+mod metrics_address_serde {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_metrics_address(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_metrics_address(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        "not a socket address; write IP:PORT such as \"127.0.0.1:9464\" or \"[::1]:9464\", \
+         or \"\" to disable /metrics"
+            .to_string()
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// One mistake in a configuration, located as precisely as known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", location(.file, .line))]
+pub struct ConfigError {
+    file: String,
+    line: Option<usize>,
+    message: String,
+}
+
+fn location(file: &str, line: &Option<usize>) -> String {
+    match line {
+        Some(l) => format!("{file}:{l}"),
+        None => file.to_string(),
+    }
+}
+
+impl ConfigError {
+    /// The file name (the `origin` given to [`parse`] or [`Config::validate`]).
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+    /// 1-based line, when the error comes from a file.
+    pub fn line(&self) -> Option<usize> {
+        self.line
+    }
+    /// What is wrong and how to fix it, starting with the field path.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Every mistake found in one configuration, in file order where known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// ---------------------------------------------------------------------------
+// Entry points
+
+/// Reads and parses `path`; errors name the path as the file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let origin = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, &origin),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            file: origin,
+            line: None,
+            message: format!(
+                "cannot read the configuration file: {e}; check the path and its permissions \
+                 (docs/hola.example.toml is a starting point)"
+            ),
+        }])),
+    }
+}
+
+/// Parses and validates `text`; `origin` names it in messages (usually the
+/// file name). Reports every error found, one per line.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
+    let (root, syntax) = DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        let mut errors: Vec<ConfigError> = syntax
+            .iter()
+            .map(|e| ConfigError {
+                file: origin.to_string(),
+                line: e.span().map(|s| line_at(text, s.start)),
+                message: format!("syntax error: {}", e.message().trim_end()),
+            })
+            .collect();
+        // The parser recovers line by line; after the first error on a line
+        // the others are mostly its echo.
+        errors.sort_by_key(|e| e.line);
+        errors.dedup_by_key(|e| e.line);
+        return Err(ConfigErrors(errors));
+    }
+    let locator = Locator::new(text, &root);
+    let raw = match RawConfig::deserialize(toml::de::Deserializer::from(root)) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let (line, path) = match e.span() {
+                Some(span) => (Some(line_at(text, span.start)), locator.path_at(&span)),
+                None => (None, None),
+            };
+            let message = e.message().trim_end();
+            let message = match path {
+                Some(p) if !p.is_empty() => format!("{p}: {message}"),
+                _ => message.to_string(),
+            };
+            return Err(ConfigErrors(vec![ConfigError {
+                file: origin.to_string(),
+                line,
+                message,
+            }]));
+        }
+    };
+    let mut sink = Sink::new(origin, &locator);
+    // Missing or unreadable values become placeholders whose paths are
+    // "poisoned", so the checks still run on everything else.
+    let config = raw.convert(&mut sink);
+    config.check(&mut sink);
+    if sink.errors.is_empty() {
+        return Ok(config);
+    }
+    let mut errors = sink.errors;
+    errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+    Err(ConfigErrors(errors))
+}
+
+impl Config {
+    /// The configuration as TOML that [`parse`] reads back to an equal `Config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a Config always serializes to TOML")
+    }
+
+    /// The semantic checks of [`parse`], for a `Config` that did not come
+    /// from a file (errors carry no line number).
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigErrors> {
+        let locator = Locator::default();
+        let mut sink = Sink::new(origin, &locator);
+        self.check(&mut sink);
+        if sink.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(sink.errors))
+        }
+    }
+
+    /// The Maglev table size of `vip`: its own, or the global default.
+    pub fn table_size(&self, vip: &VipConfig) -> u32 {
+        vip.table_size.unwrap_or(self.global.default_table_size)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Locating fields in the text
+
+fn line_at(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Field path (`vip[1].backend[0].weight`) to where it is written.
+#[derive(Default)]
+struct Locator {
+    /// Line of each path's key (or of the table, for array elements).
+    lines: HashMap<String, usize>,
+    /// Every key and value span with its path, to name the field of a serde error.
+    spans: Vec<(Range<usize>, String)>,
+}
+
+impl Locator {
+    fn new(text: &str, root: &toml::Spanned<DeTable<'_>>) -> Self {
+        let mut me = Self::default();
+        me.walk_table(text, root.get_ref(), "");
+        me
+    }
+
+    fn walk_table(&mut self, text: &str, table: &DeTable<'_>, prefix: &str) {
+        for (key, value) in table {
+            let path = if prefix.is_empty() {
+                key.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", key.get_ref())
+            };
+            self.lines
+                .entry(path.clone())
+                .or_insert_with(|| line_at(text, key.span().start));
+            self.spans.push((key.span(), path.clone()));
+            self.walk_value(text, value, &path);
+        }
+    }
+
+    fn walk_value(&mut self, text: &str, value: &toml::Spanned<DeValue<'_>>, path: &str) {
+        self.spans.push((value.span(), path.to_string()));
+        match value.get_ref() {
+            DeValue::Table(t) => self.walk_table(text, t, path),
+            DeValue::Array(a) => {
+                for (i, item) in a.iter().enumerate() {
+                    let p = format!("{path}[{i}]");
+                    self.lines
+                        .insert(p.clone(), line_at(text, item.span().start));
+                    self.walk_value(text, item, &p);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The line of `path`, or of the nearest enclosing field that is written
+    /// (a defaulted `vip[1].table_size` points at `vip[1]`).
+    fn line(&self, path: &str) -> Option<usize> {
+        let mut p = path;
+        loop {
+            if let Some(&l) = self.lines.get(p) {
+                return Some(l);
+            }
+            p = &p[..p.rfind(['.', '['])?];
+        }
+    }
+
+    /// The innermost field whose key or value covers `span`.
+    fn path_at(&self, span: &Range<usize>) -> Option<String> {
+        self.spans
+            .iter()
+            .filter(|(s, _)| s.start <= span.start && span.end <= s.end.max(s.start + 1))
+            .min_by_key(|(s, _)| s.len())
+            .map(|(_, p)| p.clone())
+    }
+}
+
+/// Where errors go while parsing and checking.
+struct Sink<'a> {
+    origin: &'a str,
+    locator: &'a Locator,
+    errors: Vec<ConfigError>,
+    /// Fields holding a placeholder for a missing or unreadable value,
+    /// already reported: further errors about them would only be noise.
+    poisoned: Vec<String>,
+}
+
+impl<'a> Sink<'a> {
+    fn new(origin: &'a str, locator: &'a Locator) -> Self {
+        Self {
+            origin,
+            locator,
+            errors: Vec::new(),
+            poisoned: Vec::new(),
+        }
+    }
+
+    fn is_poisoned(&self, path: &str) -> bool {
+        self.poisoned.iter().any(|p| {
+            path.strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
+    }
+
+    /// Records `message` (which starts with `path`) at the line of `path`.
+    fn error(&mut self, path: &str, message: String) {
+        if self.is_poisoned(path) {
+            return;
+        }
+        self.errors.push(ConfigError {
+            file: self.origin.to_string(),
+            line: self.locator.line(path),
+            message,
+        });
+    }
+
+    /// `value` (or `default` when absent) as a `T`; a value `T` cannot hold is
+    /// reported with `range` and replaced by `default`. Ranges inside `T`
+    /// are checked later, on the public model.
+    fn int<T: TryFrom<i64> + fmt::Display>(
+        &mut self,
+        path: &str,
+        value: Option<i64>,
+        default: T,
+        range: &str,
+    ) -> T {
+        match value {
+            None => default,
+            Some(v) => T::try_from(v).unwrap_or_else(|_| {
+                self.error(path, format!("{path} = {v}: must be {range}"));
+                default
+            }),
+        }
+    }
+
+    fn choice<T: Choice + PartialEq>(
+        &mut self,
+        path: &str,
+        value: Option<String>,
+        default: T,
+    ) -> T {
+        let Some(v) = value else { return default };
+        if let Some((_, c)) = T::CHOICES.iter().find(|(n, _)| *n == v) {
+            return *c;
+        }
+        let names: Vec<String> = T::CHOICES.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        self.error(
+            path,
+            format!("{path} = {v:?}: must be one of {}", names.join(", ")),
+        );
+        default
+    }
+
+    /// `value`, or `placeholder` after reporting it missing.
+    fn required<T>(&mut self, path: &str, value: Option<T>, placeholder: T, example: &str) -> T {
+        value.unwrap_or_else(|| {
+            self.error(path, format!("{path} is missing: add it, e.g. {example}"));
+            self.poisoned.push(path.to_string());
+            placeholder
+        })
+    }
+
+    /// A required IP address; the placeholder is the unspecified IPv4 address.
+    fn ip(&mut self, path: &str, value: Option<String>, example: &str) -> IpAddr {
+        let placeholder = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let Some(value) = value else {
+            return self.required(path, None, placeholder, &format!("address = \"{example}\""));
+        };
+        value.parse().unwrap_or_else(|_| {
+            self.error(
+                path,
+                format!(
+                    "{path} = {value:?}: not an IP address; write an IPv4 address such as \
+                     \"{example}\" or an IPv6 one such as \"2001:db8::1\""
+                ),
+            );
+            self.poisoned.push(path.to_string());
+            placeholder
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The lenient model the file is read into
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    global: Option<RawGlobal>,
+    #[serde(default)]
+    vip: Vec<RawVip>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGlobal {
+    interfaces: Option<Vec<String>>,
+    xdp_mode: Option<String>,
+    flow_capacity_per_cpu: Option<i64>,
+    max_vips: Option<i64>,
+    max_backends: Option<i64>,
+    ring_capacity: Option<i64>,
+    default_table_size: Option<i64>,
+    control_socket: Option<String>,
+    metrics_address: Option<String>,
+    state_file: Option<String>,
+    bpffs_dir: Option<String>,
+    tunnel_source_v4: Option<String>,
+    tunnel_source_v6: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVip {
+    address: Option<String>,
+    port: Option<i64>,
+    protocol: Option<String>,
+    mode: Option<String>,
+    hash: Option<String>,
+    table_size: Option<i64>,
+    #[serde(default)]
+    backend: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: Option<String>,
+    weight: Option<i64>,
+    backup: Option<bool>,
+    interface: Option<String>,
+    drain: Option<bool>,
+}
+
+impl RawConfig {
+    /// The public model; what is missing or unreadable is reported to
+    /// `sink` and replaced by a placeholder (range checks come later).
+    fn convert(self, sink: &mut Sink<'_>) -> Config {
+        let global = self.global.unwrap_or_else(|| {
+            sink.error(
+                "global",
+                "global is missing: add a [global] table with at least interfaces = [\"eth0\"]"
+                    .to_string(),
+            );
+            sink.poisoned.push("global.interfaces".to_string());
+            RawGlobal::default()
+        });
+        Config {
+            global: global.convert(sink),
+            vips: (self.vip.into_iter().enumerate())
+                .map(|(i, v)| v.convert(sink, &format!("vip[{i}]")))
+                .collect(),
+        }
+    }
+}
+
+impl RawGlobal {
+    fn convert(self, sink: &mut Sink<'_>) -> Global {
+        let u32_field = |sink: &mut Sink<'_>, name: &str, v: Option<i64>, def: u32, range: &str| {
+            sink.int(&format!("global.{name}"), v, def, range)
+        };
+        let interfaces = sink.required(
+            "global.interfaces",
+            self.interfaces,
+            Vec::new(),
+            "interfaces = [\"eth0\"]",
+        );
+        let xdp_mode = sink.choice("global.xdp_mode", self.xdp_mode, defaults::XDP_MODE);
+        let flow_capacity_per_cpu = u32_field(
+            sink,
+            "flow_capacity_per_cpu",
+            self.flow_capacity_per_cpu,
+            defaults::FLOW_CAPACITY_PER_CPU,
+            FLOW_RANGE,
+        );
+        let max_vips = u32_field(
+            sink,
+            "max_vips",
+            self.max_vips,
+            defaults::MAX_VIPS,
+            VIPS_RANGE,
+        );
+        let max_backends = u32_field(
+            sink,
+            "max_backends",
+            self.max_backends,
+            defaults::MAX_BACKENDS,
+            BACKENDS_RANGE,
+        );
+        let ring_capacity = u32_field(
+            sink,
+            "ring_capacity",
+            self.ring_capacity,
+            defaults::RING_CAPACITY,
+            "1..=4294967295",
+        );
+        let default_table_size = u32_field(
+            sink,
+            "default_table_size",
+            self.default_table_size,
+            DEFAULT_TABLE_SIZE,
+            &table_size_range(),
+        );
+        let metrics_address = match self.metrics_address {
+            None => d::metrics_address(),
+            Some(s) => parse_metrics_address(&s).unwrap_or_else(|why| {
+                sink.error(
+                    "global.metrics_address",
+                    format!("global.metrics_address = {s:?}: {why}"),
+                );
+                None
+            }),
+        };
+        let tunnel_source_v4 = cidr_field(
+            sink,
+            "global.tunnel_source_v4",
+            self.tunnel_source_v4,
+            d::tunnel_source_v4(),
+        );
+        let tunnel_source_v6 = cidr_field(
+            sink,
+            "global.tunnel_source_v6",
+            self.tunnel_source_v6,
+            d::tunnel_source_v6(),
+        );
+        Global {
+            interfaces,
+            xdp_mode,
+            flow_capacity_per_cpu,
+            max_vips,
+            max_backends,
+            ring_capacity,
+            default_table_size,
+            control_socket: self
+                .control_socket
+                .map_or_else(d::control_socket, PathBuf::from),
+            metrics_address,
+            state_file: self.state_file.map_or_else(d::state_file, PathBuf::from),
+            bpffs_dir: self.bpffs_dir.map_or_else(d::bpffs_dir, PathBuf::from),
+            tunnel_source_v4,
+            tunnel_source_v6,
+        }
+    }
+}
+
+fn cidr_field<T: FromStr<Err = String>>(
+    sink: &mut Sink<'_>,
+    path: &str,
+    value: Option<String>,
+    default: T,
+) -> T {
+    match value {
+        None => default,
+        Some(s) => s.parse().unwrap_or_else(|why| {
+            sink.error(path, format!("{path} = {s:?}: {why}"));
+            default
+        }),
+    }
+}
+
+impl RawVip {
+    fn convert(self, sink: &mut Sink<'_>, path: &str) -> VipConfig {
+        let address = sink.ip(&format!("{path}.address"), self.address, "198.18.1.1");
+        let port = sink.required(
+            &format!("{path}.port"),
+            self.port,
+            0,
+            "port = 80 (0 = all ports)",
+        );
+        let port = sink.int(&format!("{path}.port"), Some(port), 0u16, PORT_RANGE);
+        let protocol = sink.choice(
+            &format!("{path}.protocol"),
+            self.protocol,
+            defaults::PROTOCOL,
+        );
+        let mode = sink.choice(&format!("{path}.mode"), self.mode, defaults::MODE);
+        let hash = sink.choice(&format!("{path}.hash"), self.hash, defaults::HASH);
+        let table_size = self.table_size.and_then(|t| {
+            let p = format!("{path}.table_size");
+            u32::try_from(t).ok().or_else(|| {
+                sink.error(
+                    &p,
+                    format!("{p} = {t}: must be a prime in {}", table_size_range()),
+                );
+                None
+            })
+        });
+        let backends = (self.backend.into_iter().enumerate())
+            .map(|(i, b)| b.convert(sink, &format!("{path}.backend[{i}]")))
+            .collect();
+        VipConfig {
+            address,
+            port,
+            protocol,
+            mode,
+            hash,
+            table_size,
+            backends,
+        }
+    }
+}
+
+impl RawBackend {
+    fn convert(self, sink: &mut Sink<'_>, path: &str) -> BackendConfig {
+        let address = sink.ip(&format!("{path}.address"), self.address, "198.18.0.11");
+        let weight = sink.int(
+            &format!("{path}.weight"),
+            self.weight,
+            defaults::WEIGHT,
+            WEIGHT_RANGE,
+        );
+        BackendConfig {
+            address,
+            weight,
+            backup: self.backup.unwrap_or(false),
+            interface: self.interface,
+            drain: self.drain.unwrap_or(false),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Semantic checks, shared by `parse` and `Config::validate`
+
+const FLOW_RANGE: &str = "1..=16777216";
+const VIPS_RANGE: &str = "1..=65535";
+const BACKENDS_RANGE: &str = "1..=1048576";
+const PORT_RANGE: &str = "0..=65535 (0 = all ports)";
+const WEIGHT_RANGE: &str = "0..=10000 (0 drains the backend)";
+
+fn table_size_range() -> String {
+    format!("{}..={}", TABLE_SIZE_RANGE.0, TABLE_SIZE_RANGE.1)
+}
+
+/// The smallest prime strictly above `n` (saturating at the range's top).
+fn next_prime(n: u32) -> u32 {
+    let mut p = n.saturating_add(1);
+    while p < TABLE_SIZE_RANGE.1 && !is_prime(p) {
+        p += 1;
+    }
+    p
+}
+
+/// Whether `name` can be a Linux interface name (the kernel's dev_valid_name).
+fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+}
+
+const IFNAME_RULE: &str =
+    "not an interface name: 1..=15 characters, no '/', ':' or whitespace (`ip link` lists them)";
+
+/// Problems with a table size, if any; `backends` is how many it must hold.
+fn table_size_problem(size: u32, backends: usize) -> Option<String> {
+    let (lo, hi) = TABLE_SIZE_RANGE;
+    if !(lo..=hi).contains(&size) {
+        return Some(format!(
+            "must be a prime in {lo}..={hi}, such as 65537 or 655373"
+        ));
+    }
+    if !is_prime(size) {
+        return Some(format!(
+            "not prime; 65537 and 655373 are primes (the next prime above {size} is {})",
+            next_prime(size)
+        ));
+    }
+    if backends >= size as usize {
+        return Some(format!(
+            "must be greater than the VIP's {backends} backends; use a prime at least 100 times \
+             that, such as {}",
+            next_prime(u32::try_from(backends.saturating_mul(100)).unwrap_or(u32::MAX))
+        ));
+    }
+    None
+}
+
+fn check_range(sink: &mut Sink<'_>, path: &str, value: u32, lo: u32, hi: u32, hint: &str) {
+    if !(lo..=hi).contains(&value) {
+        sink.error(path, format!("{path} = {value}: must be {lo}..={hi}{hint}"));
+    }
+}
+
+fn check_path(sink: &mut Sink<'_>, path: &str, value: &Path) {
+    if value.as_os_str().is_empty() {
+        sink.error(
+            path,
+            format!("{path} = \"\": must not be empty; remove the line to use the default"),
+        );
+    }
+}
+
+impl Config {
+    fn check(&self, sink: &mut Sink<'_>) {
+        let g = &self.global;
+        if g.interfaces.is_empty() {
+            sink.error(
+                "global.interfaces",
+                "global.interfaces = []: list at least one interface, e.g. [\"eth0\"]".to_string(),
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, name) in g.interfaces.iter().enumerate() {
+            let p = format!("global.interfaces[{i}]");
+            if !valid_ifname(name) {
+                sink.error(&p, format!("{p} = {name:?}: {IFNAME_RULE}"));
+            } else if !seen.insert(name) {
+                sink.error(&p, format!("{p} = {name:?}: listed twice; remove one"));
+            }
+        }
+        check_range(
+            sink,
+            "global.flow_capacity_per_cpu",
+            g.flow_capacity_per_cpu,
+            1,
+            1 << 24,
+            "",
+        );
+        check_range(sink, "global.max_vips", g.max_vips, 1, 65535, "");
+        check_range(sink, "global.max_backends", g.max_backends, 1, 1 << 20, "");
+        if g.ring_capacity == 0 {
+            sink.error(
+                "global.ring_capacity",
+                "global.ring_capacity = 0: must be at least the sum of the VIPs' table sizes"
+                    .to_string(),
+            );
+        }
+        if let Some(why) = table_size_problem(g.default_table_size, 0) {
+            sink.error(
+                "global.default_table_size",
+                format!(
+                    "global.default_table_size = {}: {why}",
+                    g.default_table_size
+                ),
+            );
+        }
+        check_path(sink, "global.control_socket", &g.control_socket);
+        check_path(sink, "global.state_file", &g.state_file);
+        check_path(sink, "global.bpffs_dir", &g.bpffs_dir);
+        let v4 = g.tunnel_source_v4;
+        if let Some(net) = v4.network()
+            && net != v4.addr
+        {
+            sink.error(
+                "global.tunnel_source_v4",
+                format!(
+                    "global.tunnel_source_v4 = \"{v4}\": host bits are set; write \"{net}/{}\"",
+                    v4.prefix
+                ),
+            );
+        } else if v4.prefix > 32 {
+            sink.error(
+                "global.tunnel_source_v4",
+                format!("global.tunnel_source_v4 = \"{v4}\": the prefix must be 0..=32"),
+            );
+        }
+        let v6 = g.tunnel_source_v6;
+        if !(96..=128).contains(&v6.prefix) {
+            sink.error(
+                "global.tunnel_source_v6",
+                format!(
+                    "global.tunnel_source_v6 = \"{v6}\": the prefix must be 96..=128 (the \
+                     balancer varies only the last 32 bits), e.g. \"{}\"",
+                    defaults::TUNNEL_SOURCE_V6
+                ),
+            );
+        } else if let Some(net) = v6.network()
+            && net != v6.addr
+        {
+            sink.error(
+                "global.tunnel_source_v6",
+                format!(
+                    "global.tunnel_source_v6 = \"{v6}\": host bits are set; write \"{net}/{}\"",
+                    v6.prefix
+                ),
+            );
+        }
+
+        let mut vips_seen: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
+        let mut total_backends = 0usize;
+        let mut total_slots = 0u64;
+        for (i, vip) in self.vips.iter().enumerate() {
+            let path = format!("vip[{i}]");
+            self.check_vip(sink, &path, vip);
+            let key = (vip.address, vip.port, vip.protocol);
+            if let Some(first) = vips_seen.insert(key, i) {
+                vips_seen.insert(key, first);
+                sink.error(
+                    &format!("{path}.address"),
+                    format!(
+                        "{path} = {}:{}/{}: the same address, port and protocol as vip[{first}]; \
+                         merge their backends or change one",
+                        vip.address, vip.port, vip.protocol
+                    ),
+                );
+            }
+            total_backends += vip.backends.len();
+            total_slots += u64::from(self.table_size(vip));
+        }
+        let n = self.vips.len();
+        if n > g.max_vips as usize {
+            sink.error(
+                "global.max_vips",
+                format!(
+                    "global.max_vips = {}: {n} VIPs are configured; raise global.max_vips to at \
+                     least {n} or remove VIPs",
+                    g.max_vips
+                ),
+            );
+        }
+        if total_backends > g.max_backends as usize {
+            sink.error(
+                "global.max_backends",
+                format!(
+                    "global.max_backends = {}: the VIPs have {total_backends} backends in total; \
+                     raise global.max_backends to at least {total_backends}",
+                    g.max_backends
+                ),
+            );
+        }
+        if total_slots > u64::from(g.ring_capacity) {
+            sink.error(
+                "global.ring_capacity",
+                format!(
+                    "global.ring_capacity = {}: the {n} VIPs' Maglev tables need {total_slots} \
+                     slots (the sum of their table sizes); raise global.ring_capacity to at \
+                     least {total_slots} or use smaller table_size values",
+                    g.ring_capacity
+                ),
+            );
+        }
+    }
+
+    fn check_vip(&self, sink: &mut Sink<'_>, path: &str, vip: &VipConfig) {
+        let a = vip.address;
+        if a.is_unspecified() || a.is_multicast() {
+            let what = if a.is_unspecified() {
+                "unspecified"
+            } else {
+                "multicast"
+            };
+            sink.error(
+                &format!("{path}.address"),
+                format!(
+                    "{path}.address = \"{a}\": a VIP cannot be the {what} address; use a unicast \
+                     address that clients reach this host on"
+                ),
+            );
+        }
+        let size = self.table_size(vip);
+        if let Some(why) = table_size_problem(size, vip.backends.len()) {
+            // An inherited bad default is reported once, at global.default_table_size.
+            if vip.table_size.is_some() {
+                let p = format!("{path}.table_size");
+                sink.error(&p, format!("{p} = {size}: {why}"));
+            } else if table_size_problem(size, 0).is_none() {
+                let p = format!("{path}.table_size");
+                sink.error(
+                    &p,
+                    format!("{p} = {size} (global.default_table_size): {why}; set {p}"),
+                );
+            }
+        }
+        let mut seen: HashMap<IpAddr, usize> = HashMap::new();
+        for (j, b) in vip.backends.iter().enumerate() {
+            let bp = format!("{path}.backend[{j}]");
+            let b_addr = b.address;
+            if b_addr.is_unspecified()
+                || b_addr.is_multicast()
+                || b_addr == IpAddr::V4(Ipv4Addr::BROADCAST)
+            {
+                sink.error(
+                    &format!("{bp}.address"),
+                    format!(
+                        "{bp}.address = \"{b_addr}\": not a unicast address; use the address \
+                         the backend receives traffic on"
+                    ),
+                );
+            } else if b_addr.is_ipv4() != a.is_ipv4()
+                && !sink.is_poisoned(&format!("{path}.address"))
+            {
+                let (fam, vfam) = if a.is_ipv4() {
+                    ("IPv6", "IPv4")
+                } else {
+                    ("IPv4", "IPv6")
+                };
+                sink.error(
+                    &format!("{bp}.address"),
+                    format!(
+                        "{bp}.address = \"{}\": {fam} but the VIP {a} is {vfam}; a VIP's backends \
+                         must be {vfam} (make a separate {fam} VIP)",
+                        b.address
+                    ),
+                );
+            }
+            if let Some(first) = seen.get(&b.address) {
+                sink.error(
+                    &format!("{bp}.address"),
+                    format!(
+                        "{bp}.address = \"{}\": already {path}.backend[{first}]; remove one \
+                         (weight sets its share)",
+                        b.address
+                    ),
+                );
+            } else {
+                seen.insert(b.address, j);
+            }
+            check_range(
+                sink,
+                &format!("{bp}.weight"),
+                b.weight,
+                0,
+                MAX_WEIGHT,
+                " (0 drains the backend)",
+            );
+            if let Some(name) = &b.interface
+                && !valid_ifname(name)
+            {
+                let p = format!("{bp}.interface");
+                sink.error(&p, format!("{p} = {name:?}: {IFNAME_RULE}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../docs/hola.example.toml");
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text, "hola.toml") {
+            Ok(c) => panic!("expected errors, parsed {c:?}"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// The one error of `text`, which must start with `hola.toml:LINE: PATH`.
+    fn one_error(text: &str, line: usize, path: &str) -> String {
+        let errs = errors(text);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        let want = format!("hola.toml:{line}: {path}");
+        assert!(
+            errs[0].starts_with(&want),
+            "{:?} does not start with {want:?}",
+            errs[0]
+        );
+        errs[0].clone()
+    }
+
+    const BASE: &str = "[global]\ninterfaces = [\"eth0\"]\n";
+
+    #[test]
+    fn example_parses_and_validates() {
+        let c = parse(EXAMPLE, "hola.example.toml").unwrap_or_else(|e| panic!("{e}"));
+        c.validate("hola.example.toml").unwrap();
+        assert!(!c.vips.is_empty());
+        assert_eq!(c.global.interfaces[0], "eth0");
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse(
+            "[global]\ninterfaces = [\"eth0\"]\n[[vip]]\naddress = \"198.18.1.1\"\nport = 80\n\
+             [[vip.backend]]\naddress = \"198.18.0.11\"\n",
+            "hola.toml",
+        )
+        .unwrap();
+        let g = &c.global;
+        assert_eq!(g.xdp_mode, XdpMode::Auto);
+        assert_eq!(g.flow_capacity_per_cpu, 1_048_576);
+        assert_eq!(g.max_vips, 256);
+        assert_eq!(g.max_backends, 4096);
+        assert_eq!(g.ring_capacity, 1_048_592);
+        assert_eq!(g.default_table_size, 65537);
+        assert_eq!(g.control_socket, Path::new("/run/hola/hola.sock"));
+        assert_eq!(g.metrics_address, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(g.tunnel_source_v4.to_string(), "198.18.255.0/24");
+        assert_eq!(g.tunnel_source_v6.to_string(), "2001:db8:ffff::/112");
+        let v = &c.vips[0];
+        assert_eq!(
+            (v.protocol, v.mode, v.hash, v.table_size),
+            (Protocol::Tcp, VipMode::Dsr, HashKind::FiveTuple, None)
+        );
+        assert_eq!(c.table_size(v), 65537);
+        let b = &v.backends[0];
+        assert_eq!(
+            (b.weight, b.backup, b.interface.as_deref()),
+            (1, false, None)
+        );
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut c = parse(EXAMPLE, "x").unwrap();
+        // Cover every enum value and the optional fields both ways.
+        c.global.metrics_address = None;
+        c.global.xdp_mode = XdpMode::Generic;
+        c.vips[0].hash = HashKind::Source;
+        c.vips[0].protocol = Protocol::Udp;
+        c.vips[0].mode = VipMode::Tunnel;
+        c.vips[0].table_size = Some(655_373);
+        c.global.ring_capacity = 2_000_000;
+        c.vips[0].backends[0].interface = Some("eth1".into());
+        c.vips[0].backends[0].backup = true;
+        for cfg in [parse(EXAMPLE, "x").unwrap(), c] {
+            let text = cfg.to_toml();
+            let back = parse(&text, "round-trip").unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(back, cfg, "{text}");
+        }
+        // The hand-written names agree with serde's.
+        for (n, v) in XdpMode::CHOICES {
+            assert_eq!(toml::Value::try_from(v).unwrap().as_str(), Some(*n));
+        }
+        for (n, v) in HashKind::CHOICES {
+            assert_eq!(toml::Value::try_from(v).unwrap().as_str(), Some(*n));
+        }
+        for (n, v) in VipMode::CHOICES {
+            assert_eq!(toml::Value::try_from(v).unwrap().as_str(), Some(*n));
+        }
+        for (n, v) in Protocol::CHOICES {
+            assert_eq!(toml::Value::try_from(v).unwrap().as_str(), Some(*n));
+        }
+    }
+
+    fn vip_text(extra_global: &str, vips: &str) -> String {
+        format!("{BASE}{extra_global}{vips}")
+    }
+
+    #[test]
+    fn weight_out_of_range() {
+        let text = vip_text(
+            "",
+            "[[vip]]\naddress = \"198.18.1.1\"\nport = 80\n\
+             [[vip]]\naddress = \"198.18.1.2\"\nport = 80\n\
+             [[vip.backend]]\naddress = \"198.18.0.11\"\nweight = 70000\n",
+        );
+        let e = one_error(&text, 11, "vip[1].backend[0].weight = 70000");
+        assert!(
+            e.ends_with("must be 0..=10000 (0 drains the backend)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_vip() {
+        let text = vip_text(
+            "",
+            "[[vip]]\naddress = \"198.18.1.1\"\nport = 80\n\
+             [[vip]]\naddress = \"198.18.1.1\"\nport = 80\n",
+        );
+        let e = one_error(&text, 7, "vip[1] = 198.18.1.1:80/tcp");
+        assert!(e.contains("vip[0]"), "{e}");
+        // Another protocol is another VIP.
+        parse(
+            &text.replace(
+                "port = 80\n[[vip]]",
+                "port = 80\nprotocol = \"udp\"\n[[vip]]",
+            ),
+            "x",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn duplicate_backend() {
+        let text = vip_text(
+            "",
+            "[[vip]]\naddress = \"198.18.1.1\"\nport = 80\n\
+             [[vip.backend]]\naddress = \"198.18.0.11\"\n\
+             [[vip.backend]]\naddress = \"198.18.0.11\"\n",
+        );
+        let e = one_error(&text, 9, "vip[0].backend[1].address = \"198.18.0.11\"");
+        assert!(e.contains("vip[0].backend[0]"), "{e}");
+    }
+
+    #[test]
+    fn family_mismatch() {
+        let text = vip_text(
+            "",
+            "[[vip]]\naddress = \"2001:db8::1\"\nport = 443\n\
+             [[vip.backend]]\naddress = \"198.18.0.11\"\n",
+        );
+        let e = one_error(&text, 7, "vip[0].backend[0].address = \"198.18.0.11\"");
+        assert!(e.contains("IPv4 but the VIP 2001:db8::1 is IPv6"), "{e}");
+    }
+
+    #[test]
+    fn table_size_not_prime() {
+        let text = vip_text(
+            "",
+            "[[vip]]\naddress = \"198.18.1.1\"\nport = 80\ntable_size = 65536\n",
+        );
+        let e = one_error(&text, 6, "vip[0].table_size = 65536");
+        assert!(e.contains("not prime; 65537 and 655373 are primes"), "{e}");
+        let text = format!("{BASE}default_table_size = 100\n");
+        one_error(&text, 3, "global.default_table_size = 100: not prime");
+    }
+
+    #[test]
+    fn table_too_small_for_backends() {
+        let mut text = vip_text(
+            "",
+            "[[vip]]\naddress = \"198.18.1.1\"\nport = 80\ntable_size = 7\n",
+        );
+        for i in 0..7 {
+            text.push_str(&format!("[[vip.backend]]\naddress = \"198.18.0.{i}\"\n"));
+        }
+        let e = one_error(&text, 6, "vip[0].table_size = 7");
+        assert!(e.contains("greater than the VIP's 7 backends"), "{e}");
+    }
+
+    #[test]
+    fn ring_capacity_too_small() {
+        let text = vip_text(
+            "ring_capacity = 100000\n",
+            "[[vip]]\naddress = \"198.18.1.1\"\nport = 80\n\
+             [[vip]]\naddress = \"198.18.1.1\"\nport = 443\n",
+        );
+        let e = one_error(&text, 3, "global.ring_capacity = 100000");
+        assert!(
+            e.contains("raise global.ring_capacity to at least 131074"),
+            "{e}"
+        );
+        // Not written: the line of [global].
+        let text = text
+            .replace("ring_capacity = 100000\n", "")
+            .replace("port = 443", "port = 443\ntable_size = 1048573");
+        let e = one_error(&text, 1, "global.ring_capacity = 1048592");
+        assert!(e.contains("at least 1114110"), "{e}");
+    }
+
+    #[test]
+    fn too_many_vips_and_backends() {
+        let text = vip_text(
+            "max_vips = 1\nmax_backends = 1\n",
+            "[[vip]]\naddress = \"198.18.1.1\"\nport = 80\n\
+             [[vip.backend]]\naddress = \"198.18.0.1\"\n\
+             [[vip]]\naddress = \"198.18.1.1\"\nport = 443\n\
+             [[vip.backend]]\naddress = \"198.18.0.1\"\n",
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("hola.toml:3: global.max_vips = 1: 2 VIPs"),
+            "{errs:#?}"
+        );
+        assert!(
+            errs[1].starts_with("hola.toml:4: global.max_backends = 1: the VIPs have 2 backends"),
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn bad_vip_addresses() {
+        for (addr, what) in [
+            ("0.0.0.0", "unspecified"),
+            ("224.0.0.1", "multicast"),
+            ("ff02::1", "multicast"),
+            ("::", "unspecified"),
+        ] {
+            let text = vip_text("", &format!("[[vip]]\nport = 80\naddress = \"{addr}\"\n"));
+            let e = one_error(&text, 5, &format!("vip[0].address = \"{addr}\""));
+            assert!(e.contains(what), "{e}");
+        }
+        let e = one_error(
+            &vip_text("", "[[vip]]\naddress = \"198.18.1\"\nport = 80\n"),
+            4,
+            "vip[0].address = \"198.18.1\"",
+        );
+        assert!(e.contains("not an IP address"), "{e}");
+    }
+
+    #[test]
+    fn bad_cidrs() {
+        let e = one_error(
+            &format!("{BASE}tunnel_source_v4 = \"198.18.255.0/33\"\n"),
+            3,
+            "global.tunnel_source_v4 = \"198.18.255.0/33\"",
+        );
+        assert!(e.contains("prefix of 0..=32"), "{e}");
+        let e = one_error(
+            &format!("{BASE}tunnel_source_v4 = \"198.18.255.1/24\"\n"),
+            3,
+            "global.tunnel_source_v4",
+        );
+        assert!(e.contains("write \"198.18.255.0/24\""), "{e}");
+        let e = one_error(
+            &format!("{BASE}tunnel_source_v6 = \"2001:db8::/64\"\n"),
+            3,
+            "global.tunnel_source_v6 = \"2001:db8::/64\"",
+        );
+        assert!(e.contains("96..=128"), "{e}");
+        one_error(
+            &format!("{BASE}tunnel_source_v6 = \"nope\"\n"),
+            3,
+            "global.tunnel_source_v6 = \"nope\": not a CIDR",
+        );
+    }
+
+    #[test]
+    fn other_fields() {
+        one_error(
+            &format!("{BASE}xdp_mode = \"skb\"\n"),
+            3,
+            "global.xdp_mode = \"skb\": must be one of \"auto\", \"driver\", \"generic\"",
+        );
+        one_error(
+            &format!("{BASE}metrics_address = \"localhost\"\n"),
+            3,
+            "global.metrics_address = \"localhost\": not a socket address",
+        );
+        assert_eq!(
+            parse(&format!("{BASE}metrics_address = \"\"\n"), "x")
+                .unwrap()
+                .global
+                .metrics_address,
+            None
+        );
+        one_error(
+            "[global]\ninterfaces = [\"eth0\", \"a/b\"]\n",
+            2,
+            "global.interfaces[1] = \"a/b\": not an interface name",
+        );
+        one_error("[global]\ninterfaces = []\n", 2, "global.interfaces = []");
+        one_error(
+            "[global]\nxdp_mode = \"auto\"\n",
+            1,
+            "global.interfaces is missing",
+        );
+        let errs = errors("[[vip]]\naddress = \"198.18.1.1\"\nport = 80\n");
+        assert_eq!(
+            errs,
+            [
+                "hola.toml: global is missing: add a [global] table with at least interfaces = [\"eth0\"]"
+            ]
+        );
+    }
+
+    #[test]
+    fn port_out_of_range() {
+        let text = vip_text("", "[[vip]]\naddress = \"198.18.1.1\"\nport = 70000\n");
+        one_error(
+            &text,
+            5,
+            "vip[0].port = 70000: must be 0..=65535 (0 = all ports)",
+        );
+    }
+
+    #[test]
+    fn unknown_key() {
+        let text = vip_text(
+            "",
+            "[[vip]]\naddress = \"198.18.1.1\"\nport = 80\n\
+             [[vip.backend]]\naddress = \"198.18.0.11\"\nweigth = 3\n",
+        );
+        let e = one_error(&text, 8, "vip[0].backend[0].weigth: unknown field `weigth`");
+        assert!(e.contains("`weight`"), "{e}");
+        let e = one_error(
+            &format!("{BASE}max_vip = 3\n"),
+            3,
+            "global.max_vip: unknown field `max_vip`",
+        );
+        assert!(e.contains("`max_vips`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_syntax() {
+        one_error(
+            &format!("{BASE}max_vips = \"3\"\n"),
+            3,
+            "global.max_vips: invalid type",
+        );
+        let errs = errors(&format!("{BASE}max_vips = \n"));
+        assert!(
+            errs[0].starts_with("hola.toml:3: syntax error"),
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn missing_values_do_not_hide_other_errors() {
+        let text = "[global]\ninterfaces = [\"eth 1\"]\ntunnel_source_v6 = \"2001:db8::/64\"\n\
+                    [[vip]]\nport = 80\n[[vip.backend]]\naddress = \"2001:db8::2\"\nweight = 20000\n\
+                    [[vip]]\naddress = \"198.18.1.1\"\nport = 80\n[[vip.backend]]\nweight = 1\n";
+        let errs = errors(text);
+        let want = [
+            "hola.toml:2: global.interfaces[0] = \"eth 1\": not an interface name",
+            "hola.toml:3: global.tunnel_source_v6 = \"2001:db8::/64\": the prefix must be 96..=128",
+            "hola.toml:4: vip[0].address is missing",
+            "hola.toml:8: vip[0].backend[0].weight = 20000",
+            "hola.toml:12: vip[1].backend[0].address is missing",
+        ];
+        assert_eq!(errs.len(), want.len(), "{errs:#?}");
+        for (e, w) in errs.iter().zip(want) {
+            assert!(e.starts_with(w), "{e:?} does not start with {w:?}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_one_per_line() {
+        let errs = errors("[global]\ninterfaces = [\"eth0\"]\nmax_vips = \nmax_backends = 1 2\n");
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("hola.toml:3: syntax error: "),
+            "{errs:#?}"
+        );
+        assert!(
+            errs[1].starts_with("hola.toml:4: syntax error: "),
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn all_errors_at_once() {
+        let text = vip_text(
+            "flow_capacity_per_cpu = 0\n",
+            "[[vip]]\naddress = \"198.18.1.1\"\nport = 80\ntable_size = 1000\n\
+             [[vip.backend]]\naddress = \"198.18.0.11\"\nweight = 70000\n",
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        assert!(
+            errs[0]
+                .starts_with("hola.toml:3: global.flow_capacity_per_cpu = 0: must be 1..=16777216")
+        );
+        assert!(errs[1].starts_with("hola.toml:7: vip[0].table_size = 1000: not prime"));
+        assert!(errs[2].starts_with("hola.toml:10: vip[0].backend[0].weight = 70000"));
+        let rendered = parse(&text, "hola.toml").unwrap_err().to_string();
+        assert_eq!(rendered.lines().count(), 3, "{rendered}");
+    }
+
+    #[test]
+    fn validate_without_lines() {
+        let mut c = parse(EXAMPLE, "x").unwrap();
+        c.vips[0].backends[0].weight = 70_000;
+        let e = c.validate("api").unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert_eq!(e.0[0].line(), None);
+        assert!(
+            e.to_string()
+                .starts_with("api: vip[0].backend[0].weight = 70000: must be 0..=10000"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_file() {
+        let e = load(Path::new("/nonexistent/hola.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/nonexistent/hola.toml: cannot read"), "{e}");
+        assert!(e.contains("No such file"), "{e}");
+    }
+}

@@ -1,0 +1,242 @@
+//! `hola run`: load (or re-adopt) the data plane, attach it, serve the
+//! control API until SIGTERM/SIGINT. On exit the data plane stays attached
+//! and keeps forwarding; a new `hola run` adopts it without dropping a
+//! packet. `hola down` removes it.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use aya::programs::xdp::XdpMode as AyaMode;
+
+use crate::{
+    api,
+    config::{self, Config, XdpMode},
+    dataplane::{Dataplane, DataplaneConfig},
+    owner::{self, Owner},
+};
+
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub interfaces: Vec<String>,
+}
+
+/// The data-plane settings a configuration asks for.
+pub fn dataplane_config(c: &Config) -> DataplaneConfig {
+    let g = &c.global;
+    DataplaneConfig {
+        flow_capacity_per_cpu: g.flow_capacity_per_cpu,
+        max_vips: g.max_vips,
+        max_backends: g.max_backends,
+        ring_capacity: g.ring_capacity,
+        tunnel_src_v4: (g.tunnel_source_v4.addr, g.tunnel_source_v4.prefix),
+        tunnel_src_v6: (g.tunnel_source_v6.addr, g.tunnel_source_v6.prefix),
+        ..DataplaneConfig::default()
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf unless it is mounted there already.
+///
+/// Pins must outlive this process, so they must live in a bpffs that other
+/// processes see. `ip netns exec` gives its command a private mount
+/// namespace without /sys/fs/bpf: a bpffs mounted there would vanish with
+/// the process (and the data plane with it), hence the warning.
+pub fn ensure_bpffs() -> anyhow::Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let bpf_mounted = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&"/sys/fs/bpf") && f.get(2) == Some(&"bpf")
+    });
+    if bpf_mounted {
+        return Ok(());
+    }
+    tracing::warn!(
+        "bpffs was not mounted at /sys/fs/bpf: mounting it; if hola runs in a private mount namespace \
+         (ip netns exec makes one) the pins vanish when it exits: enter only the network namespace \
+         (nsenter --net=/run/netns/NAME) or mount bpffs on the host first"
+    );
+    std::fs::create_dir_all("/sys/fs/bpf").context("creating /sys/fs/bpf")?;
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (src, target, fstype) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "mounting bpffs at /sys/fs/bpf: {} (mount -t bpf bpf /sys/fs/bpf)",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn interface_index(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name).context("interface name")?;
+    // SAFETY: a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        let have: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        bail!(
+            "interface {name} not found (ip link shows: {})",
+            have.join(", ")
+        );
+    }
+    Ok(idx)
+}
+
+/// The link pin of interface `iface` under `bpffs_dir`.
+pub fn link_pin(bpffs_dir: &Path, iface: &str) -> PathBuf {
+    bpffs_dir.join("links").join(iface)
+}
+
+/// The configuration to run with: global settings from `path`, VIPs from the
+/// state file when one exists (changes made through the API survive).
+pub fn effective_config(path: &Path) -> anyhow::Result<Config> {
+    let mut c = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let state = c.global.state_file.clone();
+    if state.exists() {
+        let s = config::load(&state).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\nthe state file {} is not valid; fix or move it to start from {}",
+                state.display(),
+                path.display()
+            )
+        })?;
+        tracing::info!("VIPs and backends from the state file {}", state.display());
+        c.vips = s.vips;
+        c.validate(&state.display().to_string())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(c)
+}
+
+pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let mut cfg = effective_config(&opts.config)?;
+    if !opts.interfaces.is_empty() {
+        cfg.global.interfaces = opts.interfaces.clone();
+    }
+    let ifindexes: Vec<u32> = cfg
+        .global
+        .interfaces
+        .iter()
+        .map(|i| interface_index(i))
+        .collect::<Result<_, _>>()?;
+    ensure_bpffs()?;
+    let bpffs = cfg.global.bpffs_dir.clone();
+    let mut dp = Dataplane::load_pinned(dataplane_config(&cfg), &bpffs)
+        .with_context(|| format!("loading the data plane (pins under {})", bpffs.display()))?;
+    let modes: &[AyaMode] = match cfg.global.xdp_mode {
+        XdpMode::Auto => &[AyaMode::Driver, AyaMode::Skb],
+        XdpMode::Driver => &[AyaMode::Driver],
+        XdpMode::Generic => &[AyaMode::Skb],
+    };
+    for iface in &cfg.global.interfaces {
+        let how = dp.attach_pinned(iface, modes, &link_pin(&bpffs, iface))?;
+        if how == "skb" {
+            tracing::warn!(interface = %iface, "attached in generic (skb) mode: the driver has no native XDP; expect lower throughput");
+        } else {
+            tracing::info!(interface = %iface, mode = %how, "attached");
+        }
+    }
+    let state_file = cfg.global.state_file.clone();
+    let mut owner = Owner::new(dp, cfg.clone(), state_file.clone(), ifindexes[0]);
+    owner
+        .reconcile(&cfg, Duration::from_secs(2))
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    owner::persist(&state_file, &cfg)
+        .with_context(|| format!("writing the state file {}", state_file.display()))?;
+    let (tx, rx) = mpsc::channel();
+    let owner_thread = std::thread::Builder::new()
+        .name("dataplane-owner".into())
+        .spawn(move || owner.serve(rx))?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let sock = cfg.global.control_socket.clone();
+        if let Some(dir) = sock.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let _ = std::fs::remove_file(&sock);
+        let listener = tokio::net::UnixListener::bind(&sock)
+            .with_context(|| format!("binding the control socket {}", sock.display()))?;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+        tracing::info!(socket = %sock.display(), "control API listening");
+        let api = axum::serve(listener, api::router(tx.clone()));
+        let metrics = match cfg.global.metrics_address {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics address {addr}"))?;
+                tracing::info!(%addr, "metrics on /metrics");
+                Some(axum::serve(l, api::metrics_router(tx.clone())))
+            }
+            None => None,
+        };
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stop = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        let result = match metrics {
+            Some(m) => tokio::select! {
+                r = api => r.map_err(anyhow::Error::from),
+                r = m.into_future() => r.map_err(anyhow::Error::from),
+                () = stop => Ok(()),
+            },
+            None => tokio::select! {
+                r = api => r.map_err(anyhow::Error::from),
+                () = stop => Ok(()),
+            },
+        };
+        let _ = std::fs::remove_file(&sock);
+        tracing::info!("stopping; the data plane stays attached (hola down removes it)");
+        result
+    })?;
+    drop(tx);
+    drop(rt);
+    let _ = owner_thread.join();
+    Ok(())
+}
+
+/// `hola down`: removes every pin (links first: the program detaches at
+/// once), leaving nothing of hola in the kernel once no process holds it.
+pub fn down(bpffs_dir: &Path, control_socket: &Path) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(control_socket).is_ok() {
+        bail!(
+            "hola run is still running (its control socket {} answers); stop it first (SIGTERM), then run hola down",
+            control_socket.display()
+        );
+    }
+    let removed = crate::dataplane::unpin_all(bpffs_dir)
+        .with_context(|| format!("removing the pins under {}", bpffs_dir.display()))?;
+    if removed.is_empty() {
+        println!("nothing to remove: no pins under {}", bpffs_dir.display());
+    } else {
+        for p in removed {
+            println!("removed {}", p.display());
+        }
+    }
+    Ok(())
+}

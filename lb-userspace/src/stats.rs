@@ -1,0 +1,239 @@
+//! What `hola stats --json` and `/metrics` report: the schema is documented
+//! in docs/stats.md and is stable (additions only; `version` changes on any
+//! other change).
+
+use std::collections::BTreeMap;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use serde::{Deserialize, Serialize};
+
+/// Schema version of [`StatsReport`].
+pub const STATS_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsReport {
+    pub version: u32,
+    /// When the counters were read, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Length of the interval the rates are computed over, in seconds (0 until
+    /// two samples exist).
+    pub interval_seconds: f64,
+    /// Every verdict reason with its packets and bytes (docs/maps.md).
+    pub reasons: BTreeMap<String, PacketsBytes>,
+    pub vips: Vec<VipReport>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PacketsBytes {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rates {
+    pub packets_per_second: f64,
+    pub bytes_per_second: f64,
+    pub new_flows_per_second: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipReport {
+    /// "198.18.1.1:80/tcp", "[2001:db8::1]:80/tcp".
+    pub vip: String,
+    pub address: String,
+    pub port: u16,
+    pub protocol: String,
+    pub mode: String,
+    pub hash: String,
+    pub table_size: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// Packets dropped because no backend could take a new flow.
+    pub no_backend: u64,
+    pub rates: Rates,
+    pub backends: Vec<BackendReport>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendReport {
+    pub address: String,
+    /// The configured weight.
+    pub weight: u32,
+    /// The weight in the Maglev table now (0 while draining, or for a backup
+    /// while a primary can serve).
+    pub effective_weight: u32,
+    /// "active", "draining" or "backup".
+    pub state: String,
+    /// Whether the next-hop MAC is known (until it is, packets to this
+    /// backend are dropped and counted as `drop_no_nexthop`).
+    pub nexthop_resolved: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub rates: Rates,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VipLabels {
+    vip: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    vip: String,
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendStateLabels {
+    vip: String,
+    backend: String,
+    state: String,
+}
+
+/// The report in Prometheus text format. Built from one consistent snapshot
+/// per scrape.
+pub fn prometheus(report: &StatsReport) -> String {
+    let mut reg = Registry::with_prefix("hola");
+    let reason_packets = Family::<ReasonLabels, Counter>::default();
+    let reason_bytes = Family::<ReasonLabels, Counter>::default();
+    for (r, c) in &report.reasons {
+        let l = ReasonLabels { reason: r.clone() };
+        reason_packets.get_or_create(&l).inc_by(c.packets);
+        reason_bytes.get_or_create(&l).inc_by(c.bytes);
+    }
+    reg.register(
+        "reason_packets",
+        "Packets by verdict reason",
+        reason_packets,
+    );
+    reg.register("reason_bytes", "Bytes by verdict reason", reason_bytes);
+
+    let vip_packets = Family::<VipLabels, Counter>::default();
+    let vip_bytes = Family::<VipLabels, Counter>::default();
+    let vip_new = Family::<VipLabels, Counter>::default();
+    let vip_nb = Family::<VipLabels, Counter>::default();
+    let be_packets = Family::<BackendLabels, Counter>::default();
+    let be_bytes = Family::<BackendLabels, Counter>::default();
+    let be_new = Family::<BackendLabels, Counter>::default();
+    let be_weight = Family::<BackendLabels, Gauge>::default();
+    let be_eff = Family::<BackendLabels, Gauge>::default();
+    let be_state = Family::<BackendStateLabels, Gauge>::default();
+    for v in &report.vips {
+        let l = VipLabels { vip: v.vip.clone() };
+        vip_packets.get_or_create(&l).inc_by(v.packets);
+        vip_bytes.get_or_create(&l).inc_by(v.bytes);
+        vip_new.get_or_create(&l).inc_by(v.new_flows);
+        vip_nb.get_or_create(&l).inc_by(v.no_backend);
+        for b in &v.backends {
+            let l = BackendLabels {
+                vip: v.vip.clone(),
+                backend: b.address.clone(),
+            };
+            be_packets.get_or_create(&l).inc_by(b.packets);
+            be_bytes.get_or_create(&l).inc_by(b.bytes);
+            be_new.get_or_create(&l).inc_by(b.new_flows);
+            be_weight.get_or_create(&l).set(i64::from(b.weight));
+            be_eff.get_or_create(&l).set(i64::from(b.effective_weight));
+            let s = BackendStateLabels {
+                vip: v.vip.clone(),
+                backend: b.address.clone(),
+                state: b.state.clone(),
+            };
+            be_state.get_or_create(&s).set(1);
+        }
+    }
+    reg.register("vip_packets", "Packets to the VIP", vip_packets);
+    reg.register("vip_bytes", "Bytes to the VIP", vip_bytes);
+    reg.register("vip_new_flows", "New flows of the VIP", vip_new);
+    reg.register(
+        "vip_no_backend",
+        "Packets dropped: no backend for a new flow",
+        vip_nb,
+    );
+    reg.register(
+        "backend_packets",
+        "Packets forwarded to the backend",
+        be_packets,
+    );
+    reg.register("backend_bytes", "Bytes forwarded to the backend", be_bytes);
+    reg.register("backend_new_flows", "New flows sent to the backend", be_new);
+    reg.register("backend_weight", "Configured weight", be_weight);
+    reg.register(
+        "backend_effective_weight",
+        "Weight in the Maglev table",
+        be_eff,
+    );
+    reg.register(
+        "backend_state",
+        "1 for the backend's current state",
+        be_state,
+    );
+    let mut out = String::new();
+    encode(&mut out, &reg).expect("writing to a String cannot fail");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_has_labels_and_values() {
+        let mut r = StatsReport {
+            version: STATS_VERSION,
+            ..Default::default()
+        };
+        r.reasons.insert(
+            "fwd_new_flow".into(),
+            PacketsBytes {
+                packets: 3,
+                bytes: 180,
+            },
+        );
+        r.vips.push(VipReport {
+            vip: "198.18.1.1:80/tcp".into(),
+            packets: 7,
+            backends: vec![BackendReport {
+                address: "198.18.0.11".into(),
+                weight: 2,
+                effective_weight: 2,
+                state: "active".into(),
+                packets: 7,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let text = prometheus(&r);
+        assert!(
+            text.contains("hola_reason_packets_total{reason=\"fwd_new_flow\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hola_vip_packets_total{vip=\"198.18.1.1:80/tcp\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "hola_backend_weight{vip=\"198.18.1.1:80/tcp\",backend=\"198.18.0.11\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
+}

@@ -1,0 +1,187 @@
+//! Running the real `hola` binary in a test: built once, started in a
+//! namespace, driven through its CLI, stopped and cleaned up on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+/// The `hola` binary, built on first use with the same cargo that runs the
+/// tests.
+pub fn hola_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "lb-userspace", "--bin", "hola"])
+            .status()
+            .expect("running cargo build for the hola binary");
+        assert!(
+            status.success(),
+            "cargo build -p lb-userspace --bin hola failed"
+        );
+        // target/debug/deps/<test> → target/debug/hola
+        let exe = std::env::current_exe().expect("test executable path");
+        let bin = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .join("hola");
+        assert!(
+            bin.exists(),
+            "{} not found after building it",
+            bin.display()
+        );
+        bin
+    })
+}
+
+/// A daemon under test and the files it uses.
+pub struct Daemon {
+    pub ns: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub bpffs: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Writes `config_toml` (with `@DIR@` and `@BPFFS@` replaced) and starts
+    /// `hola run` in namespace `ns`; returns once the API answers.
+    pub fn start(name: &str, ns: &str, config_toml: &str) -> Self {
+        let dir = PathBuf::from(format!("/tmp/hola-test-{name}"));
+        let bpffs = PathBuf::from(format!("/sys/fs/bpf/hola-test-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Pins left by a crashed run would be adopted: start clean.
+        let _ = Command::new(hola_bin())
+            .args(["down", "--bpffs-dir"])
+            .arg(&bpffs)
+            .output();
+        let _ = std::fs::remove_dir_all(&bpffs);
+        std::fs::create_dir_all(&dir).expect("test directory");
+        let config = dir.join("hola.toml");
+        let text = config_toml
+            .replace("@DIR@", &dir.display().to_string())
+            .replace("@BPFFS@", &bpffs.display().to_string());
+        std::fs::write(&config, text).expect("write config");
+        let mut d = Daemon {
+            ns: ns.to_string(),
+            socket: dir.join("hola.sock"),
+            dir,
+            config,
+            bpffs,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts `hola run` (again) and waits for its API.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("hola.log"))
+            .expect("log file");
+        // nsenter enters only the network namespace: `ip netns exec` would
+        // also give hola a private mount namespace without the host's bpffs,
+        // and the pins must outlive the process.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .arg(hola_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting hola run");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.cli(&["stats", "--json"]).status.success() {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!(
+                    "hola run exited with {status} before its API answered:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hola run did not answer within 30 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("hola.log")).unwrap_or_default()
+    }
+
+    /// Sends `signal` to the daemon and waits for it to exit.
+    pub fn kill(&mut self, signal: i32) {
+        if let Some(mut c) = self.child.take() {
+            // nsenter execs hola, so the child's PID is hola's.
+            // SAFETY: kill on a PID we started and have not reaped.
+            unsafe { libc::kill(c.id() as i32, signal) };
+            let _ = c.wait();
+        }
+    }
+
+    /// `hola --socket S ARGS...`
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(hola_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("running the hola CLI")
+    }
+
+    /// `hola ARGS...`, asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            o.status.success(),
+            "hola {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The stats report.
+    pub fn stats(&self) -> lb_userspace::stats::StatsReport {
+        serde_json::from_str(&self.ok(&["stats", "--json"])).expect("stats JSON")
+    }
+
+    /// Stops the daemon and removes what it put in the kernel.
+    pub fn down(&mut self) -> Output {
+        self.kill(libc::SIGTERM);
+        Command::new(hola_bin())
+            .args(["down", "--config"])
+            .arg(&self.config)
+            .output()
+            .expect("hola down")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill(libc::SIGTERM);
+        let _ = Command::new(hola_bin())
+            .args(["down", "--config"])
+            .arg(&self.config)
+            .output();
+    }
+}

@@ -1,0 +1,210 @@
+//! The lab topology in test form: a switch namespace with a bridge, a
+//! client, the balancer's namespace and N backends, each on the bridge;
+//! VIPs on the backends' loopback; `hola-decap` on the backends; the
+//! balancer's bridge-side peer given an XDP program (see `peer_pass`). And
+//! small HTTP servers on the backends that answer with their own name and
+//! count what they served.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{IpAddr, TcpListener},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    programs::{Xdp, xdp::XdpMode},
+};
+use lb_userspace::programs;
+
+use crate::netns::{Topology, in_ns, ns_cmd, spawn_in_ns};
+
+pub const CLIENT: &str = "198.18.0.1";
+pub const LB: &str = "198.18.0.2";
+pub const DSR_VIP: &str = "198.18.1.1";
+pub const TUN_VIP: &str = "198.18.1.2";
+
+/// Backend `i` (1-based): name and address.
+pub fn backend(i: usize) -> (String, String) {
+    (format!("b{i}"), format!("198.18.0.{}", 10 + i))
+}
+
+pub struct Lab {
+    pub t: Topology,
+    pub backends: usize,
+    _programs: Vec<Ebpf>,
+}
+
+fn attach(ns: &str, object: &'static [u8], prog: &'static str, iface: &'static str) -> Ebpf {
+    in_ns(ns, move || {
+        let mut ebpf = Ebpf::load(object).expect("load object");
+        let p: &mut Xdp = ebpf
+            .program_mut(prog)
+            .expect("program")
+            .try_into()
+            .expect("XDP");
+        p.load().expect("verifier");
+        p.attach(iface, XdpMode::Driver)
+            .unwrap_or_else(|e| panic!("attaching {prog} to {iface} in driver mode: {e}"));
+        ebpf
+    })
+}
+
+impl Lab {
+    pub fn new(prefix: &str, backends: usize) -> Self {
+        let mut hosts = vec!["sw".to_string(), "cl".to_string(), "lb".to_string()];
+        hosts.extend((1..=backends).map(|i| backend(i).0));
+        let host_refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        let t = Topology::new(prefix, &host_refs);
+        t.ip("sw", &["link", "add", "br0", "type", "bridge"]);
+        t.ip("sw", &["link", "set", "br0", "up"]);
+        let mut addrs = vec![
+            ("cl".to_string(), CLIENT.to_string()),
+            ("lb".to_string(), LB.to_string()),
+        ];
+        addrs.extend((1..=backends).map(backend));
+        for (h, addr) in &addrs {
+            let port = format!("p-{h}");
+            t.link(h, "eth0", "sw", &port);
+            t.ip("sw", &["link", "set", &port, "master", "br0"]);
+            t.ip(h, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+            t.sysctl(h, "net.ipv4.conf.all.rp_filter=0");
+            t.sysctl(h, "net.ipv4.conf.eth0.rp_filter=0");
+        }
+        t.ip("cl", &["route", "add", "198.18.1.0/24", "via", LB]);
+        // Checksum offload on a veth leaves the checksum to hardware that
+        // does not exist once XDP has moved the frame on.
+        ns_cmd(&t.ns("cl"), "ethtool", &["-K", "eth0", "tx", "off"]);
+        let mut progs = Vec::new();
+        for i in 1..=backends {
+            let (b, _) = backend(i);
+            for vip in [DSR_VIP, TUN_VIP] {
+                t.ip(&b, &["addr", "add", &format!("{vip}/32"), "dev", "lo"]);
+            }
+            t.sysctl(&b, "net.ipv4.conf.lo.rp_filter=0");
+            progs.push(attach(&t.ns(&b), programs::DECAP, "hola_decap", "eth0"));
+        }
+        // A veth takes the frames its peer sends with XDP_TX only while it
+        // has an XDP program itself.
+        progs.push(attach(&t.ns("sw"), programs::BENCH, "bench_pass", "p-lb"));
+        Lab {
+            t,
+            backends,
+            _programs: progs,
+        }
+    }
+}
+
+/// What each backend served: (backend name, local address) → connections.
+pub type Served = Arc<Mutex<BTreeMap<(String, IpAddr), u64>>>;
+
+/// HTTP servers on every backend of `lab` answering "HTTP/1.1 200" with the
+/// backend's name, one request per connection, until dropped.
+pub struct Servers {
+    pub served: Served,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Servers {
+    pub fn start(lab: &Lab) -> Self {
+        let served: Served = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for i in 1..=lab.backends {
+            let (name, _) = backend(i);
+            let (s, st) = (served.clone(), stop.clone());
+            threads.push(spawn_in_ns(&lab.t.ns(&name), move || {
+                let l = TcpListener::bind("0.0.0.0:80").expect("bind tcp/80");
+                l.set_nonblocking(true).expect("nonblocking");
+                while !st.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((mut c, _)) => {
+                            c.set_nonblocking(false).expect("blocking");
+                            c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+                            let local = c.local_addr().expect("local").ip();
+                            *s.lock().expect("lock").entry((name.clone(), local)).or_default() += 1;
+                            let name = name.clone();
+                            // Each connection on its own thread: long-lived
+                            // connections must not block the accept loop.
+                            std::thread::spawn(move || {
+                                let mut buf = [0u8; 1024];
+                                loop {
+                                    match c.read(&mut buf) {
+                                        Ok(0) | Err(_) => return,
+                                        Ok(_) => {
+                                            let body = format!("{name}\n");
+                                            let resp = format!(
+                                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                                                body.len()
+                                            );
+                                            if c.write_all(resp.as_bytes()).is_err() {
+                                                return;
+                                            }
+                                        }
+                                    }
+                                }
+                            });
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(1))
+                        }
+                        Err(e) => panic!("accept: {e}"),
+                    }
+                }
+            }));
+        }
+        Servers {
+            served,
+            stop,
+            threads,
+        }
+    }
+
+    pub fn counts(&self) -> BTreeMap<(String, IpAddr), u64> {
+        self.served.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One HTTP request on a connection: returns the body (the backend's name).
+pub fn http_get(c: &mut std::net::TcpStream) -> std::io::Result<String> {
+    c.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 256];
+    loop {
+        let n = c.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before a full response",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(i) = text.find("\r\n\r\n") {
+            let len: usize = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= i + 4 + len {
+                return Ok(text[i + 4..i + 4 + len].trim().to_string());
+            }
+        }
+    }
+}
