@@ -260,6 +260,18 @@ fn bad_input_is_refused_and_changes_nothing() {
             args.join(" ")
         );
     }
+    // The documented example is a configuration check-config accepts.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/hola.example.toml");
+    let out = d.ok(&["check-config", example]);
+    assert!(out.contains(": ok ("), "{out}");
+    // `hola flow` says where a new flow would go, and why.
+    let out = d.ok(&["flow", "198.18.0.1:40000", "198.18.1.1:80"]);
+    assert!(
+        out.contains("goes to 198.18.0.1") && out.contains("Maglev slot"),
+        "{out}"
+    );
+    let o = d.cli(&["flow", "198.18.0.1:40000", "198.18.1.9:80"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no VIP"));
     // The dump is a configuration check-config accepts.
     let dump = d.dir.join("dump.toml");
     std::fs::write(&dump, &before).expect("write");

@@ -1,8 +1,9 @@
 //! `cargo xtask`: the toolchain bootstrap and orchestration for hola. It only
-//! runs other programs (cargo, rustup, apt-get); the eBPF object is built by
+//! runs other programs (cargo, rustup, apt-get, ip, hola); the eBPF object is built by
 //! `lb-userspace/build.rs`, never here.
 
 mod bench;
+mod lab;
 mod run;
 mod test;
 mod toolchain;
@@ -43,8 +44,18 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Start hola (not built yet: the daemon and the lab arrive with issue 3).
-    Run,
+    /// Start hola: with no arguments, in the lab until Ctrl-C (`lab up`, wait, `lab down`);
+    /// `cargo xtask run -- --iface NAME --config FILE` runs `hola run` on a real NIC.
+    Run {
+        /// Arguments of `hola run`, e.g. `-- --iface eth0 --config /etc/hola/hola.toml`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The lab: hola in front of three backends in network namespaces (needs root).
+    Lab {
+        #[command(subcommand)]
+        cmd: lab::Lab,
+    },
     /// Run a benchmark.
     Bench {
         #[command(subcommand)]
@@ -57,7 +68,8 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Setup { dry_run } => toolchain::setup(dry_run),
         Cmd::Test { args } => test::test(&args),
-        Cmd::Run => run::run(),
+        Cmd::Run { args } => run::run(&args),
+        Cmd::Lab { cmd } => lab::lab(cmd),
         Cmd::Bench { which } => bench::bench(which),
     };
     match result {

@@ -13,7 +13,7 @@ use crate::{cargo_bin, child_path, command, is_root, run_output, run_status, sho
 
 /// Debian packages: LLVM 22 and its link dependencies to build bpf-linker;
 /// the tools the privileged tests and the lab run (ip, ethtool, nft,
-/// bpftool, ping, sysctl/ps).
+/// bpftool, ping, sysctl/ps, curl).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,6 +25,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "iputils-ping",
     "procps",
+    "curl",
 ];
 
 /// The nightly toolchain aya-build compiles lb-ebpf with (`rustup run nightly`).
