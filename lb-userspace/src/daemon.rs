@@ -86,19 +86,37 @@ fn interface_index(name: &str) -> anyhow::Result<u32> {
     // SAFETY: a valid NUL-terminated string.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if idx == 0 {
-        let have: Vec<String> = std::fs::read_dir("/sys/class/net")
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
         bail!(
             "interface {name} not found (ip link shows: {})",
-            have.join(", ")
+            interface_names().join(", ")
         );
     }
     Ok(idx)
+}
+
+/// The interfaces of this network namespace (if_nameindex follows the
+/// caller's namespace; /sys/class/net may show another one's).
+fn interface_names() -> Vec<String> {
+    let mut names = Vec::new();
+    // SAFETY: if_nameindex returns an array terminated by a zero entry,
+    // freed with if_freenameindex; names are NUL-terminated C strings.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return names;
+        }
+        let mut p = list;
+        while (*p).if_index != 0 {
+            names.push(
+                std::ffi::CStr::from_ptr((*p).if_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    names
 }
 
 /// The link pin of interface `iface` under `bpffs_dir`.
@@ -148,9 +166,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         XdpMode::Generic => &[AyaMode::Skb],
     };
     for iface in &cfg.global.interfaces {
-        let how = dp.attach_pinned(iface, modes, &link_pin(&bpffs, iface))?;
-        if how == "skb" {
-            tracing::warn!(interface = %iface, "attached in generic (skb) mode: the driver has no native XDP; expect lower throughput");
+        let (how, driver_error) = dp.attach_pinned(iface, modes, &link_pin(&bpffs, iface))?;
+        if let Some(why) = driver_error {
+            tracing::warn!(interface = %iface, reason = %why, "attached in generic (skb) mode because driver mode failed; expect lower throughput");
         } else {
             tracing::info!(interface = %iface, mode = %how, "attached");
         }

@@ -503,13 +503,14 @@ impl Dataplane {
     /// pinned at `pin`. When a link is already pinned there (a previous
     /// daemon's), the new program replaces the old one in it atomically: no
     /// packet is dropped. Otherwise `modes` are tried in order (driver, then
-    /// generic); the returned string says which mode is in use.
+    /// generic). Returns the mode in use and, when a mode before it failed,
+    /// why.
     pub fn attach_pinned(
         &mut self,
         iface: &str,
         modes: &[XdpMode],
         pin: &Path,
-    ) -> Result<String, DataplaneError> {
+    ) -> Result<(String, Option<String>), DataplaneError> {
         use aya::programs::{
             links::{FdLink, LinkError, PinnedLink},
             xdp::XdpLink,
@@ -536,7 +537,7 @@ impl Dataplane {
                 .try_into()
                 .map_err(|e: LinkError| attach_err(e.to_string()))?;
             drop(kept);
-            return Ok("existing link (program replaced in place)".into());
+            return Ok(("existing link (program replaced in place)".into(), None));
         }
         let mut last = String::new();
         for mode in modes {
@@ -559,9 +560,15 @@ impl Dataplane {
                         attach_err(format!("pinning the link at {}: {e}", pin.display()))
                     })?;
                     drop(pinned);
-                    return Ok(format!("{mode:?}").to_lowercase());
+                    let earlier = (!last.is_empty()).then_some(last);
+                    return Ok((format!("{mode:?}").to_lowercase(), earlier));
                 }
-                Err(e) => last = format!("{mode:?} mode: {e}"),
+                Err(e) => {
+                    if !last.is_empty() {
+                        last.push_str("; ");
+                    }
+                    last.push_str(&format!("{mode:?} mode: {e}"));
+                }
             }
         }
         Err(attach_err(last))
