@@ -291,6 +291,7 @@ fn run(net: &'static Net) {
                 addr,
                 weight: 1,
                 nexthop: Some(nexthop),
+                up: true,
             }
         })
         .collect();
@@ -353,6 +354,10 @@ fn run(net: &'static Net) {
                     .map_err(|e| format!("reading reply from {vip}:80: {e}"))?;
                 *answers.entry((ip, "tcp", name)).or_default() += 1;
             }
+            // Every socket is kept open until the loop ends, so that each
+            // flow has its own source port (a closed socket's ephemeral port
+            // may be handed out again, which would make two flows one).
+            let mut sockets = Vec::with_capacity(UDP_FLOWS);
             for _ in 0..UDP_FLOWS {
                 let u = UdpSocket::bind((net.any, 0)).expect("bind");
                 u.connect((vip, 53)).expect("connect");
@@ -366,6 +371,7 @@ fn run(net: &'static Net) {
                 *answers
                     .entry((ip, "udp", String::from_utf8_lossy(&buf[..n]).into_owned()))
                     .or_default() += 1;
+                sockets.push(u);
             }
         }
         Ok(answers)
