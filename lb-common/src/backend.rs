@@ -34,5 +34,9 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 44);
 pub const BACKEND_F_ACTIVE: u32 = 1 << 0;
 /// `dmac`/`smac` are resolved.
 pub const BACKEND_F_NEXTHOP: u32 = 1 << 1;
+/// Failed its health checks: established flows to it are re-balanced (the
+/// program treats their flow-table entries as misses). Its Maglev slots are
+/// taken away separately, by userspace.
+pub const BACKEND_F_DOWN: u32 = 1 << 2;
 
 crate::pod!(Backend);

@@ -5,7 +5,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     AddrVips, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, Reason, VipKey,
     VipMeta,
-    backend::{BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP},
+    backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
     hash::flow_hash,
     vip::{ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_MASK, VIP_MODE_TUNNEL},
 };
@@ -83,15 +83,18 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
         }
     }
 
-    // Established flow: its backend, as long as that backend still exists and
-    // still belongs to this VIP (weight 0, draining, still counts).
+    // Established flow: its backend, as long as that backend still exists,
+    // still belongs to this VIP and is not down (weight 0, draining, still
+    // counts).
     let mut reason = Reason::FwdEstablished;
     let mut chosen = None;
     // SAFETY: the value is copied out at once.
     if let Some(flow) = unsafe { FLOWS.get(&key) } {
         let flow = *flow;
         if let Some(b) = BACKENDS.get(flow.backend_id) {
-            if b.flags & BACKEND_F_ACTIVE != 0 && b.vip_id == vip.vip_id {
+            if b.flags & (BACKEND_F_ACTIVE | BACKEND_F_DOWN) == BACKEND_F_ACTIVE
+                && b.vip_id == vip.vip_id
+            {
                 chosen = Some((flow.backend_id, flow.hash, *b));
             }
         }

@@ -284,6 +284,11 @@ async fn metrics(State(tx): State<Tx>) -> Result<Response, ApiError> {
         .into_response())
 }
 
+async fn events(State(tx): State<Tx>) -> Result<Response, ApiError> {
+    let e = ask(&tx, Request::Events).await?;
+    Ok(axum::Json(e).into_response())
+}
+
 async fn fallback() -> ApiError {
     ApiError::not_found("no such endpoint; see docs/api.md")
 }
@@ -300,6 +305,7 @@ pub fn router(tx: Tx) -> Router {
         .route("/v1/backends/drain", post(backend_drain))
         .route("/v1/stats", get(stats))
         .route("/v1/flow", get(flow))
+        .route("/v1/events", get(events))
         .fallback(fallback)
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
         .with_state(tx)

@@ -14,6 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::de::{DeTable, DeValue};
@@ -23,7 +24,7 @@ use crate::maglev::{DEFAULT_TABLE_SIZE, is_prime};
 /// Default values of every optional key, in one place (docs/configuration.md
 /// repeats them).
 pub mod defaults {
-    use super::{HashKind, Protocol, VipMode, XdpMode};
+    use super::{Duration, HashKind, Protocol, VipMode, XdpMode};
 
     pub const XDP_MODE: XdpMode = XdpMode::Auto;
     pub const FLOW_CAPACITY_PER_CPU: u32 = 1 << 20;
@@ -41,12 +42,33 @@ pub mod defaults {
     pub const MODE: VipMode = VipMode::Dsr;
     pub const HASH: HashKind = HashKind::FiveTuple;
     pub const WEIGHT: u32 = 1;
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+    /// Capped at the interval when that is shorter.
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const HEALTH_RISE: u32 = 2;
+    pub const HEALTH_FALL: u32 = 3;
+    pub const HEALTH_PATH: &str = "/";
+    pub const HEALTH_EXPECT_STATUS: u16 = 200;
+    pub const HEALTH_SEND: &str = "hola-health";
+    pub const AGENT_MIN_PERCENT: u32 = 10;
+    pub const AGENT_MAX_PERCENT: u32 = 100;
 }
 
 /// Smallest and largest Maglev table size accepted (both prime).
 pub const TABLE_SIZE_RANGE: (u32, u32) = (7, 16_777_259);
 /// Largest backend weight; 0 drains.
 pub const MAX_WEIGHT: u32 = 10_000;
+/// Accepted health-check intervals.
+pub const HEALTH_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_millis(50), Duration::from_secs(3600));
+/// Shortest health-check timeout (the longest is the interval).
+pub const HEALTH_MIN_TIMEOUT: Duration = Duration::from_millis(10);
+/// Longest slow start.
+pub const MAX_SLOW_START: Duration = Duration::from_secs(3600);
+/// Accepted agent `min_percent` and `max_percent`.
+pub const AGENT_PERCENT_RANGE: (u32, u32) = (1, 1000);
+/// Accepted `rise` and `fall`.
+pub const HEALTH_COUNT_RANGE: (u32, u32) = (1, 100);
 
 // ---------------------------------------------------------------------------
 // Public model
@@ -110,8 +132,26 @@ pub struct VipConfig {
     /// `None`: `global.default_table_size` (see [`Config::table_size`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_size: Option<u32>,
+    /// Active health check of the backends; `None`: none (always up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthConfig>,
+    /// Agent check (load-aware weights); `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentConfig>,
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
+}
+
+impl VipConfig {
+    /// The health check of `backend`: its own, else the VIP's, else none.
+    pub fn health_for<'a>(&'a self, backend: &'a BackendConfig) -> Option<&'a HealthConfig> {
+        backend.health.as_ref().or(self.health.as_ref())
+    }
+
+    /// The agent check of `backend`: its own, else the VIP's, else none.
+    pub fn agent_for<'a>(&'a self, backend: &'a BackendConfig) -> Option<&'a AgentConfig> {
+        backend.agent.as_ref().or(self.agent.as_ref())
+    }
 }
 
 /// One `[[vip.backend]]`.
@@ -132,6 +172,296 @@ pub struct BackendConfig {
     /// for when it is undrained.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drain: bool,
+    /// Replaces the VIP's health check for this backend (the whole table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthConfig>,
+    /// Replaces the VIP's agent check for this backend (the whole table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentConfig>,
+}
+
+/// A `[vip.agent]` or `[vip.backend.agent]` table: the agent check. The
+/// backend's agent answers on `port` (over plain TCP, or HTTP GET of
+/// `path`) with its load: `75%`, `drain`, `down`, `up`; the backend's
+/// weight is scaled by the percentage, kept within
+/// `min_percent..=max_percent`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "AgentWire")]
+pub struct AgentConfig {
+    pub port: u16,
+    #[serde(serialize_with = "serialize_duration")]
+    pub interval: Duration,
+    /// At most `interval`.
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
+    /// `None`: plain TCP (read one line); else HTTP GET of this path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The lowest percentage a report can set (a lower one is raised).
+    pub min_percent: u32,
+    /// The highest percentage a report can set (a higher one is lowered).
+    pub max_percent: u32,
+}
+
+impl AgentConfig {
+    /// An agent on `port` with every other key at its default.
+    pub fn new(port: u16) -> Self {
+        AgentConfig {
+            port,
+            interval: defaults::HEALTH_INTERVAL,
+            timeout: defaults::HEALTH_TIMEOUT,
+            path: None,
+            min_percent: defaults::AGENT_MIN_PERCENT,
+            max_percent: defaults::AGENT_MAX_PERCENT,
+        }
+    }
+}
+
+/// What [`AgentConfig`] deserializes from: every key but `port` optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentWire {
+    port: u16,
+    #[serde(default, with = "opt_duration_serde")]
+    interval: Option<Duration>,
+    #[serde(default, with = "opt_duration_serde")]
+    timeout: Option<Duration>,
+    path: Option<String>,
+    min_percent: Option<u32>,
+    max_percent: Option<u32>,
+}
+
+impl From<AgentWire> for AgentConfig {
+    fn from(w: AgentWire) -> Self {
+        let d = AgentConfig::new(w.port);
+        let interval = w.interval.unwrap_or(d.interval);
+        AgentConfig {
+            port: w.port,
+            interval,
+            timeout: w.timeout.unwrap_or(d.timeout.min(interval)),
+            path: w.path,
+            min_percent: w.min_percent.unwrap_or(d.min_percent),
+            max_percent: w.max_percent.unwrap_or(d.max_percent),
+        }
+    }
+}
+
+/// A `[vip.health]` or `[vip.backend.health]` table: an active health check.
+/// Keys of another check type than `kind` keep their defaults (they are
+/// not written by [`Config::to_toml`], and [`Config::validate`] rejects
+/// other values).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "HealthWire")]
+pub struct HealthConfig {
+    #[serde(rename = "type")]
+    pub kind: CheckKind,
+    #[serde(serialize_with = "serialize_duration")]
+    pub interval: Duration,
+    /// At most `interval`.
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
+    /// Consecutive successes for a down backend to come up.
+    pub rise: u32,
+    /// Consecutive failures for an up backend to go down.
+    pub fall: u32,
+    /// `None`: the VIP's port (which must then not be 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// HTTP: the request path.
+    #[serde(skip_serializing_if = "is_default_path")]
+    pub path: String,
+    /// HTTP: the Host header; `None`: the backend address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// HTTP: the status that counts as up.
+    #[serde(skip_serializing_if = "is_default_status")]
+    pub expect_status: u16,
+    /// HTTP: a substring the body must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_body: Option<String>,
+    /// UDP: the datagram sent.
+    #[serde(skip_serializing_if = "is_default_send")]
+    pub send: String,
+    /// UDP: a substring the reply must contain; `None`: any reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+    /// Exec: program and arguments; exit status 0 is up.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// After coming up, the weight ramps from a tenth to the full weight
+    /// over this long.
+    #[serde(
+        serialize_with = "opt_duration_serde::serialize",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub slow_start: Option<Duration>,
+}
+
+impl HealthConfig {
+    /// A check of `kind` with every other key at its default.
+    pub fn new(kind: CheckKind) -> Self {
+        Self {
+            kind,
+            interval: defaults::HEALTH_INTERVAL,
+            timeout: defaults::HEALTH_TIMEOUT,
+            rise: defaults::HEALTH_RISE,
+            fall: defaults::HEALTH_FALL,
+            port: None,
+            path: defaults::HEALTH_PATH.to_string(),
+            host: None,
+            expect_status: defaults::HEALTH_EXPECT_STATUS,
+            expect_body: None,
+            send: defaults::HEALTH_SEND.to_string(),
+            expect: None,
+            command: Vec::new(),
+            slow_start: None,
+        }
+    }
+}
+
+fn is_default_path(p: &str) -> bool {
+    p == defaults::HEALTH_PATH
+}
+fn is_default_status(s: &u16) -> bool {
+    *s == defaults::HEALTH_EXPECT_STATUS
+}
+fn is_default_send(s: &str) -> bool {
+    s == defaults::HEALTH_SEND
+}
+
+/// What [`HealthConfig`] deserializes from (JSON of the API, `to_toml`
+/// output): every key but `type` optional; the default timeout depends on
+/// the interval.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthWire {
+    #[serde(rename = "type")]
+    kind: CheckKind,
+    #[serde(default, with = "opt_duration_serde")]
+    interval: Option<Duration>,
+    #[serde(default, with = "opt_duration_serde")]
+    timeout: Option<Duration>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+    port: Option<u16>,
+    path: Option<String>,
+    host: Option<String>,
+    expect_status: Option<u16>,
+    expect_body: Option<String>,
+    send: Option<String>,
+    expect: Option<String>,
+    command: Option<Vec<String>>,
+    #[serde(default, with = "opt_duration_serde")]
+    slow_start: Option<Duration>,
+}
+
+impl From<HealthWire> for HealthConfig {
+    fn from(w: HealthWire) -> Self {
+        let d = HealthConfig::new(w.kind);
+        let interval = w.interval.unwrap_or(d.interval);
+        Self {
+            kind: w.kind,
+            interval,
+            timeout: w.timeout.unwrap_or(d.timeout.min(interval)),
+            rise: w.rise.unwrap_or(d.rise),
+            fall: w.fall.unwrap_or(d.fall),
+            port: w.port,
+            path: w.path.unwrap_or(d.path),
+            host: w.host,
+            expect_status: w.expect_status.unwrap_or(d.expect_status),
+            expect_body: w.expect_body,
+            send: w.send.unwrap_or(d.send),
+            expect: w.expect,
+            command: w.command.unwrap_or_default(),
+            slow_start: w.slow_start,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connection is accepted.
+    Tcp,
+    /// An HTTP/1.1 GET answers the expected status (and body).
+    Http,
+    /// A UDP datagram gets a reply.
+    Udp,
+    /// A command exits with status 0.
+    Exec,
+}
+
+/// Parses `"<n>ms"` or `"<n>s"`, `n` a decimal number such as `500`, `2`
+/// or `1.5` (at most nanosecond precision).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let (num, nanos_per_unit): (&str, u64) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1_000_000)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1_000_000_000)
+    } else {
+        return None;
+    };
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty() || !digits(int) || !digits(frac) || (num.contains('.') && frac.is_empty()) {
+        return None;
+    }
+    let mut nanos = int.parse::<u64>().ok()?.checked_mul(nanos_per_unit)?;
+    let mut scale = nanos_per_unit;
+    for b in frac.bytes() {
+        scale /= 10;
+        let d = u64::from(b - b'0');
+        if scale == 0 {
+            if d != 0 {
+                return None; // finer than a nanosecond
+            }
+            continue;
+        }
+        nanos = nanos.checked_add(d * scale)?;
+    }
+    Some(Duration::from_nanos(nanos))
+}
+
+/// The spelling of `d` that [`parse_duration`] reads back: `"2s"`,
+/// `"500ms"`, `"1.5ms"`.
+pub fn format_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos.is_multiple_of(1_000_000_000) {
+        format!("{}s", nanos / 1_000_000_000)
+    } else if nanos.is_multiple_of(1_000_000) {
+        format!("{}ms", nanos / 1_000_000)
+    } else {
+        let frac = format!("{:06}", nanos % 1_000_000);
+        format!("{}.{}ms", nanos / 1_000_000, frac.trim_end_matches('0'))
+    }
+}
+
+const DURATION_RULE: &str = "not a duration; write a number of milliseconds or seconds such as \"500ms\", \"2s\" or \"1.5s\"";
+
+/// A duration as its [`format_duration`] string.
+fn serialize_duration<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*v))
+}
+
+/// An optional duration; `None` is not written.
+mod opt_duration_serde {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_str(&format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| {
+                parse_duration(&s)
+                    .ok_or_else(|| serde::de::Error::custom(format!("{s:?}: {DURATION_RULE}")))
+            })
+            .transpose()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -193,6 +523,14 @@ impl Choice for HashKind {
     const CHOICES: &'static [(&'static str, Self)] =
         &[("5-tuple", Self::FiveTuple), ("source", Self::Source)];
 }
+impl Choice for CheckKind {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("tcp", Self::Tcp),
+        ("http", Self::Http),
+        ("udp", Self::Udp),
+        ("exec", Self::Exec),
+    ];
+}
 impl Choice for XdpMode {
     const CHOICES: &'static [(&'static str, Self)] = &[
         ("auto", Self::Auto),
@@ -210,7 +548,7 @@ macro_rules! display_choice {
         }
     )*};
 }
-display_choice!(Protocol, VipMode, HashKind, XdpMode);
+display_choice!(Protocol, VipMode, HashKind, XdpMode, CheckKind);
 
 macro_rules! cidr {
     ($name:ident, $addr:ty, $bits:ty, $max:expr, $example:expr) => {
@@ -733,6 +1071,8 @@ struct RawVip {
     mode: Option<String>,
     hash: Option<String>,
     table_size: Option<i64>,
+    health: Option<RawHealth>,
+    agent: Option<RawAgent>,
     #[serde(default)]
     backend: Vec<RawBackend>,
 }
@@ -745,6 +1085,39 @@ struct RawBackend {
     backup: Option<bool>,
     interface: Option<String>,
     drain: Option<bool>,
+    health: Option<RawHealth>,
+    agent: Option<RawAgent>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    port: Option<i64>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    path: Option<String>,
+    min_percent: Option<i64>,
+    max_percent: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    rise: Option<i64>,
+    fall: Option<i64>,
+    port: Option<i64>,
+    path: Option<String>,
+    host: Option<String>,
+    expect_status: Option<i64>,
+    expect_body: Option<String>,
+    send: Option<String>,
+    expect: Option<String>,
+    command: Option<Vec<String>>,
+    slow_start: Option<String>,
 }
 
 impl RawConfig {
@@ -900,6 +1273,12 @@ impl RawVip {
                 None
             })
         });
+        let health = self
+            .health
+            .map(|h| h.convert(sink, &format!("{path}.health")));
+        let agent = self
+            .agent
+            .map(|a| a.convert(sink, &format!("{path}.agent")));
         let backends = (self.backend.into_iter().enumerate())
             .map(|(i, b)| b.convert(sink, &format!("{path}.backend[{i}]")))
             .collect();
@@ -910,6 +1289,8 @@ impl RawVip {
             mode,
             hash,
             table_size,
+            health,
+            agent,
             backends,
         }
     }
@@ -930,7 +1311,180 @@ impl RawBackend {
             backup: self.backup.unwrap_or(false),
             interface: self.interface,
             drain: self.drain.unwrap_or(false),
+            health: self
+                .health
+                .map(|h| h.convert(sink, &format!("{path}.health"))),
+            agent: self
+                .agent
+                .map(|a| a.convert(sink, &format!("{path}.agent"))),
         }
+    }
+}
+
+/// A key of one check type, for the "only for type = ..." error.
+fn other_type_key(
+    sink: &mut Sink<'_>,
+    path: &str,
+    key: &str,
+    value: &str,
+    owner: CheckKind,
+    kind: CheckKind,
+) {
+    let p = format!("{path}.{key}");
+    sink.error(
+        &p,
+        format!(
+            "{p} = {value}: only for type = \"{owner}\", not \"{kind}\"; remove it or change \
+             {path}.type"
+        ),
+    );
+}
+
+impl RawAgent {
+    fn convert(self, sink: &mut Sink<'_>, path: &str) -> AgentConfig {
+        let p = format!("{path}.port");
+        let port = sink.required(&p, self.port, 1, "port = 9999 (where the agent answers)");
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|p| *p != 0)
+            .unwrap_or_else(|| {
+                sink.error(&p, format!("{p} = {port}: must be 1..=65535"));
+                sink.poisoned.push(p.clone());
+                1
+            });
+        let mut a = AgentConfig::new(port);
+        let duration = |sink: &mut Sink<'_>, key: &str, v: Option<String>| {
+            let p = format!("{path}.{key}");
+            v.and_then(|s| {
+                parse_duration(&s).or_else(|| {
+                    sink.error(&p, format!("{p} = {s:?}: {DURATION_RULE}"));
+                    sink.poisoned.push(p.clone());
+                    None
+                })
+            })
+        };
+        if let Some(i) = duration(sink, "interval", self.interval) {
+            a.interval = i;
+        }
+        a.timeout = duration(sink, "timeout", self.timeout).unwrap_or(a.timeout.min(a.interval));
+        a.path = self.path;
+        a.min_percent = sink.int(
+            &format!("{path}.min_percent"),
+            self.min_percent,
+            a.min_percent,
+            AGENT_PERCENT_RULE,
+        );
+        a.max_percent = sink.int(
+            &format!("{path}.max_percent"),
+            self.max_percent,
+            a.max_percent,
+            AGENT_PERCENT_RULE,
+        );
+        a
+    }
+}
+
+impl RawHealth {
+    fn convert(self, sink: &mut Sink<'_>, path: &str) -> HealthConfig {
+        let type_path = format!("{path}.type");
+        let kind = match self.kind {
+            None => {
+                sink.error(
+                    &type_path,
+                    format!(
+                        "{type_path} is missing: add it, e.g. type = \"tcp\" (one of \"tcp\", \
+                         \"http\", \"udp\", \"exec\")"
+                    ),
+                );
+                None
+            }
+            Some(k) => match CheckKind::CHOICES.iter().find(|(n, _)| *n == k) {
+                Some((_, c)) => Some(*c),
+                None => {
+                    sink.choice(&type_path, Some(k), CheckKind::Tcp);
+                    None
+                }
+            },
+        };
+        if kind.is_none() {
+            sink.poisoned.push(type_path);
+        }
+        let mut h = HealthConfig::new(kind.unwrap_or(CheckKind::Tcp));
+        let duration = |sink: &mut Sink<'_>, key: &str, v: Option<String>| {
+            let p = format!("{path}.{key}");
+            v.and_then(|s| {
+                parse_duration(&s).or_else(|| {
+                    sink.error(&p, format!("{p} = {s:?}: {DURATION_RULE}"));
+                    sink.poisoned.push(p.clone());
+                    None
+                })
+            })
+        };
+        if let Some(i) = duration(sink, "interval", self.interval) {
+            h.interval = i;
+        }
+        h.timeout = duration(sink, "timeout", self.timeout).unwrap_or(h.timeout.min(h.interval));
+        h.slow_start = duration(sink, "slow_start", self.slow_start);
+        h.rise = sink.int(&format!("{path}.rise"), self.rise, h.rise, COUNT_RANGE);
+        h.fall = sink.int(&format!("{path}.fall"), self.fall, h.fall, COUNT_RANGE);
+        h.port = self.port.and_then(|v| {
+            let p = format!("{path}.port");
+            u16::try_from(v).ok().or_else(|| {
+                sink.error(&p, format!("{p} = {v}: must be {HEALTH_PORT_RANGE}"));
+                sink.poisoned.push(p.clone());
+                None
+            })
+        });
+        // Keys of another type are reported (when the type is known) and dropped.
+        let keep = |sink: &mut Sink<'_>, key: &str, value: String, owner: CheckKind| match kind {
+            Some(k) if k != owner => {
+                other_type_key(sink, path, key, &value, owner, k);
+                false
+            }
+            _ => true,
+        };
+        use CheckKind::{Exec, Http, Udp};
+        if let Some(v) = self.path
+            && keep(sink, "path", format!("{v:?}"), Http)
+        {
+            h.path = v;
+        }
+        if let Some(v) = self.host
+            && keep(sink, "host", format!("{v:?}"), Http)
+        {
+            h.host = Some(v);
+        }
+        if let Some(v) = self.expect_status
+            && keep(sink, "expect_status", v.to_string(), Http)
+        {
+            h.expect_status = sink.int(
+                &format!("{path}.expect_status"),
+                Some(v),
+                h.expect_status,
+                STATUS_RANGE,
+            );
+        }
+        if let Some(v) = self.expect_body
+            && keep(sink, "expect_body", format!("{v:?}"), Http)
+        {
+            h.expect_body = Some(v);
+        }
+        if let Some(v) = self.send
+            && keep(sink, "send", format!("{v:?}"), Udp)
+        {
+            h.send = v;
+        }
+        if let Some(v) = self.expect
+            && keep(sink, "expect", format!("{v:?}"), Udp)
+        {
+            h.expect = Some(v);
+        }
+        if let Some(v) = self.command
+            && keep(sink, "command", format!("{v:?}"), Exec)
+        {
+            h.command = v;
+        }
+        h
     }
 }
 
@@ -942,6 +1496,10 @@ const VIPS_RANGE: &str = "1..=65535";
 const BACKENDS_RANGE: &str = "1..=1048576";
 const PORT_RANGE: &str = "0..=65535 (0 = all ports)";
 const WEIGHT_RANGE: &str = "0..=10000 (0 drains the backend)";
+const COUNT_RANGE: &str = "1..=100";
+const STATUS_RANGE: &str = "100..=599";
+const AGENT_PERCENT_RULE: &str = "1..=1000 (percent of the configured weight)";
+const HEALTH_PORT_RANGE: &str = "1..=65535 (remove it to use the VIP's port)";
 
 fn table_size_range() -> String {
     format!("{}..={}", TABLE_SIZE_RANGE.0, TABLE_SIZE_RANGE.1)
@@ -1179,6 +1737,12 @@ impl Config {
                 );
             }
         }
+        if let Some(h) = &vip.health {
+            check_health(sink, &format!("{path}.health"), h, vip.port);
+        }
+        if let Some(a) = &vip.agent {
+            check_agent(sink, &format!("{path}.agent"), a);
+        }
         let mut seen: HashMap<IpAddr, usize> = HashMap::new();
         for (j, b) in vip.backends.iter().enumerate() {
             let bp = format!("{path}.backend[{j}]");
@@ -1237,7 +1801,203 @@ impl Config {
                 let p = format!("{bp}.interface");
                 sink.error(&p, format!("{p} = {name:?}: {IFNAME_RULE}"));
             }
+            if let Some(h) = &b.health {
+                check_health(sink, &format!("{bp}.health"), h, vip.port);
+            }
+            if let Some(a) = &b.agent {
+                check_agent(sink, &format!("{bp}.agent"), a);
+            }
         }
+    }
+}
+
+/// The checks of one agent table at `path`.
+fn check_agent(sink: &mut Sink<'_>, path: &str, a: &AgentConfig) {
+    check_interval_timeout(sink, path, a.interval, a.timeout);
+    let p = format!("{path}.port");
+    if a.port == 0 && !sink.is_poisoned(&p) {
+        sink.error(&p, format!("{p} = 0: must be 1..=65535"));
+    }
+    let (lo, hi) = AGENT_PERCENT_RANGE;
+    check_range(
+        sink,
+        &format!("{path}.min_percent"),
+        a.min_percent,
+        lo,
+        hi,
+        "",
+    );
+    check_range(
+        sink,
+        &format!("{path}.max_percent"),
+        a.max_percent,
+        lo,
+        hi,
+        "",
+    );
+    if a.min_percent > a.max_percent {
+        let p = format!("{path}.min_percent");
+        sink.error(
+            &p,
+            format!(
+                "{p} = {}: more than max_percent = {}; make min_percent at most max_percent",
+                a.min_percent, a.max_percent
+            ),
+        );
+    }
+    if let Some(path_value) = &a.path
+        && (!path_value.starts_with('/') || path_value.contains(char::is_whitespace))
+    {
+        let p = format!("{path}.path");
+        sink.error(
+            &p,
+            format!(
+                "{p} = {path_value:?}: must start with '/' and contain no spaces, e.g. \"/load\" \
+                 (or remove it for a plain TCP agent)"
+            ),
+        );
+    }
+}
+
+/// `interval` within its range and `timeout` within 10ms..=`interval`.
+fn check_interval_timeout(sink: &mut Sink<'_>, path: &str, interval: Duration, timeout: Duration) {
+    let (lo, hi) = HEALTH_INTERVAL_RANGE;
+    let p = format!("{path}.interval");
+    if !(lo..=hi).contains(&interval) {
+        sink.error(
+            &p,
+            format!(
+                "{p} = \"{}\": must be \"50ms\"..=\"3600s\" (one hour)",
+                format_duration(interval)
+            ),
+        );
+    }
+    let p = format!("{path}.timeout");
+    if timeout > interval && !sink.is_poisoned(&format!("{path}.interval")) {
+        sink.error(
+            &p,
+            format!(
+                "{p} = \"{}\": longer than interval \"{}\"; make it at most the interval",
+                format_duration(timeout),
+                format_duration(interval)
+            ),
+        );
+    } else if timeout < HEALTH_MIN_TIMEOUT {
+        sink.error(
+            &p,
+            format!(
+                "{p} = \"{}\": must be at least \"10ms\" (and at most the interval)",
+                format_duration(timeout)
+            ),
+        );
+    }
+}
+
+/// The checks of one health table at `path`, of a VIP on `vip_port`.
+fn check_health(sink: &mut Sink<'_>, path: &str, h: &HealthConfig, vip_port: u16) {
+    check_interval_timeout(sink, path, h.interval, h.timeout);
+    let (lo, hi) = HEALTH_COUNT_RANGE;
+    check_range(sink, &format!("{path}.rise"), h.rise, lo, hi, "");
+    check_range(sink, &format!("{path}.fall"), h.fall, lo, hi, "");
+    let p = format!("{path}.port");
+    match h.port {
+        Some(0) => sink.error(&p, format!("{p} = 0: must be {HEALTH_PORT_RANGE}")),
+        None if vip_port == 0 => sink.error(
+            &p,
+            format!(
+                "{p} is missing: the VIP has port 0 (all ports), so the check needs its own; \
+                 add it, e.g. port = 80"
+            ),
+        ),
+        _ => {}
+    }
+    if let Some(s) = h.slow_start
+        && s > MAX_SLOW_START
+    {
+        let p = format!("{path}.slow_start");
+        sink.error(
+            &p,
+            format!(
+                "{p} = \"{}\": must be \"0s\"..=\"3600s\" (one hour)",
+                format_duration(s)
+            ),
+        );
+    }
+    // Values of another type's keys (only reachable through the API: the
+    // file's are reported while reading it).
+    let type_path = format!("{path}.type");
+    if sink.is_poisoned(&type_path) {
+        return;
+    }
+    let d = HealthConfig::new(h.kind);
+    let mut foreign = |key: &str, value: Option<String>, owner: CheckKind| {
+        if let Some(v) = value
+            && h.kind != owner
+        {
+            other_type_key(sink, path, key, &v, owner, h.kind);
+        }
+    };
+    use CheckKind::{Exec, Http, Udp};
+    foreign(
+        "path",
+        (h.path != d.path).then(|| format!("{:?}", h.path)),
+        Http,
+    );
+    foreign("host", h.host.as_ref().map(|v| format!("{v:?}")), Http);
+    foreign(
+        "expect_status",
+        (h.expect_status != d.expect_status).then(|| h.expect_status.to_string()),
+        Http,
+    );
+    foreign(
+        "expect_body",
+        h.expect_body.as_ref().map(|v| format!("{v:?}")),
+        Http,
+    );
+    foreign(
+        "send",
+        (h.send != d.send).then(|| format!("{:?}", h.send)),
+        Udp,
+    );
+    foreign("expect", h.expect.as_ref().map(|v| format!("{v:?}")), Udp);
+    foreign(
+        "command",
+        (!h.command.is_empty()).then(|| format!("{:?}", h.command)),
+        Exec,
+    );
+    match h.kind {
+        Http => {
+            let p = format!("{path}.path");
+            if !h.path.starts_with('/') || h.path.contains(char::is_whitespace) {
+                sink.error(
+                    &p,
+                    format!(
+                        "{p} = {:?}: must start with '/' and contain no spaces, e.g. \"/healthz\"",
+                        h.path
+                    ),
+                );
+            }
+            let p = format!("{path}.expect_status");
+            check_range(sink, &p, u32::from(h.expect_status), 100, 599, "");
+        }
+        Exec => {
+            let p = format!("{path}.command");
+            if h.command.is_empty() {
+                sink.error(
+                    &p,
+                    format!(
+                        "{p} is missing or empty: type = \"exec\" needs the program and its \
+                         arguments, e.g. command = [\"/usr/local/bin/check\", \"--fast\"]"
+                    ),
+                );
+            } else if h.command[0].is_empty() {
+                sink.error(
+                    &p,
+                    format!("{p}[0] = \"\": the program must not be empty; give its path"),
+                );
+            }
+        }
+        _ => {}
     }
 }
 
@@ -1661,6 +2421,416 @@ mod tests {
                 .starts_with("api: vip[0].backend[0].weight = 70000: must be 0..=10000"),
             "{e}"
         );
+    }
+
+    const HEALTH_DOC: &str = include_str!("../../docs/health-checks.md");
+
+    /// Every check type, every key, a per-backend override.
+    const ALL_CHECKS: &str = r#"[global]
+interfaces = ["eth0"]
+[[vip]]
+address = "198.18.1.1"
+port = 80
+[vip.health]
+type = "http"
+interval = "1.5s"
+timeout = "500ms"
+rise = 4
+fall = 5
+port = 8080
+path = "/healthz"
+host = "www.example.com"
+expect_status = 204
+expect_body = "ok"
+slow_start = "30s"
+[[vip.backend]]
+address = "198.18.0.11"
+[[vip.backend]]
+address = "198.18.0.12"
+[vip.backend.health]
+type = "tcp"
+[[vip.backend]]
+address = "198.18.0.13"
+[vip.backend.health]
+type = "udp"
+send = "ping"
+expect = "pong"
+interval = "100ms"
+[[vip.backend]]
+address = "198.18.0.14"
+[vip.backend.health]
+type = "exec"
+command = ["/usr/local/bin/check", "--fast"]
+slow_start = "0s"
+"#;
+
+    #[test]
+    fn health_checks_parse_and_round_trip() {
+        let c = parse(ALL_CHECKS, "hola.toml").unwrap_or_else(|e| panic!("{e}"));
+        let v = &c.vips[0];
+        let h = v.health.as_ref().unwrap();
+        assert_eq!(
+            *h,
+            HealthConfig {
+                kind: CheckKind::Http,
+                interval: Duration::from_millis(1500),
+                timeout: Duration::from_millis(500),
+                rise: 4,
+                fall: 5,
+                port: Some(8080),
+                path: "/healthz".into(),
+                host: Some("www.example.com".into()),
+                expect_status: 204,
+                expect_body: Some("ok".into()),
+                send: "hola-health".into(),
+                expect: None,
+                command: Vec::new(),
+                slow_start: Some(Duration::from_secs(30)),
+            }
+        );
+        let tcp = v.backends[1].health.as_ref().unwrap();
+        assert_eq!(*tcp, HealthConfig::new(CheckKind::Tcp));
+        let udp = v.backends[2].health.as_ref().unwrap();
+        assert_eq!(
+            (udp.kind, udp.send.as_str(), udp.expect.as_deref()),
+            (CheckKind::Udp, "ping", Some("pong"))
+        );
+        // The default timeout is capped at the interval.
+        assert_eq!(udp.timeout, Duration::from_millis(100));
+        let exec = v.backends[3].health.as_ref().unwrap();
+        assert_eq!(exec.command, ["/usr/local/bin/check", "--fast"]);
+        assert_eq!(exec.slow_start, Some(Duration::ZERO));
+        let text = c.to_toml();
+        assert!(text.contains("interval = \"1500ms\""), "{text}");
+        assert!(text.contains("timeout = \"500ms\""), "{text}");
+        assert!(text.contains("interval = \"2s\""), "{text}");
+        let back = parse(&text, "round-trip").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back, c, "{text}");
+        // JSON (the API) round-trips too, and fills defaults.
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Config>(&json).unwrap(), c);
+        let h: HealthConfig = serde_json::from_str(r#"{"type":"tcp","interval":"300ms"}"#).unwrap();
+        assert_eq!(h.timeout, Duration::from_millis(300));
+        assert_eq!(h.rise, 2);
+        for (n, v) in CheckKind::CHOICES {
+            assert_eq!(toml::Value::try_from(v).unwrap().as_str(), Some(*n));
+        }
+    }
+
+    #[test]
+    fn health_for_picks_the_override() {
+        let c = parse(ALL_CHECKS, "x").unwrap();
+        let v = &c.vips[0];
+        assert_eq!(v.health_for(&v.backends[0]).unwrap().kind, CheckKind::Http);
+        assert_eq!(v.health_for(&v.backends[1]).unwrap().kind, CheckKind::Tcp);
+        assert_eq!(v.health_for(&v.backends[3]).unwrap().kind, CheckKind::Exec);
+        let mut v = v.clone();
+        v.health = None;
+        assert_eq!(v.health_for(&v.backends[0]), None);
+        assert_eq!(v.health_for(&v.backends[2]).unwrap().kind, CheckKind::Udp);
+    }
+
+    #[test]
+    fn durations() {
+        for (s, ms) in [
+            ("500ms", 500),
+            ("2s", 2000),
+            ("1.5s", 1500),
+            ("0s", 0),
+            ("0.05s", 50),
+        ] {
+            assert_eq!(parse_duration(s), Some(Duration::from_millis(ms)), "{s}");
+        }
+        for s in [
+            "", "1", "s", "ms", "1.s", ".5s", "-1s", "1m", "1 s", "1h", "1.5.5s",
+        ] {
+            assert_eq!(parse_duration(s), None, "{s:?}");
+        }
+        for d in [
+            Duration::ZERO,
+            Duration::from_millis(500),
+            Duration::from_secs(2),
+            Duration::from_millis(1500),
+            Duration::from_micros(1500),
+            Duration::from_nanos(1),
+        ] {
+            assert_eq!(parse_duration(&format_duration(d)), Some(d), "{d:?}");
+        }
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_secs(2)), "2s");
+    }
+
+    fn health_text(health: &str) -> String {
+        vip_text(
+            "",
+            &format!(
+                "[[vip]]\naddress = \"198.18.1.1\"\nport = 80\n[vip.health]\n{health}\
+                 [[vip.backend]]\naddress = \"198.18.0.11\"\n"
+            ),
+        )
+    }
+
+    #[test]
+    fn health_errors() {
+        // Line 7 is the first key of [vip.health].
+        let e = one_error(
+            &health_text("type = \"tcp\"\ninterval = \"2 s\"\n"),
+            8,
+            "vip[0].health.interval = \"2 s\": not a duration",
+        );
+        assert!(e.contains("\"1.5s\""), "{e}");
+        one_error(
+            &health_text("type = \"tcp\"\ninterval = \"1s\"\ntimeout = \"3s\"\n"),
+            9,
+            "vip[0].health.timeout = \"3s\": longer than interval \"1s\"; make it at most the \
+             interval",
+        );
+        one_error(
+            &health_text("type = \"tcp\"\ninterval = \"10ms\"\n"),
+            8,
+            "vip[0].health.interval = \"10ms\": must be \"50ms\"..=\"3600s\"",
+        );
+        one_error(
+            &health_text("type = \"tcp\"\npath = \"/healthz\"\n"),
+            8,
+            "vip[0].health.path = \"/healthz\": only for type = \"http\", not \"tcp\"",
+        );
+        one_error(
+            &health_text("type = \"http\"\nsend = \"x\"\n"),
+            8,
+            "vip[0].health.send = \"x\": only for type = \"udp\", not \"http\"",
+        );
+        one_error(
+            &health_text("type = \"exec\"\n"),
+            6,
+            "vip[0].health.command is missing or empty",
+        );
+        one_error(
+            &health_text("type = \"exec\"\ncommand = []\n"),
+            8,
+            "vip[0].health.command is missing or empty",
+        );
+        let e = one_error(
+            &health_text("type = \"http\"\npath = \"healthz\"\n"),
+            8,
+            "vip[0].health.path = \"healthz\": must start with '/'",
+        );
+        assert!(e.contains("\"/healthz\""), "{e}");
+        one_error(
+            &health_text("type = \"http\"\nexpect_status = 42\n"),
+            8,
+            "vip[0].health.expect_status = 42: must be 100..=599",
+        );
+        one_error(
+            &health_text("type = \"tcp\"\nrise = 0\n"),
+            8,
+            "vip[0].health.rise = 0: must be 1..=100",
+        );
+        one_error(
+            &health_text("type = \"tcp\"\nslow_start = \"2h\"\n"),
+            8,
+            "vip[0].health.slow_start = \"2h\": not a duration",
+        );
+        one_error(
+            &health_text("type = \"tcp\"\nslow_start = \"7200s\"\n"),
+            8,
+            "vip[0].health.slow_start = \"7200s\": must be \"0s\"..=\"3600s\"",
+        );
+        one_error(
+            &health_text("type = \"ping\"\n"),
+            7,
+            "vip[0].health.type = \"ping\": must be one of \"tcp\", \"http\", \"udp\", \"exec\"",
+        );
+        one_error(
+            &health_text("interval = \"1s\"\n"),
+            6,
+            "vip[0].health.type is missing",
+        );
+        let e = one_error(
+            &health_text("type = \"tcp\"\npaht = \"/\"\n"),
+            8,
+            "vip[0].health.paht: unknown field `paht`",
+        );
+        assert!(e.contains("`path`"), "{e}");
+        // All-ports VIP: the check needs a port.
+        let text = health_text("type = \"tcp\"\n").replace("port = 80\n", "port = 0\n");
+        one_error(
+            &text,
+            6,
+            "vip[0].health.port is missing: the VIP has port 0",
+        );
+        parse(
+            &text.replace("type = \"tcp\"\n", "type = \"tcp\"\nport = 22\n"),
+            "x",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn backend_health_errors() {
+        let text = vip_text(
+            "",
+            "[[vip]]\naddress = \"198.18.1.1\"\nport = 80\n\
+             [[vip.backend]]\naddress = \"198.18.0.11\"\n\
+             [vip.backend.health]\ntype = \"udp\"\ncommand = [\"/bin/true\"]\n",
+        );
+        one_error(
+            &text,
+            10,
+            "vip[0].backend[0].health.command = [\"/bin/true\"]: only for type = \"exec\", not \
+             \"udp\"",
+        );
+    }
+
+    #[test]
+    fn health_validate_without_lines() {
+        let mut c = parse(ALL_CHECKS, "x").unwrap();
+        c.vips[0].backends[1].health.as_mut().unwrap().path = "/x".into();
+        c.vips[0].health.as_mut().unwrap().timeout = Duration::from_secs(2);
+        let e = c.validate("api").unwrap_err().to_string();
+        assert!(
+            e.contains("api: vip[0].health.timeout = \"2s\": longer than interval \"1500ms\""),
+            "{e}"
+        );
+        assert!(
+            e.contains("api: vip[0].backend[1].health.path = \"/x\": only for type = \"http\""),
+            "{e}"
+        );
+    }
+
+    /// Each ```toml block of docs/health-checks.md.
+    fn toml_blocks(doc: &str) -> Vec<String> {
+        let mut blocks = Vec::new();
+        let mut current: Option<String> = None;
+        for line in doc.lines() {
+            match &mut current {
+                None if line.trim() == "```toml" => current = Some(String::new()),
+                Some(b) if line.trim() == "```" => {
+                    blocks.push(std::mem::take(b));
+                    current = None;
+                }
+                Some(b) => {
+                    b.push_str(line);
+                    b.push('\n');
+                }
+                None => {}
+            }
+        }
+        assert!(current.is_none(), "an unterminated ```toml block");
+        blocks
+    }
+
+    #[test]
+    fn health_doc_examples_parse() {
+        let blocks = toml_blocks(HEALTH_DOC);
+        assert!(blocks.len() >= 5, "{}", blocks.len());
+        let mut kinds = HashSet::new();
+        for (i, b) in blocks.iter().enumerate() {
+            let c = parse(b, &format!("health-checks.md block {i}"))
+                .unwrap_or_else(|e| panic!("{e}\n{b}"));
+            for v in &c.vips {
+                for b in &v.backends {
+                    kinds.insert(v.health_for(b).expect("every example checks").kind);
+                }
+            }
+        }
+        assert_eq!(kinds.len(), CheckKind::CHOICES.len(), "{kinds:?}");
+        let agents: Vec<_> = blocks
+            .iter()
+            .filter_map(|b| parse(b, "x").ok())
+            .flat_map(|c| c.vips)
+            .filter_map(|v| v.agent.clone())
+            .collect();
+        assert_eq!(
+            agents,
+            vec![AgentConfig {
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(500),
+                ..AgentConfig::new(9999)
+            }],
+            "the agent example"
+        );
+    }
+
+    #[test]
+    fn agent_checks_parse_round_trip_and_fail_clearly() {
+        let text = r#"
+[global]
+interfaces = ["eth0"]
+
+[[vip]]
+address = "198.18.1.5"
+port = 80
+
+[vip.agent]
+port = 9999
+
+[[vip.backend]]
+address = "198.18.0.51"
+
+[vip.backend.agent]
+port = 8080
+path = "/load"
+min_percent = 50
+max_percent = 200
+"#;
+        let c = parse(text, "a.toml").unwrap();
+        let v = &c.vips[0];
+        assert_eq!(v.agent, Some(AgentConfig::new(9999)));
+        let own = v.agent_for(&v.backends[0]).unwrap();
+        assert_eq!(
+            *own,
+            AgentConfig {
+                path: Some("/load".into()),
+                min_percent: 50,
+                max_percent: 200,
+                ..AgentConfig::new(8080)
+            }
+        );
+        let again = parse(&c.to_toml(), "dump").unwrap();
+        assert_eq!(again, c, "to_toml round-trips agents");
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Config>(&json).unwrap(), c);
+
+        let bad = text
+            .replace(
+                "port = 9999",
+                "port = 0\ninterval = \"1s\"\ntimeout = \"2s\"",
+            )
+            .replace("min_percent = 50", "min_percent = 300")
+            .replace("path = \"/load\"", "path = \"load\"\ncolour = 1");
+        let e = parse(&bad, "a.toml").unwrap_err().to_string();
+        assert!(e.contains("unknown field `colour`"), "{e}");
+        let bad = text
+            .replace(
+                "port = 9999",
+                "port = 0\ninterval = \"1s\"\ntimeout = \"2s\"",
+            )
+            .replace("min_percent = 50", "min_percent = 300")
+            .replace("path = \"/load\"", "path = \"load\"");
+        let e = parse(&bad, "a.toml").unwrap_err().to_string();
+        for want in [
+            "vip[0].agent.port = 0: must be 1..=65535",
+            "vip[0].agent.timeout = \"2s\": longer than interval \"1s\"",
+            "vip[0].backend[0].agent.min_percent = 300: more than max_percent = 200",
+            "vip[0].backend[0].agent.path = \"load\": must start with '/'",
+        ] {
+            assert!(e.contains(want), "{want:?} in:\n{e}");
+        }
+        let missing = text.replace("port = 8080\n", "");
+        let e = parse(&missing, "a.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("vip[0].backend[0].agent.port is missing: add it, e.g. port = 9999"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn example_has_health_checks() {
+        let c = parse(EXAMPLE, "x").unwrap();
+        let v = &c.vips[0];
+        assert_eq!(v.health.as_ref().unwrap().kind, CheckKind::Http);
+        assert!(v.backends.iter().any(|b| b.health.is_some()));
     }
 
     #[test]

@@ -180,6 +180,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     owner::persist(&state_file, &cfg)
         .with_context(|| format!("writing the state file {}", state_file.display()))?;
+    let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
+    owner.check_with(targets_tx);
     let (tx, rx) = mpsc::channel();
     let owner_thread = std::thread::Builder::new()
         .name("dataplane-owner".into())
@@ -200,6 +202,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
         tracing::info!(socket = %sock.display(), "control API listening");
         let api = axum::serve(listener, api::router(tx.clone()));
+        tokio::spawn(crate::health::supervise(targets_rx, tx.clone()));
         let metrics = match cfg.global.metrics_address {
             Some(addr) => {
                 let l = tokio::net::TcpListener::bind(addr)

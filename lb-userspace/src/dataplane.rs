@@ -22,7 +22,7 @@ use aya::{
 use lb_common::{
     AddrVips, Backend, BackendStats, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, PROTO_TCP,
     PROTO_UDP, Reason, ReasonStats, Settings, VipKey, VipMeta, VipSlot, VipStats,
-    backend::{BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP},
+    backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
     maps as names,
     vip::{
         ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_DSR, VIP_MODE_MASK, VIP_MODE_TUNNEL,
@@ -146,6 +146,9 @@ pub struct BackendSpec {
     pub weight: u32,
     /// `None` until resolved: packets to it are dropped and counted.
     pub nexthop: Option<Nexthop>,
+    /// False when health checks say it is down: its established flows are
+    /// re-balanced and it has no slot in the Maglev table (as at weight 0).
+    pub up: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -445,6 +448,7 @@ impl Dataplane {
                     addr,
                     weight: 0,
                     nexthop,
+                    up: b.flags & BACKEND_F_DOWN == 0,
                 },
             });
         }
@@ -740,7 +744,8 @@ impl Dataplane {
             .map(|b| MaglevBackend {
                 id: b.id,
                 key: maglev::backend_key(b.spec.addr, vip.port),
-                weight: b.spec.weight,
+                // A down backend takes no new flow, whatever its weight.
+                weight: if b.spec.up { b.spec.weight } else { 0 },
             })
             .collect();
         let table = maglev::build(&maglev_input, table_size)
@@ -995,6 +1000,9 @@ fn backend_entry(spec: &BackendSpec, vip_id: u32) -> Backend {
         family,
         ..Default::default()
     };
+    if !spec.up {
+        b.flags |= BACKEND_F_DOWN;
+    }
     if let Some(nh) = spec.nexthop {
         b.dmac = nh.dmac;
         b.smac = nh.smac;

@@ -1,11 +1,13 @@
 //! The hola controller library: Maglev tables, the one owner of the data
 //! plane's maps, next-hop resolution, the daemon, its API and stats.
 
+pub mod agent;
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod health;
 pub mod helpers;
 pub mod maglev;
 pub mod neigh;

@@ -78,6 +78,11 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
         proto: ProtoArg,
     },
+    /// Recent backend state changes (health checks).
+    Events {
+        #[arg(long)]
+        json: bool,
+    },
     /// The effective configuration.
     Config {
         #[command(subcommand)]
@@ -324,6 +329,8 @@ async fn client_cmd(socket: &std::path::Path, cmd: Cmd) -> anyhow::Result<()> {
                         HashArg::Source => HashKind::Source,
                     },
                     table_size,
+                    health: None,
+                    agent: None,
                     backends: Vec::new(),
                 };
                 post(socket, "/v1/vips", &v).await?;
@@ -368,6 +375,8 @@ async fn client_cmd(socket: &std::path::Path, cmd: Cmd) -> anyhow::Result<()> {
                     backup,
                     interface,
                     drain: false,
+                    health: None,
+                    agent: None,
                 };
                 post(socket, "/v1/backends", &BackendAdd { vip: r, backend }).await?;
                 println!("backend {address} added to {r}");
@@ -440,13 +449,37 @@ async fn client_cmd(socket: &std::path::Path, cmd: Cmd) -> anyhow::Result<()> {
                         continue;
                     }
                     for b in &v.backends {
+                        let last = b
+                            .last_check
+                            .as_ref()
+                            .map(|p| {
+                                format!(" last_check=\"{}\" latency_ms={}", p.detail, p.latency_ms)
+                            })
+                            .unwrap_or_default();
+                        let changed = b
+                            .last_change_ms
+                            .map(|ms| format!(" changed={}", format_ms(ms)))
+                            .unwrap_or_default();
+                        let agent = b
+                            .agent
+                            .as_ref()
+                            .map(|a| {
+                                let said = a
+                                    .last_check
+                                    .as_ref()
+                                    .map(|p| format!(" agent_check=\"{}\"", p.detail))
+                                    .unwrap_or_default();
+                                format!(" agent={}% agent_mode={}{said}", a.percent, a.mode)
+                            })
+                            .unwrap_or_default();
                         println!(
-                            "{} {} weight={} effective={} state={} nexthop={}",
+                            "{} {} weight={} effective={} state={} health={}{last}{changed}{agent} nexthop={}",
                             v.vip,
                             b.address,
                             b.weight,
                             b.effective_weight,
                             b.state,
+                            b.health,
                             if b.nexthop_resolved {
                                 "resolved"
                             } else {
@@ -492,6 +525,27 @@ async fn client_cmd(socket: &std::path::Path, cmd: Cmd) -> anyhow::Result<()> {
                 client::ok(socket, Method::GET, "/v1/config", None).await?
             );
         }
+        Cmd::Events { json } => {
+            let text = client::ok(socket, Method::GET, "/v1/events", None).await?;
+            if json {
+                println!("{text}");
+            } else {
+                let events: Vec<lb_userspace::owner::Event> = serde_json::from_str(&text)?;
+                if events.is_empty() {
+                    println!("no backend state changes since hola started");
+                }
+                for e in events {
+                    println!(
+                        "{} {} {} {} ({})",
+                        format_ms(e.timestamp_ms),
+                        e.vip,
+                        e.backend,
+                        e.state,
+                        e.detail
+                    );
+                }
+            }
+        }
         _ => unreachable!("handled in real_main"),
     }
     Ok(())
@@ -523,4 +577,43 @@ fn print_stats(s: &StatsReport) {
         .map(|(r, c)| format!("{r}={}", c.packets))
         .collect();
     println!("reasons: {}", reasons.join(" "));
+}
+
+/// A Unix time in milliseconds as UTC `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn format_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn format_ms_is_utc() {
+        assert_eq!(super::format_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::format_ms(1_795_889_508_330),
+            "2026-11-28T18:11:48.330Z"
+        );
+        assert_eq!(
+            super::format_ms(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
 }

@@ -16,10 +16,12 @@ use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP};
 use tokio::sync::oneshot;
 
 use crate::{
+    agent::{AgentMode, AgentStatus, AgentTarget, Report, scaled_weight},
     config::{Config, HashKind, Protocol, VipConfig, VipMode},
     dataplane::{
         BackendSpec, Dataplane, Mode, Nexthop, Proto, Stats, VipAddr, VipSpec, addr_bytes,
     },
+    health::{Job, Machine, Probe, Target, slow_start_weight},
     neigh,
     stats::{BackendReport, PacketsBytes, Rates, STATS_VERSION, StatsReport, VipReport},
 };
@@ -72,6 +74,20 @@ pub struct FlowAnswer {
 
 pub enum Request {
     Change(Change, oneshot::Sender<Result<(), ApiError>>),
+    /// A probe result from the health checker.
+    Health {
+        vip: VipAddr,
+        backend: IpAddr,
+        probe: Probe,
+    },
+    /// An answer (or none) from a backend's agent.
+    Agent {
+        vip: VipAddr,
+        backend: IpAddr,
+        probe: Probe,
+        report: Option<Report>,
+    },
+    Events(oneshot::Sender<Vec<Event>>),
     Config(oneshot::Sender<Config>),
     Stats(oneshot::Sender<Result<StatsReport, ApiError>>),
     Flow {
@@ -97,22 +113,103 @@ pub fn vip_addr(v: &VipConfig) -> VipAddr {
     }
 }
 
-/// The weight a backend has in its table: 0 while draining, 0 for a backup
-/// while a primary can take flows.
-pub fn effective_weight(vip: &VipConfig, i: usize) -> u32 {
-    let b = &vip.backends[i];
-    if b.drain {
-        return 0;
+/// How many state changes `hola events` keeps (the oldest go first).
+pub const MAX_EVENTS: usize = 1000;
+
+/// One health state change, as `hola events` lists it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Event {
+    pub timestamp_ms: u64,
+    pub vip: String,
+    pub backend: String,
+    /// "up" or "down" (health check), "agent up", "agent drain" or "agent down".
+    pub state: String,
+    /// The probe result that made the change.
+    pub detail: String,
+}
+
+/// The health of one checked backend of one VIP.
+struct Health {
+    machine: Machine,
+    last: Option<Probe>,
+    changed_ms: Option<u64>,
+    /// When it last came up (for slow start); `None` when it has been up
+    /// since hola started, so a restart does not ramp healthy backends.
+    up_since: Option<Instant>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+type Key = (VipAddr, IpAddr);
+
+/// What the checks say about every backend: health and agent state.
+#[derive(Default)]
+struct Checks {
+    health: HashMap<Key, Health>,
+    agents: HashMap<Key, AgentStatus>,
+}
+
+impl Checks {
+    /// Whether backend `i` of `vip` is up: not failed by its health check,
+    /// not declared down by its agent.
+    fn is_up(&self, vip: &VipConfig, i: usize) -> bool {
+        let key = (vip_addr(vip), vip.backends[i].address);
+        self.health.get(&key).is_none_or(|h| h.machine.up)
+            && self
+                .agents
+                .get(&key)
+                .is_none_or(|a| a.mode != AgentMode::Down)
     }
-    if b.backup
-        && vip
-            .backends
-            .iter()
-            .any(|o| !o.backup && !o.drain && o.weight > 0)
-    {
-        return 0;
+
+    /// Whether backend `i` of `vip` can take new flows at all.
+    fn takes_new_flows(&self, vip: &VipConfig, i: usize) -> bool {
+        let b = &vip.backends[i];
+        let key = (vip_addr(vip), b.address);
+        !b.drain
+            && b.weight > 0
+            && self.is_up(vip, i)
+            && self
+                .agents
+                .get(&key)
+                .is_none_or(|a| a.mode != AgentMode::Drain)
     }
-    b.weight
+
+    /// The weight backend `i` of `vip` gets in its Maglev table, and
+    /// whether it is up (a down backend's flow-table entries are treated
+    /// as misses). Draining (by config or agent) or down: 0. A backup: 0
+    /// while a primary takes new flows. Otherwise the configured weight,
+    /// scaled by the agent's percentage, ramping after coming up when
+    /// slow start is configured.
+    fn effective(&self, vip: &VipConfig, i: usize) -> (u32, bool) {
+        let b = &vip.backends[i];
+        let up = self.is_up(vip, i);
+        if !self.takes_new_flows(vip, i) {
+            return (0, up);
+        }
+        if b.backup
+            && (0..vip.backends.len())
+                .any(|j| !vip.backends[j].backup && self.takes_new_flows(vip, j))
+        {
+            return (0, up);
+        }
+        let key = (vip_addr(vip), b.address);
+        let weight = match self.agents.get(&key) {
+            Some(a) => scaled_weight(b.weight, a.percent),
+            None => b.weight,
+        };
+        let ramp = vip.health_for(b).and_then(|h| h.slow_start);
+        let weight = match self.health.get(&key).and_then(|h| h.up_since) {
+            Some(t) => slow_start_weight(weight, t.elapsed(), ramp),
+            None => weight,
+        };
+        (weight, up)
+    }
 }
 
 pub struct Owner {
@@ -121,6 +218,9 @@ pub struct Owner {
     pub state_file: PathBuf,
     pub ingress_ifindex: u32,
     nexthops: HashMap<IpAddr, Nexthop>,
+    checks: Checks,
+    events: std::collections::VecDeque<Event>,
+    targets: Option<tokio::sync::watch::Sender<Vec<Job>>>,
     prev: Option<(Instant, Stats)>,
     last: Option<(Instant, Stats)>,
 }
@@ -133,6 +233,9 @@ impl Owner {
             state_file,
             ingress_ifindex,
             nexthops: HashMap::new(),
+            checks: Checks::default(),
+            events: std::collections::VecDeque::new(),
+            targets: None,
             prev: None,
             last: None,
         }
@@ -153,6 +256,12 @@ impl Owner {
                 .is_none_or(|(t, _)| t.elapsed() >= Duration::from_secs(1));
             if due {
                 self.sample();
+                if self.ramping() {
+                    let config = self.config.clone();
+                    if let Err(e) = self.reconcile(&config, Duration::ZERO) {
+                        tracing::warn!(error = %e.message, "slow start");
+                    }
+                }
                 if self
                     .config
                     .vips
@@ -184,6 +293,20 @@ impl Owner {
             Request::Config(reply) => {
                 let _ = reply.send(self.config.clone());
             }
+            Request::Health {
+                vip,
+                backend,
+                probe,
+            } => self.health_result(vip, backend, probe),
+            Request::Agent {
+                vip,
+                backend,
+                probe,
+                report,
+            } => self.agent_result(vip, backend, probe, report),
+            Request::Events(reply) => {
+                let _ = reply.send(self.events.iter().cloned().collect());
+            }
             Request::Stats(reply) => {
                 let _ = reply.send(self.report());
             }
@@ -196,6 +319,183 @@ impl Owner {
                 let _ = reply.send(self.flow(src, dst, proto));
             }
         }
+    }
+
+    /// Starts health checking: the targets of the current configuration now,
+    /// and again after every change.
+    pub fn check_with(&mut self, targets: tokio::sync::watch::Sender<Vec<Job>>) {
+        self.targets = Some(targets);
+        self.publish_targets();
+    }
+
+    /// Tells the checker what to probe, and keeps one state per checked
+    /// backend (a backend whose check changes keeps its state).
+    fn publish_targets(&mut self) {
+        let mut jobs = Vec::new();
+        for v in &self.config.vips {
+            for b in &v.backends {
+                if let Some(check) = v.health_for(b) {
+                    jobs.push(Job::Health(Target {
+                        vip: vip_addr(v),
+                        backend: b.address,
+                        port: check.port.unwrap_or(v.port),
+                        check: check.clone(),
+                    }));
+                }
+                if let Some(agent) = v.agent_for(b) {
+                    jobs.push(Job::Agent(AgentTarget {
+                        vip: vip_addr(v),
+                        backend: b.address,
+                        agent: agent.clone(),
+                    }));
+                }
+            }
+        }
+        let health_keys: Vec<Key> = jobs
+            .iter()
+            .filter_map(|j| match j {
+                Job::Health(t) => Some((t.vip, t.backend)),
+                Job::Agent(_) => None,
+            })
+            .collect();
+        self.checks.health.retain(|k, _| health_keys.contains(k));
+        let agent_keys: Vec<Key> = jobs
+            .iter()
+            .filter_map(|j| match j {
+                Job::Agent(t) => Some((t.vip, t.backend)),
+                Job::Health(_) => None,
+            })
+            .collect();
+        self.checks.agents.retain(|k, _| agent_keys.contains(k));
+        for j in &jobs {
+            match j {
+                Job::Health(t) => {
+                    self.checks
+                        .health
+                        .entry((t.vip, t.backend))
+                        .or_insert_with(|| Health {
+                            machine: Machine::new(t.check.rise, t.check.fall),
+                            last: None,
+                            changed_ms: None,
+                            up_since: None,
+                        });
+                }
+                Job::Agent(t) => {
+                    let status = self
+                        .checks
+                        .agents
+                        .entry((t.vip, t.backend))
+                        .or_insert_with(|| AgentStatus::new(&t.agent));
+                    // Bounds that changed apply to the current percentage.
+                    status.percent = crate::agent::clamp_percent(status.percent, &t.agent);
+                }
+            }
+        }
+        if let Some(tx) = &self.targets {
+            let _ = tx.send(jobs);
+        }
+    }
+
+    fn health_result(&mut self, vip: VipAddr, backend: IpAddr, probe: Probe) {
+        let Some(h) = self.checks.health.get_mut(&(vip, backend)) else {
+            return; // a result from a check that was just removed
+        };
+        let changed = h.machine.observe(probe.ok);
+        h.last = Some(probe.clone());
+        let Some(up) = changed else { return };
+        h.up_since = up.then(Instant::now);
+        self.apply_checks();
+        // The change time is when the data plane has it, not before.
+        let at = now_ms();
+        if let Some(h) = self.checks.health.get_mut(&(vip, backend)) {
+            h.changed_ms = Some(at);
+        }
+        let state = if up { "up" } else { "down" };
+        self.event(at, vip, backend, state, probe.detail);
+    }
+
+    /// An agent's answer: the weight follows at once (one table rebuild
+    /// per change).
+    fn agent_result(
+        &mut self,
+        vip: VipAddr,
+        backend: IpAddr,
+        probe: Probe,
+        report: Option<Report>,
+    ) {
+        let Some(agent) = self
+            .config
+            .vips
+            .iter()
+            .find(|v| vip_addr(v) == vip)
+            .and_then(|v| {
+                v.backends
+                    .iter()
+                    .find(|b| b.address == backend)
+                    .and_then(|b| v.agent_for(b))
+            })
+            .cloned()
+        else {
+            return;
+        };
+        let Some(status) = self.checks.agents.get_mut(&(vip, backend)) else {
+            return;
+        };
+        if !probe.ok {
+            tracing::debug!(vip = %vip, backend = %backend, detail = %probe.detail, "agent check failed; its last report stays in force");
+        }
+        let mode_before = status.mode;
+        let detail = probe.detail.clone();
+        if !status.apply(probe, report, &agent) {
+            return;
+        }
+        let (percent, mode) = (status.percent, status.mode);
+        self.apply_checks();
+        let at = now_ms();
+        if mode != mode_before {
+            self.event(at, vip, backend, &format!("agent {mode}"), detail);
+        } else {
+            tracing::info!(vip = %vip, backend = %backend, percent, "agent weight {percent}%");
+        }
+    }
+
+    /// Makes the data plane follow the checks' state.
+    fn apply_checks(&mut self) {
+        let config = self.config.clone();
+        if let Err(e) = self.reconcile(&config, Duration::ZERO) {
+            tracing::error!(error = %e.message, "applying a health change");
+        }
+    }
+
+    /// Logs a state change as one line and keeps it for `hola events`.
+    fn event(&mut self, at: u64, vip: VipAddr, backend: IpAddr, state: &str, detail: String) {
+        tracing::warn!(vip = %vip, backend = %backend, state, detail = %detail, "backend {state}");
+        self.events.push_back(Event {
+            timestamp_ms: at,
+            vip: vip.to_string(),
+            backend: backend.to_string(),
+            state: state.into(),
+            detail,
+        });
+        while self.events.len() > MAX_EVENTS {
+            self.events.pop_front();
+        }
+    }
+
+    /// Whether a backend is ramping up (slow start): its weight changes
+    /// every second until it reaches the configured one.
+    fn ramping(&self) -> bool {
+        self.config.vips.iter().any(|v| {
+            v.backends.iter().any(|b| {
+                let ramp = v.health_for(b).and_then(|h| h.slow_start);
+                let since = self
+                    .checks
+                    .health
+                    .get(&(vip_addr(v), b.address))
+                    .and_then(|h| h.up_since);
+                matches!((ramp, since), (Some(r), Some(t)) if t.elapsed() < r + Duration::from_secs(1))
+            })
+        })
     }
 
     fn change(&mut self, change: Change) -> Result<(), ApiError> {
@@ -221,6 +521,7 @@ impl Owner {
             ))
         })?;
         self.config = next;
+        self.publish_targets();
         tracing::info!(
             "configuration changed and saved to {}",
             self.state_file.display()
@@ -255,10 +556,12 @@ impl Owner {
             let mut specs = Vec::with_capacity(v.backends.len());
             for (i, b) in v.backends.iter().enumerate() {
                 let nexthop = self.nexthop(b.address, wait);
+                let (weight, up) = self.checks.effective(v, i);
                 specs.push(BackendSpec {
                     addr: b.address,
-                    weight: effective_weight(v, i),
+                    weight,
                     nexthop,
+                    up,
                 });
             }
             self.dp
@@ -384,8 +687,18 @@ impl Owner {
                     (Some(a), Some(b)) => rate(f(a), f(b)),
                     _ => 0.0,
                 };
-                let eff = effective_weight(v, i);
+                let (eff, _) = self.checks.effective(v, i);
+                let h = self.checks.health.get(&(key, b.address));
                 vip.backends.push(BackendReport {
+                    health: match h {
+                        None => "unchecked",
+                        Some(h) if h.machine.up => "up",
+                        Some(_) => "down",
+                    }
+                    .into(),
+                    last_check: h.and_then(|h| h.last.clone()),
+                    last_change_ms: h.and_then(|h| h.changed_ms),
+                    agent: self.checks.agents.get(&(key, b.address)).cloned(),
                     address: b.address.to_string(),
                     weight: b.weight,
                     effective_weight: eff,
@@ -495,4 +808,102 @@ pub fn persist(path: &Path, config: &Config) -> std::io::Result<()> {
     }
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AgentConfig, BackendConfig, CheckKind, HealthConfig};
+
+    fn vip(backends: &[(&str, u32, bool)]) -> VipConfig {
+        VipConfig {
+            address: "198.18.1.1".parse().expect("ip"),
+            port: 80,
+            protocol: Protocol::Tcp,
+            mode: VipMode::Dsr,
+            hash: HashKind::FiveTuple,
+            table_size: None,
+            health: Some(HealthConfig::new(CheckKind::Tcp)),
+            agent: Some(AgentConfig::new(9999)),
+            backends: backends
+                .iter()
+                .map(|(a, w, backup)| BackendConfig {
+                    address: a.parse().expect("ip"),
+                    weight: *w,
+                    backup: *backup,
+                    interface: None,
+                    drain: false,
+                    health: None,
+                    agent: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn checks(v: &VipConfig) -> Checks {
+        let mut c = Checks::default();
+        for b in &v.backends {
+            let key = (vip_addr(v), b.address);
+            c.health.insert(
+                key,
+                Health {
+                    machine: Machine::new(1, 1),
+                    last: None,
+                    changed_ms: None,
+                    up_since: None,
+                },
+            );
+            c.agents
+                .insert(key, AgentStatus::new(&AgentConfig::new(9999)));
+        }
+        c
+    }
+
+    fn all(c: &Checks, v: &VipConfig) -> Vec<(u32, bool)> {
+        (0..v.backends.len()).map(|i| c.effective(v, i)).collect()
+    }
+
+    #[test]
+    fn backups_take_over_only_when_no_primary_can() {
+        let v = vip(&[
+            ("198.18.0.11", 10, false),
+            ("198.18.0.12", 20, false),
+            ("198.18.0.13", 5, true),
+        ]);
+        let mut c = checks(&v);
+        let key = |i: usize| (vip_addr(&v), v.backends[i].address);
+        assert_eq!(all(&c, &v), [(10, true), (20, true), (0, true)]);
+        c.health.get_mut(&key(0)).unwrap().machine.observe(false);
+        assert_eq!(all(&c, &v), [(0, false), (20, true), (0, true)]);
+        // The last primary drained by its agent: the backup takes new flows.
+        c.agents.get_mut(&key(1)).unwrap().mode = AgentMode::Drain;
+        assert_eq!(all(&c, &v), [(0, false), (0, true), (5, true)]);
+        // Declared down by its agent instead: down, flows re-balanced.
+        c.agents.get_mut(&key(1)).unwrap().mode = AgentMode::Down;
+        assert_eq!(all(&c, &v), [(0, false), (0, false), (5, true)]);
+        // The backup fails too: nothing takes flows.
+        c.health.get_mut(&key(2)).unwrap().machine.observe(false);
+        assert_eq!(all(&c, &v), [(0, false), (0, false), (0, false)]);
+        // A primary back: the backup (up again too) gives new flows back.
+        c.health.get_mut(&key(2)).unwrap().machine.observe(true);
+        c.health.get_mut(&key(0)).unwrap().machine.observe(true);
+        assert_eq!(all(&c, &v), [(10, true), (0, false), (0, true)]);
+    }
+
+    #[test]
+    fn agent_percent_scales_and_slow_start_ramps() {
+        let v = vip(&[("198.18.0.11", 100, false), ("198.18.0.12", 100, false)]);
+        let mut c = checks(&v);
+        let key = (vip_addr(&v), v.backends[0].address);
+        c.agents.get_mut(&key).unwrap().percent = 50;
+        assert_eq!(all(&c, &v), [(50, true), (100, true)]);
+        // Just came up with a 30 s slow start: a tenth of the scaled weight.
+        let mut v2 = v.clone();
+        v2.backends[0].health = Some(HealthConfig {
+            slow_start: Some(Duration::from_secs(30)),
+            ..HealthConfig::new(CheckKind::Tcp)
+        });
+        c.health.get_mut(&key).unwrap().up_since = Some(Instant::now());
+        assert_eq!(c.effective(&v2, 0), (5, true));
+    }
 }

@@ -74,6 +74,16 @@ pub struct BackendReport {
     pub effective_weight: u32,
     /// "active", "draining" or "backup".
     pub state: String,
+    /// "up", "down" (failed its health checks) or "unchecked" (no check
+    /// configured).
+    pub health: String,
+    /// The last probe: success, what was seen, how long it took.
+    pub last_check: Option<crate::health::Probe>,
+    /// When the health state last changed, ms since the Unix epoch.
+    pub last_change_ms: Option<u64>,
+    /// The agent check's state (percentage applied, mode, last answer);
+    /// `None` without an agent check.
+    pub agent: Option<crate::agent::AgentStatus>,
     /// Whether the next-hop MAC is known (until it is, packets to this
     /// backend are dropped and counted as `drop_no_nexthop`).
     pub nexthop_resolved: bool,
@@ -134,6 +144,10 @@ pub fn prometheus(report: &StatsReport) -> String {
     let be_weight = Family::<BackendLabels, Gauge>::default();
     let be_eff = Family::<BackendLabels, Gauge>::default();
     let be_state = Family::<BackendStateLabels, Gauge>::default();
+    let be_up = Family::<BackendLabels, Gauge>::default();
+    let be_latency = Family::<BackendLabels, Gauge>::default();
+    let be_agent = Family::<BackendLabels, Gauge>::default();
+    let be_change = Family::<BackendLabels, Gauge>::default();
     for v in &report.vips {
         let l = VipLabels { vip: v.vip.clone() };
         vip_packets.get_or_create(&l).inc_by(v.packets);
@@ -156,6 +170,18 @@ pub fn prometheus(report: &StatsReport) -> String {
                 state: b.state.clone(),
             };
             be_state.get_or_create(&s).set(1);
+            if b.health != "unchecked" {
+                be_up.get_or_create(&l).set(i64::from(b.health == "up"));
+            }
+            if let Some(p) = &b.last_check {
+                be_latency.get_or_create(&l).set(p.latency_ms as i64);
+            }
+            if let Some(ms) = b.last_change_ms {
+                be_change.get_or_create(&l).set((ms / 1000) as i64);
+            }
+            if let Some(a) = &b.agent {
+                be_agent.get_or_create(&l).set(i64::from(a.percent));
+            }
         }
     }
     reg.register("vip_packets", "Packets to the VIP", vip_packets);
@@ -183,6 +209,26 @@ pub fn prometheus(report: &StatsReport) -> String {
         "backend_state",
         "1 for the backend's current state",
         be_state,
+    );
+    reg.register(
+        "backend_health_up",
+        "1 while the backend passes its health check, 0 while down (checked backends only)",
+        be_up,
+    );
+    reg.register(
+        "backend_check_latency_ms",
+        "Duration of the last health probe in milliseconds",
+        be_latency,
+    );
+    reg.register(
+        "backend_last_change_seconds",
+        "Unix time of the last health state change",
+        be_change,
+    );
+    reg.register(
+        "backend_agent_percent",
+        "Percentage of the configured weight applied from the agent check",
+        be_agent,
     );
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
@@ -214,6 +260,18 @@ mod tests {
                 weight: 2,
                 effective_weight: 2,
                 state: "active".into(),
+                health: "down".into(),
+                last_check: Some(crate::health::Probe {
+                    ok: false,
+                    detail: "timeout after 500ms".into(),
+                    latency_ms: 500,
+                }),
+                last_change_ms: Some(1_795_889_508_330),
+                agent: Some(crate::agent::AgentStatus {
+                    percent: 50,
+                    mode: crate::agent::AgentMode::Up,
+                    last_check: None,
+                }),
                 packets: 7,
                 ..Default::default()
             }],
@@ -234,6 +292,15 @@ mod tests {
             ),
             "{text}"
         );
+        let l = "{vip=\"198.18.1.1:80/tcp\",backend=\"198.18.0.11\"}";
+        for line in [
+            format!("hola_backend_health_up{l} 0"),
+            format!("hola_backend_check_latency_ms{l} 500"),
+            format!("hola_backend_last_change_seconds{l} 1795889508"),
+            format!("hola_backend_agent_percent{l} 50"),
+        ] {
+            assert!(text.lines().any(|t| t == line), "{line} in:\n{text}");
+        }
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }
 }

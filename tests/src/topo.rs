@@ -104,66 +104,92 @@ impl Lab {
 /// What each backend served: (backend name, local address) → connections.
 pub type Served = Arc<Mutex<BTreeMap<(String, IpAddr), u64>>>;
 
-/// HTTP servers on every backend of `lab` answering "HTTP/1.1 200" with the
-/// backend's name, one request per connection, until dropped.
+/// HTTP servers on the backends of `lab` answering "HTTP/1.1 200" with the
+/// backend's name, until stopped or dropped. Each backend's server can be
+/// stopped and started on its own (a backend whose server process died).
 pub struct Servers {
     pub served: Served,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    lab_ns: Vec<String>,
+    running: BTreeMap<usize, (Arc<AtomicBool>, JoinHandle<()>)>,
 }
 
 impl Servers {
     pub fn start(lab: &Lab) -> Self {
-        let served: Served = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
+        let mut s = Servers {
+            served: Arc::default(),
+            lab_ns: (1..=lab.backends)
+                .map(|i| lab.t.ns(&backend(i).0))
+                .collect(),
+            running: BTreeMap::new(),
+        };
         for i in 1..=lab.backends {
-            let (name, _) = backend(i);
-            let (s, st) = (served.clone(), stop.clone());
-            threads.push(spawn_in_ns(&lab.t.ns(&name), move || {
-                let l = TcpListener::bind("0.0.0.0:80").expect("bind tcp/80");
-                l.set_nonblocking(true).expect("nonblocking");
-                while !st.load(Ordering::Relaxed) {
-                    match l.accept() {
-                        Ok((mut c, _)) => {
-                            c.set_nonblocking(false).expect("blocking");
-                            c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-                            let local = c.local_addr().expect("local").ip();
-                            *s.lock().expect("lock").entry((name.clone(), local)).or_default() += 1;
-                            let name = name.clone();
-                            // Each connection on its own thread: long-lived
-                            // connections must not block the accept loop.
-                            std::thread::spawn(move || {
-                                let mut buf = [0u8; 1024];
-                                loop {
-                                    match c.read(&mut buf) {
-                                        Ok(0) | Err(_) => return,
-                                        Ok(_) => {
-                                            let body = format!("{name}\n");
-                                            let resp = format!(
-                                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                                                body.len()
-                                            );
-                                            if c.write_all(resp.as_bytes()).is_err() {
-                                                return;
-                                            }
+            s.start_one(i);
+        }
+        s
+    }
+
+    /// Starts backend `i`'s server (1-based); waits until it listens.
+    pub fn start_one(&mut self, i: usize) {
+        let (name, _) = backend(i);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (self.served.clone(), stop.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let h = spawn_in_ns(&self.lab_ns[i - 1], move || {
+            let l = TcpListener::bind("0.0.0.0:80").expect("bind tcp/80");
+            l.set_nonblocking(true).expect("nonblocking");
+            let _ = ready_tx.send(());
+            while !st.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        c.set_nonblocking(false).expect("blocking");
+                        c.set_read_timeout(Some(Duration::from_secs(5)))
+                            .expect("timeout");
+                        let local = c.local_addr().expect("local").ip();
+                        *s.lock()
+                            .expect("lock")
+                            .entry((name.clone(), local))
+                            .or_default() += 1;
+                        let name = name.clone();
+                        // Each connection on its own thread: long-lived
+                        // connections must not block the accept loop.
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 1024];
+                            loop {
+                                match c.read(&mut buf) {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(_) => {
+                                        let body = format!("{name}\n");
+                                        let resp = format!(
+                                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                                            body.len()
+                                        );
+                                        if c.write_all(resp.as_bytes()).is_err() {
+                                            return;
                                         }
                                     }
                                 }
-                            });
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(1))
-                        }
-                        Err(e) => panic!("accept: {e}"),
+                            }
+                        });
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    Err(e) => panic!("accept: {e}"),
                 }
-            }));
-        }
-        Servers {
-            served,
-            stop,
-            threads,
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("server listening");
+        self.running.insert(i, (stop, h));
+    }
+
+    /// Stops backend `i`'s server: its port is closed (connections are
+    /// refused) from the moment this returns.
+    pub fn stop_one(&mut self, i: usize) {
+        if let Some((stop, h)) = self.running.remove(&i) {
+            stop.store(true, Ordering::Relaxed);
+            let _ = h.join();
         }
     }
 
@@ -174,9 +200,9 @@ impl Servers {
 
 impl Drop for Servers {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        let all: Vec<usize> = self.running.keys().copied().collect();
+        for i in all {
+            self.stop_one(i);
         }
     }
 }
@@ -205,6 +231,72 @@ pub fn http_get(c: &mut std::net::TcpStream) -> std::io::Result<String> {
             if buf.len() >= i + 4 + len {
                 return Ok(text[i + 4..i + 4 + len].trim().to_string());
             }
+        }
+    }
+}
+
+/// The port the lab's load agents answer on.
+pub const AGENT_PORT: u16 = 9999;
+
+/// Load agents on the backends of `lab` (HAProxy agent-check style): each
+/// answers every connection on [`AGENT_PORT`] with its current report and a
+/// newline, then closes. `set` changes what a backend reports.
+pub struct Agents {
+    replies: Vec<Arc<Mutex<String>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Agents {
+    /// Starts an agent on every backend, each reporting `initial`.
+    pub fn start(lab: &Lab, initial: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut replies = Vec::new();
+        let mut threads = Vec::new();
+        for i in 1..=lab.backends {
+            let reply = Arc::new(Mutex::new(initial.to_string()));
+            let (r, st) = (reply.clone(), stop.clone());
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            threads.push(spawn_in_ns(&lab.t.ns(&backend(i).0), move || {
+                let l = TcpListener::bind(("0.0.0.0", AGENT_PORT)).expect("bind the agent port");
+                l.set_nonblocking(true).expect("nonblocking");
+                let _ = ready_tx.send(());
+                while !st.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((mut c, _)) => {
+                            let line = format!("{}\n", r.lock().expect("lock"));
+                            let _ = c.write_all(line.as_bytes());
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(1))
+                        }
+                        Err(e) => panic!("agent accept: {e}"),
+                    }
+                }
+            }));
+            ready_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("agent listening");
+            replies.push(reply);
+        }
+        Agents {
+            replies,
+            stop,
+            threads,
+        }
+    }
+
+    /// What backend `i` (1-based) reports from now on.
+    pub fn set(&self, i: usize, report: &str) {
+        *self.replies[i - 1].lock().expect("lock") = report.to_string();
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.threads.drain(..) {
+            let _ = h.join();
         }
     }
 }

@@ -36,6 +36,7 @@ fn backend(addr: &str, weight: u32) -> BackendSpec {
     BackendSpec {
         addr,
         weight,
+        up: true,
         nexthop: Some(Nexthop {
             dmac: bmac(addr),
             smac: LB_MAC,
@@ -774,6 +775,40 @@ fn packet_fixtures() {
                 "drain: a new flow that Maglev gave the drained backend goes elsewhere",
                 &h,
                 Reason::FwdNewFlow,
+                drain,
+                ip(q_backend),
+            ),
+        ],
+    );
+
+    // Marked down by its health check: G's flow-table entry is treated as a
+    // miss at once, G is re-balanced, and stays on its new backend after.
+    set(
+        &mut dp,
+        &drain,
+        &[
+            BackendSpec {
+                up: false,
+                ..backend(&p_backend.to_string(), 1)
+            },
+            backend(q_backend, 1),
+        ],
+    );
+    run_rows(
+        &mut dp,
+        &mut rows,
+        vec![
+            Row::dsr(
+                "health: G's backend is down, G is re-balanced as a new flow",
+                &g_ack,
+                Reason::FwdNewFlow,
+                drain,
+                ip(q_backend),
+            ),
+            Row::dsr(
+                "health: G stays on its new backend",
+                &g_ack,
+                Reason::FwdEstablished,
                 drain,
                 ip(q_backend),
             ),

@@ -523,6 +523,11 @@ fn config_toml() -> String {
         s += &format!(
             "\n[[vip]]\naddress = \"{vip}\"\nport = 80\nprotocol = \"{proto}\"\nmode = \"{mode}\"\n"
         );
+        // hola-backend answers HTTP on tcp/80 and any datagram on udp/80.
+        let check = if proto == "udp" { "udp" } else { "http" };
+        s += &format!(
+            "\n[vip.health]\ntype = \"{check}\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n"
+        );
         for (addr, weight) in backends.iter().zip(WEIGHTS) {
             s += &format!("\n[[vip.backend]]\naddress = \"{addr}\"\nweight = {weight}\n");
         }
@@ -542,6 +547,8 @@ and [2001:db8:1::1]:80 (dsr) over b1, b2, b3 (weights 1, 1, 2). Try:
   ip netns exec hola-lab-client curl -s -g 'http://[2001:db8:1::1]/'
   ip netns exec hola-lab-client bash -c 'exec 3<>/dev/udp/198.18.1.1/80; echo hi >&3; timeout 1 head -n 1 <&3'
   {hola} --socket {sock} stats --json
+  {hola} --socket {sock} backend list      # health, last check, effective weight
+  kill <PID of b2 from `cargo xtask lab status`>; {hola} --socket {sock} events
   cargo xtask lab status
   cargo xtask lab down
 "

@@ -92,6 +92,7 @@ fn backend(addr: IpAddr) -> BackendSpec {
     BackendSpec {
         addr,
         weight: 1,
+        up: true,
         nexthop: Some(Nexthop {
             dmac: [2, 0, 0, 0, 0xb, 1],
             smac: LB_MAC,
