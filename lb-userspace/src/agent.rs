@@ -5,7 +5,7 @@
 //! `min_percent..=max_percent`, so one report can neither starve nor flood
 //! a backend.
 
-use std::{net::SocketAddr, time::Instant};
+use std::net::SocketAddr;
 
 use tokio::{io::AsyncReadExt as _, net::TcpStream};
 
@@ -147,7 +147,7 @@ pub struct AgentTarget {
 /// Asks the agent once, bounded by its timeout: the probe (for the
 /// operator) and the parsed report, if there was a valid one.
 pub async fn ask(t: &AgentTarget) -> (Probe, Option<Report>) {
-    let start = Instant::now();
+    let start = tokio::time::Instant::now();
     let timeout = t.agent.timeout;
     let result = tokio::time::timeout(timeout, read_report(t)).await;
     let latency_ms = start.elapsed().as_millis() as u64;

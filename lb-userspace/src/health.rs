@@ -8,13 +8,14 @@ use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{Arc, mpsc},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::{
     net::{TcpStream, UdpSocket},
     sync::{Semaphore, watch},
     task::JoinHandle,
+    time::Instant,
 };
 
 use crate::{
@@ -322,16 +323,21 @@ impl Job {
     }
 }
 
-/// The loop of one job: a random first delay within the interval (so a
-/// thousand backends do not fire on the same tick), then every interval
-/// ±10%. Every result goes to the owner, which keeps the state (so state
-/// survives a reconfiguration of the loop).
+/// The loop of one job: a random phase within the first interval (so a
+/// thousand backends do not fire on the same tick), then one probe per
+/// interval, start to start, each tick up to a tenth of the interval late
+/// at random. Ticks do not drift with probe duration, so a failure is seen
+/// by `fall` probes within `fall × interval + interval / 10` plus the last
+/// probe's timeout. Every result goes to the owner, which keeps the state
+/// (so state survives a reconfiguration of the loop).
 async fn run_job(job: Job, sem: Arc<Semaphore>, owner: mpsc::Sender<Request>) {
     let (vip, backend, agent) = job.key();
     let seed = crate::maglev::backend_key(backend, vip.port) ^ u64::from(agent);
     let mut jitter = Jitter::new(seed);
     let interval = job.interval();
-    tokio::time::sleep(interval.mul_f64(jitter.next())).await;
+    // Tick k is at `base + k × interval`, probed up to interval/10 later.
+    let mut base = Instant::now() + interval.mul_f64(jitter.next());
+    tokio::time::sleep_until(base).await;
     loop {
         let result = {
             let _permit = sem.acquire().await.expect("semaphore is never closed");
@@ -340,7 +346,13 @@ async fn run_job(job: Job, sem: Arc<Semaphore>, owner: mpsc::Sender<Request>) {
         if owner.send(result).is_err() {
             return;
         }
-        tokio::time::sleep(interval.mul_f64(0.9 + 0.2 * jitter.next())).await;
+        base += interval;
+        // Behind (a long wait for a permit): skip the ticks already past.
+        let now = Instant::now();
+        while base < now {
+            base += interval;
+        }
+        tokio::time::sleep_until(base + interval.mul_f64(0.1 * jitter.next())).await;
     }
 }
 
@@ -460,6 +472,98 @@ mod tests {
         assert!(!p.ok);
         assert_eq!(p.detail, "timeout after 500ms");
         drop(l);
+    }
+
+    /// Feeds the job's results to `m` until it changes to `want`: the
+    /// probes it took and the (virtual) time since `start`.
+    async fn until(
+        rx: &mpsc::Receiver<Request>,
+        m: &mut Machine,
+        want: bool,
+        start: Instant,
+    ) -> (Vec<Probe>, Duration) {
+        let mut probes = Vec::new();
+        loop {
+            match rx.try_recv() {
+                Ok(Request::Health { probe, .. }) => {
+                    probes.push(probe.clone());
+                    if m.observe(probe.ok) == Some(want) {
+                        return (probes, start.elapsed());
+                    }
+                }
+                Ok(_) => panic!("only health results expected"),
+                Err(mpsc::TryRecvError::Empty) => {
+                    tokio::time::sleep(Duration::from_millis(1)).await
+                }
+                Err(mpsc::TryRecvError::Disconnected) => panic!("the probe loop ended"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_virtual_time_fall_timeouts_take_down_and_rise_successes_bring_back() {
+        // A listener that never answers: every HTTP probe times out.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut check = check(CheckKind::Http, 1000, 500);
+        check.fall = 3;
+        check.rise = 2;
+        let t = Target {
+            vip: VipAddr {
+                addr: "198.18.1.1".parse().expect("ip"),
+                port: 80,
+                proto: crate::dataplane::Proto::Tcp,
+            },
+            backend: "127.0.0.1".parse().expect("ip"),
+            port: silent.local_addr().expect("addr").port(),
+            check: check.clone(),
+        };
+        let (tx, rx) = mpsc::channel();
+        let sem = Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES));
+        let start = Instant::now();
+        let job = tokio::spawn(run_job(Job::Health(t.clone()), sem.clone(), tx));
+        let mut m = Machine::new(check.rise, check.fall);
+        let (probes, took) = until(&rx, &mut m, false, start).await;
+        assert_eq!(probes.len(), 3, "exactly fall probes: {probes:?}");
+        for p in &probes {
+            assert_eq!(
+                (p.ok, p.detail.as_str(), p.latency_ms),
+                (false, "timeout after 500ms", 500)
+            );
+        }
+        // Phase < 1 s, then one tick per second (≤ 100 ms late), plus the
+        // last probe's timeout: within fall × interval + interval/10 + timeout.
+        assert!(
+            took >= Duration::from_millis(2500) && took <= Duration::from_millis(3600),
+            "down after {took:?}"
+        );
+        job.abort();
+
+        // Now a port that accepts: TCP probes succeed; up after exactly rise.
+        let open = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let t = Target {
+            port: open.local_addr().expect("addr").port(),
+            check: HealthConfig {
+                kind: CheckKind::Tcp,
+                ..check
+            },
+            ..t
+        };
+        let (tx, rx) = mpsc::channel();
+        let start = Instant::now();
+        let job = tokio::spawn(run_job(Job::Health(t), sem, tx));
+        let (probes, took) = until(&rx, &mut m, true, start).await;
+        assert_eq!(probes.len(), 2, "exactly rise probes: {probes:?}");
+        assert!(
+            probes.iter().all(|p| p.ok && p.detail == "connected"),
+            "{probes:?}"
+        );
+        assert!(took <= Duration::from_millis(2100), "up after {took:?}");
+        job.abort();
+        drop((silent, open));
     }
 
     #[tokio::test]

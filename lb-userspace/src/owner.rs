@@ -135,7 +135,7 @@ struct Health {
     changed_ms: Option<u64>,
     /// When it last came up (for slow start); `None` when it has been up
     /// since hola started, so a restart does not ramp healthy backends.
-    up_since: Option<Instant>,
+    up_since: Option<tokio::time::Instant>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -403,7 +403,7 @@ impl Owner {
         let changed = h.machine.observe(probe.ok);
         h.last = Some(probe.clone());
         let Some(up) = changed else { return };
-        h.up_since = up.then(Instant::now);
+        h.up_since = up.then(tokio::time::Instant::now);
         self.apply_checks();
         // The change time is when the data plane has it, not before.
         let at = now_ms();
@@ -890,8 +890,8 @@ mod tests {
         assert_eq!(all(&c, &v), [(10, true), (0, false), (0, true)]);
     }
 
-    #[test]
-    fn agent_percent_scales_and_slow_start_ramps() {
+    #[tokio::test(start_paused = true)]
+    async fn agent_percent_scales_and_slow_start_ramps() {
         let v = vip(&[("198.18.0.11", 100, false), ("198.18.0.12", 100, false)]);
         let mut c = checks(&v);
         let key = (vip_addr(&v), v.backends[0].address);
@@ -903,7 +903,15 @@ mod tests {
             slow_start: Some(Duration::from_secs(30)),
             ..HealthConfig::new(CheckKind::Tcp)
         });
-        c.health.get_mut(&key).unwrap().up_since = Some(Instant::now());
+        c.health.get_mut(&key).unwrap().up_since = Some(tokio::time::Instant::now());
         assert_eq!(c.effective(&v2, 0), (5, true));
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(c.effective(&v2, 0), (27, true), "5 + 45 × 15/30");
+        tokio::time::advance(Duration::from_millis(14_999)).await;
+        assert_eq!(c.effective(&v2, 0), (49, true), "not yet full");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(c.effective(&v2, 0), (50, true), "full weight at 30 s");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(c.effective(&v2, 0), (50, true));
     }
 }

@@ -324,7 +324,7 @@ fn an_agent_reporting_half_load_halves_its_share_of_new_connections() {
     let d = Daemon::start("hh4", &lab.t.ns("lb"), &agent_config());
     // Wait for the first answers so that every agent is known to be up.
     wait_effective(&d, 100, Duration::from_secs(5));
-    const N: usize = 1000;
+    const N: usize = 2000;
     let before = shares(&lab, N);
     println!("shares before, in percent: {before:?}");
     assert!(before.keys().all(|k| !k.starts_with("error")), "{before:?}");
