@@ -25,7 +25,10 @@ pub struct Backend {
     pub smac: [u8; 6],
     /// `FAMILY_V4` or `FAMILY_V6`.
     pub family: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// NAT mode: the destination port the backend listens on, network
+    /// order; 0 keeps the packet's port.
+    pub port: u16,
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 44);
 

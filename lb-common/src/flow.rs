@@ -30,4 +30,52 @@ pub struct FlowValue {
 }
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
 
-crate::pod!(FlowKey, FlowValue);
+/// Value of the `NAT` LRU hash, whose key is the [`FlowKey`] of the
+/// backend's reply as it arrives (source the backend's address and port,
+/// destination the client's): how to translate it back and where to send
+/// it. Written by the program on the request path, read on the reply path;
+/// userspace counts and sweeps expired entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatValue {
+    /// The VIP the client addressed (network order; IPv4 in the first four
+    /// bytes): the reply's new source.
+    pub vip_addr: [u8; 16],
+    /// The port the client addressed, network order.
+    pub vip_port: u16,
+    /// `NAT_F_*` bits.
+    pub flags: u16,
+    /// Interface the request came in on: the reply leaves through it.
+    pub ifindex: u32,
+    /// Where the request came from (the client's or the router's MAC): the
+    /// reply's destination MAC.
+    pub dmac: [u8; 6],
+    /// The MAC the request was sent to (ours): the reply's source MAC.
+    pub smac: [u8; 6],
+    /// `bpf_ktime_get_ns` of the last packet either way (updated at most
+    /// every `NAT_TOUCH_NS`).
+    pub last_ns: u64,
+    /// When a FIN or RST was first seen (0: not yet).
+    pub closed_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<NatValue>() == 56);
+
+/// Last-seen times are refreshed at most this often, so that a busy flow
+/// does not write its entry on every packet.
+pub const NAT_TOUCH_NS: u64 = 1_000_000_000;
+
+/// Whether a NAT entry is expired at `now_ns` under `settings`.
+#[inline(always)]
+pub fn nat_expired(v: &NatValue, proto: u8, now_ns: u64, s: &crate::Settings) -> bool {
+    if v.closed_ns != 0 && now_ns.saturating_sub(v.closed_ns) > s.nat_closed_linger_ns {
+        return true;
+    }
+    let idle = if proto == crate::PROTO_TCP {
+        s.nat_tcp_idle_ns
+    } else {
+        s.nat_udp_idle_ns
+    };
+    now_ns.saturating_sub(v.last_ns) > idle
+}
+
+crate::pod!(FlowKey, FlowValue, NatValue);

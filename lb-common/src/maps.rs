@@ -12,6 +12,8 @@ pub const VIP_STATS: &str = "VIP_STATS";
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
 pub const REASONS: &str = "REASONS";
 pub const TX_PORTS: &str = "TX_PORTS";
+pub const NAT: &str = "NAT";
+pub const NAT_STATE: &str = "NAT_STATE";
 
 /// The `SETTINGS` global (see [`crate::Settings`]).
 pub const SETTINGS: &str = "SETTINGS";

@@ -17,7 +17,13 @@ pub struct Settings {
     /// Host bits of the last 32 bits of the IPv6 tunnel source.
     pub tunnel_src_v6_mask: u32,
     pub _pad: u32,
+    /// NAT mode: an entry of a TCP flow idle this long expires (ns).
+    pub nat_tcp_idle_ns: u64,
+    /// NAT mode: an entry of a UDP flow idle this long expires (ns).
+    pub nat_udp_idle_ns: u64,
+    /// NAT mode: a TCP flow that saw FIN or RST expires this long after (ns).
+    pub nat_closed_linger_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 32);
+const _: () = assert!(core::mem::size_of::<Settings>() == 56);
 
 crate::pod!(Settings);

@@ -61,11 +61,18 @@ pub enum Reason {
     FwdNewFlow = 9,
     /// XDP_ABORTED: a helper failed (head adjustment, redirect).
     Aborted = 10,
+    /// XDP_TX/XDP_REDIRECT: a backend's reply in NAT mode, translated back
+    /// to the VIP and sent to where the request came from.
+    FwdNatReply = 11,
+    /// XDP_DROP: a backend's reply whose NAT entry has expired (idle, or
+    /// closed by FIN/RST longer ago than the linger): not let out
+    /// untranslated.
+    DropNatExpired = 12,
 }
 
 impl Reason {
     /// Number of reasons: the size of the `REASONS` array.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 13;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -80,6 +87,8 @@ impl Reason {
         Reason::FwdEstablished,
         Reason::FwdNewFlow,
         Reason::Aborted,
+        Reason::FwdNatReply,
+        Reason::DropNatExpired,
     ];
 
     /// Stable snake_case name used in stats output.
@@ -96,6 +105,8 @@ impl Reason {
             Reason::FwdEstablished => "fwd_established",
             Reason::FwdNewFlow => "fwd_new_flow",
             Reason::Aborted => "aborted",
+            Reason::FwdNatReply => "fwd_nat_reply",
+            Reason::DropNatExpired => "drop_nat_expired",
         }
     }
 }

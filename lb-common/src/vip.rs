@@ -40,6 +40,9 @@ pub const VIP_MODE_MASK: u32 = 0xff;
 pub const VIP_MODE_DSR: u32 = 0;
 /// IP-in-IP (IPv4) or IPv6-in-IPv6 encapsulation to the backend.
 pub const VIP_MODE_TUNNEL: u32 = 1;
+/// Destination NAT to the backend's address and port; replies are
+/// translated back (`NAT` map).
+pub const VIP_MODE_NAT: u32 = 2;
 /// Hash on the source address only, so a client keeps its backend across
 /// connections (client affinity).
 pub const VIP_F_SRC_HASH: u32 = 1 << 8;

@@ -22,10 +22,13 @@ static SETTINGS: Settings = Settings {
     tunnel_src_v6: [0; 16],
     tunnel_src_v6_mask: 0,
     _pad: 0,
+    nat_tcp_idle_ns: 0,
+    nat_udp_idle_ns: 0,
+    nat_closed_linger_ns: 0,
 };
 
 #[inline(always)]
-fn settings() -> Settings {
+pub fn settings() -> Settings {
     // SAFETY: a read of our own static; volatile so that the compiler does not
     // fold the placeholder values in (userspace rewrites them at load time).
     unsafe { core::ptr::read_volatile(&SETTINGS) }

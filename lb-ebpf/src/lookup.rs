@@ -7,12 +7,15 @@ use lb_common::{
     VipMeta,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
     hash::flow_hash,
-    vip::{ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_MASK, VIP_MODE_TUNNEL},
+    vip::{
+        ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_MASK, VIP_MODE_NAT, VIP_MODE_TUNNEL,
+    },
 };
 
 use crate::{
     forward::{self, Inner},
     maps::{BACKEND_STATS, BACKENDS, FLOWS, RINGS, VIP_ADDRS4, VIP_ADDRS6, VIP_STATS, VIPS},
+    nat::{self, Layout},
     parse::{
         eth::{self, ETH_P_IP, ETH_P_IPV6},
         ipv4, ipv6, l4,
@@ -30,7 +33,15 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
         let ip = ipv4::parse(ctx, eth.l3_off)?;
         addr_vips = match VIP_ADDRS4.get_ptr(u32::from_ne_bytes(ip.daddr)) {
             Some(v) => v,
-            None => return Err(Reason::PassNotVip),
+            None => {
+                let at = Layout {
+                    l3_off: eth.l3_off,
+                    l4_off: ip.l4_off,
+                    family: FAMILY_V4,
+                    proto: ip.proto,
+                };
+                return not_vip(ctx, &at, widen(ip.saddr), widen(ip.daddr), ip.is_fragment);
+            }
         };
         if ip.is_fragment {
             return Err(Reason::DropFragment);
@@ -45,7 +56,15 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
         let ip = ipv6::parse(ctx, eth.l3_off)?;
         addr_vips = match VIP_ADDRS6.get_ptr(ip.daddr) {
             Some(v) => v,
-            None => return Err(Reason::PassNotVip),
+            None => {
+                let at = Layout {
+                    l3_off: eth.l3_off,
+                    l4_off: ip.l4_off,
+                    family: FAMILY_V6,
+                    proto: ip.nexthdr,
+                };
+                return not_vip(ctx, &at, ip.saddr, ip.daddr, false);
+            }
         };
         if ipv6::is_extension(ip.nexthdr) {
             return Err(Reason::PassIpv6ExtHdr);
@@ -142,13 +161,50 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
         }
     }
 
-    if vip.flags & VIP_MODE_MASK == VIP_MODE_TUNNEL {
+    let mode = vip.flags & VIP_MODE_MASK;
+    if mode == VIP_MODE_TUNNEL {
         forward::encap(ctx, eth.l3_off, &backend, inner, hash)?;
     } else {
+        if mode == VIP_MODE_NAT {
+            let at = Layout {
+                l3_off: eth.l3_off,
+                l4_off,
+                family,
+                proto,
+            };
+            nat::request(ctx, &at, &key, &backend, ports.tcp_flags)?;
+        }
         forward::rewrite_macs(ctx, &backend)?;
     }
     let action = forward::egress(ctx, &backend)?;
     Ok(Verdict { reason, action })
+}
+
+/// A packet not addressed to a VIP: a backend's reply to a NAT flow is
+/// translated back; everything else passes untouched.
+#[inline(always)]
+fn not_vip(
+    ctx: &XdpContext,
+    at: &Layout,
+    src: [u8; 16],
+    dst: [u8; 16],
+    fragment: bool,
+) -> Result<Verdict, Reason> {
+    if !nat::active() || fragment || (at.proto != PROTO_TCP && at.proto != PROTO_UDP) {
+        return Err(Reason::PassNotVip);
+    }
+    // Not ours to judge: a short header of someone else's packet passes.
+    let ports = l4::parse(ctx, at.l4_off, at.proto).map_err(|_| Reason::PassNotVip)?;
+    let key = FlowKey {
+        src,
+        dst,
+        sport: ports.sport,
+        dport: ports.dport,
+        proto: at.proto,
+        family: at.family,
+        _pad: [0; 2],
+    };
+    nat::reply(ctx, at, &key, &ports)
 }
 
 /// An IPv4 address as the first four bytes of a map key's address.

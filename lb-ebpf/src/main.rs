@@ -7,6 +7,7 @@ mod csum;
 mod forward;
 mod lookup;
 mod maps;
+mod nat;
 mod parse;
 mod verdict;
 

@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AddrVips, Backend, BackendStats, FlowKey, FlowValue, Reason, ReasonStats, VipKey, VipMeta,
-    VipStats,
+    AddrVips, Backend, BackendStats, FlowKey, FlowValue, NatValue, Reason, ReasonStats, VipKey,
+    VipMeta, VipStats,
 };
 
 /// (address, port, protocol) → VIP, for every VIP. Written by userspace
@@ -49,6 +49,20 @@ pub static RINGS: Array<u32> = Array::with_max_entries(65537, 0);
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+
+/// NAT mode: the reply's 5-tuple (source the backend, destination the
+/// client) → how to translate it back (`NatValue`). Shared by all CPUs (a
+/// reply may arrive on another CPU than its request). Written by the
+/// program on the request path (and touched on both), read on the reply
+/// path; userspace counts entries and deletes expired ones.
+#[map]
+pub static NAT: LruHashMap<FlowKey, NatValue> =
+    LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+
+/// One element: non-zero while any VIP is in NAT mode, so that packets not
+/// for a VIP are looked up in `NAT` only then. Written by userspace.
+#[map]
+pub static NAT_STATE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Per-CPU counters per VIP id. Written by the program, read by userspace.
 #[map]

@@ -26,10 +26,11 @@ impl From<Reason> for Verdict {
             Reason::DropMalformed
             | Reason::DropFragment
             | Reason::DropNoBackend
-            | Reason::DropNoNexthop => xdp_action::XDP_DROP,
+            | Reason::DropNoNexthop
+            | Reason::DropNatExpired => xdp_action::XDP_DROP,
             // Forwarding reasons carry their own action (TX or REDIRECT) and
             // never arrive here; if one did, aborting makes it visible.
-            Reason::FwdEstablished | Reason::FwdNewFlow | Reason::Aborted => {
+            Reason::FwdEstablished | Reason::FwdNewFlow | Reason::FwdNatReply | Reason::Aborted => {
                 xdp_action::XDP_ABORTED
             }
         };

@@ -50,6 +50,10 @@ pub mod defaults {
     pub const HEALTH_PATH: &str = "/";
     pub const HEALTH_EXPECT_STATUS: u16 = 200;
     pub const HEALTH_SEND: &str = "hola-health";
+    pub const NAT_CAPACITY: u32 = 1 << 20;
+    pub const NAT_TCP_TIMEOUT: Duration = Duration::from_secs(900);
+    pub const NAT_UDP_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const NAT_CLOSED_TIMEOUT: Duration = Duration::from_secs(10);
     pub const AGENT_MIN_PERCENT: u32 = 10;
     pub const AGENT_MAX_PERCENT: u32 = 100;
 }
@@ -96,6 +100,19 @@ pub struct Global {
     pub max_vips: u32,
     #[serde(default = "d::max_backends")]
     pub max_backends: u32,
+    /// NAT mode: entries of the translation table (one per flow).
+    #[serde(default = "d::nat_capacity")]
+    pub nat_capacity: u32,
+    /// NAT mode: an idle TCP flow's translation is forgotten after this.
+    #[serde(default = "d::nat_tcp_timeout", with = "duration_serde")]
+    pub nat_tcp_timeout: Duration,
+    /// NAT mode: an idle UDP flow's translation is forgotten after this.
+    #[serde(default = "d::nat_udp_timeout", with = "duration_serde")]
+    pub nat_udp_timeout: Duration,
+    /// NAT mode: a TCP flow's translation is forgotten this long after its
+    /// first FIN or RST.
+    #[serde(default = "d::nat_closed_timeout", with = "duration_serde")]
+    pub nat_closed_timeout: Duration,
     /// Total Maglev slots shared by all VIPs' tables.
     #[serde(default = "d::ring_capacity")]
     pub ring_capacity: u32,
@@ -168,6 +185,9 @@ pub struct BackendConfig {
     /// Egress interface, when not the main one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// NAT mode: the port the backend listens on (default: the VIP's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// Drained: no new flows, established flows stay; the weight is kept
     /// for when it is undrained.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -443,6 +463,21 @@ fn serialize_duration<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Err
     s.serialize_str(&format_duration(*v))
 }
 
+/// A duration written as a string such as `"60s"`.
+mod duration_serde {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?}: {DURATION_RULE}")))
+    }
+}
+
 /// An optional duration; `None` is not written.
 mod opt_duration_serde {
     use super::*;
@@ -478,6 +513,9 @@ pub enum VipMode {
     Dsr,
     /// IP-in-IP / IPv6 encapsulation to the backend.
     Tunnel,
+    /// Destination NAT to the backend, replies translated back: the
+    /// balancer is the backends' gateway.
+    Nat,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -516,8 +554,11 @@ impl Choice for Protocol {
     const CHOICES: &'static [(&'static str, Self)] = &[("tcp", Self::Tcp), ("udp", Self::Udp)];
 }
 impl Choice for VipMode {
-    const CHOICES: &'static [(&'static str, Self)] =
-        &[("dsr", Self::Dsr), ("tunnel", Self::Tunnel)];
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("dsr", Self::Dsr),
+        ("tunnel", Self::Tunnel),
+        ("nat", Self::Nat),
+    ];
 }
 impl Choice for HashKind {
     const CHOICES: &'static [(&'static str, Self)] =
@@ -631,6 +672,18 @@ mod d {
     }
     pub fn ring_capacity() -> u32 {
         defaults::RING_CAPACITY
+    }
+    pub fn nat_capacity() -> u32 {
+        defaults::NAT_CAPACITY
+    }
+    pub fn nat_tcp_timeout() -> Duration {
+        defaults::NAT_TCP_TIMEOUT
+    }
+    pub fn nat_udp_timeout() -> Duration {
+        defaults::NAT_UDP_TIMEOUT
+    }
+    pub fn nat_closed_timeout() -> Duration {
+        defaults::NAT_CLOSED_TIMEOUT
     }
     pub fn default_table_size() -> u32 {
         defaults::DEFAULT_TABLE_SIZE
@@ -1053,6 +1106,10 @@ struct RawGlobal {
     max_vips: Option<i64>,
     max_backends: Option<i64>,
     ring_capacity: Option<i64>,
+    nat_capacity: Option<i64>,
+    nat_tcp_timeout: Option<String>,
+    nat_udp_timeout: Option<String>,
+    nat_closed_timeout: Option<String>,
     default_table_size: Option<i64>,
     control_socket: Option<String>,
     metrics_address: Option<String>,
@@ -1084,6 +1141,7 @@ struct RawBackend {
     weight: Option<i64>,
     backup: Option<bool>,
     interface: Option<String>,
+    port: Option<i64>,
     drain: Option<bool>,
     health: Option<RawHealth>,
     agent: Option<RawAgent>,
@@ -1182,6 +1240,42 @@ impl RawGlobal {
             defaults::RING_CAPACITY,
             "1..=4294967295",
         );
+        let nat_capacity = u32_field(
+            sink,
+            "nat_capacity",
+            self.nat_capacity,
+            defaults::NAT_CAPACITY,
+            NAT_CAPACITY_RANGE,
+        );
+        let duration = |sink: &mut Sink<'_>, key: &str, v: Option<String>, def: Duration| {
+            let p = format!("global.{key}");
+            match v {
+                None => def,
+                Some(s) => parse_duration(&s).unwrap_or_else(|| {
+                    sink.error(&p, format!("{p} = {s:?}: {DURATION_RULE}"));
+                    sink.poisoned.push(p.clone());
+                    def
+                }),
+            }
+        };
+        let nat_tcp_timeout = duration(
+            sink,
+            "nat_tcp_timeout",
+            self.nat_tcp_timeout,
+            defaults::NAT_TCP_TIMEOUT,
+        );
+        let nat_udp_timeout = duration(
+            sink,
+            "nat_udp_timeout",
+            self.nat_udp_timeout,
+            defaults::NAT_UDP_TIMEOUT,
+        );
+        let nat_closed_timeout = duration(
+            sink,
+            "nat_closed_timeout",
+            self.nat_closed_timeout,
+            defaults::NAT_CLOSED_TIMEOUT,
+        );
         let default_table_size = u32_field(
             sink,
             "default_table_size",
@@ -1218,6 +1312,10 @@ impl RawGlobal {
             max_vips,
             max_backends,
             ring_capacity,
+            nat_capacity,
+            nat_tcp_timeout,
+            nat_udp_timeout,
+            nat_closed_timeout,
             default_table_size,
             control_socket: self
                 .control_socket
@@ -1310,6 +1408,14 @@ impl RawBackend {
             weight,
             backup: self.backup.unwrap_or(false),
             interface: self.interface,
+            port: self.port.and_then(|v| {
+                let p = format!("{path}.port");
+                u16::try_from(v).ok().filter(|v| *v != 0).or_else(|| {
+                    sink.error(&p, format!("{p} = {v}: must be {BACKEND_PORT_RANGE}"));
+                    sink.poisoned.push(p.clone());
+                    None
+                })
+            }),
             drain: self.drain.unwrap_or(false),
             health: self
                 .health
@@ -1492,6 +1598,8 @@ impl RawHealth {
 // Semantic checks, shared by `parse` and `Config::validate`
 
 const FLOW_RANGE: &str = "1..=16777216";
+const NAT_CAPACITY_RANGE: &str = "1..=67108864";
+const BACKEND_PORT_RANGE: &str = "1..=65535";
 const VIPS_RANGE: &str = "1..=65535";
 const BACKENDS_RANGE: &str = "1..=1048576";
 const PORT_RANGE: &str = "0..=65535 (0 = all ports)";
@@ -1594,6 +1702,25 @@ impl Config {
         );
         check_range(sink, "global.max_vips", g.max_vips, 1, 65535, "");
         check_range(sink, "global.max_backends", g.max_backends, 1, 1 << 20, "");
+        check_range(sink, "global.nat_capacity", g.nat_capacity, 1, 1 << 26, "");
+        for (key, d, lo, hi) in [
+            ("nat_tcp_timeout", g.nat_tcp_timeout, 1, 86_400),
+            ("nat_udp_timeout", g.nat_udp_timeout, 1, 86_400),
+            ("nat_closed_timeout", g.nat_closed_timeout, 0, 3600),
+        ] {
+            let p = format!("global.{key}");
+            if !sink.is_poisoned(&p)
+                && !(Duration::from_secs(lo)..=Duration::from_secs(hi)).contains(&d)
+            {
+                sink.error(
+                    &p,
+                    format!(
+                        "{p} = \"{}\": must be \"{lo}s\"..=\"{hi}s\"",
+                        format_duration(d)
+                    ),
+                );
+            }
+        }
         if g.ring_capacity == 0 {
             sink.error(
                 "global.ring_capacity",
@@ -1795,6 +1922,29 @@ impl Config {
                 MAX_WEIGHT,
                 " (0 drains the backend)",
             );
+            if let Some(port) = b.port {
+                let p = format!("{bp}.port");
+                if port == 0 {
+                    sink.error(&p, format!("{p} = 0: must be {BACKEND_PORT_RANGE}"));
+                } else if vip.mode != VipMode::Nat && !sink.is_poisoned(&format!("{path}.mode")) {
+                    sink.error(
+                        &p,
+                        format!(
+                            "{p} = {port}: only for mode = \"nat\" ({} keeps the VIP's port); \
+                             remove it or set {path}.mode = \"nat\"",
+                            vip.mode
+                        ),
+                    );
+                } else if vip.port == 0 {
+                    sink.error(
+                        &p,
+                        format!(
+                            "{p} = {port}: the VIP has port 0 (all ports), whose flows keep \
+                             their port; remove it or give the VIP a port"
+                        ),
+                    );
+                }
+            }
             if let Some(name) = &b.interface
                 && !valid_ifname(name)
             {
@@ -2056,6 +2206,15 @@ mod tests {
         assert_eq!(g.metrics_address, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(g.tunnel_source_v4.to_string(), "198.18.255.0/24");
         assert_eq!(g.tunnel_source_v6.to_string(), "2001:db8:ffff::/112");
+        assert_eq!(g.nat_capacity, 1 << 20);
+        assert_eq!(
+            (g.nat_tcp_timeout, g.nat_udp_timeout, g.nat_closed_timeout),
+            (
+                Duration::from_secs(900),
+                Duration::from_secs(60),
+                Duration::from_secs(10)
+            )
+        );
         let v = &c.vips[0];
         assert_eq!(
             (v.protocol, v.mode, v.hash, v.table_size),
@@ -2067,6 +2226,26 @@ mod tests {
             (b.weight, b.backup, b.interface.as_deref()),
             (1, false, None)
         );
+    }
+
+    #[test]
+    fn nat_keys_are_checked() {
+        let base = "[global]\ninterfaces = [\"eth0\"]\nnat_udp_timeout = \"0s\"\n\
+                    nat_tcp_timeout = \"soon\"\nnat_capacity = 0\n\
+                    [[vip]]\naddress = \"198.18.1.1\"\nport = 80\nmode = \"dsr\"\n\
+                    [[vip.backend]]\naddress = \"198.18.0.11\"\nport = 8080\n\
+                    [[vip]]\naddress = \"198.18.1.2\"\nport = 0\nmode = \"nat\"\n\
+                    [[vip.backend]]\naddress = \"198.18.0.12\"\nport = 8080\n";
+        let e = parse(base, "n.toml").unwrap_err().to_string();
+        for want in [
+            "global.nat_udp_timeout = \"0s\": must be \"1s\"..=\"86400s\"",
+            "global.nat_tcp_timeout = \"soon\": not a duration",
+            "global.nat_capacity = 0",
+            "vip[0].backend[0].port = 8080: only for mode = \"nat\" (dsr keeps the VIP's port)",
+            "vip[1].backend[0].port = 8080: the VIP has port 0 (all ports)",
+        ] {
+            assert!(e.contains(want), "{want:?} in:\n{e}");
+        }
     }
 
     #[test]

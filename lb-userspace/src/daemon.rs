@@ -35,6 +35,10 @@ pub fn dataplane_config(c: &Config) -> DataplaneConfig {
         ring_capacity: g.ring_capacity,
         tunnel_src_v4: (g.tunnel_source_v4.addr, g.tunnel_source_v4.prefix),
         tunnel_src_v6: (g.tunnel_source_v6.addr, g.tunnel_source_v6.prefix),
+        nat_capacity: g.nat_capacity,
+        nat_tcp_idle: g.nat_tcp_timeout,
+        nat_udp_idle: g.nat_udp_timeout,
+        nat_closed_linger: g.nat_closed_timeout,
         ..DataplaneConfig::default()
     }
 }

@@ -12,6 +12,7 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use aya::{
@@ -20,12 +21,13 @@ use aya::{
     programs::{ProgramError, Xdp, xdp::XdpMode},
 };
 use lb_common::{
-    AddrVips, Backend, BackendStats, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, PROTO_TCP,
+    AddrVips, Backend, BackendStats, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, NatValue, PROTO_TCP,
     PROTO_UDP, Reason, ReasonStats, Settings, VipKey, VipMeta, VipSlot, VipStats,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
     maps as names,
     vip::{
-        ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_DSR, VIP_MODE_MASK, VIP_MODE_TUNNEL,
+        ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_DSR, VIP_MODE_MASK, VIP_MODE_NAT,
+        VIP_MODE_TUNNEL,
     },
 };
 
@@ -52,6 +54,15 @@ pub struct DataplaneConfig {
     pub tunnel_src_v4: (std::net::Ipv4Addr, u8),
     /// As `tunnel_src_v4`, over the last 32 bits of an IPv6 address.
     pub tunnel_src_v6: (std::net::Ipv6Addr, u8),
+    /// NAT mode: entries of the `NAT` table (one per translated flow).
+    pub nat_capacity: u32,
+    /// NAT mode: a TCP flow's entry expires after this long idle.
+    pub nat_tcp_idle: Duration,
+    /// NAT mode: a UDP flow's entry expires after this long idle.
+    pub nat_udp_idle: Duration,
+    /// NAT mode: a TCP flow's entry expires this long after its first FIN
+    /// or RST.
+    pub nat_closed_linger: Duration,
 }
 
 impl Default for DataplaneConfig {
@@ -64,6 +75,10 @@ impl Default for DataplaneConfig {
             max_tx_ports: 64,
             tunnel_src_v4: ("198.18.255.0".parse().expect("literal"), 24),
             tunnel_src_v6: ("2001:db8:ffff::".parse().expect("literal"), 112),
+            nat_capacity: 1 << 20,
+            nat_tcp_idle: Duration::from_secs(900),
+            nat_udp_idle: Duration::from_secs(60),
+            nat_closed_linger: Duration::from_secs(10),
         }
     }
 }
@@ -98,6 +113,9 @@ pub enum Mode {
     Dsr,
     /// IP-in-IP / IPv6-in-IPv6 to the backend, which runs `hola-decap`.
     Tunnel,
+    /// Destination NAT to the backend's address (and port); its replies
+    /// come back through the balancer and are translated back.
+    Nat,
 }
 
 /// Identity of a VIP: (address, port, protocol). Port 0 is all ports.
@@ -149,6 +167,9 @@ pub struct BackendSpec {
     /// False when health checks say it is down: its established flows are
     /// re-balanced and it has no slot in the Maglev table (as at weight 0).
     pub up: bool,
+    /// NAT mode: the port the backend listens on; 0 keeps the VIP's port
+    /// (the packet's, for an all-ports VIP). Ignored by other modes.
+    pub port: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +259,7 @@ impl VipState {
         let mode = match self.spec.mode {
             Mode::Dsr => VIP_MODE_DSR,
             Mode::Tunnel => VIP_MODE_TUNNEL,
+            Mode::Nat => VIP_MODE_NAT,
         };
         let flags = mode
             | if self.spec.src_hash {
@@ -276,6 +298,8 @@ pub struct Dataplane {
     backend_stats: PerCpuArray<MapData, BackendStats>,
     reasons: PerCpuArray<MapData, ReasonStats>,
     tx_ports: DevMapHash<MapData>,
+    nat: HashMap<MapData, FlowKey, NatValue>,
+    nat_state: Array<MapData, u32>,
     cfg: DataplaneConfig,
     ncpus: usize,
     vips: BTreeMap<VipAddr, VipState>,
@@ -338,6 +362,9 @@ impl Dataplane {
             tunnel_src_v6: v6.octets(),
             tunnel_src_v6_mask: mask_of(p6.saturating_sub(96)),
             _pad: 0,
+            nat_tcp_idle_ns: cfg.nat_tcp_idle.as_nanos() as u64,
+            nat_udp_idle_ns: cfg.nat_udp_idle.as_nanos() as u64,
+            nat_closed_linger_ns: cfg.nat_closed_linger.as_nanos() as u64,
         };
         let flows = cfg.flow_capacity_per_cpu.saturating_mul(ncpus as u32);
         let sizes = [
@@ -351,6 +378,8 @@ impl Dataplane {
             (names::RINGS, cfg.ring_capacity),
             (names::TX_PORTS, cfg.max_tx_ports),
             (names::REASONS, Reason::COUNT),
+            (names::NAT, cfg.nat_capacity),
+            (names::NAT_STATE, 1),
         ];
         let mut loader = EbpfLoader::new();
         let mut pins = Vec::new();
@@ -402,6 +431,8 @@ impl Dataplane {
             backend_stats: take!(names::BACKEND_STATS),
             reasons: take!(names::REASONS),
             tx_ports: take!(names::TX_PORTS),
+            nat: take!(names::NAT),
+            nat_state: take!(names::NAT_STATE),
             ebpf,
             vip_ids: IdPool::new(cfg.max_vips),
             backend_ids: IdPool::new(cfg.max_backends),
@@ -449,6 +480,7 @@ impl Dataplane {
                     weight: 0,
                     nexthop,
                     up: b.flags & BACKEND_F_DOWN == 0,
+                    port: u16::from_be(b.port),
                 },
             });
         }
@@ -468,10 +500,10 @@ impl Dataplane {
                 port: u16::from_be(key.port),
                 proto,
             };
-            let mode = if meta.flags & VIP_MODE_MASK == VIP_MODE_TUNNEL {
-                Mode::Tunnel
-            } else {
-                Mode::Dsr
+            let mode = match meta.flags & VIP_MODE_MASK {
+                VIP_MODE_TUNNEL => Mode::Tunnel,
+                VIP_MODE_NAT => Mode::Nat,
+                _ => Mode::Dsr,
             };
             let spec = VipSpec {
                 vip,
@@ -670,7 +702,58 @@ impl Dataplane {
             .insert(vip_key(&spec.vip), state.meta(), 0)
             .map_err(map_err(names::VIPS))?;
         self.vips.insert(spec.vip, state);
-        self.write_addr_vips(spec.vip.addr)
+        self.write_addr_vips(spec.vip.addr)?;
+        self.write_nat_state()
+    }
+
+    /// Tells the program whether any VIP is in NAT mode (only then are
+    /// packets not for a VIP looked up as replies).
+    fn write_nat_state(&mut self) -> Result<(), DataplaneError> {
+        let any = self.vips.values().any(|v| v.spec.mode == Mode::Nat);
+        self.nat_state
+            .set(0, u32::from(any), 0)
+            .map_err(map_err(names::NAT_STATE))
+    }
+
+    /// Deletes the NAT entries that have expired and counts the others:
+    /// (live entries, entries deleted). Reads the whole table.
+    pub fn sweep_nat(&mut self) -> Result<(u64, u64), DataplaneError> {
+        let now = monotonic_ns();
+        let s = Settings {
+            nat_tcp_idle_ns: self.cfg.nat_tcp_idle.as_nanos() as u64,
+            nat_udp_idle_ns: self.cfg.nat_udp_idle.as_nanos() as u64,
+            nat_closed_linger_ns: self.cfg.nat_closed_linger.as_nanos() as u64,
+            ..Settings::default()
+        };
+        let mut expired = Vec::new();
+        let mut live = 0u64;
+        for entry in self.nat.iter() {
+            let (k, v) = match entry {
+                Ok(kv) => kv,
+                // An entry evicted while we walk: skip it.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(names::NAT)(e)),
+            };
+            if lb_common::flow::nat_expired(&v, k.proto, now, &s) {
+                expired.push(k);
+            } else {
+                live += 1;
+            }
+        }
+        let mut removed = 0;
+        for k in &expired {
+            match self.nat.remove(k) {
+                Ok(()) => removed += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::NAT)(e)),
+            }
+        }
+        Ok((live, removed))
+    }
+
+    /// The NAT entry of a reply 5-tuple, if any.
+    pub fn nat_entry(&self, reply: &FlowKey) -> Option<NatValue> {
+        self.nat.get(reply, 0).ok()
     }
 
     /// Removes a VIP, its table and its backends.
@@ -684,6 +767,7 @@ impl Dataplane {
             .remove(&vip_key(vip))
             .map_err(map_err(names::VIPS))?;
         self.write_addr_vips(vip.addr)?;
+        self.write_nat_state()?;
         self.vip_ids.free(state.id);
         self.ring_space.free(state.ring_base, state.spec.table_size);
         Ok(())
@@ -949,6 +1033,17 @@ impl Dataplane {
     }
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass and nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Refuses to reuse a pinned map whose capacity differs from the one asked
 /// for: aya would reuse it silently, and the program would then be sized
 /// differently from its maps.
@@ -1003,6 +1098,7 @@ fn backend_entry(spec: &BackendSpec, vip_id: u32) -> Backend {
     if !spec.up {
         b.flags |= BACKEND_F_DOWN;
     }
+    b.port = spec.port.to_be();
     if let Some(nh) = spec.nexthop {
         b.dmac = nh.dmac;
         b.smac = nh.smac;

@@ -130,6 +130,7 @@ enum ProtoArg {
 enum ModeArg {
     Dsr,
     Tunnel,
+    Nat,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -169,6 +170,9 @@ enum BackendCmd {
         backup: bool,
         #[arg(long)]
         interface: Option<String>,
+        /// NAT mode: the port the backend listens on (default: the VIP's).
+        #[arg(long)]
+        port: Option<u16>,
     },
     /// Remove a backend (its flows are re-balanced).
     Del {
@@ -323,6 +327,7 @@ async fn client_cmd(socket: &std::path::Path, cmd: Cmd) -> anyhow::Result<()> {
                     mode: match mode {
                         ModeArg::Dsr => VipMode::Dsr,
                         ModeArg::Tunnel => VipMode::Tunnel,
+                        ModeArg::Nat => VipMode::Nat,
                     },
                     hash: match hash {
                         HashArg::FiveTuple => HashKind::FiveTuple,
@@ -367,6 +372,7 @@ async fn client_cmd(socket: &std::path::Path, cmd: Cmd) -> anyhow::Result<()> {
                 weight,
                 backup,
                 interface,
+                port,
             } => {
                 let r = parse_vip(&vip)?;
                 let backend = BackendConfig {
@@ -374,6 +380,7 @@ async fn client_cmd(socket: &std::path::Path, cmd: Cmd) -> anyhow::Result<()> {
                     weight,
                     backup,
                     interface,
+                    port,
                     drain: false,
                     health: None,
                     agent: None,

@@ -223,6 +223,8 @@ pub struct Owner {
     targets: Option<tokio::sync::watch::Sender<Vec<Job>>>,
     prev: Option<(Instant, Stats)>,
     last: Option<(Instant, Stats)>,
+    nat: crate::stats::NatReport,
+    nat_swept: Option<Instant>,
 }
 
 impl Owner {
@@ -238,6 +240,8 @@ impl Owner {
             targets: None,
             prev: None,
             last: None,
+            nat: crate::stats::NatReport::default(),
+            nat_swept: None,
         }
     }
 
@@ -256,6 +260,7 @@ impl Owner {
                 .is_none_or(|(t, _)| t.elapsed() >= Duration::from_secs(1));
             if due {
                 self.sample();
+                self.sweep_nat();
                 if self.ramping() {
                     let config = self.config.clone();
                     if let Err(e) = self.reconcile(&config, Duration::ZERO) {
@@ -275,6 +280,26 @@ impl Owner {
                     }
                 }
             }
+        }
+    }
+
+    /// Every few seconds while a NAT VIP exists: deletes expired NAT
+    /// entries and counts the live ones.
+    fn sweep_nat(&mut self) {
+        const EVERY: Duration = Duration::from_secs(5);
+        if !self.config.vips.iter().any(|v| v.mode == VipMode::Nat)
+            || self.nat_swept.is_some_and(|t| t.elapsed() < EVERY)
+        {
+            return;
+        }
+        self.nat_swept = Some(Instant::now());
+        match self.dp.sweep_nat() {
+            Ok((live, removed)) => {
+                self.nat.entries = live;
+                self.nat.expired_removed += removed;
+                self.nat.swept_ms = now_ms();
+            }
+            Err(e) => tracing::warn!(error = %e, "sweeping the NAT table"),
         }
     }
 
@@ -562,6 +587,7 @@ impl Owner {
                     weight,
                     nexthop,
                     up,
+                    port: b.port.unwrap_or(0),
                 });
             }
             self.dp
@@ -577,6 +603,7 @@ impl Owner {
             mode: match v.mode {
                 VipMode::Dsr => Mode::Dsr,
                 VipMode::Tunnel => Mode::Tunnel,
+                VipMode::Nat => Mode::Nat,
             },
             src_hash: v.hash == HashKind::Source,
             table_size: config.table_size(v),
@@ -626,6 +653,10 @@ impl Owner {
             version: STATS_VERSION,
             timestamp_ms,
             interval_seconds: interval,
+            nat: crate::stats::NatReport {
+                capacity: self.dp.config().nat_capacity,
+                ..self.nat
+            },
             ..Default::default()
         };
         for (name, r) in &now.reasons {
@@ -658,6 +689,7 @@ impl Owner {
                 mode: match v.mode {
                     VipMode::Dsr => "dsr",
                     VipMode::Tunnel => "tunnel",
+                    VipMode::Nat => "nat",
                 }
                 .into(),
                 hash: match v.hash {
@@ -832,6 +864,7 @@ mod tests {
                     weight: *w,
                     backup: *backup,
                     interface: None,
+                    port: None,
                     drain: false,
                     health: None,
                     agent: None,

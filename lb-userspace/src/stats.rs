@@ -25,7 +25,24 @@ pub struct StatsReport {
     pub interval_seconds: f64,
     /// Every verdict reason with its packets and bytes (docs/maps.md).
     pub reasons: BTreeMap<String, PacketsBytes>,
+    /// The NAT translation table (NAT mode).
+    pub nat: NatReport,
     pub vips: Vec<VipReport>,
+}
+
+/// Fill level of the NAT table, from the last sweep (every few seconds
+/// while a NAT VIP exists).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatReport {
+    /// Live (not expired) entries at the last sweep.
+    pub entries: u64,
+    /// `global.nat_capacity`.
+    pub capacity: u32,
+    /// Expired entries deleted by sweeps since the daemon started.
+    pub expired_removed: u64,
+    /// When the last sweep ran, ms since the Unix epoch (0: none yet).
+    pub swept_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +246,23 @@ pub fn prometheus(report: &StatsReport) -> String {
         "backend_agent_percent",
         "Percentage of the configured weight applied from the agent check",
         be_agent,
+    );
+    let nat_entries = Gauge::<i64>::default();
+    nat_entries.set(report.nat.entries as i64);
+    reg.register(
+        "nat_entries",
+        "Live entries of the NAT table at the last sweep",
+        nat_entries,
+    );
+    let nat_capacity = Gauge::<i64>::default();
+    nat_capacity.set(i64::from(report.nat.capacity));
+    reg.register("nat_capacity", "Capacity of the NAT table", nat_capacity);
+    let nat_removed = Counter::<u64>::default();
+    nat_removed.inc_by(report.nat.expired_removed);
+    reg.register(
+        "nat_expired_removed",
+        "Expired NAT entries deleted by sweeps",
+        nat_removed,
     );
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");

@@ -109,6 +109,8 @@ pub type Served = Arc<Mutex<BTreeMap<(String, IpAddr), u64>>>;
 /// stopped and started on its own (a backend whose server process died).
 pub struct Servers {
     pub served: Served,
+    /// Every client address a backend saw: (backend name, peer address).
+    pub peers: Arc<Mutex<std::collections::BTreeSet<(String, IpAddr)>>>,
     lab_ns: Vec<String>,
     running: BTreeMap<usize, (Arc<AtomicBool>, JoinHandle<()>)>,
 }
@@ -117,6 +119,7 @@ impl Servers {
     pub fn start(lab: &Lab) -> Self {
         let mut s = Servers {
             served: Arc::default(),
+            peers: Arc::default(),
             lab_ns: (1..=lab.backends)
                 .map(|i| lab.t.ns(&backend(i).0))
                 .collect(),
@@ -133,6 +136,7 @@ impl Servers {
         let (name, _) = backend(i);
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (self.served.clone(), stop.clone());
+        let peers = self.peers.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let h = spawn_in_ns(&self.lab_ns[i - 1], move || {
             let l = TcpListener::bind("0.0.0.0:80").expect("bind tcp/80");
@@ -145,6 +149,12 @@ impl Servers {
                         c.set_read_timeout(Some(Duration::from_secs(5)))
                             .expect("timeout");
                         let local = c.local_addr().expect("local").ip();
+                        if let Ok(peer) = c.peer_addr() {
+                            peers
+                                .lock()
+                                .expect("lock")
+                                .insert((name.clone(), peer.ip()));
+                        }
                         *s.lock()
                             .expect("lock")
                             .entry((name.clone(), local))

@@ -292,6 +292,7 @@ fn run(net: &'static Net) {
                 weight: 1,
                 nexthop: Some(nexthop),
                 up: true,
+                port: 0,
             }
         })
         .collect();

@@ -10,7 +10,9 @@ use aya::{Ebpf, maps::PerCpuArray, programs::Xdp};
 use hola_tests::{
     fixture::{diff, expected_deltas, hex, require_root, run, snapshot},
     netns::cmd,
-    packet::{L4, LB_MAC, Pkt, TCP_ACK, TCP_SYN, fold, ipv4_header_ok, sum16, with_macs},
+    packet::{
+        CLIENT_MAC, L4, LB_MAC, Pkt, TCP_ACK, TCP_SYN, fold, ipv4_header_ok, sum16, with_macs,
+    },
 };
 use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, Reason, ReasonStats, hash::flow_hash};
 use lb_userspace::{
@@ -37,6 +39,7 @@ fn backend(addr: &str, weight: u32) -> BackendSpec {
         addr,
         weight,
         up: true,
+        port: 0,
         nexthop: Some(Nexthop {
             dmac: bmac(addr),
             smac: LB_MAC,
@@ -263,6 +266,9 @@ fn packet_fixtures() {
         .expect("ifindex of hfx0");
     let cfg = DataplaneConfig {
         flow_capacity_per_cpu: 4096,
+        nat_capacity: 4096,
+        // A NAT flow that saw FIN or RST expires at once (tested below).
+        nat_closed_linger: std::time::Duration::ZERO,
         ..Default::default()
     };
     let mut dp = Dataplane::load(cfg).expect("loading the balancer (the verifier must accept it)");
@@ -814,6 +820,270 @@ fn packet_fixtures() {
             ),
         ],
     );
+
+    // NAT mode: the request's destination becomes the backend's address
+    // and port; the backend's reply (sent to us, its gateway) gets the VIP
+    // back as its source and returns to the MAC the request came from.
+    // Expected frames are built from scratch, checksums included.
+    let nat4 = vip("198.18.1.8", 80, Proto::Tcp);
+    let nat4u = vip("198.18.1.8", 53, Proto::Udp);
+    let nat6 = vip("2001:db8:1::8", 80, Proto::Tcp);
+    for v in [nat4, nat4u, nat6] {
+        dp.add_vip(VipSpec {
+            vip: v,
+            mode: Mode::Nat,
+            src_hash: false,
+            table_size: small,
+        })
+        .expect("add NAT VIP");
+    }
+    let with_port = |addr: &str, port: u16| BackendSpec {
+        port,
+        ..backend(addr, 1)
+    };
+    set(&mut dp, &nat4, &[with_port("198.18.4.1", 8080)]);
+    set(&mut dp, &nat4u, &[backend("198.18.4.2", 1)]);
+    set(&mut dp, &nat6, &[with_port("2001:db8:4::1", 8080)]);
+    // A request as it must leave: to the backend, from us.
+    let to_backend = |p: &Pkt, to: &str, port: u16| -> Vec<u8> {
+        let mut q = p.clone();
+        q.dst = ip(to);
+        q.dmac = bmac(ip(to));
+        q.smac = LB_MAC;
+        q.l4 = match &q.l4 {
+            L4::Tcp {
+                sport,
+                flags,
+                payload,
+                ..
+            } => L4::Tcp {
+                sport: *sport,
+                dport: port,
+                flags: *flags,
+                payload: payload.clone(),
+            },
+            L4::Udp { sport, payload, .. } => L4::Udp {
+                sport: *sport,
+                dport: port,
+                payload: payload.clone(),
+            },
+            other => other.clone(),
+        };
+        q.bytes()
+    };
+    // A backend's reply as it arrives (to us, its gateway) and as it must
+    // leave (from the VIP, to the client's MAC).
+    let reply = |from: &str, to: &str, l4: L4, vlan: Option<u16>| -> Pkt {
+        let mut r = Pkt::new(from, to, l4);
+        r.dmac = LB_MAC;
+        r.smac = bmac(ip(from));
+        if let Some(t) = vlan {
+            r = r.vlan(t);
+        }
+        r
+    };
+    let translated = |r: &Pkt, vip_addr: &str, vip_port: u16| -> Vec<u8> {
+        let mut q = r.clone();
+        q.src = ip(vip_addr);
+        q.dmac = CLIENT_MAC;
+        q.smac = LB_MAC;
+        q.l4 = match &q.l4 {
+            L4::Tcp {
+                dport,
+                flags,
+                payload,
+                ..
+            } => L4::Tcp {
+                sport: vip_port,
+                dport: *dport,
+                flags: *flags,
+                payload: payload.clone(),
+            },
+            L4::Udp { dport, payload, .. } => L4::Udp {
+                sport: vip_port,
+                dport: *dport,
+                payload: payload.clone(),
+            },
+            other => other.clone(),
+        };
+        q.bytes()
+    };
+    let nat_row = |name: &str, p: &Pkt, reason: Reason, v: VipAddr, to: &str, port: u16| Row {
+        name: name.into(),
+        input: p.bytes(),
+        output: to_backend(p, to, port),
+        action: XDP_TX,
+        reason,
+        vip: Some(v),
+        backend: Some(ip(to)),
+    };
+    let reply_row = |name: &str, r: &Pkt, vip_addr: &str, vip_port: u16| Row {
+        name: name.into(),
+        input: r.bytes(),
+        output: translated(r, vip_addr, vip_port),
+        action: XDP_TX,
+        reason: Reason::FwdNatReply,
+        vip: None,
+        backend: None,
+    };
+    const SYN_ACK: u8 = TCP_SYN | TCP_ACK;
+    const FIN_ACK: u8 = 0x01 | TCP_ACK;
+    let data = |sport: u16, dport: u16, flags: u8, payload: &[u8]| L4::Tcp {
+        sport,
+        dport,
+        flags,
+        payload: payload.to_vec(),
+    };
+    let n4 = "198.18.1.8";
+    let n6 = "2001:db8:1::8";
+    let mut nat_rows = vec![
+        nat_row(
+            "nat: IPv4 TCP SYN to the backend's address and port",
+            &Pkt::new(client, n4, L4::tcp(41000, 80, TCP_SYN)),
+            Reason::FwdNewFlow,
+            nat4,
+            "198.18.4.1",
+            8080,
+        ),
+        reply_row(
+            "nat: IPv4 TCP SYN-ACK back from the VIP",
+            &reply("198.18.4.1", client, L4::tcp(8080, 41000, SYN_ACK), None),
+            n4,
+            80,
+        ),
+        nat_row(
+            "nat: IPv4 TCP data, established",
+            &Pkt::new(
+                client,
+                n4,
+                data(41000, 80, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n"),
+            ),
+            Reason::FwdEstablished,
+            nat4,
+            "198.18.4.1",
+            8080,
+        ),
+        reply_row(
+            "nat: IPv4 TCP data back",
+            &reply(
+                "198.18.4.1",
+                client,
+                data(8080, 41000, TCP_ACK, b"HTTP/1.1 200 OK\r\n\r\nhola"),
+                None,
+            ),
+            n4,
+            80,
+        ),
+        nat_row(
+            "nat: IPv4 with options and a VLAN tag",
+            &Pkt::new(client, n4, L4::tcp(41001, 80, TCP_SYN))
+                .options(&[1, 1, 1, 0])
+                .vlan(7),
+            Reason::FwdNewFlow,
+            nat4,
+            "198.18.4.1",
+            8080,
+        ),
+        reply_row(
+            "nat: its reply, tagged",
+            &reply("198.18.4.1", client, L4::tcp(8080, 41001, SYN_ACK), Some(7)),
+            n4,
+            80,
+        ),
+        nat_row(
+            "nat: IPv4 UDP, the VIP's port kept",
+            &Pkt::new(client, n4, L4::udp(41002, 53, b"query")),
+            Reason::FwdNewFlow,
+            nat4u,
+            "198.18.4.2",
+            53,
+        ),
+        reply_row(
+            "nat: IPv4 UDP reply",
+            &reply("198.18.4.2", client, L4::udp(53, 41002, b"answer"), None),
+            n4,
+            53,
+        ),
+        nat_row(
+            "nat: IPv6 TCP SYN",
+            &Pkt::new(client6, n6, L4::tcp(41003, 80, TCP_SYN)),
+            Reason::FwdNewFlow,
+            nat6,
+            "2001:db8:4::1",
+            8080,
+        ),
+        reply_row(
+            "nat: IPv6 TCP SYN-ACK back",
+            &reply(
+                "2001:db8:4::1",
+                client6,
+                L4::tcp(8080, 41003, SYN_ACK),
+                None,
+            ),
+            n6,
+            80,
+        ),
+        Row::untouched(
+            "nat: a backend's packet of no NAT flow passes",
+            reply("198.18.4.1", client, L4::tcp(8080, 49999, SYN_ACK), None).bytes(),
+            XDP_PASS,
+            Reason::PassNotVip,
+        ),
+    ];
+    // IPv4 UDP without a checksum (0) keeps none, both ways.
+    let zero_udp = |mut f: Vec<u8>| {
+        let at = f.len() - 5 - 8 + 6; // 5-byte payloads below
+        f[at..at + 2].copy_from_slice(&[0, 0]);
+        f
+    };
+    let q = Pkt::new(client, n4, L4::udp(41004, 53, b"nocsm"));
+    nat_rows.push(Row {
+        name: "nat: IPv4 UDP with no checksum keeps none".into(),
+        input: zero_udp(q.bytes()),
+        output: zero_udp(to_backend(&q, "198.18.4.2", 53)),
+        action: XDP_TX,
+        reason: Reason::FwdNewFlow,
+        vip: Some(nat4u),
+        backend: Some(ip("198.18.4.2")),
+    });
+    let r = reply("198.18.4.2", client, L4::udp(53, 41004, b"nocsm"), None);
+    nat_rows.push(Row {
+        name: "nat: its reply with no checksum keeps none".into(),
+        input: zero_udp(r.bytes()),
+        output: zero_udp(translated(&r, n4, 53)),
+        action: XDP_TX,
+        reason: Reason::FwdNatReply,
+        vip: None,
+        backend: None,
+    });
+    // FIN closes the entry after the linger (0 in this data plane): the
+    // next reply is dropped rather than let out untranslated.
+    nat_rows.push(nat_row(
+        "nat: FIN from the client",
+        &Pkt::new(client, n4, L4::tcp(41000, 80, FIN_ACK)),
+        Reason::FwdEstablished,
+        nat4,
+        "198.18.4.1",
+        8080,
+    ));
+    nat_rows.push(Row::untouched(
+        "nat: a reply after the closed flow's linger is dropped",
+        reply("198.18.4.1", client, L4::tcp(8080, 41000, TCP_ACK), None).bytes(),
+        XDP_DROP,
+        Reason::DropNatExpired,
+    ));
+    run_rows(&mut dp, &mut rows, nat_rows);
+    // Every NAT output's checksums verify when recomputed from scratch.
+    for r in rows
+        .iter()
+        .filter(|r| r.name.starts_with("nat:") && r.action == XDP_TX)
+    {
+        assert!(
+            hola_tests::packet::l4_checksums_ok(&r.output),
+            "{}: checksums of the output",
+            r.name
+        );
+    }
 
     // Every forwarded IPv4 tunnel output carries a valid outer checksum.
     for r in rows.iter().filter(|r| r.name.starts_with("tunnel: IPv4")) {

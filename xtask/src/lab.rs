@@ -61,6 +61,12 @@ const LB_V4: &str = "198.18.0.2";
 const LB_V6: &str = "2001:db8::2";
 const VIP_NET_V4: &str = "198.18.1.0/24";
 const VIP_NET_V6: &str = "2001:db8:1::/64";
+/// NAT mode: the backends' own subnet, with the balancer as their gateway.
+const NAT_GW_V4: &str = "198.18.2.1";
+/// The backends' addresses there, b1..b3.
+const NAT_BACKENDS: &[&str] = &["198.18.2.11", "198.18.2.12", "198.18.2.13"];
+/// The VIP in NAT mode (routed to the balancer with the others).
+const NAT_VIP: &str = "198.18.1.3";
 /// Held by every backend on lo.
 const VIPS_ON_LO: &[&str] = &[
     "198.18.1.1/32",
@@ -494,6 +500,38 @@ fn topology() -> Result<()> {
             ip(&["-n", &ns(b), "addr", "add", vip, "dev", "lo"])?;
         }
     }
+    // NAT mode: the backends also sit in 198.18.2.0/24 behind the balancer
+    // and answer from there through it; their replies get the same checksum
+    // treatment as the client's requests.
+    ip(&[
+        "-n",
+        &ns("lb"),
+        "addr",
+        "add",
+        &format!("{NAT_GW_V4}/24"),
+        "dev",
+        "eth0",
+    ])?;
+    for (b, addr) in BACKENDS.iter().zip(NAT_BACKENDS) {
+        let n = ns(b);
+        ip(&[
+            "-n",
+            &n,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        // Only what leaves from this address (NAT replies) goes through
+        // the balancer: dsr and tunnel replies, from the VIPs, still go
+        // straight to the client.
+        ip(&["-n", &n, "rule", "add", "from", addr, "table", "100"])?;
+        ip(&[
+            "-n", &n, "route", "add", "default", "via", NAT_GW_V4, "table", "100",
+        ])?;
+        ns_exec(b, "ethtool", &["-K", "eth0", "tx", "off"])?;
+    }
     Ok(())
 }
 
@@ -514,8 +552,10 @@ fn config_toml() -> String {
     );
     let v4: Vec<&str> = HOSTS[2..].iter().map(|(_, a, _)| *a).collect();
     let v6: Vec<&str> = HOSTS[2..].iter().map(|(_, _, a)| *a).collect();
+    let nat: Vec<&str> = NAT_BACKENDS.to_vec();
     for (vip, proto, mode, backends) in [
         ("198.18.1.1", "tcp", "dsr", &v4),
+        (NAT_VIP, "tcp", "nat", &nat),
         ("198.18.1.2", "tcp", "tunnel", &v4),
         ("2001:db8:1::1", "tcp", "dsr", &v6),
         ("198.18.1.1", "udp", "dsr", &v4),
@@ -539,11 +579,12 @@ fn print_next_steps() {
     let hola = relative(&hola_bin());
     let sock = relative(&socket_path());
     println!(
-        "\nThe lab is up: hola balances 198.18.1.1:80 (dsr, tcp and udp), 198.18.1.2:80 (tunnel)
-and [2001:db8:1::1]:80 (dsr) over b1, b2, b3 (weights 1, 1, 2). Try:
+        "\nThe lab is up: hola balances 198.18.1.1:80 (dsr, tcp and udp), 198.18.1.2:80 (tunnel),
+198.18.1.3:80 (nat) and [2001:db8:1::1]:80 (dsr) over b1, b2, b3 (weights 1, 1, 2). Try:
 
   for i in $(seq 8); do ip netns exec hola-lab-client curl -s http://198.18.1.1/; done
   for i in $(seq 8); do ip netns exec hola-lab-client curl -s http://198.18.1.2/; done
+  for i in $(seq 8); do ip netns exec hola-lab-client curl -s http://198.18.1.3/; done
   ip netns exec hola-lab-client curl -s -g 'http://[2001:db8:1::1]/'
   ip netns exec hola-lab-client bash -c 'exec 3<>/dev/udp/198.18.1.1/80; echo hi >&3; timeout 1 head -n 1 <&3'
   {hola} --socket {sock} stats --json

@@ -9,10 +9,12 @@ use super::ptr_at;
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
 
-/// Ports in network byte order, as they are in the packet.
+/// Ports in network byte order, as they are in the packet, and TCP's flags.
 pub struct Ports {
     pub sport: u16,
     pub dport: u16,
+    /// The TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ...); 0 for UDP.
+    pub tcp_flags: u8,
 }
 
 #[inline(always)]
@@ -27,6 +29,7 @@ pub fn parse(ctx: &XdpContext, off: usize, proto: u8) -> Result<Ports, Reason> {
         Ok(Ports {
             sport: u16::from_ne_bytes([h[0], h[1]]),
             dport: u16::from_ne_bytes([h[2], h[3]]),
+            tcp_flags: h[13],
         })
     } else {
         let h: *const [u8; UDP_HLEN] = ptr_at(ctx, off)?;
@@ -35,6 +38,7 @@ pub fn parse(ctx: &XdpContext, off: usize, proto: u8) -> Result<Ports, Reason> {
         Ok(Ports {
             sport: u16::from_ne_bytes([h[0], h[1]]),
             dport: u16::from_ne_bytes([h[2], h[3]]),
+            tcp_flags: 0,
         })
     }
 }

@@ -93,6 +93,7 @@ fn backend(addr: IpAddr) -> BackendSpec {
         addr,
         weight: 1,
         up: true,
+        port: 0,
         nexthop: Some(Nexthop {
             dmac: [2, 0, 0, 0, 0xb, 1],
             smac: LB_MAC,

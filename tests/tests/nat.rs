@@ -1,0 +1,181 @@
+//! NAT mode end to end: the balancer is the backends' gateway; requests are
+//! rewritten to the backends and their replies back to the VIP, both in
+//! XDP. Real HTTP over real TCP from the client namespace.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use hola_tests::{
+    daemon::Daemon,
+    fixture::require_root,
+    netns::{in_ns, ns_cmd},
+    topo::{CLIENT, Lab, Servers, backend, http_get},
+};
+
+const NAT_VIP: &str = "198.18.1.3";
+/// The balancer's address on the backends' subnet: their gateway.
+const GATEWAY: &str = "198.18.2.1";
+
+/// Backend `i` (1-based) on the backends' subnet.
+fn nat_addr(i: usize) -> String {
+    format!("198.18.2.{}", 10 + i)
+}
+
+/// Puts the lab's backends behind the balancer: each gets an address on
+/// 198.18.2.0/24 and reaches the client only through the balancer.
+fn behind_gateway(lab: &Lab) {
+    lab.t.ip(
+        "lb",
+        &["addr", "add", &format!("{GATEWAY}/24"), "dev", "eth0"],
+    );
+    for i in 1..=lab.backends {
+        let (b, _) = backend(i);
+        lab.t.ip(
+            &b,
+            &["addr", "add", &format!("{}/24", nat_addr(i)), "dev", "eth0"],
+        );
+        lab.t.ip(
+            &b,
+            &["route", "add", &format!("{CLIENT}/32"), "via", GATEWAY],
+        );
+        // The veth would leave TCP checksums to an offload that no longer
+        // applies once XDP has moved the frame on.
+        ns_cmd(&lab.t.ns(&b), "ethtool", &["-K", "eth0", "tx", "off"]);
+    }
+}
+
+fn config(backends: &[usize]) -> String {
+    let mut c = String::from(
+        r#"[global]
+interfaces = ["eth0"]
+control_socket = "@DIR@/hola.sock"
+state_file = "@DIR@/state.toml"
+bpffs_dir = "@BPFFS@"
+metrics_address = ""
+flow_capacity_per_cpu = 65536
+nat_capacity = 65536
+
+[[vip]]
+address = "198.18.1.3"
+port = 80
+protocol = "tcp"
+mode = "nat"
+"#,
+    );
+    for i in backends {
+        c += &format!("\n[[vip.backend]]\naddress = \"{}\"\n", nat_addr(*i));
+    }
+    c
+}
+
+/// `n` requests, each on a new connection: answers by backend name.
+fn requests(lab: &Lab, n: usize) -> BTreeMap<String, usize> {
+    in_ns(&lab.t.ns("cl"), move || {
+        let vip: SocketAddr = format!("{NAT_VIP}:80").parse().expect("vip");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut m = BTreeMap::new();
+        for _ in 0..n {
+            assert!(Instant::now() < deadline, "request loop ran out of time");
+            let r = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).and_then(|mut c| {
+                c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                http_get(&mut c)
+            });
+            *m.entry(r.unwrap_or_else(|e| format!("error: {e}")))
+                .or_default() += 1;
+        }
+        m
+    })
+}
+
+#[test]
+fn http_through_nat_reaches_backends_that_see_the_client() {
+    require_root();
+    let lab = Lab::new("hn1", 3);
+    behind_gateway(&lab);
+    let servers = Servers::start(&lab);
+    let d = Daemon::start("hn1", &lab.t.ns("lb"), &config(&[1, 2]));
+
+    let answers = requests(&lab, 300);
+    println!("answers through nat: {answers:?}");
+    assert_eq!(
+        answers.keys().cloned().collect::<Vec<_>>(),
+        ["b1", "b2"],
+        "every request answered, by the two backends: {answers:?}"
+    );
+    assert_eq!(answers.values().sum::<usize>(), 300);
+    let peers = servers.peers.lock().expect("lock").clone();
+    let client: IpAddr = CLIENT.parse().expect("client");
+    assert!(
+        peers.iter().all(|(_, p)| *p == client),
+        "backends see the client's own address: {peers:?}"
+    );
+    let local: Vec<IpAddr> = servers.counts().keys().map(|(_, a)| *a).collect();
+    assert!(
+        local.iter().all(|a| a.to_string().starts_with("198.18.2.")),
+        "backends were reached at their own addresses, not the VIP: {local:?}"
+    );
+
+    // Long-lived connections keep their backend while one is added.
+    let vip: SocketAddr = format!("{NAT_VIP}:80").parse().expect("vip");
+    let conns: Vec<(TcpStream, String)> = in_ns(&lab.t.ns("cl"), move || {
+        (0..20)
+            .map(|_| {
+                let mut c =
+                    TcpStream::connect_timeout(&vip, Duration::from_secs(2)).expect("connect");
+                c.set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                let name = http_get(&mut c).expect("first request");
+                (c, name)
+            })
+            .collect()
+    });
+    d.ok(&["backend", "add", "198.18.1.3:80/tcp", &nat_addr(3)]);
+    let mut moved = Vec::new();
+    for (mut c, name) in conns {
+        for _ in 0..3 {
+            match http_get(&mut c) {
+                Ok(n) if n == name => {}
+                other => moved.push(format!("{name} -> {other:?}")),
+            }
+        }
+    }
+    assert!(
+        moved.is_empty(),
+        "long-lived connections kept their backend after an add: {moved:?}"
+    );
+    let after = requests(&lab, 300);
+    println!("answers after adding b3: {after:?}");
+    assert!(
+        after.get("b3").copied().unwrap_or(0) > 0 && !after.keys().any(|k| k.starts_with("error")),
+        "new connections reach the new backend, none fails: {after:?}"
+    );
+
+    // The NAT table's fill level shows in the stats after a sweep.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let s = loop {
+        let s = d.stats();
+        if s.nat.swept_ms > since {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no NAT sweep within 15 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("nat: {:?}", s.nat);
+    assert_eq!(s.nat.capacity, 65536);
+    // 620 flows, closed ones lingering 10 s: all still there.
+    assert!(
+        s.nat.entries >= 20 && s.nat.entries <= 620,
+        "NAT entries: {:?}",
+        s.nat
+    );
+    let replies = s.reasons["fwd_nat_reply"].packets;
+    assert!(replies >= 620, "replies translated: {replies}");
+    assert_eq!(s.reasons["drop_nat_expired"].packets, 0);
+}
