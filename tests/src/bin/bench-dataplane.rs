@@ -102,6 +102,11 @@ fn backend(addr: IpAddr) -> BackendSpec {
     }
 }
 
+/// An IPv4 TCP packet to an address that is no VIP.
+fn not_vip_bytes() -> Vec<u8> {
+    Pkt::new("198.18.0.1", "198.18.9.9", L4::tcp(40000, 80, TCP_ACK)).bytes()
+}
+
 /// A packet from a distinct client for call `i` (new flows).
 fn fresh(dst: &str, i: usize, flags: u8) -> Vec<u8> {
     let src = format!("198.18.{}.{}", 128 + (i >> 16) % 64, (i >> 8) % 256);
@@ -157,6 +162,57 @@ fn main() {
         dp.set_backends(&vip, &bs).expect("backends");
     }
 
+    // NAT mode on a data plane of its own, so that the other paths run
+    // with no NAT VIP (a NAT VIP makes every packet not for a VIP look for
+    // a NAT reply).
+    let mut dp_nat = Dataplane::load(DataplaneConfig {
+        flow_capacity_per_cpu: 65_536,
+        nat_capacity: 65_536,
+        ..Default::default()
+    })
+    .expect("loading the NAT balancer");
+    let nat_vip = VipAddr {
+        addr: "198.18.1.3".parse().expect("vip"),
+        port: 80,
+        proto: Proto::Tcp,
+    };
+    dp_nat
+        .add_vip(VipSpec {
+            vip: nat_vip,
+            mode: Mode::Nat,
+            src_hash: false,
+            table_size: 65537,
+        })
+        .expect("add NAT VIP");
+    let bs: Vec<_> = (1..=10)
+        .map(|i| backend(format!("198.18.4.{i}").parse().expect("backend")))
+        .collect();
+    dp_nat.set_backends(&nat_vip, &bs).expect("NAT backends");
+    let nat_request = Pkt::new("198.18.0.1", "198.18.1.3", L4::tcp(40000, 80, TCP_ACK)).bytes();
+    // The first request makes the flow's NAT entry; its output names the
+    // backend, whose reply the reply path then translates.
+    let mut out = vec![0u8; 2048];
+    let r = dp_nat
+        .program_ref()
+        .test_run(TestRunOptions {
+            data_in: Some(&nat_request),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    assert_eq!(r.return_value, 3, "the NAT request is forwarded (XDP_TX)");
+    let chosen = std::net::Ipv4Addr::new(out[30], out[31], out[32], out[33]);
+    let mut reply = Pkt::new(
+        &chosen.to_string(),
+        "198.18.0.1",
+        L4::tcp(80, 40000, TCP_ACK),
+    );
+    reply.dmac = LB_MAC;
+    reply.smac = [2, 0, 0, 0, 0xb, out[33]];
+    let nat_reply = reply.bytes();
+    let not_vip_nat = not_vip_bytes();
+
     let mut base = Ebpf::load(programs::BENCH).expect("bench programs");
     for name in ["bench_pass", "bench_macswap"] {
         let p: &mut Xdp = base.program_mut(name).expect(name).try_into().expect("XDP");
@@ -167,10 +223,10 @@ fn main() {
     let tunnel4 = Pkt::new("198.18.0.1", "198.18.1.2", L4::tcp(40000, 80, TCP_ACK)).bytes();
     let established6 =
         Pkt::new("2001:db8::1", "2001:db8:1::1", L4::tcp(40000, 80, TCP_ACK)).bytes();
-    let not_vip = Pkt::new("198.18.0.1", "198.18.9.9", L4::tcp(40000, 80, TCP_ACK)).bytes();
+    let not_vip = not_vip_bytes();
 
     type Path = (&'static str, &'static str);
-    let paths: [Path; 8] = [
+    let paths: [Path; 11] = [
         ("xdp_pass", "baseline: return XDP_PASS"),
         ("macswap_tx", "MAC-swap XDP_TX program"),
         ("not_a_vip", "IPv4 TCP to a non-VIP address"),
@@ -188,6 +244,15 @@ fn main() {
             "new IPv4 TCP flow (flow-table miss, Maglev, insert)",
         ),
         ("tcp_syn", "TCP SYN of a new flow"),
+        (
+            "established_nat",
+            "established IPv4 TCP flow, nat request (rewrite, checksums, NAT entry)",
+        ),
+        ("nat_reply", "IPv4 TCP reply of a nat flow, translated back"),
+        (
+            "not_a_vip_nat",
+            "IPv4 TCP to a non-VIP address while a nat VIP exists",
+        ),
     ];
     let mut results: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut fresh_counter = 0usize;
@@ -208,6 +273,14 @@ fn main() {
                         .expect("XDP"),
                     Box::new(|_| not_vip.clone()),
                 ),
+                "established_nat" | "nat_reply" | "not_a_vip_nat" => {
+                    let f: Maker = match name {
+                        "established_nat" => Box::new(|_| nat_request.clone()),
+                        "nat_reply" => Box::new(|_| nat_reply.clone()),
+                        _ => Box::new(|_| not_vip_nat.clone()),
+                    };
+                    (dp_nat.program_ref(), f)
+                }
                 _ => {
                     let lb: &Xdp = dp.program_ref();
                     let f: Maker = match name {
