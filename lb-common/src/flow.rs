@@ -64,16 +64,24 @@ const _: () = assert!(core::mem::size_of::<NatValue>() == 56);
 /// does not write its entry on every packet.
 pub const NAT_TOUCH_NS: u64 = 1_000_000_000;
 
-/// Whether a NAT entry is expired at `now_ns` under `settings`.
+/// NAT entry lifetimes, from [`crate::Settings`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatTimeouts {
+    pub tcp_idle_ns: u64,
+    pub udp_idle_ns: u64,
+    pub closed_linger_ns: u64,
+}
+
+/// Whether a NAT entry of protocol `proto` is expired at `now_ns`.
 #[inline(always)]
-pub fn nat_expired(v: &NatValue, proto: u8, now_ns: u64, s: &crate::Settings) -> bool {
-    if v.closed_ns != 0 && now_ns.saturating_sub(v.closed_ns) > s.nat_closed_linger_ns {
+pub fn nat_expired(v: &NatValue, proto: u8, now_ns: u64, t: &NatTimeouts) -> bool {
+    if v.closed_ns != 0 && now_ns.saturating_sub(v.closed_ns) > t.closed_linger_ns {
         return true;
     }
     let idle = if proto == crate::PROTO_TCP {
-        s.nat_tcp_idle_ns
+        t.tcp_idle_ns
     } else {
-        s.nat_udp_idle_ns
+        t.udp_idle_ns
     };
     now_ns.saturating_sub(v.last_ns) > idle
 }

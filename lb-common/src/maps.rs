@@ -14,6 +14,13 @@ pub const REASONS: &str = "REASONS";
 pub const TX_PORTS: &str = "TX_PORTS";
 pub const NAT: &str = "NAT";
 pub const NAT_STATE: &str = "NAT_STATE";
+pub const ICMP_PROGS: &str = "ICMP_PROGS";
+
+/// Slots of `ICMP_PROGS`: the programs `hola_lb` tail-calls for ICMP
+/// errors about NAT flows.
+pub const ICMP_TO_CLIENT: u32 = 0;
+/// See [`ICMP_TO_CLIENT`].
+pub const ICMP_TO_BACKEND: u32 = 1;
 
 /// The `SETTINGS` global (see [`crate::Settings`]).
 pub const SETTINGS: &str = "SETTINGS";
@@ -21,5 +28,7 @@ pub const SETTINGS: &str = "SETTINGS";
 /// Program names.
 pub const PROG_LB: &str = "hola_lb";
 pub const PROG_DECAP: &str = "hola_decap";
+pub const PROG_ICMP_TO_CLIENT: &str = "hola_icmp_to_client";
+pub const PROG_ICMP_TO_BACKEND: &str = "hola_icmp_to_backend";
 pub const PROG_PASS: &str = "bench_pass";
 pub const PROG_MACSWAP: &str = "bench_macswap";

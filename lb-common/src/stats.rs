@@ -68,11 +68,15 @@ pub enum Reason {
     /// closed by FIN/RST longer ago than the linger): not let out
     /// untranslated.
     DropNatExpired = 12,
+    /// XDP_TX/XDP_REDIRECT: an ICMP error about a NAT flow (port
+    /// unreachable, fragmentation needed, packet too big, ...), translated
+    /// with the packet it quotes and sent on (to the client or the backend).
+    FwdNatIcmp = 13,
 }
 
 impl Reason {
     /// Number of reasons: the size of the `REASONS` array.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -89,6 +93,7 @@ impl Reason {
         Reason::Aborted,
         Reason::FwdNatReply,
         Reason::DropNatExpired,
+        Reason::FwdNatIcmp,
     ];
 
     /// Stable snake_case name used in stats output.
@@ -107,6 +112,7 @@ impl Reason {
             Reason::Aborted => "aborted",
             Reason::FwdNatReply => "fwd_nat_reply",
             Reason::DropNatExpired => "drop_nat_expired",
+            Reason::FwdNatIcmp => "fwd_nat_icmp",
         }
     }
 }

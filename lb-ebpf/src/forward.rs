@@ -1,7 +1,7 @@
 //! Rewriting a packet toward its backend and choosing how it leaves.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
-use lb_common::{Backend, Reason, Settings};
+use lb_common::{Backend, Reason, Settings, flow::NatTimeouts};
 
 use crate::{
     csum,
@@ -27,11 +27,24 @@ static SETTINGS: Settings = Settings {
     nat_closed_linger_ns: 0,
 };
 
+/// Reads one field of `SETTINGS`. Volatile so that the compiler does not
+/// fold the placeholder values in (userspace rewrites them at load time);
+/// field by field so that the whole struct is never copied to the stack.
+macro_rules! setting {
+    ($field:ident) => {
+        // SAFETY: a read of a field of our own static.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(SETTINGS.$field)) }
+    };
+}
+
+/// NAT entry lifetimes.
 #[inline(always)]
-pub fn settings() -> Settings {
-    // SAFETY: a read of our own static; volatile so that the compiler does not
-    // fold the placeholder values in (userspace rewrites them at load time).
-    unsafe { core::ptr::read_volatile(&SETTINGS) }
+pub fn nat_timeouts() -> NatTimeouts {
+    NatTimeouts {
+        tcp_idle_ns: setting!(nat_tcp_idle_ns),
+        udp_idle_ns: setting!(nat_udp_idle_ns),
+        closed_linger_ns: setting!(nat_closed_linger_ns),
+    }
 }
 
 /// What encapsulation needs to know about the packet being wrapped.
@@ -73,13 +86,13 @@ pub fn encap(
     } else {
         None
     };
-    let s = settings();
     match inner {
         Inner::V4 { tot_len, tos } => {
             grow(ctx, IPV4_HLEN)?;
             write_l2(ctx, b, tag, ETH_P_IP)?;
-            let src = (u32::from_be_bytes(s.tunnel_src_v4) & !s.tunnel_src_v4_mask)
-                | (hash & s.tunnel_src_v4_mask);
+            let mask: u32 = setting!(tunnel_src_v4_mask);
+            let base: [u8; 4] = setting!(tunnel_src_v4);
+            let src = (u32::from_be_bytes(base) & !mask) | (hash & mask);
             let len = (tot_len as usize + IPV4_HLEN) as u16;
             let mut h = [0u8; IPV4_HLEN];
             h[0] = 0x45;
@@ -105,10 +118,10 @@ pub fn encap(
         } => {
             grow(ctx, IPV6_HLEN)?;
             write_l2(ctx, b, tag, ETH_P_IPV6)?;
-            let mut src = s.tunnel_src_v6;
-            let low = (u32::from_be_bytes([src[12], src[13], src[14], src[15]])
-                & !s.tunnel_src_v6_mask)
-                | (hash & s.tunnel_src_v6_mask);
+            let mut src: [u8; 16] = setting!(tunnel_src_v6);
+            let mask: u32 = setting!(tunnel_src_v6_mask);
+            let low =
+                (u32::from_be_bytes([src[12], src[13], src[14], src[15]]) & !mask) | (hash & mask);
             src[12..16].copy_from_slice(&low.to_be_bytes());
             let len = (payload_len as usize + IPV6_HLEN) as u16;
             let flow_label = hash & 0x000f_ffff;

@@ -7,6 +7,7 @@ use lb_common::{
     VipMeta,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
     hash::flow_hash,
+    maps::{ICMP_TO_BACKEND, ICMP_TO_CLIENT},
     vip::{
         ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_MASK, VIP_MODE_NAT, VIP_MODE_TUNNEL,
     },
@@ -14,7 +15,10 @@ use lb_common::{
 
 use crate::{
     forward::{self, Inner},
-    maps::{BACKEND_STATS, BACKENDS, FLOWS, RINGS, VIP_ADDRS4, VIP_ADDRS6, VIP_STATS, VIPS},
+    icmp,
+    maps::{
+        BACKEND_STATS, BACKENDS, FLOWS, ICMP_PROGS, RINGS, VIP_ADDRS4, VIP_ADDRS6, VIP_STATS, VIPS,
+    },
     nat::{self, Layout},
     parse::{
         eth::{self, ETH_P_IP, ETH_P_IPV6},
@@ -40,6 +44,9 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
                     family: FAMILY_V4,
                     proto: ip.proto,
                 };
+                if !nat::active() {
+                    return Err(Reason::PassNotVip);
+                }
                 return not_vip(ctx, &at, widen(ip.saddr), widen(ip.daddr), ip.is_fragment);
             }
         };
@@ -63,6 +70,9 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
                     family: FAMILY_V6,
                     proto: ip.nexthdr,
                 };
+                if !nat::active() {
+                    return Err(Reason::PassNotVip);
+                }
                 return not_vip(ctx, &at, ip.saddr, ip.daddr, false);
             }
         };
@@ -80,6 +90,10 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     }
 
     if proto != PROTO_TCP && proto != PROTO_UDP {
+        if is_icmp(family, proto) && nat::active() {
+            // SAFETY: the index is a slot of ICMP_PROGS.
+            unsafe { ICMP_PROGS.tail_call(ctx, ICMP_TO_BACKEND) };
+        }
         return Err(Reason::PassNotVip);
     }
     let ports = l4::parse(ctx, l4_off, proto)?;
@@ -114,7 +128,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
             if b.flags & (BACKEND_F_ACTIVE | BACKEND_F_DOWN) == BACKEND_F_ACTIVE
                 && b.vip_id == vip.vip_id
             {
-                chosen = Some((flow.backend_id, flow.hash, *b));
+                chosen = Some((flow.backend_id, flow.hash, b));
             }
         }
     }
@@ -125,7 +139,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
             let hash = flow_hash(&key, vip.flags & VIP_F_SRC_HASH != 0);
             let id = pick(&vip, hash);
             match BACKENDS.get(id) {
-                Some(b) if id != 0 && b.flags & BACKEND_F_ACTIVE != 0 => (id, hash, *b),
+                Some(b) if id != 0 && b.flags & BACKEND_F_ACTIVE != 0 => (id, hash, b),
                 _ => {
                     if let Some(s) = vip_stats {
                         // SAFETY: per-CPU element, written only by this CPU.
@@ -163,7 +177,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
 
     let mode = vip.flags & VIP_MODE_MASK;
     if mode == VIP_MODE_TUNNEL {
-        forward::encap(ctx, eth.l3_off, &backend, inner, hash)?;
+        forward::encap(ctx, eth.l3_off, backend, inner, hash)?;
     } else {
         if mode == VIP_MODE_NAT {
             let at = Layout {
@@ -172,16 +186,17 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
                 family,
                 proto,
             };
-            nat::request(ctx, &at, &key, &backend, ports.tcp_flags)?;
+            nat::request(ctx, &at, &key, backend, ports.tcp_flags)?;
         }
-        forward::rewrite_macs(ctx, &backend)?;
+        forward::rewrite_macs(ctx, backend)?;
     }
-    let action = forward::egress(ctx, &backend)?;
+    let action = forward::egress(ctx, backend)?;
     Ok(Verdict { reason, action })
 }
 
-/// A packet not addressed to a VIP: a backend's reply to a NAT flow is
-/// translated back; everything else passes untouched.
+/// A packet not addressed to a VIP while a NAT VIP exists: a backend's
+/// reply to a NAT flow (or an ICMP error about one) is translated back;
+/// everything else passes untouched.
 #[inline(always)]
 fn not_vip(
     ctx: &XdpContext,
@@ -190,7 +205,17 @@ fn not_vip(
     dst: [u8; 16],
     fragment: bool,
 ) -> Result<Verdict, Reason> {
-    if !nat::active() || fragment || (at.proto != PROTO_TCP && at.proto != PROTO_UDP) {
+    if fragment {
+        return Err(Reason::PassNotVip);
+    }
+    if is_icmp(at.family, at.proto) {
+        // The ICMP programs have a stack of their own (a tail call does
+        // not return; if it fails, the packet passes).
+        // SAFETY: the index is a slot of ICMP_PROGS.
+        unsafe { ICMP_PROGS.tail_call(ctx, ICMP_TO_CLIENT) };
+        return Err(Reason::PassNotVip);
+    }
+    if at.proto != PROTO_TCP && at.proto != PROTO_UDP {
         return Err(Reason::PassNotVip);
     }
     // Not ours to judge: a short header of someone else's packet passes.
@@ -205,6 +230,16 @@ fn not_vip(
         _pad: [0; 2],
     };
     nat::reply(ctx, at, &key, &ports)
+}
+
+/// ICMP for IPv4, ICMPv6 for IPv6.
+#[inline(always)]
+fn is_icmp(family: u8, proto: u8) -> bool {
+    if family == FAMILY_V4 {
+        proto == icmp::PROTO_ICMP
+    } else {
+        proto == icmp::PROTO_ICMPV6
+    }
 }
 
 /// An IPv4 address as the first four bytes of a map key's address.

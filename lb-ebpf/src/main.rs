@@ -5,6 +5,7 @@
 
 mod csum;
 mod forward;
+mod icmp;
 mod lookup;
 mod maps;
 mod nat;
@@ -17,6 +18,25 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 pub fn hola_lb(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = lookup::try_lb(&ctx, bytes).unwrap_or_else(verdict::Verdict::from);
+    verdict::count(verdict.reason, bytes);
+    verdict.action
+}
+
+/// Tail-called by `hola_lb` for an ICMP error addressed to a client (not a
+/// VIP) while a NAT VIP exists.
+#[xdp]
+pub fn hola_icmp_to_client(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = icmp::entry(&ctx, false).unwrap_or_else(verdict::Verdict::from);
+    verdict::count(verdict.reason, bytes);
+    verdict.action
+}
+
+/// Tail-called by `hola_lb` for an ICMP error addressed to a VIP address.
+#[xdp]
+pub fn hola_icmp_to_backend(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = icmp::entry(&ctx, true).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
     verdict.action
 }

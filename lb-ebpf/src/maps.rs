@@ -5,7 +5,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     AddrVips, Backend, BackendStats, FlowKey, FlowValue, NatValue, Reason, ReasonStats, VipKey,
@@ -63,6 +63,12 @@ pub static NAT: LruHashMap<FlowKey, NatValue> =
 /// for a VIP are looked up in `NAT` only then. Written by userspace.
 #[map]
 pub static NAT_STATE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The ICMP programs `hola_lb` tail-calls (slots `ICMP_TO_CLIENT`,
+/// `ICMP_TO_BACKEND`): a stack of their own for the rare ICMP path. Written
+/// by userspace when it loads the programs.
+#[map]
+pub static ICMP_PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 /// Per-CPU counters per VIP id. Written by the program, read by userspace.
 #[map]

@@ -12,7 +12,7 @@ use lb_common::{
 
 use crate::{
     csum,
-    forward::settings,
+    forward::nat_timeouts,
     maps::{NAT, NAT_STATE, TX_PORTS},
     parse::{l4::Ports, ptr_at},
     verdict::Verdict,
@@ -59,7 +59,6 @@ pub fn request(
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let closing = key.proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    let s = settings();
     let fresh = match NAT.get_ptr_mut(&rev) {
         Some(v) => {
             // SAFETY: a pointer into the map value; LRU entries stay valid
@@ -67,7 +66,7 @@ pub fn request(
             let v = unsafe { &mut *v };
             if v.vip_addr != key.dst
                 || v.vip_port != key.dport
-                || nat_expired(v, key.proto, now, &s)
+                || nat_expired(v, key.proto, now, &nat_timeouts())
             {
                 true // the tuple is reused by a new flow
             } else {
@@ -116,7 +115,7 @@ pub fn reply(
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if nat_expired(v, key.proto, now, &settings()) {
+    if nat_expired(v, key.proto, now, &nat_timeouts()) {
         let _ = NAT.remove(key);
         return Err(Reason::DropNatExpired);
     }

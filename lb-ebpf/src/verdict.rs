@@ -30,9 +30,11 @@ impl From<Reason> for Verdict {
             | Reason::DropNatExpired => xdp_action::XDP_DROP,
             // Forwarding reasons carry their own action (TX or REDIRECT) and
             // never arrive here; if one did, aborting makes it visible.
-            Reason::FwdEstablished | Reason::FwdNewFlow | Reason::FwdNatReply | Reason::Aborted => {
-                xdp_action::XDP_ABORTED
-            }
+            Reason::FwdEstablished
+            | Reason::FwdNewFlow
+            | Reason::FwdNatReply
+            | Reason::FwdNatIcmp
+            | Reason::Aborted => xdp_action::XDP_ABORTED,
         };
         Verdict { reason, action }
     }

@@ -17,7 +17,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{ProgramError, Xdp, xdp::XdpMode},
 };
 use lb_common::{
@@ -300,6 +300,9 @@ pub struct Dataplane {
     tx_ports: DevMapHash<MapData>,
     nat: HashMap<MapData, FlowKey, NatValue>,
     nat_state: Array<MapData, u32>,
+    /// Held so that its slots stay filled while the data plane is not
+    /// pinned (a program array empties when its last user goes).
+    _icmp_progs: ProgramArray<MapData>,
     cfg: DataplaneConfig,
     ncpus: usize,
     vips: BTreeMap<VipAddr, VipState>,
@@ -380,6 +383,7 @@ impl Dataplane {
             (names::REASONS, Reason::COUNT),
             (names::NAT, cfg.nat_capacity),
             (names::NAT_STATE, 1),
+            (names::ICMP_PROGS, 2),
         ];
         let mut loader = EbpfLoader::new();
         let mut pins = Vec::new();
@@ -408,6 +412,31 @@ impl Dataplane {
             name: names::PROG_LB,
             source,
         })?;
+        // The ICMP programs `hola_lb` tail-calls, in their slots (which a
+        // pinned `ICMP_PROGS` of a previous daemon holds until replaced).
+        let mut icmp_progs: ProgramArray<MapData> = {
+            let m = ebpf
+                .take_map(names::ICMP_PROGS)
+                .ok_or(DataplaneError::MissingMap(names::ICMP_PROGS))?;
+            m.try_into().map_err(|source| DataplaneError::Map {
+                name: names::ICMP_PROGS,
+                source,
+            })?
+        };
+        for (slot, name) in [
+            (names::ICMP_TO_CLIENT, names::PROG_ICMP_TO_CLIENT),
+            (names::ICMP_TO_BACKEND, names::PROG_ICMP_TO_BACKEND),
+        ] {
+            let p: &mut Xdp = program(&mut ebpf, name)?;
+            p.load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+            let fd = p
+                .fd()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+            icmp_progs
+                .set(slot, fd, 0)
+                .map_err(map_err(names::ICMP_PROGS))?;
+        }
 
         macro_rules! take {
             ($name:expr) => {{
@@ -433,6 +462,7 @@ impl Dataplane {
             tx_ports: take!(names::TX_PORTS),
             nat: take!(names::NAT),
             nat_state: take!(names::NAT_STATE),
+            _icmp_progs: icmp_progs,
             ebpf,
             vip_ids: IdPool::new(cfg.max_vips),
             backend_ids: IdPool::new(cfg.max_backends),
@@ -719,11 +749,10 @@ impl Dataplane {
     /// (live entries, entries deleted). Reads the whole table.
     pub fn sweep_nat(&mut self) -> Result<(u64, u64), DataplaneError> {
         let now = monotonic_ns();
-        let s = Settings {
-            nat_tcp_idle_ns: self.cfg.nat_tcp_idle.as_nanos() as u64,
-            nat_udp_idle_ns: self.cfg.nat_udp_idle.as_nanos() as u64,
-            nat_closed_linger_ns: self.cfg.nat_closed_linger.as_nanos() as u64,
-            ..Settings::default()
+        let s = lb_common::flow::NatTimeouts {
+            tcp_idle_ns: self.cfg.nat_tcp_idle.as_nanos() as u64,
+            udp_idle_ns: self.cfg.nat_udp_idle.as_nanos() as u64,
+            closed_linger_ns: self.cfg.nat_closed_linger.as_nanos() as u64,
         };
         let mut expired = Vec::new();
         let mut live = 0u64;

@@ -1072,6 +1072,154 @@ fn packet_fixtures() {
         XDP_DROP,
         Reason::DropNatExpired,
     ));
+    // ICMP errors about NAT flows, translated with the packet they quote.
+    // A fresh TCP flow (41005) and the IPv6 one (41003) are live.
+    nat_rows.push(nat_row(
+        "nat: IPv4 TCP SYN of a flow ICMP errors will quote",
+        &Pkt::new(client, n4, L4::tcp(41005, 80, TCP_SYN)),
+        Reason::FwdNewFlow,
+        nat4,
+        "198.18.4.1",
+        8080,
+    ));
+    // The quoted packet keeps its TCP/UDP checksum: hola leaves it.
+    let with_l4_csum_of = |mut l3: Vec<u8>, from: &[u8]| {
+        let hl = if l3[0] >> 4 == 4 {
+            usize::from(l3[0] & 0x0f) * 4
+        } else {
+            40
+        };
+        let at = hl
+            + if l3[if hl == 40 { 6 } else { 9 }] == 17 {
+                6
+            } else {
+                16
+            };
+        l3[at..at + 2].copy_from_slice(&from[at..at + 2]);
+        l3
+    };
+    let icmp =
+        |from: &str, to: &str, kind: u8, code: u8, quoted: &[u8], macs: ([u8; 6], [u8; 6])| {
+            let (s6, d6) = (ip(from), ip(to));
+            let mut m = vec![kind, code, 0, 0, 0, 0, 0x05, 0xdc]; // MTU 1500 where it applies
+            m.extend_from_slice(quoted);
+            let c = match (s6, d6) {
+                (IpAddr::V6(a), IpAddr::V6(b)) => {
+                    fold(sum16(&a.octets()) + sum16(&b.octets()) + m.len() as u32 + 58 + sum16(&m))
+                }
+                _ => fold(sum16(&m)),
+            };
+            m[2..4].copy_from_slice(&c.to_be_bytes());
+            let proto = if s6.is_ipv4() { 1 } else { 58 };
+            let mut p = Pkt::new(from, to, L4::Raw { proto, bytes: m });
+            p.dmac = macs.0;
+            p.smac = macs.1;
+            p.bytes()
+        };
+    let to_lb = |from: &str| (LB_MAC, bmac(ip(from)));
+    let icmp_row = |name: &str, input: Vec<u8>, output: Vec<u8>| Row {
+        name: name.into(),
+        input,
+        output,
+        action: XDP_TX,
+        reason: Reason::FwdNatIcmp,
+        vip: None,
+        backend: None,
+    };
+    // To the client: errors quoting a request on its way to the backend.
+    let req4 = Pkt::new(client, "198.18.4.1", L4::tcp(41005, 8080, TCP_SYN)).l3();
+    let req4_vip = with_l4_csum_of(
+        Pkt::new(client, n4, L4::tcp(41005, 80, TCP_SYN)).l3(),
+        &req4,
+    );
+    let req6 = Pkt::new(client6, "2001:db8:4::1", L4::tcp(41003, 8080, TCP_SYN)).l3();
+    let req6_vip = with_l4_csum_of(
+        Pkt::new(client6, n6, L4::tcp(41003, 80, TCP_SYN)).l3(),
+        &req6,
+    );
+    let udp_req = Pkt::new(client, "198.18.4.2", L4::udp(41002, 53, b"query")).l3();
+    let udp_req_vip = with_l4_csum_of(
+        Pkt::new(client, n4, L4::udp(41002, 53, b"query")).l3(),
+        &udp_req,
+    );
+    nat_rows.push(icmp_row(
+        "nat icmp: the backend's port unreachable reaches the client from the VIP",
+        icmp("198.18.4.2", client, 3, 3, &udp_req, to_lb("198.18.4.2")),
+        icmp(n4, client, 3, 3, &udp_req_vip, (CLIENT_MAC, LB_MAC)),
+    ));
+    nat_rows.push(icmp_row(
+        "nat icmp: a router's fragmentation needed reaches the client, quoting the VIP",
+        icmp("198.18.4.254", client, 3, 4, &req4, to_lb("198.18.4.254")),
+        icmp(
+            "198.18.4.254",
+            client,
+            3,
+            4,
+            &req4_vip,
+            (CLIENT_MAC, LB_MAC),
+        ),
+    ));
+    nat_rows.push(icmp_row(
+        "nat icmp: IPv6 packet too big from the backend reaches the client",
+        icmp(
+            "2001:db8:4::1",
+            client6,
+            2,
+            0,
+            &req6,
+            to_lb("2001:db8:4::1"),
+        ),
+        icmp(n6, client6, 2, 0, &req6_vip, (CLIENT_MAC, LB_MAC)),
+    ));
+    // To the backend: errors addressed to the VIP, quoting a reply.
+    let rep4_vip = Pkt::new(n4, client, L4::tcp(80, 41005, SYN_ACK)).l3();
+    let rep4 = with_l4_csum_of(
+        Pkt::new("198.18.4.1", client, L4::tcp(8080, 41005, SYN_ACK)).l3(),
+        &rep4_vip,
+    );
+    let rep6_vip = Pkt::new(n6, client6, L4::tcp(80, 41003, SYN_ACK)).l3();
+    let rep6 = with_l4_csum_of(
+        Pkt::new("2001:db8:4::1", client6, L4::tcp(8080, 41003, SYN_ACK)).l3(),
+        &rep6_vip,
+    );
+    nat_rows.push(icmp_row(
+        "nat icmp: fragmentation needed for a reply goes to its backend",
+        icmp("198.18.0.254", n4, 3, 4, &rep4_vip, (LB_MAC, CLIENT_MAC)),
+        icmp(
+            "198.18.0.254",
+            "198.18.4.1",
+            3,
+            4,
+            &rep4,
+            (bmac(ip("198.18.4.1")), LB_MAC),
+        ),
+    ));
+    nat_rows.push(icmp_row(
+        "nat icmp: IPv6 packet too big for a reply goes to its backend",
+        icmp("2001:db8::fe", n6, 2, 0, &rep6_vip, (LB_MAC, CLIENT_MAC)),
+        icmp(
+            "2001:db8::fe",
+            "2001:db8:4::1",
+            2,
+            0,
+            &rep6,
+            (bmac(ip("2001:db8:4::1")), LB_MAC),
+        ),
+    ));
+    // Not ours: an echo request, and an error about no NAT flow.
+    nat_rows.push(Row::untouched(
+        "nat icmp: an echo request to a client passes",
+        icmp("198.18.4.1", client, 8, 0, &[0u8; 8], to_lb("198.18.4.1")),
+        XDP_PASS,
+        Reason::PassNotVip,
+    ));
+    let stranger = Pkt::new(client, "198.18.4.1", L4::tcp(49998, 8080, TCP_SYN)).l3();
+    nat_rows.push(Row::untouched(
+        "nat icmp: an error quoting no NAT flow passes",
+        icmp("198.18.4.1", client, 3, 3, &stranger, to_lb("198.18.4.1")),
+        XDP_PASS,
+        Reason::PassNotVip,
+    ));
     run_rows(&mut dp, &mut rows, nat_rows);
     // Every NAT output's checksums verify when recomputed from scratch.
     for r in rows

@@ -68,6 +68,10 @@ mode = "nat"
     for i in backends {
         c += &format!("\n[[vip.backend]]\naddress = \"{}\"\n", nat_addr(*i));
     }
+    // A UDP service nobody listens on: the backend answers with ICMP port
+    // unreachable, which must reach the client translated.
+    c += "\n[[vip]]\naddress = \"198.18.1.3\"\nport = 5353\nprotocol = \"udp\"\nmode = \"nat\"\n";
+    c += &format!("\n[[vip.backend]]\naddress = \"{}\"\n", nat_addr(1));
     c
 }
 
@@ -117,6 +121,24 @@ fn http_through_nat_reaches_backends_that_see_the_client() {
         local.iter().all(|a| a.to_string().starts_with("198.18.2.")),
         "backends were reached at their own addresses, not the VIP: {local:?}"
     );
+
+    // The backend's ICMP port unreachable comes back quoting the VIP, so
+    // the client's socket sees the refusal (untranslated, it would not).
+    let refused = in_ns(&lab.t.ns("cl"), || {
+        let u = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        u.connect(format!("{NAT_VIP}:5353")).expect("connect");
+        u.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        u.send(b"anyone?").expect("send");
+        let mut buf = [0u8; 64];
+        u.recv(&mut buf).map(|_| ()).map_err(|e| e.kind())
+    });
+    assert_eq!(
+        refused,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "the client sees the port unreachable from the VIP"
+    );
+    assert_eq!(d.stats().reasons["fwd_nat_icmp"].packets, 1);
 
     // Long-lived connections keep their backend while one is added.
     let vip: SocketAddr = format!("{NAT_VIP}:80").parse().expect("vip");
@@ -169,9 +191,9 @@ fn http_through_nat_reaches_backends_that_see_the_client() {
     };
     println!("nat: {:?}", s.nat);
     assert_eq!(s.nat.capacity, 65536);
-    // 620 flows, closed ones lingering 10 s: all still there.
+    // 620 TCP flows (closed ones linger 10 s) and the UDP one: all there.
     assert!(
-        s.nat.entries >= 20 && s.nat.entries <= 620,
+        s.nat.entries >= 21 && s.nat.entries <= 621,
         "NAT entries: {:?}",
         s.nat
     );
