@@ -57,8 +57,65 @@ pub struct NatValue {
     pub last_ns: u64,
     /// When a FIN or RST was first seen (0: not yet).
     pub closed_ns: u64,
+    /// The backend (id) the flow went to, for its handshake counters.
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// When the client's SYN went to the backend, until the backend
+    /// answered it (SYN-ACK or RST); 0 otherwise. Userspace counts entries
+    /// whose SYN stays unanswered.
+    pub syn_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<NatValue>() == 56);
+const _: () = assert!(core::mem::size_of::<NatValue>() == 72);
+
+/// Buckets of the handshake latency histogram: bucket `i` counts SYN →
+/// SYN-ACK latencies in `[2^i, 2^(i+1))` microseconds (bucket 0 also the
+/// faster ones, the last also the slower ones).
+pub const HANDSHAKE_BUCKETS: usize = 24;
+
+/// One element of the per-CPU `HANDSHAKES` array, indexed by backend id:
+/// what the program saw of the TCP handshakes of NAT flows to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandshakeStats {
+    pub buckets: [u64; HANDSHAKE_BUCKETS],
+    /// SYNs answered by a SYN-ACK (the sum of the buckets).
+    pub syn_acks: u64,
+    /// SYNs answered by a RST (the port is closed, the server refuses).
+    pub rsts: u64,
+}
+const _: () = assert!(core::mem::size_of::<HandshakeStats>() == 8 * (HANDSHAKE_BUCKETS + 2));
+
+/// The histogram bucket of a latency of `us` microseconds.
+#[inline(always)]
+pub fn handshake_bucket(us: u64) -> usize {
+    // A branchy log2: no count-leading-zeros instruction in BPF.
+    let mut v = us;
+    let mut b = 0usize;
+    if v >= 1 << 16 {
+        v >>= 16;
+        b += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        b += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        b += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        b += 2;
+    }
+    if v >= 1 << 1 {
+        b += 1;
+    }
+    if b >= HANDSHAKE_BUCKETS {
+        HANDSHAKE_BUCKETS - 1
+    } else {
+        b
+    }
+}
 
 /// Last-seen times are refreshed at most this often, so that a busy flow
 /// does not write its entry on every packet.
@@ -86,4 +143,4 @@ pub fn nat_expired(v: &NatValue, proto: u8, now_ns: u64, t: &NatTimeouts) -> boo
     now_ns.saturating_sub(v.last_ns) > idle
 }
 
-crate::pod!(FlowKey, FlowValue, NatValue);
+crate::pod!(FlowKey, FlowValue, NatValue, HandshakeStats);

@@ -16,7 +16,7 @@ pub mod stats;
 pub mod vip;
 
 pub use backend::Backend;
-pub use flow::{FlowKey, FlowValue, NatValue};
+pub use flow::{FlowKey, FlowValue, HandshakeStats, NatValue};
 pub use settings::Settings;
 pub use stats::{BackendStats, Reason, ReasonStats, VipStats};
 pub use vip::{AddrVips, VipKey, VipMeta, VipSlot};

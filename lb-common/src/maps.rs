@@ -15,6 +15,7 @@ pub const TX_PORTS: &str = "TX_PORTS";
 pub const NAT: &str = "NAT";
 pub const NAT_STATE: &str = "NAT_STATE";
 pub const ICMP_PROGS: &str = "ICMP_PROGS";
+pub const HANDSHAKES: &str = "HANDSHAKES";
 
 /// Slots of `ICMP_PROGS`: the programs `hola_lb` tail-calls for ICMP
 /// errors about NAT flows.

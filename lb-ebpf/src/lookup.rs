@@ -186,7 +186,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
                 family,
                 proto,
             };
-            nat::request(ctx, &at, &key, backend, ports.tcp_flags)?;
+            nat::request(ctx, &at, &key, backend, backend_id, ports.tcp_flags)?;
         }
         forward::rewrite_macs(ctx, backend)?;
     }

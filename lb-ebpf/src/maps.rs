@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    AddrVips, Backend, BackendStats, FlowKey, FlowValue, NatValue, Reason, ReasonStats, VipKey,
-    VipMeta, VipStats,
+    AddrVips, Backend, BackendStats, FlowKey, FlowValue, HandshakeStats, NatValue, Reason,
+    ReasonStats, VipKey, VipMeta, VipStats,
 };
 
 /// (address, port, protocol) → VIP, for every VIP. Written by userspace
@@ -69,6 +69,12 @@ pub static NAT_STATE: Array<u32> = Array::with_max_entries(1, 0);
 /// by userspace when it loads the programs.
 #[map]
 pub static ICMP_PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+/// NAT mode, per-CPU, per backend id: the SYN → SYN-ACK latency histogram
+/// and the SYNs answered by RST (passive health). Written by the program
+/// on the reply path, read by userspace; zeroed when an id is (re)assigned.
+#[map]
+pub static HANDSHAKES: PerCpuArray<HandshakeStats> = PerCpuArray::with_max_entries(4096, 0);
 
 /// Per-CPU counters per VIP id. Written by the program, read by userspace.
 #[map]

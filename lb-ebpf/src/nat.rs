@@ -7,19 +7,21 @@
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
     Backend, FAMILY_V4, FlowKey, NatValue, PROTO_TCP, PROTO_UDP, Reason,
-    flow::{NAT_TOUCH_NS, nat_expired},
+    flow::{NAT_TOUCH_NS, handshake_bucket, nat_expired},
 };
 
 use crate::{
     csum,
     forward::nat_timeouts,
-    maps::{NAT, NAT_STATE, TX_PORTS},
+    maps::{HANDSHAKES, NAT, NAT_STATE, TX_PORTS},
     parse::{l4::Ports, ptr_at},
     verdict::Verdict,
 };
 
 const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
 /// Where the headers of the packet being translated are.
 pub struct Layout {
@@ -44,6 +46,7 @@ pub fn request(
     at: &Layout,
     key: &FlowKey,
     b: &Backend,
+    backend_id: u32,
     tcp_flags: u8,
 ) -> Result<(), Reason> {
     let bport = if b.port != 0 { b.port } else { key.dport };
@@ -59,6 +62,7 @@ pub fn request(
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let closing = key.proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    let syn = key.proto == PROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let fresh = match NAT.get_ptr_mut(&rev) {
         Some(v) => {
             // SAFETY: a pointer into the map value; LRU entries stay valid
@@ -89,6 +93,11 @@ pub fn request(
             smac: [0; 6],
             last_ns: now,
             closed_ns: if closing { now } else { 0 },
+            backend_id,
+            _pad: 0,
+            // A retransmitted SYN keeps the first one's time (the entry
+            // exists then): the latency includes the retransmission.
+            syn_ns: if syn { now } else { 0 },
         };
         v.dmac.copy_from_slice(&macs[6..12]);
         v.smac.copy_from_slice(&macs[..6]);
@@ -121,6 +130,9 @@ pub fn reply(
     }
     let closing = key.proto == PROTO_TCP && ports.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     touch(v, now, closing);
+    if v.syn_ns != 0 && key.proto == PROTO_TCP {
+        handshake(v, now, ports.tcp_flags);
+    }
     let (vip_addr, vip_port, ifindex) = (v.vip_addr, v.vip_port, v.ifindex);
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&v.dmac);
@@ -146,6 +158,37 @@ pub fn reply(
         reason: Reason::FwdNatReply,
         action,
     })
+}
+
+/// The backend's answer to a flow's SYN: a SYN-ACK's latency goes into
+/// the backend's histogram, a RST is counted.
+#[inline(always)]
+fn handshake(v: &mut NatValue, now: u64, flags: u8) {
+    let answered = if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+        1
+    } else if flags & TCP_RST != 0 {
+        2
+    } else {
+        0
+    };
+    if answered == 0 {
+        return;
+    }
+    if let Some(h) = HANDSHAKES.get_ptr_mut(v.backend_id) {
+        // SAFETY: per-CPU element, written only by this CPU.
+        let h = unsafe { &mut *h };
+        if answered == 1 {
+            let us = now.saturating_sub(v.syn_ns) / 1000;
+            let b = handshake_bucket(us);
+            if let Some(c) = h.buckets.get_mut(b) {
+                *c += 1;
+            }
+            h.syn_acks += 1;
+        } else {
+            h.rsts += 1;
+        }
+    }
+    v.syn_ns = 0;
 }
 
 #[inline(always)]

@@ -155,6 +155,10 @@ pub struct VipConfig {
     /// Agent check (load-aware weights); `None`: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentConfig>,
+    /// NAT mode: take out backends whose TCP handshakes fail (passive
+    /// health); `None`: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<OutlierConfig>,
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
 }
@@ -198,6 +202,34 @@ pub struct BackendConfig {
     /// Replaces the VIP's agent check for this backend (the whole table).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentConfig>,
+}
+
+/// A `[vip.outlier]` table (NAT mode, TCP): a backend whose handshakes
+/// fail `failures` times within `window` (SYN answered by RST, or not
+/// answered within `syn_timeout`) is taken out like a failed health check
+/// for `cooldown`, then put back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    #[serde(default = "d::outlier_failures")]
+    pub failures: u32,
+    #[serde(default = "d::outlier_window", with = "duration_serde")]
+    pub window: Duration,
+    #[serde(default = "d::outlier_cooldown", with = "duration_serde")]
+    pub cooldown: Duration,
+    #[serde(default = "d::outlier_syn_timeout", with = "duration_serde")]
+    pub syn_timeout: Duration,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            failures: d::outlier_failures(),
+            window: d::outlier_window(),
+            cooldown: d::outlier_cooldown(),
+            syn_timeout: d::outlier_syn_timeout(),
+        }
+    }
 }
 
 /// A `[vip.agent]` or `[vip.backend.agent]` table: the agent check. The
@@ -676,6 +708,18 @@ mod d {
     pub fn nat_capacity() -> u32 {
         defaults::NAT_CAPACITY
     }
+    pub fn outlier_failures() -> u32 {
+        5
+    }
+    pub fn outlier_window() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn outlier_cooldown() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn outlier_syn_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
     pub fn nat_tcp_timeout() -> Duration {
         defaults::NAT_TCP_TIMEOUT
     }
@@ -1130,8 +1174,47 @@ struct RawVip {
     table_size: Option<i64>,
     health: Option<RawHealth>,
     agent: Option<RawAgent>,
+    outlier: Option<RawOutlier>,
     #[serde(default)]
     backend: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutlier {
+    failures: Option<i64>,
+    window: Option<String>,
+    cooldown: Option<String>,
+    syn_timeout: Option<String>,
+}
+
+impl RawOutlier {
+    fn convert(self, sink: &mut Sink<'_>, path: &str) -> OutlierConfig {
+        let mut o = OutlierConfig::default();
+        o.failures = sink.int(
+            &format!("{path}.failures"),
+            self.failures,
+            o.failures,
+            "1..=1000",
+        );
+        for (key, v, slot) in [
+            ("window", self.window, &mut o.window),
+            ("cooldown", self.cooldown, &mut o.cooldown),
+            ("syn_timeout", self.syn_timeout, &mut o.syn_timeout),
+        ] {
+            if let Some(s) = v {
+                let p = format!("{path}.{key}");
+                match parse_duration(&s) {
+                    Some(d) => *slot = d,
+                    None => {
+                        sink.error(&p, format!("{p} = {s:?}: {DURATION_RULE}"));
+                        sink.poisoned.push(p);
+                    }
+                }
+            }
+        }
+        o
+    }
 }
 
 #[derive(Deserialize)]
@@ -1377,6 +1460,9 @@ impl RawVip {
         let agent = self
             .agent
             .map(|a| a.convert(sink, &format!("{path}.agent")));
+        let outlier = self
+            .outlier
+            .map(|o| o.convert(sink, &format!("{path}.outlier")));
         let backends = (self.backend.into_iter().enumerate())
             .map(|(i, b)| b.convert(sink, &format!("{path}.backend[{i}]")))
             .collect();
@@ -1389,6 +1475,7 @@ impl RawVip {
             table_size,
             health,
             agent,
+            outlier,
             backends,
         }
     }
@@ -1869,6 +1956,39 @@ impl Config {
         }
         if let Some(a) = &vip.agent {
             check_agent(sink, &format!("{path}.agent"), a);
+        }
+        if let Some(o) = &vip.outlier {
+            let p = format!("{path}.outlier");
+            if vip.mode != VipMode::Nat || vip.protocol != Protocol::Tcp {
+                sink.error(
+                    &p,
+                    format!(
+                        "{p}: only for mode = \"nat\" and protocol = \"tcp\" (hola sees the \
+                         handshakes only then); remove it or change {path}.mode"
+                    ),
+                );
+            }
+            check_range(sink, &format!("{p}.failures"), o.failures, 1, 1000, "");
+            for (key, d, lo, hi) in [
+                ("window", o.window, 1000, 3_600_000),
+                ("cooldown", o.cooldown, 1000, 3_600_000),
+                ("syn_timeout", o.syn_timeout, 100, 60_000),
+            ] {
+                let kp = format!("{p}.{key}");
+                if !sink.is_poisoned(&kp)
+                    && !(Duration::from_millis(lo)..=Duration::from_millis(hi)).contains(&d)
+                {
+                    sink.error(
+                        &kp,
+                        format!(
+                            "{kp} = \"{}\": must be \"{}\"..=\"{}\"",
+                            format_duration(d),
+                            format_duration(Duration::from_millis(lo)),
+                            format_duration(Duration::from_millis(hi))
+                        ),
+                    );
+                }
+            }
         }
         let mut seen: HashMap<IpAddr, usize> = HashMap::new();
         for (j, b) in vip.backends.iter().enumerate() {

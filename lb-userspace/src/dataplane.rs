@@ -21,8 +21,9 @@ use aya::{
     programs::{ProgramError, Xdp, xdp::XdpMode},
 };
 use lb_common::{
-    AddrVips, Backend, BackendStats, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, NatValue, PROTO_TCP,
-    PROTO_UDP, Reason, ReasonStats, Settings, VipKey, VipMeta, VipSlot, VipStats,
+    AddrVips, Backend, BackendStats, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, HandshakeStats,
+    NatValue, PROTO_TCP, PROTO_UDP, Reason, ReasonStats, Settings, VipKey, VipMeta, VipSlot,
+    VipStats,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
     maps as names,
     vip::{
@@ -236,6 +237,17 @@ fn family_name(a: &IpAddr) -> &'static str {
     if a.is_ipv4() { "IPv4" } else { "IPv6" }
 }
 
+/// What a sweep of the NAT table found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatSweep {
+    /// Entries not expired.
+    pub live: u64,
+    /// Expired entries deleted.
+    pub removed: u64,
+    /// SYNs left unanswered too long, per (VIP, backend).
+    pub unanswered: BTreeMap<(VipAddr, IpAddr), u64>,
+}
+
 /// Counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -247,6 +259,8 @@ pub struct Stats {
 pub struct VipCounters {
     pub stats: VipStats,
     pub backends: BTreeMap<IpAddr, BackendStats>,
+    /// NAT VIPs: what the program saw of each backend's TCP handshakes.
+    pub handshakes: BTreeMap<IpAddr, HandshakeStats>,
 }
 
 struct BackendState {
@@ -296,6 +310,7 @@ pub struct Dataplane {
     flows: HashMap<MapData, FlowKey, FlowValue>,
     vip_stats: PerCpuArray<MapData, VipStats>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
+    handshakes: PerCpuArray<MapData, HandshakeStats>,
     reasons: PerCpuArray<MapData, ReasonStats>,
     tx_ports: DevMapHash<MapData>,
     nat: HashMap<MapData, FlowKey, NatValue>,
@@ -384,6 +399,7 @@ impl Dataplane {
             (names::NAT, cfg.nat_capacity),
             (names::NAT_STATE, 1),
             (names::ICMP_PROGS, 2),
+            (names::HANDSHAKES, cfg.max_backends + 1),
         ];
         let mut loader = EbpfLoader::new();
         let mut pins = Vec::new();
@@ -458,6 +474,7 @@ impl Dataplane {
             flows: take!(names::FLOWS),
             vip_stats: take!(names::VIP_STATS),
             backend_stats: take!(names::BACKEND_STATS),
+            handshakes: take!(names::HANDSHAKES),
             reasons: take!(names::REASONS),
             tx_ports: take!(names::TX_PORTS),
             nat: take!(names::NAT),
@@ -745,9 +762,10 @@ impl Dataplane {
             .map_err(map_err(names::NAT_STATE))
     }
 
-    /// Deletes the NAT entries that have expired and counts the others:
-    /// (live entries, entries deleted). Reads the whole table.
-    pub fn sweep_nat(&mut self) -> Result<(u64, u64), DataplaneError> {
+    /// Deletes the NAT entries that have expired and counts the others, and
+    /// finds SYNs the backend left unanswered for `syn_timeout` (each is
+    /// counted once: its SYN time is cleared). Reads the whole table.
+    pub fn sweep_nat(&mut self, syn_timeout: Duration) -> Result<NatSweep, DataplaneError> {
         let now = monotonic_ns();
         let s = lb_common::flow::NatTimeouts {
             tcp_idle_ns: self.cfg.nat_tcp_idle.as_nanos() as u64,
@@ -755,6 +773,7 @@ impl Dataplane {
             closed_linger_ns: self.cfg.nat_closed_linger.as_nanos() as u64,
         };
         let mut expired = Vec::new();
+        let mut unanswered = Vec::new();
         let mut live = 0u64;
         for entry in self.nat.iter() {
             let (k, v) = match entry {
@@ -767,17 +786,44 @@ impl Dataplane {
                 expired.push(k);
             } else {
                 live += 1;
+                if v.syn_ns != 0 && now.saturating_sub(v.syn_ns) > syn_timeout.as_nanos() as u64 {
+                    unanswered.push((k, v));
+                }
             }
         }
-        let mut removed = 0;
+        let mut out = NatSweep {
+            live,
+            ..NatSweep::default()
+        };
+        for (k, mut v) in unanswered {
+            let id = v.backend_id;
+            v.syn_ns = 0;
+            // Only if the entry is still there (BPF_EXIST): a flow that
+            // ended meanwhile is not brought back.
+            if self.nat.insert(k, v, 2).is_ok()
+                && let Some(addr) = self.backend_addr_by_id(id)
+            {
+                *out.unanswered.entry(addr).or_default() += 1;
+            }
+        }
         for k in &expired {
             match self.nat.remove(k) {
-                Ok(()) => removed += 1,
+                Ok(()) => out.removed += 1,
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(names::NAT)(e)),
             }
         }
-        Ok((live, removed))
+        Ok(out)
+    }
+
+    /// The VIP and address of the backend with id `id`.
+    fn backend_addr_by_id(&self, id: u32) -> Option<(VipAddr, IpAddr)> {
+        self.vips.iter().find_map(|(vip, v)| {
+            v.backends
+                .iter()
+                .find(|b| b.id == id)
+                .map(|b| (*vip, b.spec.addr))
+        })
     }
 
     /// The NAT entry of a reply 5-tuple, if any.
@@ -876,6 +922,14 @@ impl Dataplane {
                         0,
                     )
                     .map_err(map_err(names::BACKEND_STATS))?;
+                self.handshakes
+                    .set(
+                        b.id,
+                        PerCpuValues::try_from(vec![HandshakeStats::default(); self.ncpus])
+                            .expect("ncpus > 0"),
+                        0,
+                    )
+                    .map_err(map_err(names::HANDSHAKES))?;
             }
             let entry = backend_entry(&b.spec, vip_id);
             self.backends_map
@@ -1001,6 +1055,21 @@ impl Dataplane {
                     sum.new_flows += s.new_flows;
                 }
                 c.backends.insert(b.spec.addr, sum);
+                if v.spec.mode == Mode::Nat {
+                    let per_cpu = self
+                        .handshakes
+                        .get(&b.id, 0)
+                        .map_err(map_err(names::HANDSHAKES))?;
+                    let mut h = HandshakeStats::default();
+                    for s in per_cpu.iter() {
+                        for (t, x) in h.buckets.iter_mut().zip(s.buckets) {
+                            *t += x;
+                        }
+                        h.syn_acks += s.syn_acks;
+                        h.rsts += s.rsts;
+                    }
+                    c.handshakes.insert(b.spec.addr, h);
+                }
             }
             out.vips.insert(*addr, c);
         }

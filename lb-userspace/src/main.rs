@@ -336,6 +336,7 @@ async fn client_cmd(socket: &std::path::Path, cmd: Cmd) -> anyhow::Result<()> {
                     table_size,
                     health: None,
                     agent: None,
+                    outlier: None,
                     backends: Vec::new(),
                 };
                 post(socket, "/v1/vips", &v).await?;

@@ -153,6 +153,21 @@ type Key = (VipAddr, IpAddr);
 struct Checks {
     health: HashMap<Key, Health>,
     agents: HashMap<Key, AgentStatus>,
+    /// Taken out by the outlier rule (passive health), until the cool-down.
+    ejected: std::collections::HashSet<Key>,
+}
+
+/// Passive health of one backend of a NAT VIP: its handshake failures.
+#[derive(Default)]
+struct Passive {
+    /// SYNs left unanswered (from the NAT sweeps), since hola started.
+    timeouts: u64,
+    /// Failures (RSTs + timeouts) seen at the last sample.
+    last_total: u64,
+    /// Failures within the outlier window: (when, how many).
+    recent: std::collections::VecDeque<(Instant, u64)>,
+    /// Taken out until then.
+    ejected_until: Option<Instant>,
 }
 
 impl Checks {
@@ -160,7 +175,8 @@ impl Checks {
     /// not declared down by its agent.
     fn is_up(&self, vip: &VipConfig, i: usize) -> bool {
         let key = (vip_addr(vip), vip.backends[i].address);
-        self.health.get(&key).is_none_or(|h| h.machine.up)
+        !self.ejected.contains(&key)
+            && self.health.get(&key).is_none_or(|h| h.machine.up)
             && self
                 .agents
                 .get(&key)
@@ -225,6 +241,7 @@ pub struct Owner {
     last: Option<(Instant, Stats)>,
     nat: crate::stats::NatReport,
     nat_swept: Option<Instant>,
+    passive: HashMap<Key, Passive>,
 }
 
 impl Owner {
@@ -242,6 +259,7 @@ impl Owner {
             last: None,
             nat: crate::stats::NatReport::default(),
             nat_swept: None,
+            passive: HashMap::new(),
         }
     }
 
@@ -261,6 +279,7 @@ impl Owner {
             if due {
                 self.sample();
                 self.sweep_nat();
+                self.outliers();
                 if self.ramping() {
                     let config = self.config.clone();
                     if let Err(e) = self.reconcile(&config, Duration::ZERO) {
@@ -293,13 +312,101 @@ impl Owner {
             return;
         }
         self.nat_swept = Some(Instant::now());
-        match self.dp.sweep_nat() {
-            Ok((live, removed)) => {
-                self.nat.entries = live;
-                self.nat.expired_removed += removed;
+        let syn_timeout = self
+            .config
+            .vips
+            .iter()
+            .filter_map(|v| v.outlier.as_ref().map(|o| o.syn_timeout))
+            .min()
+            .unwrap_or(crate::config::OutlierConfig::default().syn_timeout);
+        match self.dp.sweep_nat(syn_timeout) {
+            Ok(s) => {
+                self.nat.entries = s.live;
+                self.nat.expired_removed += s.removed;
                 self.nat.swept_ms = now_ms();
+                for (key, n) in s.unanswered {
+                    self.passive.entry(key).or_default().timeouts += n;
+                }
             }
             Err(e) => tracing::warn!(error = %e, "sweeping the NAT table"),
+        }
+    }
+
+    /// The outlier rule: a backend of a NAT VIP whose handshakes failed
+    /// `failures` times within `window` is taken out for `cooldown`.
+    fn outliers(&mut self) {
+        let Some((_, stats)) = &self.last else { return };
+        let now = Instant::now();
+        let mut changes = Vec::new();
+        for v in &self.config.vips {
+            let Some(rule) = &v.outlier else { continue };
+            let key_v = vip_addr(v);
+            for b in &v.backends {
+                let key = (key_v, b.address);
+                let rsts = stats
+                    .vips
+                    .get(&key_v)
+                    .and_then(|c| c.handshakes.get(&b.address))
+                    .map_or(0, |h| h.rsts);
+                let p = self.passive.entry(key).or_default();
+                let total = rsts + p.timeouts;
+                if total > p.last_total {
+                    p.recent.push_back((now, total - p.last_total));
+                }
+                p.last_total = total;
+                while p
+                    .recent
+                    .front()
+                    .is_some_and(|(t, _)| now.duration_since(*t) > rule.window)
+                {
+                    p.recent.pop_front();
+                }
+                match p.ejected_until {
+                    Some(until) if now >= until => {
+                        p.ejected_until = None;
+                        p.recent.clear();
+                        changes.push((
+                            key,
+                            false,
+                            format!(
+                                "cool-down of {} over",
+                                crate::config::format_duration(rule.cooldown)
+                            ),
+                        ));
+                    }
+                    None => {
+                        let failures: u64 = p.recent.iter().map(|(_, n)| n).sum();
+                        if failures >= u64::from(rule.failures) {
+                            p.ejected_until = Some(now + rule.cooldown);
+                            changes.push((
+                                key,
+                                true,
+                                format!(
+                                    "{failures} handshake failures (RST or no SYN-ACK) within {}",
+                                    crate::config::format_duration(rule.window)
+                                ),
+                            ));
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+        for (key, out, _) in &changes {
+            if *out {
+                self.checks.ejected.insert(*key);
+            } else {
+                self.checks.ejected.remove(key);
+            }
+        }
+        self.apply_checks();
+        let at = now_ms();
+        for ((vip, backend), out, detail) in changes {
+            let state = if out { "outlier down" } else { "outlier up" };
+            self.event(at, vip, backend, state, detail);
         }
     }
 
@@ -721,8 +828,18 @@ impl Owner {
                 };
                 let (eff, _) = self.checks.effective(v, i);
                 let h = self.checks.health.get(&(key, b.address));
+                let ejected = self.checks.ejected.contains(&(key, b.address));
+                let handshake = c.handshakes.get(&b.address).map(|hs| {
+                    let timeouts = self
+                        .passive
+                        .get(&(key, b.address))
+                        .map_or(0, |p| p.timeouts);
+                    crate::stats::HandshakeReport::new(hs, timeouts)
+                });
                 vip.backends.push(BackendReport {
+                    handshake,
                     health: match h {
+                        _ if ejected => "down",
                         None => "unchecked",
                         Some(h) if h.machine.up => "up",
                         Some(_) => "down",
@@ -857,6 +974,7 @@ mod tests {
             table_size: None,
             health: Some(HealthConfig::new(CheckKind::Tcp)),
             agent: Some(AgentConfig::new(9999)),
+            outlier: None,
             backends: backends
                 .iter()
                 .map(|(a, w, backup)| BackendConfig {

@@ -101,6 +101,9 @@ pub struct BackendReport {
     /// The agent check's state (percentage applied, mode, last answer);
     /// `None` without an agent check.
     pub agent: Option<crate::agent::AgentStatus>,
+    /// NAT VIPs: the backend's TCP handshakes as hola saw them (passive
+    /// health); `None` for other modes.
+    pub handshake: Option<HandshakeReport>,
     /// Whether the next-hop MAC is known (until it is, packets to this
     /// backend are dropped and counted as `drop_no_nexthop`).
     pub nexthop_resolved: bool,
@@ -108,6 +111,50 @@ pub struct BackendReport {
     pub bytes: u64,
     pub new_flows: u64,
     pub rates: Rates,
+}
+
+/// SYN → SYN-ACK latency and failures of one backend's handshakes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandshakeReport {
+    /// SYNs answered by a SYN-ACK.
+    pub syn_acks: u64,
+    /// SYNs answered by a RST.
+    pub rsts: u64,
+    /// SYNs not answered within the outlier rule's `syn_timeout`.
+    pub timeouts: u64,
+    /// Median SYN → SYN-ACK latency: the upper bound of the histogram
+    /// bucket (powers of two microseconds) that holds it; 0 without data.
+    pub p50_us: u64,
+    /// 99th percentile, the same way.
+    pub p99_us: u64,
+}
+
+impl HandshakeReport {
+    pub fn new(h: &lb_common::HandshakeStats, timeouts: u64) -> Self {
+        let total: u64 = h.buckets.iter().sum();
+        let pct = |q: f64| -> u64 {
+            if total == 0 {
+                return 0;
+            }
+            let want = (q * total as f64).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, n) in h.buckets.iter().enumerate() {
+                seen += n;
+                if seen >= want {
+                    return 1u64 << (i + 1);
+                }
+            }
+            1u64 << h.buckets.len()
+        };
+        HandshakeReport {
+            syn_acks: h.syn_acks,
+            rsts: h.rsts,
+            timeouts,
+            p50_us: pct(0.50),
+            p99_us: pct(0.99),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -164,6 +211,11 @@ pub fn prometheus(report: &StatsReport) -> String {
     let be_up = Family::<BackendLabels, Gauge>::default();
     let be_latency = Family::<BackendLabels, Gauge>::default();
     let be_agent = Family::<BackendLabels, Gauge>::default();
+    let hs_p50 = Family::<BackendLabels, Gauge>::default();
+    let hs_p99 = Family::<BackendLabels, Gauge>::default();
+    let hs_ok = Family::<BackendLabels, Counter>::default();
+    let hs_rst = Family::<BackendLabels, Counter>::default();
+    let hs_timeout = Family::<BackendLabels, Counter>::default();
     let be_change = Family::<BackendLabels, Gauge>::default();
     for v in &report.vips {
         let l = VipLabels { vip: v.vip.clone() };
@@ -198,6 +250,13 @@ pub fn prometheus(report: &StatsReport) -> String {
             }
             if let Some(a) = &b.agent {
                 be_agent.get_or_create(&l).set(i64::from(a.percent));
+            }
+            if let Some(h) = &b.handshake {
+                hs_p50.get_or_create(&l).set(h.p50_us as i64);
+                hs_p99.get_or_create(&l).set(h.p99_us as i64);
+                hs_ok.get_or_create(&l).inc_by(h.syn_acks);
+                hs_rst.get_or_create(&l).inc_by(h.rsts);
+                hs_timeout.get_or_create(&l).inc_by(h.timeouts);
             }
         }
     }
@@ -246,6 +305,31 @@ pub fn prometheus(report: &StatsReport) -> String {
         "backend_agent_percent",
         "Percentage of the configured weight applied from the agent check",
         be_agent,
+    );
+    reg.register(
+        "backend_handshake_p50_us",
+        "NAT mode: median SYN to SYN-ACK latency (bucket upper bound, microseconds)",
+        hs_p50,
+    );
+    reg.register(
+        "backend_handshake_p99_us",
+        "NAT mode: 99th percentile SYN to SYN-ACK latency (bucket upper bound, microseconds)",
+        hs_p99,
+    );
+    reg.register(
+        "backend_handshake_syn_acks",
+        "NAT mode: SYNs answered by a SYN-ACK",
+        hs_ok,
+    );
+    reg.register(
+        "backend_handshake_rsts",
+        "NAT mode: SYNs answered by a RST",
+        hs_rst,
+    );
+    reg.register(
+        "backend_handshake_timeouts",
+        "NAT mode: SYNs not answered in time",
+        hs_timeout,
     );
     let nat_entries = Gauge::<i64>::default();
     nat_entries.set(report.nat.entries as i64);
@@ -336,5 +420,38 @@ mod tests {
             assert!(text.lines().any(|t| t == line), "{line} in:\n{text}");
         }
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn handshake_percentiles_come_from_the_buckets() {
+        let mut h = lb_common::HandshakeStats::default();
+        // 90 handshakes of 40-60 µs (bucket 5: [32, 64)), 10 of ~3 ms
+        // (bucket 11: [2048, 4096)).
+        for us in [40u64, 50, 60].iter().cycle().take(90) {
+            h.buckets[lb_common::flow::handshake_bucket(*us)] += 1;
+        }
+        for _ in 0..10 {
+            h.buckets[lb_common::flow::handshake_bucket(3000)] += 1;
+        }
+        h.syn_acks = 100;
+        h.rsts = 2;
+        let r = HandshakeReport::new(&h, 3);
+        assert_eq!(
+            r,
+            HandshakeReport {
+                syn_acks: 100,
+                rsts: 2,
+                timeouts: 3,
+                p50_us: 64,
+                p99_us: 4096,
+            }
+        );
+        assert_eq!(lb_common::flow::handshake_bucket(0), 0);
+        assert_eq!(lb_common::flow::handshake_bucket(1), 0);
+        assert_eq!(lb_common::flow::handshake_bucket(2), 1);
+        assert_eq!(lb_common::flow::handshake_bucket(1023), 9);
+        assert_eq!(lb_common::flow::handshake_bucket(1024), 10);
+        assert_eq!(lb_common::flow::handshake_bucket(u64::MAX), 23);
+        assert_eq!(HandshakeReport::new(&Default::default(), 0).p50_us, 0);
     }
 }

@@ -48,6 +48,12 @@ fn behind_gateway(lab: &Lab) {
 }
 
 fn config(backends: &[usize]) -> String {
+    config_with(backends, "")
+}
+
+/// The NAT VIP's configuration with `extra` (tables of the VIP) appended
+/// before its backends.
+fn config_with(backends: &[usize], extra: &str) -> String {
     let mut c = String::from(
         r#"[global]
 interfaces = ["eth0"]
@@ -65,6 +71,7 @@ protocol = "tcp"
 mode = "nat"
 "#,
     );
+    c += extra;
     for i in backends {
         c += &format!("\n[[vip.backend]]\naddress = \"{}\"\n", nat_addr(*i));
     }
@@ -200,4 +207,90 @@ fn http_through_nat_reaches_backends_that_see_the_client() {
     let replies = s.reasons["fwd_nat_reply"].packets;
     assert!(replies >= 620, "replies translated: {replies}");
     assert_eq!(s.reasons["drop_nat_expired"].packets, 0);
+}
+
+#[test]
+fn passive_health_measures_handshakes_and_takes_out_a_refusing_backend() {
+    require_root();
+    let lab = Lab::new("hn2", 3);
+    behind_gateway(&lab);
+    let mut servers = Servers::start(&lab);
+    let outlier = "\n[vip.outlier]\nfailures = 3\nwindow = \"10s\"\ncooldown = \"60s\"\n";
+    let d = Daemon::start("hn2", &lab.t.ns("lb"), &config_with(&[1, 2, 3], outlier));
+
+    // Handshake latency: hola's view against the client's connect() time.
+    let mut connect_us: Vec<u64> = in_ns(&lab.t.ns("cl"), || {
+        let vip: SocketAddr = format!("{NAT_VIP}:80").parse().expect("vip");
+        (0..300)
+            .map(|_| {
+                let t = Instant::now();
+                let mut c =
+                    TcpStream::connect_timeout(&vip, Duration::from_secs(2)).expect("connect");
+                let us = t.elapsed().as_micros() as u64;
+                c.set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                http_get(&mut c).expect("request");
+                us
+            })
+            .collect()
+    });
+    connect_us.sort_unstable();
+    let client_p50 = connect_us[connect_us.len() / 2].max(1);
+    std::thread::sleep(Duration::from_millis(1200));
+    let s = d.stats();
+    for b in &s.vips[0].backends {
+        let h = b.handshake.expect("a nat VIP reports handshakes");
+        println!(
+            "{}: {} SYN-ACKs, p50 {} µs, p99 {} µs (client connect p50 {client_p50} µs)",
+            b.address, h.syn_acks, h.p50_us, h.p99_us
+        );
+        assert!(h.syn_acks > 0 && h.rsts == 0 && h.timeouts == 0, "{h:?}");
+        let ratio = h.p50_us as f64 / client_p50 as f64;
+        assert!(
+            (0.1..=10.0).contains(&ratio),
+            "handshake p50 {} µs is not of the order of the client's connect time {client_p50} µs",
+            h.p50_us
+        );
+    }
+
+    // b1's server stops: its port refuses (RST). After 3 refusals within
+    // 10 s the outlier rule takes it out, and no request fails after.
+    servers.stop_one(1);
+    let vip: SocketAddr = format!("{NAT_VIP}:80").parse().expect("vip");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refused = 0;
+    let out_at = loop {
+        let r = in_ns(&lab.t.ns("cl"), move || {
+            TcpStream::connect_timeout(&vip, Duration::from_secs(2)).and_then(|mut c| {
+                c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                http_get(&mut c)
+            })
+        });
+        if r.is_err() {
+            refused += 1;
+        }
+        let s = d.stats();
+        let b1 = &s.vips[0].backends[0];
+        if b1.health == "down" {
+            break (b1.handshake.expect("handshake"), Instant::now());
+        }
+        assert!(Instant::now() < deadline, "b1 not taken out: {b1:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!(
+        "b1 taken out after {refused} refused requests; its handshakes: {:?}",
+        out_at.0
+    );
+    assert!(out_at.0.rsts >= 3, "{:?}", out_at.0);
+    let after = requests(&lab, 200);
+    println!("answers after: {after:?}");
+    assert!(
+        !after.contains_key("b1") && !after.keys().any(|k| k.starts_with("error")),
+        "no request fails and none reaches b1 once it is out: {after:?}"
+    );
+    let events = d.ok(&["events"]);
+    assert!(
+        events.contains("198.18.2.11 outlier down"),
+        "hola events lists it: {events}"
+    );
 }
