@@ -177,6 +177,12 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             tracing::info!(interface = %iface, mode = %how, "attached");
         }
     }
+    // Every attached interface can be a redirect target: a NAT reply that
+    // comes in on the backends' side leaves on the clients'.
+    for (iface, ifindex) in cfg.global.interfaces.iter().zip(&ifindexes) {
+        dp.add_tx_port(*ifindex)
+            .with_context(|| format!("adding {iface} to the redirect map"))?;
+    }
     let state_file = cfg.global.state_file.clone();
     let mut owner = Owner::new(dp, cfg.clone(), state_file.clone(), ifindexes[0]);
     owner

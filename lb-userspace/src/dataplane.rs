@@ -753,6 +753,15 @@ impl Dataplane {
         self.write_nat_state()
     }
 
+    /// Lets the program redirect to `ifindex` (an interface the balancer is
+    /// attached to): NAT replies leave through the interface their request
+    /// came in on, which may be another one than the reply's.
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(DataplaneError::TxPorts)
+    }
+
     /// Tells the program whether any VIP is in NAT mode (only then are
     /// packets not for a VIP looked up as replies).
     fn write_nat_state(&mut self) -> Result<(), DataplaneError> {

@@ -41,7 +41,9 @@ pub struct Lab {
     _programs: Vec<Ebpf>,
 }
 
-fn attach(ns: &str, object: &'static [u8], prog: &'static str, iface: &'static str) -> Ebpf {
+/// Loads `prog` from `object` and attaches it to `iface` in namespace `ns`
+/// (driver mode); the returned object keeps it attached.
+pub fn attach(ns: &str, object: &'static [u8], prog: &'static str, iface: &'static str) -> Ebpf {
     in_ns(ns, move || {
         let mut ebpf = Ebpf::load(object).expect("load object");
         let p: &mut Xdp = ebpf

@@ -294,3 +294,61 @@ fn passive_health_measures_handshakes_and_takes_out_a_refusing_backend() {
         "hola events lists it: {events}"
     );
 }
+
+#[test]
+fn two_interfaces_clients_on_one_backends_on_the_other() {
+    require_root();
+    let lab = Lab::new("hn3", 2);
+    // The backends move to a bridge of their own, reached by the balancer's
+    // eth1: requests are redirected eth0 → eth1, replies eth1 → eth0.
+    lab.t.ip("sw", &["link", "add", "br1", "type", "bridge"]);
+    lab.t.ip("sw", &["link", "set", "br1", "up"]);
+    lab.t.link("lb", "eth1", "sw", "p-lb1");
+    lab.t.ip("sw", &["link", "set", "p-lb1", "master", "br1"]);
+    lab.t.ip(
+        "lb",
+        &["addr", "add", &format!("{GATEWAY}/24"), "dev", "eth1"],
+    );
+    // A veth takes redirected frames only while its peer has XDP.
+    let _peer = hola_tests::topo::attach(
+        &lab.t.ns("sw"),
+        lb_userspace::programs::BENCH,
+        "bench_pass",
+        "p-lb1",
+    );
+    for i in 1..=lab.backends {
+        let (b, _) = backend(i);
+        lab.t
+            .ip("sw", &["link", "set", &format!("p-{b}"), "master", "br1"]);
+        lab.t.ip(&b, &["addr", "flush", "dev", "eth0"]);
+        lab.t.ip(
+            &b,
+            &["addr", "add", &format!("{}/24", nat_addr(i)), "dev", "eth0"],
+        );
+        lab.t.ip(&b, &["route", "add", "default", "via", GATEWAY]);
+        ns_cmd(&lab.t.ns(&b), "ethtool", &["-K", "eth0", "tx", "off"]);
+    }
+    let servers = Servers::start(&lab);
+    let cfg = config(&[1, 2]).replace(
+        "interfaces = [\"eth0\"]",
+        "interfaces = [\"eth0\", \"eth1\"]",
+    );
+    let d = Daemon::start("hn3", &lab.t.ns("lb"), &cfg);
+    let answers = requests(&lab, 200);
+    println!("answers over two interfaces: {answers:?}");
+    assert_eq!(
+        answers.keys().cloned().collect::<Vec<_>>(),
+        ["b1", "b2"],
+        "every request answered by the backends behind eth1: {answers:?}"
+    );
+    let peers = servers.peers.lock().expect("lock").clone();
+    let client: IpAddr = CLIENT.parse().expect("client");
+    assert!(peers.iter().all(|(_, p)| *p == client), "{peers:?}");
+    let s = d.stats();
+    assert!(
+        s.reasons["fwd_nat_reply"].packets >= 600,
+        "replies translated and redirected: {:?}",
+        s.reasons["fwd_nat_reply"]
+    );
+    assert_eq!(s.reasons["aborted"].packets, 0, "no failed redirect");
+}
