@@ -64,8 +64,42 @@ pub struct NatValue {
     /// answered it (SYN-ACK or RST); 0 otherwise. Userspace counts entries
     /// whose SYN stays unanswered.
     pub syn_ns: u64,
+    /// fullnat: the client's address and port (network order), the reply's
+    /// new destination. Unused (zero) in nat mode, where the reply is
+    /// addressed to the client already.
+    pub client_addr: [u8; 16],
+    pub client_port: u16,
+    pub _pad2: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<NatValue>() == 72);
+const _: () = assert!(core::mem::size_of::<NatValue>() == 96);
+
+/// [`NatValue::flags`]: the entry is a fullnat flow's (source rewritten).
+pub const NAT_F_FULLNAT: u16 = 1 << 0;
+
+/// What `hola_lb` hands the NAT request program it tail-calls, in the
+/// per-CPU `NAT_SCRATCH` array (a tail call keeps only the packet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatScratch {
+    /// The request's 5-tuple as it arrived.
+    pub key: FlowKey,
+    pub backend_id: u32,
+    /// fullnat, established flow: the source port given at its start.
+    pub port: u32,
+    pub l3_off: u16,
+    pub l4_off: u16,
+    pub tcp_flags: u8,
+    /// 1 for the first packet of a flow (a flow-table miss).
+    pub new_flow: u8,
+    /// 1 for a fullnat VIP.
+    pub fullnat: u8,
+    pub _pad: u8,
+    /// Work space of the NAT request program (its stack is too small for
+    /// it): the reply's key and the entry it may insert.
+    pub rev: FlowKey,
+    pub value: NatValue,
+}
+const _: () = assert!(core::mem::size_of::<NatScratch>() == 56 + 40 + 96);
 
 /// Buckets of the handshake latency histogram: bucket `i` counts SYN →
 /// SYN-ACK latencies in `[2^i, 2^(i+1))` microseconds (bucket 0 also the
@@ -143,4 +177,4 @@ pub fn nat_expired(v: &NatValue, proto: u8, now_ns: u64, t: &NatTimeouts) -> boo
     now_ns.saturating_sub(v.last_ns) > idle
 }
 
-crate::pod!(FlowKey, FlowValue, NatValue, HandshakeStats);
+crate::pod!(FlowKey, FlowValue, NatValue, HandshakeStats, NatScratch);

@@ -15,6 +15,8 @@ pub const TX_PORTS: &str = "TX_PORTS";
 pub const NAT: &str = "NAT";
 pub const NAT_STATE: &str = "NAT_STATE";
 pub const ICMP_PROGS: &str = "ICMP_PROGS";
+pub const NAT_SCRATCH: &str = "NAT_SCRATCH";
+pub const FULLNAT_CURSOR: &str = "FULLNAT_CURSOR";
 pub const HANDSHAKES: &str = "HANDSHAKES";
 
 /// Slots of `ICMP_PROGS`: the programs `hola_lb` tail-calls for ICMP
@@ -22,6 +24,11 @@ pub const HANDSHAKES: &str = "HANDSHAKES";
 pub const ICMP_TO_CLIENT: u32 = 0;
 /// See [`ICMP_TO_CLIENT`].
 pub const ICMP_TO_BACKEND: u32 = 1;
+/// Slot of `ICMP_PROGS` holding the NAT request program (all tail-called
+/// programs share the one array).
+pub const NAT_REQUEST: u32 = 2;
+/// Slot of the NAT reply program.
+pub const NAT_REPLY: u32 = 3;
 
 /// The `SETTINGS` global (see [`crate::Settings`]).
 pub const SETTINGS: &str = "SETTINGS";
@@ -31,5 +38,7 @@ pub const PROG_LB: &str = "hola_lb";
 pub const PROG_DECAP: &str = "hola_decap";
 pub const PROG_ICMP_TO_CLIENT: &str = "hola_icmp_to_client";
 pub const PROG_ICMP_TO_BACKEND: &str = "hola_icmp_to_backend";
+pub const PROG_NAT_REQUEST: &str = "hola_nat_request";
+pub const PROG_NAT_REPLY: &str = "hola_nat_reply";
 pub const PROG_PASS: &str = "bench_pass";
 pub const PROG_MACSWAP: &str = "bench_macswap";

@@ -23,7 +23,15 @@ pub struct Settings {
     pub nat_udp_idle_ns: u64,
     /// NAT mode: a TCP flow that saw FIN or RST expires this long after (ns).
     pub nat_closed_linger_ns: u64,
+    /// fullnat: the IPv4 source address requests get (network order).
+    pub fullnat_src_v4: [u8; 4],
+    /// fullnat: the first source port; CPU `c` hands out
+    /// `[lo + c × span, lo + (c + 1) × span)`, so CPUs never share a port.
+    pub fullnat_port_lo: u16,
+    pub fullnat_port_span: u16,
+    /// fullnat: the IPv6 source address requests get.
+    pub fullnat_src_v6: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 56);
+const _: () = assert!(core::mem::size_of::<Settings>() == 80);
 
 crate::pod!(Settings);

@@ -72,11 +72,14 @@ pub enum Reason {
     /// unreachable, fragmentation needed, packet too big, ...), translated
     /// with the packet it quotes and sent on (to the client or the backend).
     FwdNatIcmp = 13,
+    /// XDP_DROP: a new fullnat flow found no free source port in this CPU's
+    /// range (every candidate tried holds a live flow); no port is reused.
+    DropNatNoPort = 14,
 }
 
 impl Reason {
     /// Number of reasons: the size of the `REASONS` array.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -94,6 +97,7 @@ impl Reason {
         Reason::FwdNatReply,
         Reason::DropNatExpired,
         Reason::FwdNatIcmp,
+        Reason::DropNatNoPort,
     ];
 
     /// Stable snake_case name used in stats output.
@@ -113,6 +117,7 @@ impl Reason {
             Reason::FwdNatReply => "fwd_nat_reply",
             Reason::DropNatExpired => "drop_nat_expired",
             Reason::FwdNatIcmp => "fwd_nat_icmp",
+            Reason::DropNatNoPort => "drop_nat_no_port",
         }
     }
 }

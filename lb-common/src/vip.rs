@@ -43,6 +43,9 @@ pub const VIP_MODE_TUNNEL: u32 = 1;
 /// Destination NAT to the backend's address and port; replies are
 /// translated back (`NAT` map).
 pub const VIP_MODE_NAT: u32 = 2;
+/// NAT mode that also rewrites the source to a balancer address and port
+/// (`SETTINGS.fullnat_*`), so that backends need no route through hola.
+pub const VIP_MODE_FULLNAT: u32 = 3;
 /// Hash on the source address only, so a client keeps its backend across
 /// connections (client affinity).
 pub const VIP_F_SRC_HASH: u32 = 1 << 8;

@@ -16,7 +16,7 @@ use crate::{
 
 /// Load-time settings, filled in by userspace before the program is loaded.
 #[unsafe(no_mangle)]
-static SETTINGS: Settings = Settings {
+pub static SETTINGS: Settings = Settings {
     tunnel_src_v4: [0; 4],
     tunnel_src_v4_mask: 0,
     tunnel_src_v6: [0; 16],
@@ -25,17 +25,11 @@ static SETTINGS: Settings = Settings {
     nat_tcp_idle_ns: 0,
     nat_udp_idle_ns: 0,
     nat_closed_linger_ns: 0,
+    fullnat_src_v4: [0; 4],
+    fullnat_port_lo: 0,
+    fullnat_port_span: 0,
+    fullnat_src_v6: [0; 16],
 };
-
-/// Reads one field of `SETTINGS`. Volatile so that the compiler does not
-/// fold the placeholder values in (userspace rewrites them at load time);
-/// field by field so that the whole struct is never copied to the stack.
-macro_rules! setting {
-    ($field:ident) => {
-        // SAFETY: a read of a field of our own static.
-        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(SETTINGS.$field)) }
-    };
-}
 
 /// NAT entry lifetimes.
 #[inline(always)]

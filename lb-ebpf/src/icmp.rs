@@ -17,7 +17,7 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpCon
 use lb_common::{
     FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
-    flow::nat_expired,
+    flow::{NAT_F_FULLNAT, nat_expired},
 };
 
 use crate::{
@@ -129,8 +129,10 @@ fn to_client(ctx: &XdpContext, at: &Layout, outer_src: &[u8; 16]) -> Result<Verd
     };
     // SAFETY: the value is copied out at once.
     let v = match unsafe { NAT.get(&key) } {
-        Some(v) => *v,
-        None => return Err(Reason::PassNotVip),
+        // fullnat flows' errors are not translated (yet): addressed to the
+        // balancer's fullnat address, they go to its stack.
+        Some(v) if v.flags & NAT_F_FULLNAT == 0 => *v,
+        _ => return Err(Reason::PassNotVip),
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };

@@ -7,9 +7,10 @@ use lb_common::{
     VipMeta,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
     hash::flow_hash,
-    maps::{ICMP_TO_BACKEND, ICMP_TO_CLIENT},
+    maps::{ICMP_TO_BACKEND, ICMP_TO_CLIENT, NAT_REPLY, NAT_REQUEST},
     vip::{
-        ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_MASK, VIP_MODE_NAT, VIP_MODE_TUNNEL,
+        ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_FULLNAT, VIP_MODE_MASK, VIP_MODE_NAT,
+        VIP_MODE_TUNNEL,
     },
 };
 
@@ -17,7 +18,8 @@ use crate::{
     forward::{self, Inner},
     icmp,
     maps::{
-        BACKEND_STATS, BACKENDS, FLOWS, ICMP_PROGS, RINGS, VIP_ADDRS4, VIP_ADDRS6, VIP_STATS, VIPS,
+        BACKEND_STATS, BACKENDS, FLOWS, ICMP_PROGS, NAT_SCRATCH, RINGS, VIP_ADDRS4, VIP_ADDRS6,
+        VIP_STATS, VIPS,
     },
     nat::{self, Layout},
     parse::{
@@ -47,7 +49,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
                 if !nat::active() {
                     return Err(Reason::PassNotVip);
                 }
-                return not_vip(ctx, &at, widen(ip.saddr), widen(ip.daddr), ip.is_fragment);
+                return not_vip(ctx, &at, ip.is_fragment);
             }
         };
         if ip.is_fragment {
@@ -73,7 +75,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
                 if !nat::active() {
                     return Err(Reason::PassNotVip);
                 }
-                return not_vip(ctx, &at, ip.saddr, ip.daddr, false);
+                return not_vip(ctx, &at, false);
             }
         };
         if ipv6::is_extension(ip.nexthdr) {
@@ -179,14 +181,26 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     if mode == VIP_MODE_TUNNEL {
         forward::encap(ctx, eth.l3_off, backend, inner, hash)?;
     } else {
-        if mode == VIP_MODE_NAT {
-            let at = Layout {
-                l3_off: eth.l3_off,
-                l4_off,
-                family,
-                proto,
-            };
-            nat::request(ctx, &at, &key, backend, backend_id, ports.tcp_flags)?;
+        if mode == VIP_MODE_NAT || mode == VIP_MODE_FULLNAT {
+            // The NAT work runs in a program of its own (its stack would
+            // not fit beside this one's), told what we know.
+            if let Some(s) = NAT_SCRATCH.get_ptr_mut(0) {
+                // SAFETY: per-CPU element, used only by this CPU, and the
+                // tail-called program runs on this CPU right after.
+                unsafe {
+                    (*s).key = key;
+                    (*s).backend_id = backend_id;
+                    (*s).port = hash;
+                    (*s).l3_off = eth.l3_off as u16;
+                    (*s).l4_off = l4_off as u16;
+                    (*s).tcp_flags = ports.tcp_flags;
+                    (*s).new_flow = u8::from(reason == Reason::FwdNewFlow);
+                    (*s).fullnat = u8::from(mode == VIP_MODE_FULLNAT);
+                }
+            }
+            // SAFETY: the index is a slot of ICMP_PROGS.
+            unsafe { ICMP_PROGS.tail_call(ctx, NAT_REQUEST) };
+            return Err(Reason::Aborted);
         }
         forward::rewrite_macs(ctx, backend)?;
     }
@@ -198,13 +212,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
 /// reply to a NAT flow (or an ICMP error about one) is translated back;
 /// everything else passes untouched.
 #[inline(always)]
-fn not_vip(
-    ctx: &XdpContext,
-    at: &Layout,
-    src: [u8; 16],
-    dst: [u8; 16],
-    fragment: bool,
-) -> Result<Verdict, Reason> {
+fn not_vip(ctx: &XdpContext, at: &Layout, fragment: bool) -> Result<Verdict, Reason> {
     if fragment {
         return Err(Reason::PassNotVip);
     }
@@ -215,21 +223,11 @@ fn not_vip(
         unsafe { ICMP_PROGS.tail_call(ctx, ICMP_TO_CLIENT) };
         return Err(Reason::PassNotVip);
     }
-    if at.proto != PROTO_TCP && at.proto != PROTO_UDP {
-        return Err(Reason::PassNotVip);
+    if at.proto == PROTO_TCP || at.proto == PROTO_UDP {
+        // SAFETY: the index is a slot of ICMP_PROGS.
+        unsafe { ICMP_PROGS.tail_call(ctx, NAT_REPLY) };
     }
-    // Not ours to judge: a short header of someone else's packet passes.
-    let ports = l4::parse(ctx, at.l4_off, at.proto).map_err(|_| Reason::PassNotVip)?;
-    let key = FlowKey {
-        src,
-        dst,
-        sport: ports.sport,
-        dport: ports.dport,
-        proto: at.proto,
-        family: at.family,
-        _pad: [0; 2],
-    };
-    nat::reply(ctx, at, &key, &ports)
+    Err(Reason::PassNotVip)
 }
 
 /// ICMP for IPv4, ICMPv6 for IPv6.

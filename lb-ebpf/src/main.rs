@@ -3,6 +3,16 @@
 #![no_std]
 #![no_main]
 
+/// Reads one field of `SETTINGS`. Volatile so that the compiler does not
+/// fold the placeholder values in (userspace rewrites them at load time);
+/// field by field so that the whole struct is never copied to the stack.
+macro_rules! setting {
+    ($field:ident) => {
+        // SAFETY: a read of a field of our own static.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::forward::SETTINGS.$field)) }
+    };
+}
+
 mod csum;
 mod forward;
 mod icmp;
@@ -18,6 +28,26 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 pub fn hola_lb(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = lookup::try_lb(&ctx, bytes).unwrap_or_else(verdict::Verdict::from);
+    verdict::count(verdict.reason, bytes);
+    verdict.action
+}
+
+/// Tail-called by `hola_lb` for a packet of a nat or fullnat VIP, its
+/// backend chosen (`NAT_SCRATCH`).
+#[xdp]
+pub fn hola_nat_request(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = nat::request_entry(&ctx).unwrap_or_else(verdict::Verdict::from);
+    verdict::count(verdict.reason, bytes);
+    verdict.action
+}
+
+/// Tail-called by `hola_lb` for a TCP or UDP packet not addressed to a VIP
+/// while a NAT VIP exists: a backend's reply, or not ours.
+#[xdp]
+pub fn hola_nat_reply(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = nat::reply_entry(&ctx).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
     verdict.action
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     AddrVips, Backend, BackendStats, FlowKey, FlowValue, HandshakeStats, NatValue, Reason,
-    ReasonStats, VipKey, VipMeta, VipStats,
+    ReasonStats, VipKey, VipMeta, VipStats, flow::NatScratch,
 };
 
 /// (address, port, protocol) → VIP, for every VIP. Written by userspace
@@ -64,11 +64,21 @@ pub static NAT: LruHashMap<FlowKey, NatValue> =
 #[map]
 pub static NAT_STATE: Array<u32> = Array::with_max_entries(1, 0);
 
-/// The ICMP programs `hola_lb` tail-calls (slots `ICMP_TO_CLIENT`,
-/// `ICMP_TO_BACKEND`): a stack of their own for the rare ICMP path. Written
-/// by userspace when it loads the programs.
+/// The programs `hola_lb` tail-calls, each with a stack of its own: the
+/// ICMP programs (slots `ICMP_TO_CLIENT`, `ICMP_TO_BACKEND`) and the NAT
+/// request and reply programs (`NAT_REQUEST`, `NAT_REPLY`). Written by
+/// userspace when it loads the programs.
 #[map]
-pub static ICMP_PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+pub static ICMP_PROGS: ProgramArray = ProgramArray::with_max_entries(4, 0);
+
+/// What `hola_lb` hands the NAT request program it tail-calls (one
+/// per-CPU element; a tail call runs on the same CPU, not preempted).
+#[map]
+pub static NAT_SCRATCH: PerCpuArray<NatScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// fullnat: each CPU's cursor in its source-port range.
+#[map]
+pub static FULLNAT_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// NAT mode, per-CPU, per backend id: the SYN → SYN-ACK latency histogram
 /// and the SYNs answered by RST (passive health). Written by the program

@@ -4,17 +4,26 @@
 //! incrementally (RFC 1624). The `NAT` map, keyed by the reply's 5-tuple,
 //! holds what the reply needs.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    programs::XdpContext,
+};
 use lb_common::{
-    Backend, FAMILY_V4, FlowKey, NatValue, PROTO_TCP, PROTO_UDP, Reason,
-    flow::{NAT_TOUCH_NS, handshake_bucket, nat_expired},
+    Backend, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, NatValue, PROTO_TCP, PROTO_UDP, Reason,
+    flow::{NAT_F_FULLNAT, NAT_TOUCH_NS, NatScratch, NatTimeouts, handshake_bucket, nat_expired},
 };
 
 use crate::{
     csum,
-    forward::nat_timeouts,
-    maps::{HANDSHAKES, NAT, NAT_STATE, TX_PORTS},
-    parse::{l4::Ports, ptr_at},
+    forward::{self, nat_timeouts},
+    maps::{BACKENDS, FLOWS, FULLNAT_CURSOR, HANDSHAKES, NAT, NAT_SCRATCH, NAT_STATE, TX_PORTS},
+    parse::{
+        eth::{self, ETH_P_IP, ETH_P_IPV6},
+        ipv4, ipv6,
+        l4::{self, Ports},
+        ptr_at,
+    },
     verdict::Verdict,
 };
 
@@ -38,85 +47,242 @@ pub fn active() -> bool {
     matches!(NAT_STATE.get(0), Some(v) if *v != 0)
 }
 
-/// The request path: records (or refreshes) the flow's NAT entry, then
-/// rewrites the destination to the backend. `key` is the request's 5-tuple.
+/// The entry of the NAT request program (`hola_nat_request`, tail-called
+/// by `hola_lb` for a packet of a nat or fullnat VIP once its backend is
+/// chosen and counted, with what it knows in `NAT_SCRATCH`).
 #[inline(always)]
-pub fn request(
-    ctx: &XdpContext,
-    at: &Layout,
-    key: &FlowKey,
-    b: &Backend,
-    backend_id: u32,
-    tcp_flags: u8,
-) -> Result<(), Reason> {
-    let bport = if b.port != 0 { b.port } else { key.dport };
-    let rev = FlowKey {
-        src: b.addr,
-        dst: key.src,
-        sport: bport,
-        dport: key.sport,
-        proto: key.proto,
-        family: key.family,
-        _pad: [0; 2],
+pub fn request_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
+    let s = match NAT_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU element, used only by this CPU while it runs.
+        Some(s) => unsafe { &mut *s },
+        None => return Err(Reason::Aborted),
     };
+    let b = match BACKENDS.get(s.backend_id) {
+        Some(b) => b,
+        None => return Err(Reason::Aborted),
+    };
+    let at = Layout {
+        l3_off: s.l3_off as usize,
+        l4_off: s.l4_off as usize,
+        family: s.key.family,
+        proto: s.key.proto,
+    };
+    request(ctx, &at, s, b)?;
+    forward::rewrite_macs(ctx, b)?;
+    let action = forward::egress(ctx, b)?;
+    Ok(Verdict {
+        reason: if s.new_flow != 0 {
+            Reason::FwdNewFlow
+        } else {
+            Reason::FwdEstablished
+        },
+        action,
+    })
+}
+
+/// The request path: records (or refreshes) the flow's NAT entry, then
+/// rewrites the destination to the backend (and for fullnat the source to
+/// the balancer's address and the flow's port). Works in `s` (a map value)
+/// rather than on the stack.
+#[inline(always)]
+fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Result<(), Reason> {
+    let bport = if b.port != 0 { b.port } else { s.key.dport };
+    let fullnat = s.fullnat != 0;
+    let proto = s.key.proto;
+    s.rev.src = b.addr;
+    s.rev.sport = bport;
+    s.rev.proto = proto;
+    s.rev.family = s.key.family;
+    s.rev._pad = [0; 2];
+    if fullnat {
+        s.rev.dst = snat_addr(s.key.family);
+        s.rev.dport = s.port as u16;
+    } else {
+        s.rev.dst = s.key.src;
+        s.rev.dport = s.key.sport;
+    }
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let closing = key.proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    let syn = key.proto == PROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let fresh = match NAT.get_ptr_mut(&rev) {
-        Some(v) => {
-            // SAFETY: a pointer into the map value; LRU entries stay valid
-            // while the program runs (freed after an RCU grace period).
-            let v = unsafe { &mut *v };
-            if v.vip_addr != key.dst
-                || v.vip_port != key.dport
-                || nat_expired(v, key.proto, now, &nat_timeouts())
-            {
-                true // the tuple is reused by a new flow
-            } else {
-                touch(v, now, closing);
-                false
-            }
+    let closing = proto == PROTO_TCP && s.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    let syn = proto == PROTO_TCP && s.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let t = nat_timeouts();
+    let mut fresh = true;
+    if !(fullnat && s.new_flow != 0)
+        && let Some(v) = NAT.get_ptr_mut(&s.rev)
+    {
+        // SAFETY: a pointer into the map value; LRU entries stay valid while
+        // the program runs (freed after an RCU grace period).
+        let v = unsafe { &mut *v };
+        let ours = v.vip_addr == s.key.dst
+            && v.vip_port == s.key.dport
+            && (!fullnat || (v.client_addr == s.key.src && v.client_port == s.key.sport));
+        if ours && !nat_expired(v, proto, now, &t) {
+            touch(v, now, closing);
+            fresh = false;
         }
-        None => true,
-    };
+    }
+    if fresh && fullnat {
+        // A new flow (or one whose entry is gone): a port of this CPU's
+        // range that no live flow holds.
+        let port = alloc_port(&mut s.rev, now, &t)?;
+        s.rev.dport = port;
+        let _ = FLOWS.insert(
+            &s.key,
+            &FlowValue {
+                backend_id: s.backend_id,
+                hash: u32::from(port),
+            },
+            0,
+        );
+    }
     if fresh {
         let macs: *const [u8; 12] = ptr_at(ctx, 0)?;
         // SAFETY: ptr_at checked the bounds.
         let macs = unsafe { macs.read_unaligned() };
-        let mut v = NatValue {
-            vip_addr: key.dst,
-            vip_port: key.dport,
-            flags: 0,
-            ifindex: ctx.ingress_ifindex() as u32,
-            dmac: [0; 6],
-            smac: [0; 6],
-            last_ns: now,
-            closed_ns: if closing { now } else { 0 },
-            backend_id,
-            _pad: 0,
-            // A retransmitted SYN keeps the first one's time (the entry
-            // exists then): the latency includes the retransmission.
-            syn_ns: if syn { now } else { 0 },
-        };
+        let v = &mut s.value;
+        v.vip_addr = s.key.dst;
+        v.vip_port = s.key.dport;
+        v.flags = if fullnat { NAT_F_FULLNAT } else { 0 };
+        v.ifindex = ctx.ingress_ifindex() as u32;
         v.dmac.copy_from_slice(&macs[6..12]);
         v.smac.copy_from_slice(&macs[..6]);
+        v.last_ns = now;
+        v.closed_ns = if closing { now } else { 0 };
+        v.backend_id = s.backend_id;
+        v._pad = 0;
+        // A retransmitted SYN keeps the first one's time (the entry exists
+        // then): the latency includes the retransmission.
+        v.syn_ns = if syn { now } else { 0 };
+        v.client_addr = if fullnat { s.key.src } else { [0; 16] };
+        v.client_port = if fullnat { s.key.sport } else { 0 };
+        v._pad2 = [0; 6];
         // A failed insert (LRU contention) is retried by the next packet.
-        let _ = NAT.insert(&rev, &v, 0);
+        let _ = NAT.insert(&s.rev, &s.value, 0);
     }
-    rewrite(ctx, at, Field::Dst, &key.dst, &b.addr, key.dport, bport)
+    let dst = Change {
+        which: Field::Dst,
+        old_addr: s.key.dst,
+        new_addr: b.addr,
+        old_port: s.key.dport,
+        new_port: bport,
+    };
+    rewrite(ctx, at, &dst)?;
+    if fullnat {
+        let src = Change {
+            which: Field::Src,
+            old_addr: s.key.src,
+            new_addr: s.rev.dst,
+            old_port: s.key.sport,
+            new_port: s.rev.dport,
+        };
+        rewrite(ctx, at, &src)?;
+    }
+    Ok(())
 }
 
-/// The reply path, for a packet whose destination is not a VIP: if it is a
-/// backend's reply to a NAT flow, its source becomes the VIP again and it
-/// goes back where the request came from.
+/// fullnat: the balancer's source address for `family`.
 #[inline(always)]
-pub fn reply(
-    ctx: &XdpContext,
-    at: &Layout,
-    key: &FlowKey,
-    ports: &Ports,
-) -> Result<Verdict, Reason> {
+fn snat_addr(family: u8) -> [u8; 16] {
+    if family == FAMILY_V4 {
+        let a: [u8; 4] = setting!(fullnat_src_v4);
+        [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    } else {
+        setting!(fullnat_src_v6)
+    }
+}
+
+/// fullnat: the next port of this CPU's range whose reply key (`rev`, its
+/// `dport` the candidate) holds no live flow. At most 16 candidates are
+/// tried; then the flow is dropped and counted, never given a live port.
+#[inline(always)]
+fn alloc_port(rev: &mut FlowKey, now: u64, t: &NatTimeouts) -> Result<u16, Reason> {
+    let lo: u16 = setting!(fullnat_port_lo);
+    let span: u16 = setting!(fullnat_port_span);
+    if span == 0 {
+        return Err(Reason::DropNatNoPort);
+    }
+    // SAFETY: a helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let base = u32::from(lo) + cpu * u32::from(span);
+    let cursor = match FULLNAT_CURSOR.get_ptr_mut(0) {
+        // SAFETY: per-CPU element, used only by this CPU.
+        Some(c) => unsafe { &mut *c },
+        None => return Err(Reason::Aborted),
+    };
+    let mut i = 0;
+    while i < 16 {
+        let port = (base + *cursor % u32::from(span)) as u16;
+        *cursor = cursor.wrapping_add(1);
+        rev.dport = port.to_be();
+        let free = match NAT.get_ptr(&*rev) {
+            None => true,
+            // SAFETY: as in `request`.
+            Some(v) => nat_expired(unsafe { &*v }, rev.proto, now, t),
+        };
+        if free {
+            return Ok(port.to_be());
+        }
+        i += 1;
+    }
+    Err(Reason::DropNatNoPort)
+}
+
+/// The entry of the NAT reply program (`hola_nat_reply`, tail-called by
+/// `hola_lb` for a TCP or UDP packet not addressed to a VIP while a NAT VIP
+/// exists): parses the headers again and translates the reply.
+#[inline(always)]
+pub fn reply_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
+    let eth = eth::parse(ctx).map_err(|_| Reason::PassNotVip)?;
+    let (at, src, dst) = if eth.proto == ETH_P_IP {
+        let ip = ipv4::parse(ctx, eth.l3_off).map_err(|_| Reason::PassNotVip)?;
+        if ip.is_fragment {
+            return Err(Reason::PassNotVip);
+        }
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src[..4].copy_from_slice(&ip.saddr);
+        dst[..4].copy_from_slice(&ip.daddr);
+        let at = Layout {
+            l3_off: eth.l3_off,
+            l4_off: ip.l4_off,
+            family: FAMILY_V4,
+            proto: ip.proto,
+        };
+        (at, src, dst)
+    } else if eth.proto == ETH_P_IPV6 {
+        let ip = ipv6::parse(ctx, eth.l3_off).map_err(|_| Reason::PassNotVip)?;
+        let at = Layout {
+            l3_off: eth.l3_off,
+            l4_off: ip.l4_off,
+            family: FAMILY_V6,
+            proto: ip.nexthdr,
+        };
+        (at, ip.saddr, ip.daddr)
+    } else {
+        return Err(Reason::PassNotIp);
+    };
+    if at.proto != PROTO_TCP && at.proto != PROTO_UDP {
+        return Err(Reason::PassNotVip);
+    }
+    // Not ours to judge: a short header of someone else's packet passes.
+    let ports = l4::parse(ctx, at.l4_off, at.proto).map_err(|_| Reason::PassNotVip)?;
+    let key = FlowKey {
+        src,
+        dst,
+        sport: ports.sport,
+        dport: ports.dport,
+        proto: at.proto,
+        family: at.family,
+        _pad: [0; 2],
+    };
+    reply(ctx, &at, &key, &ports)
+}
+
+/// The reply path: if the packet is a backend's reply to a NAT flow, its
+/// source becomes the VIP again (and for fullnat its destination the
+/// client) and it goes back where the request came from.
+#[inline(always)]
+fn reply(ctx: &XdpContext, at: &Layout, key: &FlowKey, ports: &Ports) -> Result<Verdict, Reason> {
     let v = match NAT.get_ptr_mut(key) {
         // SAFETY: as in `request`.
         Some(v) => unsafe { &mut *v },
@@ -134,18 +300,29 @@ pub fn reply(
         handshake(v, now, ports.tcp_flags);
     }
     let (vip_addr, vip_port, ifindex) = (v.vip_addr, v.vip_port, v.ifindex);
+    let fullnat = v.flags & NAT_F_FULLNAT != 0;
+    let (client_addr, client_port) = (v.client_addr, v.client_port);
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&v.dmac);
     macs[6..].copy_from_slice(&v.smac);
-    rewrite(
-        ctx,
-        at,
-        Field::Src,
-        &key.src,
-        &vip_addr,
-        key.sport,
-        vip_port,
-    )?;
+    let src = Change {
+        which: Field::Src,
+        old_addr: key.src,
+        new_addr: vip_addr,
+        old_port: key.sport,
+        new_port: vip_port,
+    };
+    rewrite(ctx, at, &src)?;
+    if fullnat {
+        let dst = Change {
+            which: Field::Dst,
+            old_addr: key.dst,
+            new_addr: client_addr,
+            old_port: key.dport,
+            new_port: client_port,
+        };
+        rewrite(ctx, at, &dst)?;
+    }
     let h: *mut [u8; 12] = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked the bounds.
     unsafe { h.write_unaligned(macs) };
@@ -207,19 +384,32 @@ enum Field {
     Dst,
 }
 
-/// Replaces the source or destination address and port, updating the IPv4
-/// header checksum and the TCP or UDP checksum (which covers the addresses
-/// through the pseudo-header).
-#[inline(always)]
-fn rewrite(
-    ctx: &XdpContext,
-    at: &Layout,
+/// One address-and-port change for `rewrite` (a BPF function takes at most
+/// five arguments).
+struct Change {
     which: Field,
-    old_addr: &[u8; 16],
-    new_addr: &[u8; 16],
+    old_addr: [u8; 16],
+    new_addr: [u8; 16],
     old_port: u16,
     new_port: u16,
-) -> Result<(), Reason> {
+}
+
+/// Replaces the source or destination address and port, updating the IPv4
+/// header checksum and the TCP or UDP checksum (which covers the addresses
+/// through the pseudo-header). Not inlined: a BPF-to-BPF call with a stack
+/// frame of its own.
+#[inline(never)]
+fn rewrite(ctx: &XdpContext, at: &Layout, c: &Change) -> Result<(), Reason> {
+    let (which, old_addr, new_addr, old_port, new_port) =
+        (c.which, &c.old_addr, &c.new_addr, c.old_port, c.new_port);
+    // Offsets arrive through memory in a function of its own: bound them
+    // for the verifier (L3 starts at 14 or 18, L4 at most 60 bytes later).
+    let at = &Layout {
+        l3_off: at.l3_off & 0x3f,
+        l4_off: at.l4_off & 0x7f,
+        family: at.family,
+        proto: at.proto,
+    };
     // The L4 checksum: the sum of the changes to addresses and port.
     let mut delta = 0u32;
     if at.family == FAMILY_V4 {

@@ -27,7 +27,8 @@ impl From<Reason> for Verdict {
             | Reason::DropFragment
             | Reason::DropNoBackend
             | Reason::DropNoNexthop
-            | Reason::DropNatExpired => xdp_action::XDP_DROP,
+            | Reason::DropNatExpired
+            | Reason::DropNatNoPort => xdp_action::XDP_DROP,
             // Forwarding reasons carry their own action (TX or REDIRECT) and
             // never arrive here; if one did, aborting makes it visible.
             Reason::FwdEstablished

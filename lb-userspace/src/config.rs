@@ -113,6 +113,16 @@ pub struct Global {
     /// first FIN or RST.
     #[serde(default = "d::nat_closed_timeout", with = "duration_serde")]
     pub nat_closed_timeout: Duration,
+    /// fullnat: the IPv4 source address requests get (an address of the
+    /// balancer on the backends' side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fullnat_source_v4: Option<std::net::Ipv4Addr>,
+    /// fullnat: the IPv6 source address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fullnat_source_v6: Option<std::net::Ipv6Addr>,
+    /// fullnat: the source ports, split evenly among the CPUs.
+    #[serde(default = "d::fullnat_ports")]
+    pub fullnat_ports: String,
     /// Total Maglev slots shared by all VIPs' tables.
     #[serde(default = "d::ring_capacity")]
     pub ring_capacity: u32,
@@ -495,6 +505,13 @@ fn serialize_duration<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Err
     s.serialize_str(&format_duration(*v))
 }
 
+/// `"LOW-HIGH"` with 1024 <= LOW < HIGH <= 65535.
+pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = s.split_once('-')?;
+    let (lo, hi): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (lo >= 1024 && lo < hi).then_some((lo, hi))
+}
+
 /// A duration written as a string such as `"60s"`.
 mod duration_serde {
     use super::*;
@@ -548,6 +565,17 @@ pub enum VipMode {
     /// Destination NAT to the backend, replies translated back: the
     /// balancer is the backends' gateway.
     Nat,
+    /// As `Nat`, and the source becomes a balancer address and port, so
+    /// that backends need no route through the balancer.
+    #[serde(rename = "fullnat")]
+    FullNat,
+}
+
+impl VipMode {
+    /// `nat` or `fullnat`: hola translates both directions.
+    pub fn is_nat(self) -> bool {
+        matches!(self, VipMode::Nat | VipMode::FullNat)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -590,6 +618,7 @@ impl Choice for VipMode {
         ("dsr", Self::Dsr),
         ("tunnel", Self::Tunnel),
         ("nat", Self::Nat),
+        ("fullnat", Self::FullNat),
     ];
 }
 impl Choice for HashKind {
@@ -707,6 +736,9 @@ mod d {
     }
     pub fn nat_capacity() -> u32 {
         defaults::NAT_CAPACITY
+    }
+    pub fn fullnat_ports() -> String {
+        "20000-59999".into()
     }
     pub fn outlier_failures() -> u32 {
         5
@@ -1154,6 +1186,9 @@ struct RawGlobal {
     nat_tcp_timeout: Option<String>,
     nat_udp_timeout: Option<String>,
     nat_closed_timeout: Option<String>,
+    fullnat_source_v4: Option<String>,
+    fullnat_source_v6: Option<String>,
+    fullnat_ports: Option<String>,
     default_table_size: Option<i64>,
     control_socket: Option<String>,
     metrics_address: Option<String>,
@@ -1399,6 +1434,25 @@ impl RawGlobal {
             nat_tcp_timeout,
             nat_udp_timeout,
             nat_closed_timeout,
+            fullnat_source_v4: self.fullnat_source_v4.and_then(|s| {
+                s.parse().ok().or_else(|| {
+                    sink.error(
+                        "global.fullnat_source_v4",
+                        format!("global.fullnat_source_v4 = {s:?}: not an IPv4 address, e.g. \"198.18.2.1\""),
+                    );
+                    None
+                })
+            }),
+            fullnat_source_v6: self.fullnat_source_v6.and_then(|s| {
+                s.parse().ok().or_else(|| {
+                    sink.error(
+                        "global.fullnat_source_v6",
+                        format!("global.fullnat_source_v6 = {s:?}: not an IPv6 address, e.g. \"2001:db8:2::1\""),
+                    );
+                    None
+                })
+            }),
+            fullnat_ports: self.fullnat_ports.unwrap_or_else(d::fullnat_ports),
             default_table_size,
             control_socket: self
                 .control_socket
@@ -1808,6 +1862,15 @@ impl Config {
                 );
             }
         }
+        if parse_port_range(&g.fullnat_ports).is_none() {
+            sink.error(
+                "global.fullnat_ports",
+                format!(
+                    "global.fullnat_ports = {:?}: must be \"LOW-HIGH\" with 1024 <= LOW < HIGH <= 65535, e.g. \"20000-59999\"",
+                    g.fullnat_ports
+                ),
+            );
+        }
         if g.ring_capacity == 0 {
             sink.error(
                 "global.ring_capacity",
@@ -1872,6 +1935,30 @@ impl Config {
         for (i, vip) in self.vips.iter().enumerate() {
             let path = format!("vip[{i}]");
             self.check_vip(sink, &path, vip);
+            if vip.mode == VipMode::FullNat {
+                let (missing, key, example) = if vip.address.is_ipv4() {
+                    (
+                        self.global.fullnat_source_v4.is_none(),
+                        "fullnat_source_v4",
+                        "198.18.2.1",
+                    )
+                } else {
+                    (
+                        self.global.fullnat_source_v6.is_none(),
+                        "fullnat_source_v6",
+                        "2001:db8:2::1",
+                    )
+                };
+                if missing && !sink.is_poisoned(&format!("{path}.address")) {
+                    sink.error(
+                        &format!("{path}.mode"),
+                        format!(
+                            "{path}.mode = \"fullnat\" needs global.{key}, the balancer's address the \
+                             backends answer to; add it, e.g. {key} = \"{example}\""
+                        ),
+                    );
+                }
+            }
             let key = (vip.address, vip.port, vip.protocol);
             if let Some(first) = vips_seen.insert(key, i) {
                 vips_seen.insert(key, first);
@@ -1959,7 +2046,7 @@ impl Config {
         }
         if let Some(o) = &vip.outlier {
             let p = format!("{path}.outlier");
-            if vip.mode != VipMode::Nat || vip.protocol != Protocol::Tcp {
+            if !vip.mode.is_nat() || vip.protocol != Protocol::Tcp {
                 sink.error(
                     &p,
                     format!(
@@ -2046,7 +2133,7 @@ impl Config {
                 let p = format!("{bp}.port");
                 if port == 0 {
                     sink.error(&p, format!("{p} = 0: must be {BACKEND_PORT_RANGE}"));
-                } else if vip.mode != VipMode::Nat && !sink.is_poisoned(&format!("{path}.mode")) {
+                } else if !vip.mode.is_nat() && !sink.is_poisoned(&format!("{path}.mode")) {
                     sink.error(
                         &p,
                         format!(

@@ -39,6 +39,9 @@ pub fn dataplane_config(c: &Config) -> DataplaneConfig {
         nat_tcp_idle: g.nat_tcp_timeout,
         nat_udp_idle: g.nat_udp_timeout,
         nat_closed_linger: g.nat_closed_timeout,
+        fullnat_src_v4: g.fullnat_source_v4,
+        fullnat_src_v6: g.fullnat_source_v6,
+        fullnat_ports: crate::config::parse_port_range(&g.fullnat_ports).unwrap_or((20000, 59999)),
         ..DataplaneConfig::default()
     }
 }

@@ -27,8 +27,8 @@ use lb_common::{
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
     maps as names,
     vip::{
-        ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_DSR, VIP_MODE_MASK, VIP_MODE_NAT,
-        VIP_MODE_TUNNEL,
+        ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_DSR, VIP_MODE_FULLNAT, VIP_MODE_MASK,
+        VIP_MODE_NAT, VIP_MODE_TUNNEL,
     },
 };
 
@@ -64,6 +64,12 @@ pub struct DataplaneConfig {
     /// NAT mode: a TCP flow's entry expires this long after its first FIN
     /// or RST.
     pub nat_closed_linger: Duration,
+    /// fullnat: the source addresses requests get.
+    pub fullnat_src_v4: Option<std::net::Ipv4Addr>,
+    pub fullnat_src_v6: Option<std::net::Ipv6Addr>,
+    /// fullnat: the source ports (inclusive), split evenly among the
+    /// possible CPUs.
+    pub fullnat_ports: (u16, u16),
 }
 
 impl Default for DataplaneConfig {
@@ -80,6 +86,9 @@ impl Default for DataplaneConfig {
             nat_tcp_idle: Duration::from_secs(900),
             nat_udp_idle: Duration::from_secs(60),
             nat_closed_linger: Duration::from_secs(10),
+            fullnat_src_v4: None,
+            fullnat_src_v6: None,
+            fullnat_ports: (20000, 59999),
         }
     }
 }
@@ -117,6 +126,9 @@ pub enum Mode {
     /// Destination NAT to the backend's address (and port); its replies
     /// come back through the balancer and are translated back.
     Nat,
+    /// As `Nat`, and the source becomes the balancer's fullnat address and
+    /// a port of its range.
+    FullNat,
 }
 
 /// Identity of a VIP: (address, port, protocol). Port 0 is all ports.
@@ -274,6 +286,7 @@ impl VipState {
             Mode::Dsr => VIP_MODE_DSR,
             Mode::Tunnel => VIP_MODE_TUNNEL,
             Mode::Nat => VIP_MODE_NAT,
+            Mode::FullNat => VIP_MODE_FULLNAT,
         };
         let flags = mode
             | if self.spec.src_hash {
@@ -383,6 +396,13 @@ impl Dataplane {
             nat_tcp_idle_ns: cfg.nat_tcp_idle.as_nanos() as u64,
             nat_udp_idle_ns: cfg.nat_udp_idle.as_nanos() as u64,
             nat_closed_linger_ns: cfg.nat_closed_linger.as_nanos() as u64,
+            fullnat_src_v4: cfg.fullnat_src_v4.map_or([0; 4], |a| a.octets()),
+            fullnat_port_lo: cfg.fullnat_ports.0,
+            fullnat_port_span: ((u32::from(cfg.fullnat_ports.1) - u32::from(cfg.fullnat_ports.0)
+                + 1)
+                / ncpus as u32)
+                .min(u32::from(u16::MAX)) as u16,
+            fullnat_src_v6: cfg.fullnat_src_v6.map_or([0; 16], |a| a.octets()),
         };
         let flows = cfg.flow_capacity_per_cpu.saturating_mul(ncpus as u32);
         let sizes = [
@@ -398,8 +418,10 @@ impl Dataplane {
             (names::REASONS, Reason::COUNT),
             (names::NAT, cfg.nat_capacity),
             (names::NAT_STATE, 1),
-            (names::ICMP_PROGS, 2),
+            (names::ICMP_PROGS, 4),
             (names::HANDSHAKES, cfg.max_backends + 1),
+            (names::NAT_SCRATCH, 1),
+            (names::FULLNAT_CURSOR, 1),
         ];
         let mut loader = EbpfLoader::new();
         let mut pins = Vec::new();
@@ -442,6 +464,8 @@ impl Dataplane {
         for (slot, name) in [
             (names::ICMP_TO_CLIENT, names::PROG_ICMP_TO_CLIENT),
             (names::ICMP_TO_BACKEND, names::PROG_ICMP_TO_BACKEND),
+            (names::NAT_REQUEST, names::PROG_NAT_REQUEST),
+            (names::NAT_REPLY, names::PROG_NAT_REPLY),
         ] {
             let p: &mut Xdp = program(&mut ebpf, name)?;
             p.load()
@@ -550,6 +574,7 @@ impl Dataplane {
             let mode = match meta.flags & VIP_MODE_MASK {
                 VIP_MODE_TUNNEL => Mode::Tunnel,
                 VIP_MODE_NAT => Mode::Nat,
+                VIP_MODE_FULLNAT => Mode::FullNat,
                 _ => Mode::Dsr,
             };
             let spec = VipSpec {
@@ -765,7 +790,10 @@ impl Dataplane {
     /// Tells the program whether any VIP is in NAT mode (only then are
     /// packets not for a VIP looked up as replies).
     fn write_nat_state(&mut self) -> Result<(), DataplaneError> {
-        let any = self.vips.values().any(|v| v.spec.mode == Mode::Nat);
+        let any = self
+            .vips
+            .values()
+            .any(|v| matches!(v.spec.mode, Mode::Nat | Mode::FullNat));
         self.nat_state
             .set(0, u32::from(any), 0)
             .map_err(map_err(names::NAT_STATE))
@@ -1064,7 +1092,7 @@ impl Dataplane {
                     sum.new_flows += s.new_flows;
                 }
                 c.backends.insert(b.spec.addr, sum);
-                if v.spec.mode == Mode::Nat {
+                if matches!(v.spec.mode, Mode::Nat | Mode::FullNat) {
                     let per_cpu = self
                         .handshakes
                         .get(&b.id, 0)

@@ -131,6 +131,7 @@ enum ModeArg {
     Dsr,
     Tunnel,
     Nat,
+    Fullnat,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -328,6 +329,7 @@ async fn client_cmd(socket: &std::path::Path, cmd: Cmd) -> anyhow::Result<()> {
                         ModeArg::Dsr => VipMode::Dsr,
                         ModeArg::Tunnel => VipMode::Tunnel,
                         ModeArg::Nat => VipMode::Nat,
+                        ModeArg::Fullnat => VipMode::FullNat,
                     },
                     hash: match hash {
                         HashArg::FiveTuple => HashKind::FiveTuple,

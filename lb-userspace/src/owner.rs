@@ -306,7 +306,7 @@ impl Owner {
     /// entries and counts the live ones.
     fn sweep_nat(&mut self) {
         const EVERY: Duration = Duration::from_secs(5);
-        if !self.config.vips.iter().any(|v| v.mode == VipMode::Nat)
+        if !self.config.vips.iter().any(|v| v.mode.is_nat())
             || self.nat_swept.is_some_and(|t| t.elapsed() < EVERY)
         {
             return;
@@ -711,6 +711,7 @@ impl Owner {
                 VipMode::Dsr => Mode::Dsr,
                 VipMode::Tunnel => Mode::Tunnel,
                 VipMode::Nat => Mode::Nat,
+                VipMode::FullNat => Mode::FullNat,
             },
             src_hash: v.hash == HashKind::Source,
             table_size: config.table_size(v),
@@ -797,6 +798,7 @@ impl Owner {
                     VipMode::Dsr => "dsr",
                     VipMode::Tunnel => "tunnel",
                     VipMode::Nat => "nat",
+                    VipMode::FullNat => "fullnat",
                 }
                 .into(),
                 hash: match v.hash {

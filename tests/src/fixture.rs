@@ -65,7 +65,9 @@ pub fn expected_deltas(
     let mut d = BTreeMap::new();
     d.insert(format!("reason.{}.packets", reason.name()), 1);
     d.insert(format!("reason.{}.bytes", reason.name()), len);
-    let new = reason == Reason::FwdNewFlow;
+    // A fullnat flow that finds no source port was chosen a backend (and
+    // counted) before the port ran out.
+    let new = reason == Reason::FwdNewFlow || reason == Reason::DropNatNoPort;
     if let Some(v) = vip {
         d.insert(format!("vip.{v}.packets"), 1);
         d.insert(format!("vip.{v}.bytes"), len);
@@ -76,7 +78,7 @@ pub fn expected_deltas(
             d.insert(format!("vip.{v}.no_backend"), 1);
         }
         if let Some(b) = backend
-            && (reason == Reason::FwdNewFlow || reason == Reason::FwdEstablished)
+            && (new || reason == Reason::FwdEstablished)
         {
             d.insert(format!("backend.{v}.{b}.packets"), 1);
             d.insert(format!("backend.{v}.{b}.bytes"), len);

@@ -264,11 +264,28 @@ fn packet_fixtures() {
         .next()
         .and_then(|i| i.trim().parse().ok())
         .expect("ifindex of hfx0");
+    // Every call runs on CPU 0, so that fullnat's source ports (each CPU
+    // has its own range) are known: two per CPU, 40000 and 40001 on CPU 0.
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity
+    // only touch it and this thread's affinity.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning the fixture thread to CPU 0"
+        );
+    }
+    let ncpus = aya::util::nr_cpus().expect("possible CPUs") as u16;
     let cfg = DataplaneConfig {
         flow_capacity_per_cpu: 4096,
         nat_capacity: 4096,
         // A NAT flow that saw FIN or RST expires at once (tested below).
         nat_closed_linger: std::time::Duration::ZERO,
+        fullnat_src_v4: Some("198.18.5.1".parse().expect("literal")),
+        fullnat_src_v6: Some("2001:db8:5::1".parse().expect("literal")),
+        fullnat_ports: (40000, 40000 + 2 * ncpus - 1),
         ..Default::default()
     };
     let mut dp = Dataplane::load(cfg).expect("loading the balancer (the verifier must accept it)");
@@ -1221,6 +1238,154 @@ fn packet_fixtures() {
         Reason::PassNotVip,
     ));
     run_rows(&mut dp, &mut rows, nat_rows);
+
+    // fullnat: the source becomes the balancer's fullnat address and a port
+    // of this CPU's range; the reply goes back to the client's own address
+    // and port. Two ports on CPU 0: a third flow finds none and is dropped.
+    let fn4 = vip("198.18.1.20", 80, Proto::Tcp);
+    let fn6 = vip("2001:db8:1::9", 80, Proto::Tcp);
+    for v in [fn4, fn6] {
+        dp.add_vip(VipSpec {
+            vip: v,
+            mode: Mode::FullNat,
+            src_hash: false,
+            table_size: small,
+        })
+        .expect("add fullnat VIP");
+    }
+    set(&mut dp, &fn4, &[with_port("198.18.4.3", 8080)]);
+    set(&mut dp, &fn6, &[with_port("2001:db8:4::3", 8080)]);
+    let full = |p: &Pkt, snat: &str, port: u16, to: &str| -> Vec<u8> {
+        let mut q = p.clone();
+        q.src = ip(snat);
+        q.dst = ip(to);
+        q.dmac = bmac(ip(to));
+        q.smac = LB_MAC;
+        if let L4::Tcp { sport, dport, .. } = &mut q.l4 {
+            *sport = port;
+            *dport = 8080;
+        }
+        q.bytes()
+    };
+    let full_row =
+        |name: &str, p: &Pkt, reason: Reason, v: VipAddr, snat: &str, port: u16, to: &str| Row {
+            name: name.into(),
+            input: p.bytes(),
+            output: full(p, snat, port, to),
+            action: XDP_TX,
+            reason,
+            vip: Some(v),
+            backend: Some(ip(to)),
+        };
+    let back = |from: &str, snat: &str, port: u16, l4: L4| -> Pkt {
+        let mut r = Pkt::new(from, snat, l4);
+        r.dmac = LB_MAC;
+        r.smac = bmac(ip(from));
+        let _ = port;
+        r
+    };
+    let un_full = |r: &Pkt, vip_addr: &str, client_addr: &str, client_port: u16| -> Vec<u8> {
+        let mut q = r.clone();
+        q.src = ip(vip_addr);
+        q.dst = ip(client_addr);
+        q.dmac = CLIENT_MAC;
+        q.smac = LB_MAC;
+        if let L4::Tcp { sport, dport, .. } = &mut q.l4 {
+            *sport = 80;
+            *dport = client_port;
+        }
+        q.bytes()
+    };
+    let f4 = "198.18.1.20";
+    let f6 = "2001:db8:1::9";
+    let syn_a = Pkt::new(client, f4, L4::tcp(42000, 80, TCP_SYN));
+    let reply_a = back(
+        "198.18.4.3",
+        "198.18.5.1",
+        40000,
+        L4::tcp(8080, 40000, SYN_ACK),
+    );
+    let syn6 = Pkt::new(client6, f6, L4::tcp(42003, 80, TCP_SYN));
+    let reply6 = back(
+        "2001:db8:4::3",
+        "2001:db8:5::1",
+        40001,
+        L4::tcp(8080, 40001, SYN_ACK),
+    );
+    let full_rows = vec![
+        full_row(
+            "fullnat: IPv4 SYN from the balancer's address and port 40000",
+            &syn_a,
+            Reason::FwdNewFlow,
+            fn4,
+            "198.18.5.1",
+            40000,
+            "198.18.4.3",
+        ),
+        Row {
+            name: "fullnat: its SYN-ACK back to the client's address and port".into(),
+            input: reply_a.bytes(),
+            output: un_full(&reply_a, f4, client, 42000),
+            action: XDP_TX,
+            reason: Reason::FwdNatReply,
+            vip: None,
+            backend: None,
+        },
+        full_row(
+            "fullnat: the flow keeps its port",
+            &Pkt::new(client, f4, L4::tcp(42000, 80, TCP_ACK)),
+            Reason::FwdEstablished,
+            fn4,
+            "198.18.5.1",
+            40000,
+            "198.18.4.3",
+        ),
+        full_row(
+            "fullnat: IPv6 SYN, the next port of the range",
+            &syn6,
+            Reason::FwdNewFlow,
+            fn6,
+            "2001:db8:5::1",
+            40001,
+            "2001:db8:4::3",
+        ),
+        Row {
+            name: "fullnat: IPv6 SYN-ACK back".into(),
+            input: reply6.bytes(),
+            output: un_full(&reply6, f6, client6, 42003),
+            action: XDP_TX,
+            reason: Reason::FwdNatReply,
+            vip: None,
+            backend: None,
+        },
+        full_row(
+            "fullnat: a second IPv4 flow skips the live port 40000",
+            &Pkt::new(client, f4, L4::tcp(42001, 80, TCP_SYN)),
+            Reason::FwdNewFlow,
+            fn4,
+            "198.18.5.1",
+            40001,
+            "198.18.4.3",
+        ),
+        Row::vip_drop(
+            "fullnat: a third flow finds no free port: dropped, no live port reused",
+            Pkt::new(client, f4, L4::tcp(42002, 80, TCP_SYN)).bytes(),
+            Reason::DropNatNoPort,
+            fn4,
+            Some(ip("198.18.4.3")),
+        ),
+    ];
+    run_rows(&mut dp, &mut rows, full_rows);
+    for r in rows
+        .iter()
+        .filter(|r| r.name.starts_with("fullnat:") && r.action == XDP_TX)
+    {
+        assert!(
+            hola_tests::packet::l4_checksums_ok(&r.output),
+            "{}: checksums of the output",
+            r.name
+        );
+    }
     // Every NAT output's checksums verify when recomputed from scratch.
     for r in rows
         .iter()

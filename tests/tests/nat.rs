@@ -352,3 +352,48 @@ fn two_interfaces_clients_on_one_backends_on_the_other() {
     );
     assert_eq!(s.reasons["aborted"].packets, 0, "no failed redirect");
 }
+
+#[test]
+fn fullnat_backends_see_the_balancer_and_need_no_route_through_it() {
+    require_root();
+    let lab = Lab::new("hn4", 2);
+    // The backends get an address beside the balancer's and nothing else:
+    // no route through it.
+    lab.t.ip(
+        "lb",
+        &["addr", "add", &format!("{GATEWAY}/24"), "dev", "eth0"],
+    );
+    for i in 1..=lab.backends {
+        let (b, _) = backend(i);
+        lab.t.ip(
+            &b,
+            &["addr", "add", &format!("{}/24", nat_addr(i)), "dev", "eth0"],
+        );
+        ns_cmd(&lab.t.ns(&b), "ethtool", &["-K", "eth0", "tx", "off"]);
+    }
+    let servers = Servers::start(&lab);
+    let cfg = config(&[1, 2])
+        .replace("mode = \"nat\"", "mode = \"fullnat\"")
+        .replace(
+            "nat_capacity = 65536\n",
+            "nat_capacity = 65536\nfullnat_source_v4 = \"198.18.2.1\"\n",
+        );
+    let d = Daemon::start("hn4", &lab.t.ns("lb"), &cfg);
+    let answers = requests(&lab, 200);
+    println!("answers through fullnat: {answers:?}");
+    assert_eq!(
+        answers.keys().cloned().collect::<Vec<_>>(),
+        ["b1", "b2"],
+        "every request answered: {answers:?}"
+    );
+    let peers = servers.peers.lock().expect("lock").clone();
+    let balancer: IpAddr = GATEWAY.parse().expect("gateway");
+    assert!(
+        peers.iter().all(|(_, p)| *p == balancer),
+        "backends see the balancer's fullnat address: {peers:?}"
+    );
+    let s = d.stats();
+    assert_eq!(s.vips[0].mode, "fullnat");
+    assert!(s.reasons["fwd_nat_reply"].packets >= 600);
+    assert_eq!(s.reasons["drop_nat_no_port"].packets, 0);
+}
