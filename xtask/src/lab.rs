@@ -67,6 +67,8 @@ const NAT_GW_V4: &str = "198.18.2.1";
 const NAT_BACKENDS: &[&str] = &["198.18.2.11", "198.18.2.12", "198.18.2.13"];
 /// The VIP in NAT mode (routed to the balancer with the others).
 const NAT_VIP: &str = "198.18.1.3";
+/// The VIP in fullnat mode: backends see the balancer's 198.18.2.1.
+const FULLNAT_VIP: &str = "198.18.1.4";
 /// Held by every backend on lo.
 const VIPS_ON_LO: &[&str] = &[
     "198.18.1.1/32",
@@ -546,7 +548,8 @@ fn config_toml() -> String {
          state_file = \"{}\"\n\
          bpffs_dir = \"{BPFFS}/lb\"\n\
          metrics_address = \"127.0.0.1:9464\"\n\
-         flow_capacity_per_cpu = 65536\n",
+         flow_capacity_per_cpu = 65536\n\
+         fullnat_source_v4 = \"{NAT_GW_V4}\"\n",
         lab.join("hola.sock").display(),
         lab.join("state.toml").display(),
     );
@@ -556,6 +559,7 @@ fn config_toml() -> String {
     for (vip, proto, mode, backends) in [
         ("198.18.1.1", "tcp", "dsr", &v4),
         (NAT_VIP, "tcp", "nat", &nat),
+        (FULLNAT_VIP, "tcp", "fullnat", &nat),
         ("198.18.1.2", "tcp", "tunnel", &v4),
         ("2001:db8:1::1", "tcp", "dsr", &v6),
         ("198.18.1.1", "udp", "dsr", &v4),
@@ -580,11 +584,13 @@ fn print_next_steps() {
     let sock = relative(&socket_path());
     println!(
         "\nThe lab is up: hola balances 198.18.1.1:80 (dsr, tcp and udp), 198.18.1.2:80 (tunnel),
-198.18.1.3:80 (nat) and [2001:db8:1::1]:80 (dsr) over b1, b2, b3 (weights 1, 1, 2). Try:
+198.18.1.3:80 (nat), 198.18.1.4:80 (fullnat) and [2001:db8:1::1]:80 (dsr) over b1, b2, b3
+(weights 1, 1, 2). Try:
 
   for i in $(seq 8); do ip netns exec hola-lab-client curl -s http://198.18.1.1/; done
   for i in $(seq 8); do ip netns exec hola-lab-client curl -s http://198.18.1.2/; done
   for i in $(seq 8); do ip netns exec hola-lab-client curl -s http://198.18.1.3/; done
+  for i in $(seq 8); do ip netns exec hola-lab-client curl -s http://198.18.1.4/; done
   ip netns exec hola-lab-client curl -s -g 'http://[2001:db8:1::1]/'
   ip netns exec hola-lab-client bash -c 'exec 3<>/dev/udp/198.18.1.1/80; echo hi >&3; timeout 1 head -n 1 <&3'
   {hola} --socket {sock} stats --json
