@@ -23,7 +23,7 @@ use lb_common::{
 use crate::{
     csum, forward,
     maps::{BACKENDS, FLOWS, NAT, TX_PORTS},
-    nat::Layout,
+    nat::{self, Layout},
     parse::{
         eth::{self, ETH_P_IP, ETH_P_IPV6},
         ipv4, ipv6, ptr_at,
@@ -110,14 +110,98 @@ fn quoted(ctx: &XdpContext, at: &Layout) -> Result<Quoted, Reason> {
     })
 }
 
-/// An ICMP error addressed to someone else than a VIP (the client): if it
-/// quotes a request of a NAT flow on its way to the backend, the quoted
-/// destination becomes the VIP again (and the error's source too, when the
-/// backend itself sent it), and it goes where the flow's replies go.
+/// Offsets of the source and destination addresses in an IP header.
 #[inline(always)]
-fn to_client(ctx: &XdpContext, at: &Layout, outer_src: &[u8; 16]) -> Result<Verdict, Reason> {
+fn addr_offsets(family: u8) -> (usize, usize) {
+    if family == FAMILY_V4 {
+        (12, 16)
+    } else {
+        (8, 24)
+    }
+}
+
+/// One address to replace: at `off` (from the frame's start), `old` by
+/// `new`.
+struct AddrSet<'a> {
+    family: u8,
+    off: usize,
+    old: &'a [u8; 16],
+    new: &'a [u8; 16],
+}
+
+/// Replaces an address, adding the change to `delta`. Not inlined: a
+/// BPF-to-BPF call with a stack frame of its own.
+#[inline(never)]
+fn set_addr(ctx: &XdpContext, a: &AddrSet, delta: &mut u32) -> Result<(), Reason> {
+    // The offset arrives through memory: bound it for the verifier (the
+    // quoted header ends within the first 256 bytes).
+    let off = a.off & 0xff;
+    if a.family == FAMILY_V4 {
+        csum::add_change4(delta, a.old, a.new);
+        write4(ctx, off, a.new)
+    } else {
+        csum::add_change16(delta, a.old, a.new);
+        write16(ctx, off, a.new)
+    }
+}
+
+/// Shorthand for a `set_addr` call.
+macro_rules! set {
+    ($ctx:expr, $family:expr, $off:expr, $old:expr, $new:expr, $delta:expr) => {
+        set_addr(
+            $ctx,
+            &AddrSet {
+                family: $family,
+                off: $off,
+                old: $old,
+                new: $new,
+            },
+            $delta,
+        )
+    };
+}
+
+/// Applies the changes: `outer` to the outer IPv4 header checksum (IPv6:
+/// already in `icmp`), `inner` (the quoted addresses) to the quoted IPv4
+/// header checksum and, with that checksum's own change, to the ICMP one.
+#[inline(always)]
+fn finish(
+    ctx: &XdpContext,
+    at: &Layout,
+    q: &Quoted,
+    outer: u32,
+    inner: u32,
+    mut icmp: u32,
+) -> Result<(), Reason> {
+    if at.family == FAMILY_V4 {
+        update(ctx, at.l3_off + 10, outer)?;
+        let (old, new) = update(ctx, q.l3 + 10, inner)?;
+        icmp += (inner & 0xffff) + (inner >> 16);
+        csum::add_word(&mut icmp, old, new);
+    } else {
+        icmp += (inner & 0xffff) + (inner >> 16);
+    }
+    update(ctx, at.l4_off + 2, icmp)?;
+    Ok(())
+}
+
+/// An ICMP error addressed to someone else than a VIP (the client, or for
+/// fullnat the balancer's fullnat address): if it quotes a request of a
+/// NAT flow on its way to the backend, the quoted packet becomes the
+/// request as the client sent it (destination the VIP; for fullnat, source
+/// the client), the error is addressed to the client (and comes from the
+/// VIP when the backend itself sent it), and it goes where the flow's
+/// replies go.
+#[inline(always)]
+fn to_client(
+    ctx: &XdpContext,
+    at: &Layout,
+    outer_src: &[u8; 16],
+    outer_dst: &[u8; 16],
+) -> Result<Verdict, Reason> {
     let q = quoted(ctx, at)?;
-    // The quoted request is client → backend: its reply's key is the swap.
+    // The quoted request is (client or balancer) → backend: its reply's key
+    // is the swap.
     let key = FlowKey {
         src: q.dst,
         dst: q.src,
@@ -127,44 +211,68 @@ fn to_client(ctx: &XdpContext, at: &Layout, outer_src: &[u8; 16]) -> Result<Verd
         family: at.family,
         _pad: [0; 2],
     };
-    // SAFETY: the value is copied out at once.
-    let v = match unsafe { NAT.get(&key) } {
-        // fullnat flows' errors are not translated (yet): addressed to the
-        // balancer's fullnat address, they go to its stack.
-        Some(v) if v.flags & NAT_F_FULLNAT == 0 => *v,
-        _ => return Err(Reason::PassNotVip),
+    let v = match NAT.get_ptr(&key) {
+        // SAFETY: a pointer into the map value, valid while the program runs.
+        Some(v) => unsafe { &*v },
+        None => return Err(Reason::PassNotVip),
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if nat_expired(&v, q.proto, now, &forward::nat_timeouts()) {
+    if nat_expired(v, q.proto, now, &forward::nat_timeouts()) {
         return Err(Reason::DropNatExpired);
     }
-    let from_backend = *outer_src == key.src;
-    let mut icmp_delta = 0u32;
-    if at.family == FAMILY_V4 {
-        if from_backend {
-            let mut d = 0u32;
-            csum::add_change4(&mut d, outer_src, &v.vip_addr);
-            write4(ctx, at.l3_off + 12, &v.vip_addr)?;
-            update(ctx, at.l3_off + 10, d)?;
-        }
-        let mut d = 0u32;
-        csum::add_change4(&mut d, &q.dst, &v.vip_addr);
-        write4(ctx, q.l3 + 16, &v.vip_addr)?;
-        let (old, new) = update(ctx, q.l3 + 10, d)?;
-        icmp_delta = d;
-        csum::add_word(&mut icmp_delta, old, new);
+    let fullnat = v.flags & NAT_F_FULLNAT != 0;
+    let (src_off, dst_off) = addr_offsets(at.family);
+    let (mut outer, mut inner, mut icmp) = (0u32, 0u32, 0u32);
+    // Outer addresses are in ICMPv6's pseudo-header, not ICMPv4's.
+    let outer_sum = if at.family == FAMILY_V4 {
+        &mut outer
     } else {
-        if from_backend {
-            csum::add_change16(&mut icmp_delta, outer_src, &v.vip_addr);
-            write16(ctx, at.l3_off + 8, &v.vip_addr)?;
-        }
-        csum::add_change16(&mut icmp_delta, &q.dst, &v.vip_addr);
-        write16(ctx, q.l3 + 24, &v.vip_addr)?;
+        &mut icmp
+    };
+    if *outer_src == key.src {
+        set!(
+            ctx,
+            at.family,
+            at.l3_off + src_off,
+            outer_src,
+            &v.vip_addr,
+            outer_sum
+        )?;
     }
-    csum::add_word(&mut icmp_delta, be(q.dport), be(v.vip_port));
+    if fullnat {
+        set!(
+            ctx,
+            at.family,
+            at.l3_off + dst_off,
+            outer_dst,
+            &v.client_addr,
+            outer_sum
+        )?;
+    }
+    set!(
+        ctx,
+        at.family,
+        q.l3 + dst_off,
+        &q.dst,
+        &v.vip_addr,
+        &mut inner
+    )?;
+    csum::add_word(&mut icmp, be(q.dport), be(v.vip_port));
     write_port(ctx, q.l4 + 2, v.vip_port)?;
-    update(ctx, at.l4_off + 2, icmp_delta)?;
+    if fullnat {
+        set!(
+            ctx,
+            at.family,
+            q.l3 + src_off,
+            &q.src,
+            &v.client_addr,
+            &mut inner
+        )?;
+        csum::add_word(&mut icmp, be(q.sport), be(v.client_port));
+        write_port(ctx, q.l4, v.client_port)?;
+    }
+    finish(ctx, at, &q, outer, inner, icmp)?;
 
     let h: *mut [u8; 12] = ptr_at(ctx, 0)?;
     let mut macs = [0u8; 12];
@@ -187,7 +295,8 @@ fn to_client(ctx: &XdpContext, at: &Layout, outer_src: &[u8; 16]) -> Result<Verd
 
 /// An ICMP error addressed to a VIP address: if it quotes a reply of a NAT
 /// flow (VIP → client), it goes to the flow's backend, addressed to it and
-/// quoting the reply as the backend sent it.
+/// quoting the reply as the backend sent it (for fullnat, to the
+/// balancer's fullnat address and port).
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, at: &Layout, outer_dst: &[u8; 16]) -> Result<Verdict, Reason> {
     let q = quoted(ctx, at)?;
@@ -202,12 +311,12 @@ fn to_backend(ctx: &XdpContext, at: &Layout, outer_dst: &[u8; 16]) -> Result<Ver
         _pad: [0; 2],
     };
     // SAFETY: the value is copied out at once.
-    let backend_id = match unsafe { FLOWS.get(&req) } {
-        Some(f) => f.backend_id,
+    let (backend_id, port) = match unsafe { FLOWS.get(&req) } {
+        Some(f) => (f.backend_id, f.hash as u16),
         None => return Err(Reason::PassNotVip),
     };
     let b = match BACKENDS.get(backend_id) {
-        Some(b) => *b,
+        Some(b) => b,
         None => return Err(Reason::PassNotVip),
     };
     if b.flags & (BACKEND_F_ACTIVE | BACKEND_F_DOWN | BACKEND_F_NEXTHOP)
@@ -216,8 +325,10 @@ fn to_backend(ctx: &XdpContext, at: &Layout, outer_dst: &[u8; 16]) -> Result<Ver
         return Err(Reason::PassNotVip);
     }
     let bport = if b.port != 0 { b.port } else { q.sport };
-    // Only a live NAT flow of this VIP (not a dsr or tunnel one).
-    let rev = FlowKey {
+    // Only a live NAT flow of this VIP (not a dsr or tunnel one): a nat
+    // flow's entry has the client as destination, a fullnat flow's the
+    // balancer's fullnat address and the flow's port.
+    let mut rev = FlowKey {
         src: b.addr,
         dst: q.dst,
         sport: bport,
@@ -226,34 +337,53 @@ fn to_backend(ctx: &XdpContext, at: &Layout, outer_dst: &[u8; 16]) -> Result<Ver
         family: at.family,
         _pad: [0; 2],
     };
-    // SAFETY: the value is copied out at once.
-    match unsafe { NAT.get(&rev) } {
-        Some(v) if v.vip_addr == q.src && v.vip_port == q.sport => {}
-        _ => return Err(Reason::PassNotVip),
+    let ours = |v: &lb_common::NatValue| v.vip_addr == q.src && v.vip_port == q.sport;
+    let mut fullnat = false;
+    // SAFETY: the value is read at once.
+    let nat =
+        matches!(unsafe { NAT.get(&rev) }, Some(v) if ours(v) && v.flags & NAT_F_FULLNAT == 0);
+    if !nat {
+        rev.dst = nat::snat_addr(at.family);
+        rev.dport = port;
+        // SAFETY: the value is read at once.
+        match unsafe { NAT.get(&rev) } {
+            Some(v)
+                if ours(v)
+                    && v.flags & NAT_F_FULLNAT != 0
+                    && v.client_addr == q.dst
+                    && v.client_port == q.dport =>
+            {
+                fullnat = true;
+            }
+            _ => return Err(Reason::PassNotVip),
+        }
     }
-    let mut icmp_delta = 0u32;
-    if at.family == FAMILY_V4 {
-        let mut d = 0u32;
-        csum::add_change4(&mut d, outer_dst, &b.addr);
-        write4(ctx, at.l3_off + 16, &b.addr)?;
-        update(ctx, at.l3_off + 10, d)?;
-        let mut d = 0u32;
-        csum::add_change4(&mut d, &q.src, &b.addr);
-        write4(ctx, q.l3 + 12, &b.addr)?;
-        let (old, new) = update(ctx, q.l3 + 10, d)?;
-        icmp_delta = d;
-        csum::add_word(&mut icmp_delta, old, new);
+    let (src_off, dst_off) = addr_offsets(at.family);
+    let (mut outer, mut inner, mut icmp) = (0u32, 0u32, 0u32);
+    let outer_sum = if at.family == FAMILY_V4 {
+        &mut outer
     } else {
-        csum::add_change16(&mut icmp_delta, outer_dst, &b.addr);
-        write16(ctx, at.l3_off + 24, &b.addr)?;
-        csum::add_change16(&mut icmp_delta, &q.src, &b.addr);
-        write16(ctx, q.l3 + 8, &b.addr)?;
-    }
-    csum::add_word(&mut icmp_delta, be(q.sport), be(bport));
+        &mut icmp
+    };
+    set!(
+        ctx,
+        at.family,
+        at.l3_off + dst_off,
+        outer_dst,
+        &b.addr,
+        outer_sum
+    )?;
+    set!(ctx, at.family, q.l3 + src_off, &q.src, &b.addr, &mut inner)?;
+    csum::add_word(&mut icmp, be(q.sport), be(bport));
     write_port(ctx, q.l4, bport)?;
-    update(ctx, at.l4_off + 2, icmp_delta)?;
-    forward::rewrite_macs(ctx, &b)?;
-    let action = forward::egress(ctx, &b)?;
+    if fullnat {
+        set!(ctx, at.family, q.l3 + dst_off, &q.dst, &rev.dst, &mut inner)?;
+        csum::add_word(&mut icmp, be(q.dport), be(rev.dport));
+        write_port(ctx, q.l4 + 2, rev.dport)?;
+    }
+    finish(ctx, at, &q, outer, inner, icmp)?;
+    forward::rewrite_macs(ctx, b)?;
+    let action = forward::egress(ctx, b)?;
     Ok(Verdict {
         reason: Reason::FwdNatIcmp,
         action,
@@ -300,7 +430,7 @@ pub fn entry(ctx: &XdpContext, to_vip: bool) -> Result<Verdict, Reason> {
     if to_vip {
         to_backend(ctx, &at, &dst)
     } else {
-        to_client(ctx, &at, &src)
+        to_client(ctx, &at, &src, &dst)
     }
 }
 

@@ -182,7 +182,7 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
 
 /// fullnat: the balancer's source address for `family`.
 #[inline(always)]
-fn snat_addr(family: u8) -> [u8; 16] {
+pub fn snat_addr(family: u8) -> [u8; 16] {
     if family == FAMILY_V4 {
         let a: [u8; 4] = setting!(fullnat_src_v4);
         [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]

@@ -1376,6 +1376,82 @@ fn packet_fixtures() {
         ),
     ];
     run_rows(&mut dp, &mut rows, full_rows);
+
+    // ICMP errors about fullnat flows: the quoted packet and the error's
+    // addresses become what the client (or the backend) sent and expects.
+    let sent_a = Pkt::new("198.18.5.1", "198.18.4.3", L4::tcp(40000, 8080, TCP_SYN)).l3();
+    let as_client_a = with_l4_csum_of(
+        Pkt::new(client, f4, L4::tcp(42000, 80, TCP_SYN)).l3(),
+        &sent_a,
+    );
+    let sent6 = Pkt::new(
+        "2001:db8:5::1",
+        "2001:db8:4::3",
+        L4::tcp(40001, 8080, TCP_SYN),
+    )
+    .l3();
+    let as_client6 = with_l4_csum_of(
+        Pkt::new(client6, f6, L4::tcp(42003, 80, TCP_SYN)).l3(),
+        &sent6,
+    );
+    let reply_to_client = Pkt::new(f4, client, L4::tcp(80, 42000, SYN_ACK)).l3();
+    let as_backend_sent = with_l4_csum_of(
+        Pkt::new("198.18.4.3", "198.18.5.1", L4::tcp(8080, 40000, SYN_ACK)).l3(),
+        &reply_to_client,
+    );
+    let fullnat_icmp = vec![
+        icmp_row(
+            "fullnat icmp: a router's fragmentation needed reaches the client, quoting its request",
+            icmp(
+                "198.18.4.254",
+                "198.18.5.1",
+                3,
+                4,
+                &sent_a,
+                to_lb("198.18.4.254"),
+            ),
+            icmp(
+                "198.18.4.254",
+                client,
+                3,
+                4,
+                &as_client_a,
+                (CLIENT_MAC, LB_MAC),
+            ),
+        ),
+        icmp_row(
+            "fullnat icmp: the backend's IPv6 packet too big reaches the client from the VIP",
+            icmp(
+                "2001:db8:4::3",
+                "2001:db8:5::1",
+                2,
+                0,
+                &sent6,
+                to_lb("2001:db8:4::3"),
+            ),
+            icmp(f6, client6, 2, 0, &as_client6, (CLIENT_MAC, LB_MAC)),
+        ),
+        icmp_row(
+            "fullnat icmp: fragmentation needed for a reply goes to the backend, quoting what it sent",
+            icmp(
+                "198.18.0.254",
+                f4,
+                3,
+                4,
+                &reply_to_client,
+                (LB_MAC, CLIENT_MAC),
+            ),
+            icmp(
+                "198.18.0.254",
+                "198.18.4.3",
+                3,
+                4,
+                &as_backend_sent,
+                (bmac(ip("198.18.4.3")), LB_MAC),
+            ),
+        ),
+    ];
+    run_rows(&mut dp, &mut rows, fullnat_icmp);
     for r in rows
         .iter()
         .filter(|r| r.name.starts_with("fullnat:") && r.action == XDP_TX)
