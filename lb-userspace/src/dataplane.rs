@@ -1022,6 +1022,27 @@ impl Dataplane {
             .map(|b| b.spec.addr)
     }
 
+    /// `vip`'s Maglev table as the kernel holds it (slot → backend
+    /// address), read back from the `RINGS` map.
+    pub fn kernel_table(&self, vip: &VipAddr) -> Result<Vec<Option<IpAddr>>, DataplaneError> {
+        let state = self.vips.get(vip).ok_or(DataplaneError::NoSuchVip(*vip))?;
+        let mut out = Vec::with_capacity(state.spec.table_size as usize);
+        for i in 0..state.spec.table_size {
+            let id = self
+                .rings
+                .get(&(state.ring_base + i), 0)
+                .map_err(map_err(names::RINGS))?;
+            out.push(
+                state
+                    .backends
+                    .iter()
+                    .find(|b| b.id == id)
+                    .map(|b| b.spec.addr),
+            );
+        }
+        Ok(out)
+    }
+
     /// The Maglev slot a flow hashes to in `vip`'s table, and its backend.
     pub fn maglev_slot(&self, vip: &VipAddr, key: &FlowKey) -> Option<(u32, Option<IpAddr>)> {
         let state = self.vips.get(vip)?;

@@ -14,22 +14,23 @@ pub(crate) enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Control plane: Maglev build times, flows moved by an add or remove, backend add to first packet (needs root); writes target/bench/control.json.
+    Control {
+        /// Passed to bench-control, e.g. `--rounds 7 --flows 1000000` or `--smoke`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 pub(crate) fn bench(which: Bench) -> Result<()> {
     toolchain::setup(false)?;
-    let Bench::Dataplane { args } = which;
+    let (bin, args) = match which {
+        Bench::Dataplane { args } => ("bench-dataplane", args),
+        Bench::Control { args } => ("bench-control", args),
+    };
     let mut cmd = command("cargo");
-    cmd.args([
-        "run",
-        "--release",
-        "-p",
-        "hola-tests",
-        "--bin",
-        "bench-dataplane",
-        "--",
-    ])
-    .args(&args);
-    println!("==> bench dataplane: {}", show(&cmd));
-    run_status(&mut cmd).context("bench dataplane failed")
+    cmd.args(["run", "--release", "-p", "hola-tests", "--bin", bin, "--"])
+        .args(&args);
+    println!("==> {bin}: {}", show(&cmd));
+    run_status(&mut cmd).with_context(|| format!("{bin} failed"))
 }

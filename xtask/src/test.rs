@@ -63,6 +63,20 @@ pub(crate) fn test(extra: &[String]) -> Result<()> {
                 "target/bench/dataplane-smoke.json",
             ]),
         ),
+        (
+            "bench control smoke",
+            cargo(&[
+                "run",
+                "-p",
+                "hola-tests",
+                "--bin",
+                "bench-control",
+                "--",
+                "--smoke",
+                "--out",
+                "target/bench/control-smoke.json",
+            ]),
+        ),
         ("privileged tests", privileged),
     ];
 
