@@ -16,6 +16,8 @@ pub const NAT: &str = "NAT";
 pub const NAT_STATE: &str = "NAT_STATE";
 pub const ICMP_PROGS: &str = "ICMP_PROGS";
 pub const NAT_SCRATCH: &str = "NAT_SCRATCH";
+pub const NAT_SOURCES4: &str = "NAT_SOURCES4";
+pub const NAT_SOURCES6: &str = "NAT_SOURCES6";
 pub const FULLNAT_CURSOR: &str = "FULLNAT_CURSOR";
 pub const HANDSHAKES: &str = "HANDSHAKES";
 

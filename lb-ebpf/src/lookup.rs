@@ -18,8 +18,8 @@ use crate::{
     forward::{self, Inner},
     icmp,
     maps::{
-        BACKEND_STATS, BACKENDS, FLOWS, ICMP_PROGS, NAT_SCRATCH, RINGS, VIP_ADDRS4, VIP_ADDRS6,
-        VIP_STATS, VIPS,
+        BACKEND_STATS, BACKENDS, FLOWS, ICMP_PROGS, NAT_SCRATCH, NAT_SOURCES4, NAT_SOURCES6, RINGS,
+        VIP_ADDRS4, VIP_ADDRS6, VIP_STATS, VIPS,
     },
     nat::{self, Layout},
     parse::{
@@ -49,7 +49,8 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
                 if !nat::active() {
                     return Err(Reason::PassNotVip);
                 }
-                return not_vip(ctx, &at, ip.is_fragment);
+                let from_backend = NAT_SOURCES4.get_ptr(u32::from_ne_bytes(ip.saddr)).is_some();
+                return not_vip(ctx, &at, ip.is_fragment, from_backend);
             }
         };
         if ip.is_fragment {
@@ -75,7 +76,8 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
                 if !nat::active() {
                     return Err(Reason::PassNotVip);
                 }
-                return not_vip(ctx, &at, false);
+                let from_backend = NAT_SOURCES6.get_ptr(ip.saddr).is_some();
+                return not_vip(ctx, &at, false, from_backend);
             }
         };
         if ipv6::is_extension(ip.nexthdr) {
@@ -212,7 +214,12 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
 /// reply to a NAT flow (or an ICMP error about one) is translated back;
 /// everything else passes untouched.
 #[inline(always)]
-fn not_vip(ctx: &XdpContext, at: &Layout, fragment: bool) -> Result<Verdict, Reason> {
+fn not_vip(
+    ctx: &XdpContext,
+    at: &Layout,
+    fragment: bool,
+    from_backend: bool,
+) -> Result<Verdict, Reason> {
     if fragment {
         return Err(Reason::PassNotVip);
     }
@@ -223,7 +230,10 @@ fn not_vip(ctx: &XdpContext, at: &Layout, fragment: bool) -> Result<Verdict, Rea
         unsafe { ICMP_PROGS.tail_call(ctx, ICMP_TO_CLIENT) };
         return Err(Reason::PassNotVip);
     }
-    if at.proto == PROTO_TCP || at.proto == PROTO_UDP {
+    // Replies come from a NAT VIP's backend: a cheap lookup by source
+    // address spares everything else the 5-tuple lookup in `NAT`. (ICMP
+    // errors may come from any router, so they are not filtered.)
+    if from_backend && (at.proto == PROTO_TCP || at.proto == PROTO_UDP) {
         // SAFETY: the index is a slot of ICMP_PROGS.
         unsafe { ICMP_PROGS.tail_call(ctx, NAT_REPLY) };
     }

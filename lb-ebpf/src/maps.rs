@@ -59,6 +59,17 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
 pub static NAT: LruHashMap<FlowKey, NatValue> =
     LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
 
+/// The addresses of every backend of a `nat` or `fullnat` VIP (IPv4, as
+/// loaded from the packet): only packets from these are looked up as NAT
+/// replies. Written by userspace with the backend sets; read by the
+/// program for packets not addressed to a VIP while a NAT VIP exists.
+#[map]
+pub static NAT_SOURCES4: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// As `NAT_SOURCES4`, IPv6.
+#[map]
+pub static NAT_SOURCES6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(4096, 0);
+
 /// One element: non-zero while any VIP is in NAT mode, so that packets not
 /// for a VIP are looked up in `NAT` only then. Written by userspace.
 #[map]

@@ -328,6 +328,8 @@ pub struct Dataplane {
     tx_ports: DevMapHash<MapData>,
     nat: HashMap<MapData, FlowKey, NatValue>,
     nat_state: Array<MapData, u32>,
+    nat_sources4: HashMap<MapData, u32, u8>,
+    nat_sources6: HashMap<MapData, [u8; 16], u8>,
     /// Held so that its slots stay filled while the data plane is not
     /// pinned (a program array empties when its last user goes).
     _icmp_progs: ProgramArray<MapData>,
@@ -421,6 +423,8 @@ impl Dataplane {
             (names::ICMP_PROGS, 4),
             (names::HANDSHAKES, cfg.max_backends + 1),
             (names::NAT_SCRATCH, 1),
+            (names::NAT_SOURCES4, cfg.max_backends),
+            (names::NAT_SOURCES6, cfg.max_backends),
             (names::FULLNAT_CURSOR, 1),
         ];
         let mut loader = EbpfLoader::new();
@@ -503,6 +507,8 @@ impl Dataplane {
             tx_ports: take!(names::TX_PORTS),
             nat: take!(names::NAT),
             nat_state: take!(names::NAT_STATE),
+            nat_sources4: take!(names::NAT_SOURCES4),
+            nat_sources6: take!(names::NAT_SOURCES6),
             _icmp_progs: icmp_progs,
             ebpf,
             vip_ids: IdPool::new(cfg.max_vips),
@@ -788,12 +794,59 @@ impl Dataplane {
     }
 
     /// Tells the program whether any VIP is in NAT mode (only then are
-    /// packets not for a VIP looked up as replies).
+    /// packets not for a VIP looked up as replies), and from which
+    /// addresses replies come: every backend of a NAT VIP. A backend
+    /// removed from every NAT VIP stops being one (its late replies pass).
     fn write_nat_state(&mut self) -> Result<(), DataplaneError> {
-        let any = self
-            .vips
-            .values()
-            .any(|v| matches!(v.spec.mode, Mode::Nat | Mode::FullNat));
+        let nat_vips = || {
+            self.vips
+                .values()
+                .filter(|v| matches!(v.spec.mode, Mode::Nat | Mode::FullNat))
+        };
+        let any = nat_vips().next().is_some();
+        let want: std::collections::BTreeSet<IpAddr> = nat_vips()
+            .flat_map(|v| v.backends.iter().map(|b| b.spec.addr))
+            .collect();
+        let mut have4 = Vec::new();
+        for k in self.nat_sources4.keys() {
+            have4.push(k.map_err(map_err(names::NAT_SOURCES4))?);
+        }
+        let mut have6 = Vec::new();
+        for k in self.nat_sources6.keys() {
+            have6.push(k.map_err(map_err(names::NAT_SOURCES6))?);
+        }
+        for a in &want {
+            match a {
+                IpAddr::V4(v4) => {
+                    let k = u32::from_ne_bytes(v4.octets());
+                    if !have4.contains(&k) {
+                        self.nat_sources4
+                            .insert(k, 1, 0)
+                            .map_err(map_err(names::NAT_SOURCES4))?;
+                    }
+                }
+                IpAddr::V6(v6) => {
+                    let k = v6.octets();
+                    if !have6.contains(&k) {
+                        self.nat_sources6
+                            .insert(k, 1, 0)
+                            .map_err(map_err(names::NAT_SOURCES6))?;
+                    }
+                }
+            }
+        }
+        for k in have4 {
+            if !want.contains(&IpAddr::from(k.to_ne_bytes())) {
+                ignore_missing(self.nat_sources4.remove(&k))
+                    .map_err(map_err(names::NAT_SOURCES4))?;
+            }
+        }
+        for k in have6 {
+            if !want.contains(&IpAddr::from(k)) {
+                ignore_missing(self.nat_sources6.remove(&k))
+                    .map_err(map_err(names::NAT_SOURCES6))?;
+            }
+        }
         self.nat_state
             .set(0, u32::from(any), 0)
             .map_err(map_err(names::NAT_STATE))
@@ -1000,6 +1053,9 @@ impl Dataplane {
             }
         }
         state.backends = next;
+        if matches!(state.spec.mode, Mode::Nat | Mode::FullNat) {
+            self.write_nat_state()?;
+        }
         Ok(())
     }
 
