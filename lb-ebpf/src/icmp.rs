@@ -15,7 +15,7 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
-    FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason,
+    FAMILY_V4, FlowKey, PROTO_TCP, PROTO_UDP, Reason,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
     flow::{NAT_F_FULLNAT, nat_expired},
 };
@@ -24,10 +24,7 @@ use crate::{
     csum, forward,
     maps::{BACKENDS, FLOWS, NAT, TX_PORTS},
     nat::{self, Layout},
-    parse::{
-        eth::{self, ETH_P_IP, ETH_P_IPV6},
-        ipv4, ipv6, ptr_at,
-    },
+    parse::ptr_at,
     verdict::Verdict,
 };
 
@@ -395,38 +392,15 @@ fn to_backend(ctx: &XdpContext, at: &Layout, outer_dst: &[u8; 16]) -> Result<Ver
 /// (`to_backend`: the error is addressed to a VIP) or the client.
 #[inline(always)]
 pub fn entry(ctx: &XdpContext, to_vip: bool) -> Result<Verdict, Reason> {
-    let eth = eth::parse(ctx)?;
-    let (at, src, dst) = if eth.proto == ETH_P_IP {
-        let ip = ipv4::parse(ctx, eth.l3_off)?;
-        if ip.is_fragment || ip.proto != PROTO_ICMP {
-            return Err(Reason::PassNotVip);
-        }
-        let mut src = [0u8; 16];
-        let mut dst = [0u8; 16];
-        src[..4].copy_from_slice(&ip.saddr);
-        dst[..4].copy_from_slice(&ip.daddr);
-        let at = Layout {
-            l3_off: eth.l3_off,
-            l4_off: ip.l4_off,
-            family: FAMILY_V4,
-            proto: ip.proto,
-        };
-        (at, src, dst)
-    } else if eth.proto == ETH_P_IPV6 {
-        let ip = ipv6::parse(ctx, eth.l3_off)?;
-        if ip.nexthdr != PROTO_ICMPV6 {
-            return Err(Reason::PassNotVip);
-        }
-        let at = Layout {
-            l3_off: eth.l3_off,
-            l4_off: ip.l4_off,
-            family: FAMILY_V6,
-            proto: ip.nexthdr,
-        };
-        (at, ip.saddr, ip.daddr)
+    let (at, src, dst) = nat::outer(ctx)?;
+    let icmp = if at.family == FAMILY_V4 {
+        PROTO_ICMP
     } else {
-        return Err(Reason::PassNotIp);
+        PROTO_ICMPV6
     };
+    if at.proto != icmp {
+        return Err(Reason::PassNotVip);
+    }
     if to_vip {
         to_backend(ctx, &at, &dst)
     } else {

@@ -227,13 +227,13 @@ fn alloc_port(rev: &mut FlowKey, now: u64, t: &NatTimeouts) -> Result<u16, Reaso
     Err(Reason::DropNatNoPort)
 }
 
-/// The entry of the NAT reply program (`hola_nat_reply`, tail-called by
-/// `hola_lb` for a TCP or UDP packet not addressed to a VIP while a NAT VIP
-/// exists): parses the headers again and translates the reply.
+/// The outer headers of a packet a tail-called program gets (a tail call
+/// keeps only the packet): where they are, and the source and destination
+/// addresses. A fragment, or anything but IPv4 and IPv6, is not ours.
 #[inline(always)]
-pub fn reply_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
+pub fn outer(ctx: &XdpContext) -> Result<(Layout, [u8; 16], [u8; 16]), Reason> {
     let eth = eth::parse(ctx).map_err(|_| Reason::PassNotVip)?;
-    let (at, src, dst) = if eth.proto == ETH_P_IP {
+    if eth.proto == ETH_P_IP {
         let ip = ipv4::parse(ctx, eth.l3_off).map_err(|_| Reason::PassNotVip)?;
         if ip.is_fragment {
             return Err(Reason::PassNotVip);
@@ -248,7 +248,7 @@ pub fn reply_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
             family: FAMILY_V4,
             proto: ip.proto,
         };
-        (at, src, dst)
+        Ok((at, src, dst))
     } else if eth.proto == ETH_P_IPV6 {
         let ip = ipv6::parse(ctx, eth.l3_off).map_err(|_| Reason::PassNotVip)?;
         let at = Layout {
@@ -257,10 +257,18 @@ pub fn reply_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
             family: FAMILY_V6,
             proto: ip.nexthdr,
         };
-        (at, ip.saddr, ip.daddr)
+        Ok((at, ip.saddr, ip.daddr))
     } else {
-        return Err(Reason::PassNotIp);
-    };
+        Err(Reason::PassNotIp)
+    }
+}
+
+/// The entry of the NAT reply program (`hola_nat_reply`, tail-called by
+/// `hola_lb` for a TCP or UDP packet not addressed to a VIP while a NAT VIP
+/// exists): parses the headers again and translates the reply.
+#[inline(always)]
+pub fn reply_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
+    let (at, src, dst) = outer(ctx)?;
     if at.proto != PROTO_TCP && at.proto != PROTO_UDP {
         return Err(Reason::PassNotVip);
     }

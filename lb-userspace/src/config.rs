@@ -1096,6 +1096,17 @@ impl<'a> Sink<'a> {
         });
     }
 
+    /// A duration such as `"2s"` at `path`, if given; an unreadable one is
+    /// reported (and its path poisoned) and counts as absent.
+    fn duration(&mut self, path: &str, value: Option<String>) -> Option<Duration> {
+        let s = value?;
+        parse_duration(&s).or_else(|| {
+            self.error(path, format!("{path} = {s:?}: {DURATION_RULE}"));
+            self.poisoned.push(path.to_string());
+            None
+        })
+    }
+
     /// `value` (or `default` when absent) as a `T`; a value `T` cannot hold is
     /// reported with `range` and replaced by `default`. Ranges inside `T`
     /// are checked later, on the public model.
@@ -1237,15 +1248,8 @@ impl RawOutlier {
             ("cooldown", self.cooldown, &mut o.cooldown),
             ("syn_timeout", self.syn_timeout, &mut o.syn_timeout),
         ] {
-            if let Some(s) = v {
-                let p = format!("{path}.{key}");
-                match parse_duration(&s) {
-                    Some(d) => *slot = d,
-                    None => {
-                        sink.error(&p, format!("{p} = {s:?}: {DURATION_RULE}"));
-                        sink.poisoned.push(p);
-                    }
-                }
+            if let Some(d) = sink.duration(&format!("{path}.{key}"), v) {
+                *slot = d;
             }
         }
         o
@@ -1366,15 +1370,7 @@ impl RawGlobal {
             NAT_CAPACITY_RANGE,
         );
         let duration = |sink: &mut Sink<'_>, key: &str, v: Option<String>, def: Duration| {
-            let p = format!("global.{key}");
-            match v {
-                None => def,
-                Some(s) => parse_duration(&s).unwrap_or_else(|| {
-                    sink.error(&p, format!("{p} = {s:?}: {DURATION_RULE}"));
-                    sink.poisoned.push(p.clone());
-                    def
-                }),
-            }
+            sink.duration(&format!("global.{key}"), v).unwrap_or(def)
         };
         let nat_tcp_timeout = duration(
             sink,
@@ -1601,14 +1597,7 @@ impl RawAgent {
             });
         let mut a = AgentConfig::new(port);
         let duration = |sink: &mut Sink<'_>, key: &str, v: Option<String>| {
-            let p = format!("{path}.{key}");
-            v.and_then(|s| {
-                parse_duration(&s).or_else(|| {
-                    sink.error(&p, format!("{p} = {s:?}: {DURATION_RULE}"));
-                    sink.poisoned.push(p.clone());
-                    None
-                })
-            })
+            sink.duration(&format!("{path}.{key}"), v)
         };
         if let Some(i) = duration(sink, "interval", self.interval) {
             a.interval = i;
@@ -1658,14 +1647,7 @@ impl RawHealth {
         }
         let mut h = HealthConfig::new(kind.unwrap_or(CheckKind::Tcp));
         let duration = |sink: &mut Sink<'_>, key: &str, v: Option<String>| {
-            let p = format!("{path}.{key}");
-            v.and_then(|s| {
-                parse_duration(&s).or_else(|| {
-                    sink.error(&p, format!("{p} = {s:?}: {DURATION_RULE}"));
-                    sink.poisoned.push(p.clone());
-                    None
-                })
-            })
+            sink.duration(&format!("{path}.{key}"), v)
         };
         if let Some(i) = duration(sink, "interval", self.interval) {
             h.interval = i;

@@ -1,6 +1,7 @@
 //! Helpers shared by the privileged tests: packet builders, network
 //! namespaces, and running programs through BPF_PROG_TEST_RUN.
 
+pub mod bench;
 pub mod daemon;
 pub mod fixture;
 pub mod netns;

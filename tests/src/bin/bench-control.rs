@@ -13,7 +13,10 @@ use std::{
 };
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use hola_tests::packet::{L4, LB_MAC, Pkt, TCP_SYN};
+use hola_tests::{
+    bench::{machine, median},
+    packet::{L4, LB_MAC, Pkt, TCP_SYN},
+};
 use lb_common::{FAMILY_V4, FlowKey, PROTO_TCP, hash::flow_hash};
 use lb_userspace::{
     dataplane::{BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec},
@@ -50,16 +53,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// Backend `i` (0-based) of a pool: an address in 198.18.0.0/15.
@@ -255,24 +248,15 @@ fn main() {
         sorted[sorted.len() - 1]
     );
 
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    let doc = json!({
-        "kernel": kernel.trim(),
-        "cpu": cpu,
-        "rounds": a.rounds,
-        "maglev_build": builds,
-        "flows_moved": disruption,
-        "add_to_first_packet_us": {"median": add_med, "rounds": add_us,
-            "method": "Dataplane::set_backends (the daemon's map writes for `hola backend add`), then new-flow packets through BPF_PROG_TEST_RUN until one goes to the new backend; the API/CLI round trip is not included"},
-    });
+    let mut doc = machine();
+    doc.insert("rounds".into(), a.rounds.into());
+    doc.insert("maglev_build".into(), builds.into());
+    doc.insert("flows_moved".into(), disruption.into());
+    doc.insert(
+        "add_to_first_packet_us".into(),
+        json!({"median": add_med, "rounds": add_us,
+            "method": "Dataplane::set_backends (the daemon's map writes for `hola backend add`), then new-flow packets through BPF_PROG_TEST_RUN until one goes to the new backend; the API/CLI round trip is not included"}),
+    );
     if let Some(dir) = std::path::Path::new(&a.out).parent() {
         std::fs::create_dir_all(dir).expect("create output directory");
     }

@@ -14,7 +14,10 @@ use aya::{
     Ebpf,
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
-use hola_tests::packet::{L4, LB_MAC, Pkt, TCP_ACK, TCP_SYN};
+use hola_tests::{
+    bench::{machine, median},
+    packet::{L4, LB_MAC, Pkt, TCP_ACK, TCP_SYN},
+};
 use lb_userspace::{
     dataplane::{BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec},
     programs,
@@ -76,16 +79,6 @@ fn measure(prog: &Xdp, inputs: &mut dyn FnMut(usize) -> Vec<u8>, calls: usize) -
         total += r.duration.as_nanos();
     }
     total as f64 / calls as f64
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn backend(addr: IpAddr) -> BackendSpec {
@@ -334,28 +327,15 @@ fn main() {
     for l in &table {
         println!("{l}");
     }
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    let clocksource =
-        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
-            .unwrap_or_default();
-    let doc = json!({
-        "method": "BPF_PROG_TEST_RUN, repeat=1 per call, kernel-measured duration averaged over calls; net = median - median(xdp_pass)",
-        "kernel": kernel.trim(),
-        "cpu": cpu,
-        "clocksource": clocksource.trim(),
-        "rounds": a.rounds,
-        "calls_per_round": a.calls,
-        "flow_capacity_per_cpu": a.flow_capacity_per_cpu,
-        "paths": json_paths,
-    });
+    let mut doc = machine();
+    doc.insert("method".into(), "BPF_PROG_TEST_RUN, repeat=1 per call, kernel-measured duration averaged over calls; net = median - median(xdp_pass)".into());
+    doc.insert("rounds".into(), a.rounds.into());
+    doc.insert("calls_per_round".into(), a.calls.into());
+    doc.insert(
+        "flow_capacity_per_cpu".into(),
+        a.flow_capacity_per_cpu.into(),
+    );
+    doc.insert("paths".into(), json_paths.into());
     if let Some(dir) = std::path::Path::new(&a.out).parent() {
         std::fs::create_dir_all(dir).expect("create output directory");
     }
