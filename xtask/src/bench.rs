@@ -22,8 +22,22 @@ pub(crate) enum Bench {
     },
 }
 
-pub(crate) fn bench(which: Bench) -> Result<()> {
+pub(crate) fn bench(which: Option<Bench>) -> Result<()> {
     toolchain::setup(false)?;
+    let Some(which) = which else {
+        // Every part there is (forward and proxy are not written yet).
+        for part in [
+            Bench::Dataplane { args: Vec::new() },
+            Bench::Control { args: Vec::new() },
+        ] {
+            run(part)?;
+        }
+        return Ok(());
+    };
+    run(which)
+}
+
+fn run(which: Bench) -> Result<()> {
     let (bin, args) = match which {
         Bench::Dataplane { args } => ("bench-dataplane", args),
         Bench::Control { args } => ("bench-control", args),

@@ -56,10 +56,10 @@ enum Cmd {
         #[command(subcommand)]
         cmd: lab::Lab,
     },
-    /// Run a benchmark.
+    /// Run a benchmark; with no part named, every part there is.
     Bench {
         #[command(subcommand)]
-        which: bench::Bench,
+        which: Option<bench::Bench>,
     },
 }
 
