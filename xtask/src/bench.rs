@@ -14,6 +14,12 @@ pub(crate) enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Packets per second through a veth: hola against the XDP_TX ceiling (needs root); writes target/bench/forward.json.
+    Forward {
+        /// Passed to bench-forward, e.g. `--rounds 3 --seconds 1` or `--smoke`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Control plane: Maglev build times, flows moved by an add or remove, backend add to first packet (needs root); writes target/bench/control.json.
     Control {
         /// Passed to bench-control, e.g. `--rounds 7 --flows 1000000` or `--smoke`.
@@ -25,9 +31,10 @@ pub(crate) enum Bench {
 pub(crate) fn bench(which: Option<Bench>) -> Result<()> {
     toolchain::setup(false)?;
     let Some(which) = which else {
-        // Every part there is (forward and proxy are not written yet).
+        // Every part there is (proxy is not written yet).
         for part in [
             Bench::Dataplane { args: Vec::new() },
+            Bench::Forward { args: Vec::new() },
             Bench::Control { args: Vec::new() },
         ] {
             run(part)?;
@@ -41,6 +48,7 @@ fn run(which: Bench) -> Result<()> {
     let (bin, args) = match which {
         Bench::Dataplane { args } => ("bench-dataplane", args),
         Bench::Control { args } => ("bench-control", args),
+        Bench::Forward { args } => ("bench-forward", args),
     };
     let mut cmd = command("cargo");
     cmd.args(["run", "--release", "-p", "hola-tests", "--bin", bin, "--"])

@@ -77,6 +77,20 @@ pub(crate) fn test(extra: &[String]) -> Result<()> {
                 "target/bench/control-smoke.json",
             ]),
         ),
+        (
+            "bench forward smoke",
+            cargo(&[
+                "run",
+                "-p",
+                "hola-tests",
+                "--bin",
+                "bench-forward",
+                "--",
+                "--smoke",
+                "--out",
+                "target/bench/forward-smoke.json",
+            ]),
+        ),
         ("privileged tests", privileged),
     ];
 
