@@ -15,12 +15,13 @@ use aya_ebpf::{
 #[map]
 static GEN_FLOWS: Array<u32> = Array::with_max_entries(1, 0);
 
-/// `bench_gen`'s frame template: the first 42 bytes (Ethernet, IPv4, UDP)
-/// of every frame, written by the benchmark. Live-frames mode recycles a
+/// `bench_gen`'s frame template: the first 54 bytes (Ethernet, IPv4, TCP
+/// or UDP and the start of its payload) of every frame, written by the
+/// benchmark. Live-frames mode recycles a
 /// frame's memory after the device on the other side rewrote it (hola's
 /// encapsulation, NAT), so every header byte is written again each time.
 #[map]
-static GEN_TEMPLATE: Array<[u8; 42]> = Array::with_max_entries(1, 0);
+static GEN_TEMPLATE: Array<[u8; 54]> = Array::with_max_entries(1, 0);
 
 /// `bench_gen`'s per-CPU frame counter.
 #[map]
@@ -31,9 +32,10 @@ static GEN_COUNTER: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// The forwarding benchmark's generator, run by BPF_PROG_TEST_RUN in
-/// live-frames mode on an IPv4 TCP or UDP frame: frame `n` gets flow
-/// `n % GEN_FLOWS` (its source port, and the source address's last two
-/// bytes beyond 60,000 flows; the IPv4 checksum recomputed) and is
+/// live-frames mode on an IPv4 TCP or UDP frame of at least 54 bytes:
+/// frame `n` gets flow `n % GEN_FLOWS` (its source port, and the source
+/// address's last two bytes beyond 60,000 flows; the IPv4 checksum
+/// recomputed, the TCP one left: nothing on the path checks it) and is
 /// transmitted (XDP_TX) on the interface the run names.
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
@@ -59,7 +61,7 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
         Some(t) => *t,
         None => return xdp_action::XDP_ABORTED,
     };
-    if start + 42 > ctx.data_end() {
+    if start + 54 > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
     }
     let flow = n % flows;
@@ -67,15 +69,26 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
     let hi = (flow / 60_000) as u16;
     let head = start as *mut [u8; 14];
     let ip = (start + 14) as *mut [u8; 20];
-    let l4 = (start + 34) as *mut [u8; 8];
-    // SAFETY: the 42 bytes are in the packet (checked above).
+    let l4 = (start + 34) as *mut [u8; 20];
+    // SAFETY: the 54 bytes are in the packet (checked above).
     unsafe {
         let mut e = [0u8; 14];
         e.copy_from_slice(&template[..14]);
         head.write_unaligned(e);
-        let mut u = [0u8; 8];
-        u.copy_from_slice(&template[34..42]);
+        let mut u = [0u8; 20];
+        u.copy_from_slice(&template[34..54]);
         u[..2].copy_from_slice(&port.to_be_bytes());
+        if template[23] == 6 {
+            // TCP: its checksum covers the port and (pseudo-header) the
+            // source address; update it for both changes (RFC 1624).
+            let word = |b: &[u8]| u32::from(u16::from_be_bytes([b[0], b[1]]));
+            let mut sum = u32::from(!u16::from_be_bytes([u[16], u[17]]));
+            sum += (0xffff ^ word(&template[34..36])) + u32::from(port);
+            sum += (0xffff ^ word(&template[28..30])) + u32::from(hi);
+            sum = (sum & 0xffff) + (sum >> 16);
+            sum = (sum & 0xffff) + (sum >> 16);
+            u[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        }
         l4.write_unaligned(u);
         let mut h = [0u8; 20];
         h.copy_from_slice(&template[14..34]);

@@ -21,7 +21,7 @@ use aya::{
 use hola_tests::{
     bench::{machine, median},
     netns::{Topology, cmd, in_ns, ns_cmd},
-    packet::{L4, Pkt},
+    packet::{L4, Pkt, TCP_SYN},
 };
 use lb_userspace::{
     dataplane::{BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec},
@@ -84,6 +84,17 @@ fn pin_to(cpu: usize) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// The flow count of the SYN-flood column: every frame a new TCP flow.
+const SYN_FLOOD: u32 = u32::MAX;
+
+fn label(flows: u32) -> String {
+    if flows == SYN_FLOOD {
+        "SYN flood".into()
+    } else {
+        flows.to_string()
     }
 }
 
@@ -160,6 +171,13 @@ fn main() {
         g.load().expect("verifier");
         e
     });
+    // A TCP SYN for the SYN-flood column (54 bytes, no payload).
+    let syn_frame = {
+        let mut p = Pkt::new("198.18.0.1", "198.18.1.1", L4::tcp(1024, 80, TCP_SYN));
+        p.dmac = l0_mac;
+        p.smac = g0_mac;
+        p.bytes()
+    };
     let frame = {
         let mut p = Pkt::new(
             "198.18.0.1",
@@ -175,14 +193,6 @@ fn main() {
         f
     };
 
-    {
-        let mut t = [0u8; 42];
-        t.copy_from_slice(&frame[..42]);
-        Array::<_, [u8; 42]>::try_from(generator.map_mut("GEN_TEMPLATE").expect("GEN_TEMPLATE"))
-            .expect("array")
-            .set(0, t, 0)
-            .expect("write the template");
-    }
     let contenders: [(&str, &str); 5] = [
         ("macswap_tx", "MAC-swap XDP_TX program (the ceiling)"),
         ("hola_dsr", "hola, dsr"),
@@ -225,7 +235,8 @@ fn main() {
     ] {
         t.sysctl("lb", kv);
     }
-    let flow_counts = [1u32, 1_000, 100_000];
+    // Flow counts; the last (every frame a new TCP flow) is the SYN flood.
+    let flow_counts = [1u32, 1_000, 100_000, SYN_FLOOD];
     let lb_ns = t.ns("lb");
     let make = |name: &str| -> Contender {
         let name = name.to_string();
@@ -237,7 +248,7 @@ fn main() {
                     .collect();
                 let rules = format!(
                     "table ip hbf {{\n  chain pre {{\n    type nat hook prerouting priority dstnat;\n    \
-                     ip daddr 198.18.1.1 udp dport 80 dnat to jhash ip saddr . udp sport mod 10 map {{ {} }}\n  \
+                     ip daddr 198.18.1.1 th dport 80 dnat to jhash ip saddr . th sport mod 10 map {{ {} }}\n  \
                      }}\n}}\n",
                     map.join(", ")
                 );
@@ -283,18 +294,20 @@ fn main() {
                 "hola_tunnel" => Mode::Tunnel,
                 _ => Mode::Nat,
             };
-            let vip = VipAddr {
+            let vips = [Proto::Udp, Proto::Tcp].map(|proto| VipAddr {
                 addr: "198.18.1.1".parse().expect("vip"),
                 port: 80,
-                proto: Proto::Udp,
-            };
-            dp.add_vip(VipSpec {
-                vip,
-                mode,
-                src_hash: false,
-                table_size: 65_537,
-            })
-            .expect("VIP");
+                proto,
+            });
+            for vip in vips {
+                dp.add_vip(VipSpec {
+                    vip,
+                    mode,
+                    src_hash: false,
+                    table_size: 65_537,
+                })
+                .expect("VIP");
+            }
             let bs: Vec<BackendSpec> = (1..=10)
                 .map(|i| BackendSpec {
                     addr: IpAddr::from([198, 18, 2, i]),
@@ -309,7 +322,9 @@ fn main() {
                     }),
                 })
                 .collect();
-            dp.set_backends(&vip, &bs).expect("backends");
+            for vip in &vips {
+                dp.set_backends(vip, &bs).expect("backends");
+            }
             dp.attach("l0", XdpMode::Driver).expect("attach hola");
             Contender::Hola(Box::new(dp))
         })
@@ -325,6 +340,19 @@ fn main() {
         for (name, _) in contenders {
             let c = make(name);
             for flows in flow_counts {
+                let frame = if flows == SYN_FLOOD {
+                    &syn_frame
+                } else {
+                    &frame
+                };
+                let mut tpl = [0u8; 54];
+                tpl.copy_from_slice(&frame[..54]);
+                Array::<_, [u8; 54]>::try_from(
+                    generator.map_mut("GEN_TEMPLATE").expect("GEN_TEMPLATE"),
+                )
+                .expect("array")
+                .set(0, tpl, 0)
+                .expect("write the template");
                 Array::<_, u32>::try_from(generator.map_mut("GEN_FLOWS").expect("GEN_FLOWS"))
                     .expect("array")
                     .set(0, flows, 0)
@@ -350,7 +378,7 @@ fn main() {
                 let mut sent = 0u64;
                 while start.elapsed().as_secs_f64() < a.seconds {
                     let r = prog.test_run(TestRunOptions {
-                        data_in: Some(&frame),
+                        data_in: Some(frame),
                         ctx_in: Some(&ctx),
                         repeat: 100_000,
                         attrs: TestRunAttrs::new().xdp_live_frames(64),
@@ -364,7 +392,8 @@ fn main() {
                 let got = read(&generator) - before;
                 let pps = got as f64 / el;
                 eprintln!(
-                    "round {round} {name:<12} {flows:>7} flows: sent {:.2} Mpps, received {:.2} Mpps",
+                    "round {round} {name:<12} {:>9} flows: sent {:.2} Mpps, received {:.2} Mpps",
+                    label(flows),
                     sent as f64 / el / 1e6,
                     pps / 1e6
                 );
@@ -400,7 +429,7 @@ fn main() {
         })
         .collect();
     println!(
-        "{:<14} {:>8} {:>10} {:>10} {:>14}",
+        "{:<14} {:>9} {:>10} {:>10} {:>14}",
         "contender", "flows", "Mpps", "of ceiling", "generator Mpps"
     );
     let mut rows = Vec::new();
@@ -411,7 +440,8 @@ fn main() {
             let ratio = med / ceiling[&flows];
             let g = median(&mut generated[&(name.to_string(), flows)].clone());
             println!(
-                "{name:<14} {flows:>8} {:>10.3} {:>9.0}% {:>14.3}",
+                "{name:<14} {:>9} {:>10.3} {:>9.0}% {:>14.3}",
+                label(flows),
                 med / 1e6,
                 ratio * 100.0,
                 g / 1e6
