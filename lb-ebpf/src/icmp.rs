@@ -13,7 +13,7 @@
 //! updated incrementally. The quoted TCP/UDP checksum is left as it was:
 //! it covers data the error does not carry, and stacks do not check it.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
     FAMILY_V4, FlowKey, PROTO_TCP, PROTO_UDP, Reason,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
@@ -22,7 +22,7 @@ use lb_common::{
 
 use crate::{
     csum, forward,
-    maps::{BACKENDS, FLOWS, NAT, TX_PORTS},
+    maps::{BACKENDS, FLOWS, NAT},
     nat::{self, Layout},
     parse::ptr_at,
     verdict::Verdict,
@@ -271,19 +271,7 @@ fn to_client(
     }
     finish(ctx, at, &q, outer, inner, icmp)?;
 
-    let h: *mut [u8; 12] = ptr_at(ctx, 0)?;
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&v.dmac);
-    macs[6..].copy_from_slice(&v.smac);
-    // SAFETY: ptr_at checked the bounds.
-    unsafe { h.write_unaligned(macs) };
-    let action = if v.ifindex == 0 || v.ifindex == ctx.ingress_ifindex() as u32 {
-        xdp_action::XDP_TX
-    } else {
-        TX_PORTS
-            .redirect(v.ifindex, 0)
-            .map_err(|_| Reason::Aborted)?
-    };
+    let action = nat::send_back(ctx, v)?;
     Ok(Verdict {
         reason: Reason::FwdNatIcmp,
         action,

@@ -307,12 +307,9 @@ fn reply(ctx: &XdpContext, at: &Layout, key: &FlowKey, ports: &Ports) -> Result<
     if v.syn_ns != 0 && key.proto == PROTO_TCP {
         handshake(v, now, ports.tcp_flags);
     }
-    let (vip_addr, vip_port, ifindex) = (v.vip_addr, v.vip_port, v.ifindex);
+    let (vip_addr, vip_port) = (v.vip_addr, v.vip_port);
     let fullnat = v.flags & NAT_F_FULLNAT != 0;
     let (client_addr, client_port) = (v.client_addr, v.client_port);
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&v.dmac);
-    macs[6..].copy_from_slice(&v.smac);
     let src = Change {
         which: Field::Src,
         old_addr: key.src,
@@ -331,18 +328,28 @@ fn reply(ctx: &XdpContext, at: &Layout, key: &FlowKey, ports: &Ports) -> Result<
         };
         rewrite(ctx, at, &dst)?;
     }
+    Ok(Verdict {
+        reason: Reason::FwdNatReply,
+        action: send_back(ctx, v)?,
+    })
+}
+
+/// Sends a packet of flow `v` back the way its request came: to the MAC
+/// it came from, from the MAC it was sent to, out of the interface it came
+/// in on (XDP_TX when that is this one, else a redirect).
+#[inline(always)]
+pub fn send_back(ctx: &XdpContext, v: &NatValue) -> Result<u32, Reason> {
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&v.dmac);
+    macs[6..].copy_from_slice(&v.smac);
     let h: *mut [u8; 12] = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked the bounds.
     unsafe { h.write_unaligned(macs) };
-    let action = if ifindex == 0 || ifindex == ctx.ingress_ifindex() as u32 {
-        xdp_action::XDP_TX
+    if v.ifindex == 0 || v.ifindex == ctx.ingress_ifindex() as u32 {
+        Ok(xdp_action::XDP_TX)
     } else {
-        TX_PORTS.redirect(ifindex, 0).map_err(|_| Reason::Aborted)?
-    };
-    Ok(Verdict {
-        reason: Reason::FwdNatReply,
-        action,
-    })
+        TX_PORTS.redirect(v.ifindex, 0).map_err(|_| Reason::Aborted)
+    }
 }
 
 /// The backend's answer to a flow's SYN: a SYN-ACK's latency goes into
