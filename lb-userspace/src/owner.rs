@@ -196,22 +196,25 @@ impl Checks {
                 .is_none_or(|a| a.mode != AgentMode::Drain)
     }
 
-    /// The weight backend `i` of `vip` gets in its Maglev table, and
+    /// The weight every backend of `vip` gets in its Maglev table, and
     /// whether it is up (a down backend's flow-table entries are treated
     /// as misses). Draining (by config or agent) or down: 0. A backup: 0
     /// while a primary takes new flows. Otherwise the configured weight,
     /// scaled by the agent's percentage, ramping after coming up when
     /// slow start is configured.
-    fn effective(&self, vip: &VipConfig, i: usize) -> (u32, bool) {
+    fn effective(&self, vip: &VipConfig) -> Vec<(u32, bool)> {
+        let primary_takes = (0..vip.backends.len())
+            .any(|j| !vip.backends[j].backup && self.takes_new_flows(vip, j));
+        (0..vip.backends.len())
+            .map(|i| self.effective_one(vip, i, primary_takes))
+            .collect()
+    }
+
+    /// `effective` for backend `i`, knowing whether a primary takes flows.
+    fn effective_one(&self, vip: &VipConfig, i: usize, primary_takes: bool) -> (u32, bool) {
         let b = &vip.backends[i];
         let up = self.is_up(vip, i);
-        if !self.takes_new_flows(vip, i) {
-            return (0, up);
-        }
-        if b.backup
-            && (0..vip.backends.len())
-                .any(|j| !vip.backends[j].backup && self.takes_new_flows(vip, j))
-        {
+        if !self.takes_new_flows(vip, i) || (b.backup && primary_takes) {
             return (0, up);
         }
         let key = (vip_addr(vip), b.address);
@@ -686,9 +689,9 @@ impl Owner {
                     .map_err(|e| ApiError::bad_request(e.to_string()))?;
             }
             let mut specs = Vec::with_capacity(v.backends.len());
-            for (i, b) in v.backends.iter().enumerate() {
+            let effective = self.checks.effective(v);
+            for (b, &(weight, up)) in v.backends.iter().zip(&effective) {
                 let nexthop = self.nexthop(b.address, wait);
-                let (weight, up) = self.checks.effective(v, i);
                 specs.push(BackendSpec {
                     addr: b.address,
                     weight,
@@ -818,6 +821,7 @@ impl Owner {
                 },
                 backends: Vec::new(),
             };
+            let effective = self.checks.effective(v);
             for (i, b) in v.backends.iter().enumerate() {
                 let bc = c.backends.get(&b.address).copied().unwrap_or_default();
                 let (b0, b1) = (
@@ -828,7 +832,7 @@ impl Owner {
                     (Some(a), Some(b)) => rate(f(a), f(b)),
                     _ => 0.0,
                 };
-                let (eff, _) = self.checks.effective(v, i);
+                let (eff, _) = effective[i];
                 let h = self.checks.health.get(&(key, b.address));
                 let ejected = self.checks.ejected.contains(&(key, b.address));
                 let handshake = c.handshakes.get(&b.address).map(|hs| {
@@ -1013,7 +1017,7 @@ mod tests {
     }
 
     fn all(c: &Checks, v: &VipConfig) -> Vec<(u32, bool)> {
-        (0..v.backends.len()).map(|i| c.effective(v, i)).collect()
+        c.effective(v)
     }
 
     #[test]
@@ -1057,14 +1061,14 @@ mod tests {
             ..HealthConfig::new(CheckKind::Tcp)
         });
         c.health.get_mut(&key).unwrap().up_since = Some(tokio::time::Instant::now());
-        assert_eq!(c.effective(&v2, 0), (5, true));
+        assert_eq!(c.effective(&v2)[0], (5, true));
         tokio::time::advance(Duration::from_secs(15)).await;
-        assert_eq!(c.effective(&v2, 0), (27, true), "5 + 45 × 15/30");
+        assert_eq!(c.effective(&v2)[0], (27, true), "5 + 45 × 15/30");
         tokio::time::advance(Duration::from_millis(14_999)).await;
-        assert_eq!(c.effective(&v2, 0), (49, true), "not yet full");
+        assert_eq!(c.effective(&v2)[0], (49, true), "not yet full");
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(c.effective(&v2, 0), (50, true), "full weight at 30 s");
+        assert_eq!(c.effective(&v2)[0], (50, true), "full weight at 30 s");
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(c.effective(&v2, 0), (50, true));
+        assert_eq!(c.effective(&v2)[0], (50, true));
     }
 }
