@@ -390,6 +390,20 @@ mod tests {
 
     use super::*;
 
+    /// A target on 127.0.0.1:`port` for VIP 198.18.1.1:80/tcp.
+    fn local_target(port: u16, check: HealthConfig) -> Target {
+        Target {
+            vip: VipAddr {
+                addr: "198.18.1.1".parse().expect("ip"),
+                port: 80,
+                proto: crate::dataplane::Proto::Tcp,
+            },
+            backend: "127.0.0.1".parse().expect("ip"),
+            port,
+            check,
+        }
+    }
+
     fn check(kind: CheckKind, interval_ms: u64, timeout_ms: u64) -> HealthConfig {
         HealthConfig {
             kind,
@@ -458,16 +472,7 @@ mod tests {
             .await
             .expect("bind");
         let port = l.local_addr().expect("addr").port();
-        let t = Target {
-            vip: VipAddr {
-                addr: "198.18.1.1".parse().expect("ip"),
-                port: 80,
-                proto: crate::dataplane::Proto::Tcp,
-            },
-            backend: "127.0.0.1".parse().expect("ip"),
-            port,
-            check: check(CheckKind::Http, 1000, 500),
-        };
+        let t = local_target(port, check(CheckKind::Http, 1000, 500));
         let p = probe(&t).await;
         assert!(!p.ok);
         assert_eq!(p.detail, "timeout after 500ms");
@@ -509,16 +514,7 @@ mod tests {
         let mut check = check(CheckKind::Http, 1000, 500);
         check.fall = 3;
         check.rise = 2;
-        let t = Target {
-            vip: VipAddr {
-                addr: "198.18.1.1".parse().expect("ip"),
-                port: 80,
-                proto: crate::dataplane::Proto::Tcp,
-            },
-            backend: "127.0.0.1".parse().expect("ip"),
-            port: silent.local_addr().expect("addr").port(),
-            check: check.clone(),
-        };
+        let t = local_target(silent.local_addr().expect("addr").port(), check.clone());
         let (tx, rx) = mpsc::channel();
         let sem = Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES));
         let start = Instant::now();
@@ -590,16 +586,7 @@ mod tests {
             }
             std::future::pending::<()>().await;
         });
-        let mut t = Target {
-            vip: VipAddr {
-                addr: "198.18.1.1".parse().expect("ip"),
-                port: 80,
-                proto: crate::dataplane::Proto::Tcp,
-            },
-            backend: "127.0.0.1".parse().expect("ip"),
-            port,
-            check: check(CheckKind::Http, 1000, 1000),
-        };
+        let mut t = local_target(port, check(CheckKind::Http, 1000, 1000));
         assert_eq!(probe(&t).await.detail, "HTTP 200");
         t.check.expect_body = Some("missing".into());
         let p = probe(&t).await;
@@ -615,16 +602,7 @@ mod tests {
             .await
             .expect("bind");
         let port = l.local_addr().expect("addr").port();
-        let mut t = Target {
-            vip: VipAddr {
-                addr: "198.18.1.1".parse().expect("ip"),
-                port: 80,
-                proto: crate::dataplane::Proto::Tcp,
-            },
-            backend: "127.0.0.1".parse().expect("ip"),
-            port,
-            check: check(CheckKind::Tcp, 1000, 1000),
-        };
+        let mut t = local_target(port, check(CheckKind::Tcp, 1000, 1000));
         assert!(probe(&t).await.ok);
         drop(l);
         assert!(!probe(&t).await.ok, "nothing listens any more");
