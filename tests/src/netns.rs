@@ -107,6 +107,30 @@ impl Topology {
     pub fn sysctl(&self, h: &str, kv: &str) {
         ns_cmd(&self.ns(h), "sysctl", &["-qw", kv]);
     }
+
+    /// What `ip -j link show DEV` says of `dev` in host `h`.
+    fn link_json(&self, h: &str, dev: &str) -> serde_json::Value {
+        let out = self.ip(h, &["-j", "link", "show", dev]);
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("ip -j link show {dev} in {h}: {e}: {out}"));
+        v[0].clone()
+    }
+
+    /// The MAC address of `dev` in host `h`.
+    pub fn mac(&self, h: &str, dev: &str) -> [u8; 6] {
+        let v = self.link_json(h, dev);
+        let s = v["address"].as_str().expect("address");
+        let mut m = [0u8; 6];
+        for (i, b) in s.split(':').enumerate() {
+            m[i] = u8::from_str_radix(b, 16).expect("hex");
+        }
+        m
+    }
+
+    /// The interface index of `dev` in host `h`.
+    pub fn ifindex(&self, h: &str, dev: &str) -> u32 {
+        self.link_json(h, dev)["ifindex"].as_u64().expect("ifindex") as u32
+    }
 }
 
 impl Drop for Topology {

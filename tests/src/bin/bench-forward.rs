@@ -60,23 +60,6 @@ fn args() -> Args {
     a
 }
 
-fn mac(t: &Topology, h: &str, dev: &str) -> [u8; 6] {
-    let out = t.ip(h, &["-j", "link", "show", dev]);
-    let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j");
-    let s = v[0]["address"].as_str().expect("address");
-    let mut m = [0u8; 6];
-    for (i, b) in s.split(':').enumerate() {
-        m[i] = u8::from_str_radix(b, 16).expect("hex");
-    }
-    m
-}
-
-fn ifindex(t: &Topology, h: &str, dev: &str) -> u32 {
-    let out = t.ip(h, &["-j", "link", "show", dev]);
-    let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j");
-    v[0]["ifindex"].as_u64().expect("ifindex") as u32
-}
-
 fn pin_to(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is valid; these calls touch only it and
     // this thread's affinity.
@@ -129,8 +112,8 @@ fn main() {
 
     let t = Topology::new("hbf", &["gen", "lb"]);
     t.link("gen", "g0", "lb", "l0");
-    let (g0_mac, l0_mac) = (mac(&t, "gen", "g0"), mac(&t, "lb", "l0"));
-    let g0 = ifindex(&t, "gen", "g0");
+    let (g0_mac, l0_mac) = (t.mac("gen", "g0"), t.mac("lb", "l0"));
+    let g0 = t.ifindex("gen", "g0");
     // l0's NAPI in a kernel thread of its own, on the other CPU.
     // (A veth has NAPI only with GRO or XDP on: GRO keeps it across the
     // contenders' attach and detach.)
