@@ -56,8 +56,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: lab::Lab,
     },
-    /// Run a benchmark; with no part named, every part there is.
+    /// Run a benchmark; with no part named, every part there is, then the report.
     Bench {
+        /// Only render docs/benchmarks.md and docs/benchmarks.png from the JSON the last runs
+        /// wrote under target/bench/ (with a part named: after running it). `cargo xtask bench`
+        /// with neither runs every part and then renders.
+        #[arg(long)]
+        report: bool,
         #[command(subcommand)]
         which: Option<bench::Bench>,
     },
@@ -70,7 +75,7 @@ fn main() -> ExitCode {
         Cmd::Test { args } => test::test(&args),
         Cmd::Run { args } => run::run(&args),
         Cmd::Lab { cmd } => lab::lab(cmd),
-        Cmd::Bench { which } => bench::bench(which),
+        Cmd::Bench { which, report } => bench::bench(which, report),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -91,6 +91,36 @@ pub(crate) fn test(extra: &[String]) -> Result<()> {
                 "target/bench/forward-smoke.json",
             ]),
         ),
+        (
+            "bench proxy smoke",
+            cargo(&[
+                "run",
+                "-p",
+                "hola-tests",
+                "--bin",
+                "bench-proxy",
+                "--",
+                "--smoke",
+                "--out",
+                "target/bench/proxy-smoke.json",
+            ]),
+        ),
+        (
+            "bench report smoke",
+            cargo(&[
+                "run",
+                "-p",
+                "hola-tests",
+                "--bin",
+                "bench-report",
+                "--",
+                "--smoke",
+                "--out",
+                "target/bench/report-smoke/benchmarks.md",
+                "--plot",
+                "target/bench/report-smoke/benchmarks.png",
+            ]),
+        ),
         ("privileged tests", privileged),
     ];
 

@@ -26,6 +26,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     "procps",
     "curl",
+    // cargo xtask bench proxy: the HTTP load generator and the HAProxy contender.
+    "wrk",
+    "haproxy",
+    // cargo xtask bench --report: the font the plot's labels are drawn in.
+    "fonts-dejavu-core",
 ];
 
 /// The nightly toolchain aya-build compiles lb-ebpf with (`rustup run nightly`).
