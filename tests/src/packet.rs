@@ -132,6 +132,33 @@ pub struct Pkt {
 }
 
 impl Pkt {
+    /// The 5-tuple key the program looks the packet up by (`FLOWS`).
+    pub fn flow_key(&self) -> lb_common::FlowKey {
+        let mut k = lb_common::FlowKey::default();
+        let (sport, dport, proto) = match &self.l4 {
+            L4::Tcp { sport, dport, .. } => (*sport, *dport, 6),
+            L4::Udp { sport, dport, .. } => (*sport, *dport, 17),
+            L4::Raw { proto, .. } => (0, 0, *proto),
+        };
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                k.src[..4].copy_from_slice(&s.octets());
+                k.dst[..4].copy_from_slice(&d.octets());
+                k.family = lb_common::FAMILY_V4;
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                k.src = s.octets();
+                k.dst = d.octets();
+                k.family = lb_common::FAMILY_V6;
+            }
+            _ => panic!("a packet's addresses must be of one family"),
+        }
+        k.sport = sport.to_be();
+        k.dport = dport.to_be();
+        k.proto = proto;
+        k
+    }
+
     pub fn new(src: &str, dst: &str, l4: L4) -> Self {
         Pkt {
             dmac: LB_MAC,

@@ -14,7 +14,7 @@ use hola_tests::{
         CLIENT_MAC, L4, LB_MAC, Pkt, TCP_ACK, TCP_SYN, fold, ipv4_header_ok, sum16, with_macs,
     },
 };
-use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, Reason, ReasonStats, hash::flow_hash};
+use lb_common::{Reason, ReasonStats, hash::flow_hash};
 use lb_userspace::{
     dataplane::{BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec},
     programs,
@@ -56,37 +56,11 @@ fn vip(addr: &str, port: u16, proto: Proto) -> VipAddr {
     }
 }
 
-fn key_of(p: &Pkt) -> FlowKey {
-    let mut k = FlowKey::default();
-    let (sport, dport, proto) = match &p.l4 {
-        L4::Tcp { sport, dport, .. } => (*sport, *dport, 6),
-        L4::Udp { sport, dport, .. } => (*sport, *dport, 17),
-        L4::Raw { proto, .. } => (0, 0, *proto),
-    };
-    match (p.src, p.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            k.src[..4].copy_from_slice(&s.octets());
-            k.dst[..4].copy_from_slice(&d.octets());
-            k.family = FAMILY_V4;
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            k.src = s.octets();
-            k.dst = d.octets();
-            k.family = FAMILY_V6;
-        }
-        _ => unreachable!(),
-    }
-    k.sport = sport.to_be();
-    k.dport = dport.to_be();
-    k.proto = proto;
-    k
-}
-
 /// The frame the balancer must emit in `tunnel` mode, built independently of
 /// the program: outer header per RFC 2003 / RFC 2473, source from the
 /// configured tunnel prefix and the flow hash.
 fn tunnelled(p: &Pkt, to: IpAddr) -> Vec<u8> {
-    let hash = flow_hash(&key_of(p), false);
+    let hash = flow_hash(&p.flow_key(), false);
     let inner = p.l3();
     let mut f = Vec::new();
     f.extend_from_slice(&bmac(to));
@@ -360,7 +334,7 @@ fn packet_fixtures() {
 
     let ip = |s: &str| -> IpAddr { s.parse().expect("address") };
     let maglev = |dp: &Dataplane, v: &VipAddr, p: &Pkt| -> IpAddr {
-        dp.maglev_backend(v, &key_of(p))
+        dp.maglev_backend(v, &p.flow_key())
             .expect("the VIP's table has a backend for every slot")
     };
     let client = "198.18.0.1";
@@ -642,8 +616,10 @@ fn packet_fixtures() {
     }
     // The full 5-tuple hashes of these connections all differ: the rows above
     // pass because the VIP ignores the ports, not by chance.
-    let full: std::collections::BTreeSet<u32> =
-        conns.iter().map(|c| flow_hash(&key_of(c), false)).collect();
+    let full: std::collections::BTreeSet<u32> = conns
+        .iter()
+        .map(|c| flow_hash(&c.flow_key(), false))
+        .collect();
     assert_eq!(full.len(), conns.len(), "distinct 5-tuple hashes");
     run_rows(&mut dp, &mut rows, sticky_rows);
 
