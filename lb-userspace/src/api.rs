@@ -1,17 +1,20 @@
 //! The control API: HTTP/JSON on a Unix socket (mode 0600), served with
 //! axum. Every handler turns the request into a message for the owner
-//! thread; nothing here touches the kernel.
+//! thread; nothing here touches the kernel. Only root may use it: the
+//! socket file is root's alone, and [`serve`] checks every connection's
+//! peer credentials besides.
 
-use std::{net::IpAddr, net::SocketAddr, sync::mpsc};
+use std::{net::IpAddr, net::SocketAddr, sync::mpsc, time::Duration};
 
 use axum::{
     Router,
     body::Bytes,
-    extract::{Query, State},
-    http::{StatusCode, header},
+    extract::{FromRequest, Query, State},
+    http::{Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::sync::oneshot;
 
@@ -19,6 +22,13 @@ use crate::{
     config::{BackendConfig, Config, Protocol, VipConfig},
     owner::{ApiError, Change, Request, vip_addr},
 };
+
+/// The largest request body accepted (a VIP with thousands of backends fits).
+pub const BODY_LIMIT: usize = 1 << 20;
+/// How long a client has to send a request's headers, and then its body.
+/// The CLI sends both at once; a client that stalls is cut off so that it
+/// holds nothing for long (other clients are served meanwhile).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Identifies a VIP in requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +86,36 @@ pub struct BackendDrain {
     pub drain: bool,
 }
 
+/// A request body type, with an example of it for error messages.
+pub trait Example {
+    const EXAMPLE: &'static str;
+}
+
+impl Example for VipConfig {
+    const EXAMPLE: &'static str = r#"{"address":"198.18.1.1","port":80,"protocol":"tcp","mode":"dsr","backend":[{"address":"198.18.0.11","weight":1}]}"#;
+}
+
+impl Example for VipRef {
+    const EXAMPLE: &'static str = r#"{"address":"198.18.1.1","port":80,"protocol":"tcp"}"#;
+}
+
+impl Example for BackendAdd {
+    const EXAMPLE: &'static str = r#"{"vip":{"address":"198.18.1.1","port":80,"protocol":"tcp"},"backend":{"address":"198.18.0.11","weight":1}}"#;
+}
+
+impl Example for BackendRef {
+    const EXAMPLE: &'static str =
+        r#"{"vip":{"address":"198.18.1.1","port":80,"protocol":"tcp"},"address":"198.18.0.11"}"#;
+}
+
+impl Example for BackendWeight {
+    const EXAMPLE: &'static str = r#"{"vip":{"address":"198.18.1.1","port":80,"protocol":"tcp"},"address":"198.18.0.11","weight":10}"#;
+}
+
+impl Example for BackendDrain {
+    const EXAMPLE: &'static str = r#"{"vip":{"address":"198.18.1.1","port":80,"protocol":"tcp"},"address":"198.18.0.11","drain":true}"#;
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
@@ -108,9 +148,110 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+impl ApiError {
+    fn with_status(status: StatusCode, message: String) -> Self {
+        ApiError {
+            status: status.as_u16(),
+            message,
+        }
+    }
+}
+
+/// A JSON request body: at most [`BODY_LIMIT`] bytes, arriving within
+/// [`READ_TIMEOUT`]; errors name the request, the field and an example.
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Example> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, ApiError> {
+        let what = format!("{} {}", req.method(), req.uri().path());
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let too_large = |size: String| {
+            ApiError::with_status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{what}: the request body{size} is over the limit of {BODY_LIMIT} bytes \
+                     (1 MiB); send one change per request"
+                ),
+            )
+        };
+        if let Some(n) = declared.filter(|&n| n > BODY_LIMIT as u64) {
+            return Err(too_large(format!(" ({n} bytes)")));
+        }
+        let body = http_body_util::Limited::new(req.into_body(), BODY_LIMIT).collect();
+        let bytes = match tokio::time::timeout(READ_TIMEOUT, body).await {
+            Err(_) => {
+                return Err(ApiError::with_status(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "{what}: the request body did not arrive within {} s{}; send the \
+                         whole body right after the headers",
+                        READ_TIMEOUT.as_secs(),
+                        declared
+                            .map(|n| format!(" (Content-Length is {n})"))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(too_large(String::new()));
+            }
+            Ok(Err(e)) => {
+                return Err(ApiError::bad_request(format!(
+                    "{what}: reading the request body failed: {e}; send the whole body, as \
+                     long as its Content-Length says"
+                )));
+            }
+            Ok(Ok(b)) => b.to_bytes(),
+        };
+        parse(&what, &bytes).map(Json)
+    }
+}
+
+/// `body` as a `T`; an error names the request, the field at fault and
+/// shows a correct body.
+fn parse<T: DeserializeOwned + Example>(what: &str, body: &Bytes) -> Result<T, ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "{what}: the request body is empty; send JSON such as {}",
+                T::EXAMPLE
+            )));
+        }
+        // serde would also read a struct from an array of its fields.
+        Some(b'[') => {
+            return Err(ApiError::bad_request(format!(
+                "{what}: the request body is a JSON array; send one JSON object such as {}",
+                T::EXAMPLE
+            )));
+        }
+        Some(_) => {}
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let t: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        let at = match field.as_str() {
+            "." | "?" => String::new(),
+            f => format!("field {f}: "),
+        };
+        ApiError::bad_request(format!(
+            "{what}: invalid request body: {at}{}; send JSON such as {}",
+            e.inner(),
+            T::EXAMPLE
+        ))
+    })?;
+    // Trailing bytes after the object.
+    de.end().map_err(|e| {
+        ApiError::bad_request(format!(
+            "{what}: invalid request body: {e}; send one JSON object such as {}",
+            T::EXAMPLE
+        ))
+    })?;
+    Ok(t)
 }
 
 async fn ask<T>(tx: &Tx, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, ApiError> {
@@ -144,8 +285,7 @@ fn find_backend<'a>(
         .ok_or_else(|| ApiError::not_found(format!("backend {a} is not in VIP {r}")))
 }
 
-async fn vip_add(State(tx): State<Tx>, body: Bytes) -> Result<Response, ApiError> {
-    let v: VipConfig = parse(&body)?;
+async fn vip_add(State(tx): State<Tx>, Json(v): Json<VipConfig>) -> Result<Response, ApiError> {
     change(
         &tx,
         Box::new(move |c: &mut Config| {
@@ -162,8 +302,7 @@ async fn vip_add(State(tx): State<Tx>, body: Bytes) -> Result<Response, ApiError
     .await
 }
 
-async fn vip_del(State(tx): State<Tx>, body: Bytes) -> Result<Response, ApiError> {
-    let r: VipRef = parse(&body)?;
+async fn vip_del(State(tx): State<Tx>, Json(r): Json<VipRef>) -> Result<Response, ApiError> {
     change(
         &tx,
         Box::new(move |c: &mut Config| {
@@ -175,8 +314,10 @@ async fn vip_del(State(tx): State<Tx>, body: Bytes) -> Result<Response, ApiError
     .await
 }
 
-async fn backend_add(State(tx): State<Tx>, body: Bytes) -> Result<Response, ApiError> {
-    let a: BackendAdd = parse(&body)?;
+async fn backend_add(
+    State(tx): State<Tx>,
+    Json(a): Json<BackendAdd>,
+) -> Result<Response, ApiError> {
     change(
         &tx,
         Box::new(move |c: &mut Config| {
@@ -194,8 +335,10 @@ async fn backend_add(State(tx): State<Tx>, body: Bytes) -> Result<Response, ApiE
     .await
 }
 
-async fn backend_del(State(tx): State<Tx>, body: Bytes) -> Result<Response, ApiError> {
-    let r: BackendRef = parse(&body)?;
+async fn backend_del(
+    State(tx): State<Tx>,
+    Json(r): Json<BackendRef>,
+) -> Result<Response, ApiError> {
     change(
         &tx,
         Box::new(move |c: &mut Config| {
@@ -208,8 +351,10 @@ async fn backend_del(State(tx): State<Tx>, body: Bytes) -> Result<Response, ApiE
     .await
 }
 
-async fn backend_weight(State(tx): State<Tx>, body: Bytes) -> Result<Response, ApiError> {
-    let w: BackendWeight = parse(&body)?;
+async fn backend_weight(
+    State(tx): State<Tx>,
+    Json(w): Json<BackendWeight>,
+) -> Result<Response, ApiError> {
     change(
         &tx,
         Box::new(move |c: &mut Config| {
@@ -221,8 +366,10 @@ async fn backend_weight(State(tx): State<Tx>, body: Bytes) -> Result<Response, A
     .await
 }
 
-async fn backend_drain(State(tx): State<Tx>, body: Bytes) -> Result<Response, ApiError> {
-    let d: BackendDrain = parse(&body)?;
+async fn backend_drain(
+    State(tx): State<Tx>,
+    Json(d): Json<BackendDrain>,
+) -> Result<Response, ApiError> {
     change(
         &tx,
         Box::new(move |c: &mut Config| {
@@ -289,8 +436,25 @@ async fn events(State(tx): State<Tx>) -> Result<Response, ApiError> {
     Ok(axum::Json(e).into_response())
 }
 
-async fn fallback() -> ApiError {
-    ApiError::not_found("no such endpoint; see docs/api.md")
+async fn fallback(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "{method} {}: no such endpoint; the endpoints are listed under Control API in \
+         docs/operations.md",
+        uri.path()
+    ))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    let path = uri.path();
+    let allowed = match path {
+        "/v1/vips" => "GET lists VIPs, POST adds one",
+        p if p.starts_with("/v1/vips/") || p.starts_with("/v1/backends") => "POST",
+        _ => "GET",
+    };
+    ApiError::with_status(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} {path}: method not allowed; use {allowed}"),
+    )
 }
 
 /// The control API's routes.
@@ -307,8 +471,73 @@ pub fn router(tx: Tx) -> Router {
         .route("/v1/flow", get(flow))
         .route("/v1/events", get(events))
         .fallback(fallback)
-        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(tx)
+}
+
+/// Answers every request of a connection whose peer is not root.
+fn refusal(uid: Option<u32>) -> Router {
+    let who = match uid {
+        Some(u) => format!("this client runs as uid {u}"),
+        None => "the client's credentials could not be read".into(),
+    };
+    let message = format!(
+        "the hola control socket accepts only root (uid 0) and {who}; run the command as \
+         root, e.g. sudo hola ..."
+    );
+    Router::new().fallback(move || {
+        let m = message.clone();
+        async move { ApiError::with_status(StatusCode::FORBIDDEN, m) }
+    })
+}
+
+/// Serves `router` on `listener` until the future is dropped: one task per
+/// connection, so a slow client delays no other; a client that has not sent
+/// a request's headers within [`READ_TIMEOUT`] is disconnected; a peer that
+/// is not root (SO_PEERCRED) gets 403 to every request.
+pub async fn serve(listener: tokio::net::UnixListener, router: Router) -> std::io::Result<()> {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) if is_transient(&e) => {
+                // Out of file descriptors or memory: the connections being
+                // served finish and free some; try again shortly.
+                tracing::warn!(error = %e, "accepting a control connection; retrying in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let uid = stream.peer_cred().ok().map(|c| c.uid());
+        let service = if uid == Some(0) {
+            router.clone()
+        } else {
+            tracing::warn!(
+                uid = ?uid,
+                "refused a control connection from a user other than root"
+            );
+            refusal(uid)
+        };
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper_util::service::TowerToHyperService::new(service);
+            let r = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(READ_TIMEOUT)
+                .serve_connection(io, service)
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "control connection ended with an error");
+            }
+        });
+    }
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED)
+    )
 }
 
 /// `/metrics` alone, for the localhost metrics listener.

@@ -15,10 +15,19 @@ pub async fn call(
     body: Option<String>,
 ) -> anyhow::Result<(u16, String)> {
     let stream = UnixStream::connect(socket).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach the hola daemon at {}: {e} (is `hola run` running? use --socket to name another socket)",
-            socket.display()
-        )
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            anyhow::anyhow!(
+                "permission denied on the hola control socket {}: it accepts only root; run the \
+                 command as root, e.g. sudo hola ...",
+                socket.display()
+            )
+        } else {
+            anyhow::anyhow!(
+                "cannot reach the hola daemon at {}: {e} (is `hola run` running? use --socket to \
+                 name another socket)",
+                socket.display()
+            )
+        }
     })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);

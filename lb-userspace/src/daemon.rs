@@ -214,7 +214,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             .with_context(|| format!("binding the control socket {}", sock.display()))?;
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
         tracing::info!(socket = %sock.display(), "control API listening");
-        let api = axum::serve(listener, api::router(tx.clone()));
+        let api = api::serve(listener, api::router(tx.clone()));
         tokio::spawn(crate::health::supervise(targets_rx, tx.clone()));
         let metrics = match cfg.global.metrics_address {
             Some(addr) => {

@@ -150,7 +150,8 @@ enum VipCmd {
         mode: ModeArg,
         #[arg(long, value_enum, default_value_t = HashArg::FiveTuple)]
         hash: HashArg,
-        #[arg(long)]
+        // Negative numbers are values, refused for what they are.
+        #[arg(long, allow_negative_numbers = true)]
         table_size: Option<u32>,
     },
     /// Remove a VIP and its backends.
@@ -165,14 +166,14 @@ enum BackendCmd {
     Add {
         vip: String,
         address: std::net::IpAddr,
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
         weight: u32,
         #[arg(long)]
         backup: bool,
         #[arg(long)]
         interface: Option<String>,
         /// NAT mode: the port the backend listens on (default: the VIP's).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         port: Option<u16>,
     },
     /// Remove a backend (its flows are re-balanced).
@@ -184,6 +185,7 @@ enum BackendCmd {
     SetWeight {
         vip: String,
         address: std::net::IpAddr,
+        #[arg(allow_negative_numbers = true)]
         weight: u32,
     },
     /// No new flows; established flows stay.
