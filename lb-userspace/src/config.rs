@@ -837,6 +837,8 @@ fn parse_metrics_address(s: &str) -> Result<Option<SocketAddr>, String> {
 pub struct ConfigError {
     file: String,
     line: Option<usize>,
+    /// The field the error is about (`vip[1].backend[0].weight`), when known.
+    path: Option<String>,
     message: String,
 }
 
@@ -855,6 +857,10 @@ impl ConfigError {
     /// 1-based line, when the error comes from a file.
     pub fn line(&self) -> Option<usize> {
         self.line
+    }
+    /// The field path (`vip[1].backend[0].weight`), when the error is about one field.
+    pub fn path(&self) -> Option<&str> {
+        self.path.as_deref()
     }
     /// What is wrong and how to fix it, starting with the field path.
     pub fn message(&self) -> &str {
@@ -891,6 +897,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         Err(e) => Err(ConfigErrors(vec![ConfigError {
             file: origin,
             line: None,
+            path: None,
             message: format!(
                 "cannot read the configuration file: {e}; check the path and its permissions \
                  (docs/hola.example.toml is a starting point)"
@@ -909,6 +916,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
             .map(|e| ConfigError {
                 file: origin.to_string(),
                 line: e.span().map(|s| line_at(text, s.start)),
+                path: None,
                 message: format!("syntax error: {}", e.message().trim_end()),
             })
             .collect();
@@ -927,13 +935,15 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
                 None => (None, None),
             };
             let message = e.message().trim_end();
-            let message = match path {
-                Some(p) if !p.is_empty() => format!("{p}: {message}"),
-                _ => message.to_string(),
+            let path = path.filter(|p| !p.is_empty());
+            let message = match &path {
+                Some(p) => format!("{p}: {message}"),
+                None => message.to_string(),
             };
             return Err(ConfigErrors(vec![ConfigError {
                 file: origin.to_string(),
                 line,
+                path,
                 message,
             }]));
         }
@@ -1092,6 +1102,7 @@ impl<'a> Sink<'a> {
         self.errors.push(ConfigError {
             file: self.origin.to_string(),
             line: self.locator.line(path),
+            path: Some(path.to_string()),
             message,
         });
     }

@@ -133,23 +133,77 @@ pub fn link_pin(bpffs_dir: &Path, iface: &str) -> PathBuf {
 
 /// The configuration to run with: global settings from `path`, VIPs from the
 /// state file when one exists (changes made through the API survive).
+///
+/// A state file that cannot be used stops the start: running from the
+/// configuration file instead would silently undo every change made through
+/// the API. The error says what is wrong, where the previous state is
+/// ([`owner::prev_path`]) and how to go on.
 pub fn effective_config(path: &Path) -> anyhow::Result<Config> {
     let mut c = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = c.global.state_file.clone();
-    if state.exists() {
-        let s = config::load(&state).map_err(|e| {
-            anyhow::anyhow!(
-                "{e}\nthe state file {} is not valid; fix or move it to start from {}",
-                state.display(),
-                path.display()
-            )
-        })?;
-        tracing::info!("VIPs and backends from the state file {}", state.display());
-        c.vips = s.vips;
-        c.validate(&state.display().to_string())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match read_state(&state, &c) {
+        Ok(None) => {}
+        Ok(Some(vips)) => {
+            tracing::info!("VIPs and backends from the state file {}", state.display());
+            c.vips = vips;
+        }
+        Err(problem) => bail!(
+            "the state file {} cannot be used:\n{problem}\n{}",
+            state.display(),
+            state_advice(&state, &c, path)
+        ),
     }
     Ok(c)
+}
+
+/// The VIPs of the state file `state`, checked against the global settings
+/// of `c`; `None` when there is no state file; `Err` says what is wrong.
+fn read_state(state: &Path, c: &Config) -> Result<Option<Vec<config::VipConfig>>, String> {
+    let name = state.display().to_string();
+    let bytes = match std::fs::read(state) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{name}: cannot read it: {e}")),
+    };
+    let text = String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "{name}: not UTF-8 text (invalid byte at offset {}): the file is corrupt",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    let s = config::parse(&text, &name).map_err(|e| e.to_string())?;
+    let mut checked = c.clone();
+    checked.vips = s.vips;
+    checked.validate(&name).map_err(|e| e.to_string())?;
+    Ok(Some(checked.vips))
+}
+
+/// What an operator can do about an unusable state file: the previous
+/// state, when there is a usable one, or starting from the configuration.
+fn state_advice(state: &Path, c: &Config, config_path: &Path) -> String {
+    let prev = owner::prev_path(state);
+    let (s, p, cf) = (state.display(), prev.display(), config_path.display());
+    let fresh = format!(
+        "move {s} away to start from the VIPs in {cf} (changes made through the API since are \
+         then lost)"
+    );
+    match read_state(&prev, c) {
+        Ok(Some(vips)) => {
+            let backends: usize = vips.iter().map(|v| v.backends.len()).sum();
+            format!(
+                "The state before the last change is kept at {p} and is valid ({} VIPs, \
+                 {backends} backends): look at it, then `mv {p} {s}` to start from it; or \
+                 {fresh}. hola does not choose for you.",
+                vips.len()
+            )
+        }
+        Ok(None) => {
+            format!("There is no previous state ({p} does not exist): fix {s}, or {fresh}.")
+        }
+        Err(e) => {
+            format!("The previous state {p} cannot be used either ({e}): fix {s}, or {fresh}.")
+        }
+    }
 }
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -273,4 +327,122 @@ pub fn down(bpffs_dir: &Path, control_socket: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A configuration file with one VIP and its state file in a fresh
+    /// directory: (directory, configuration path, state path).
+    fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("hola-unit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let state = dir.join("state.toml");
+        let config = dir.join("hola.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[global]\ninterfaces = [\"eth0\"]\nstate_file = \"{}\"\n\n[[vip]]\naddress = \
+                 \"198.18.1.1\"\nport = 80\n\n[[vip.backend]]\naddress = \"198.18.0.11\"\n",
+                state.display()
+            ),
+        )
+        .expect("config");
+        (dir, config, state)
+    }
+
+    fn with_backends(config: &Path, n: usize) -> Config {
+        let mut c = config::load(config).expect("config");
+        let b = c.vips[0].backends[0].clone();
+        c.vips[0].backends = (0..n)
+            .map(|i| config::BackendConfig {
+                address: format!("198.18.0.{}", 11 + i).parse().expect("ip"),
+                ..b.clone()
+            })
+            .collect();
+        c
+    }
+
+    #[test]
+    fn the_state_file_wins_over_the_configuration_file() {
+        let (dir, config, state) = setup("state-wins");
+        assert_eq!(
+            effective_config(&config).expect("no state").vips[0]
+                .backends
+                .len(),
+            1
+        );
+        owner::persist(&state, &with_backends(&config, 3)).expect("persist");
+        assert_eq!(
+            effective_config(&config).expect("state").vips[0]
+                .backends
+                .len(),
+            3
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_refused_naming_the_previous_state() {
+        let (dir, config, state) = setup("corrupt");
+        let prev = owner::prev_path(&state);
+        owner::persist(&state, &with_backends(&config, 2)).expect("persist");
+        owner::persist(&state, &with_backends(&config, 3)).expect("persist");
+        let good = std::fs::read_to_string(&state).expect("state");
+        let refused = |bytes: &[u8]| {
+            std::fs::write(&state, bytes).expect("write");
+            let e = effective_config(&config).expect_err("a corrupt state file is refused");
+            format!("{e:#}")
+        };
+        for (bytes, what) in [
+            (&b"\xff\xfe\x00garbage"[..], "not UTF-8 text"),
+            (&good.as_bytes()[..good.len() / 2], "syntax error"),
+            (b"", "global"),
+            (
+                good.replace("198.18.0.13", "198.18.0.300").as_bytes(),
+                "198.18.0.300",
+            ),
+        ] {
+            let msg = refused(bytes);
+            for needle in [
+                format!("the state file {} cannot be used", state.display()),
+                what.to_string(),
+                format!(
+                    "kept at {} and is valid (1 VIPs, 2 backends)",
+                    prev.display()
+                ),
+                format!("mv {} {}", prev.display(), state.display()),
+                format!("to start from the VIPs in {}", config.display()),
+            ] {
+                assert!(msg.contains(&needle), "{msg}\nshould say {needle:?}");
+            }
+            assert_eq!(
+                std::fs::read(&state).expect("state"),
+                bytes,
+                "left as found"
+            );
+        }
+        // The previous state bad too, or missing.
+        std::fs::write(&prev, "[global]\n").expect("write");
+        let msg = refused(b"x");
+        assert!(
+            msg.contains(&format!(
+                "The previous state {} cannot be used either",
+                prev.display()
+            )),
+            "{msg}"
+        );
+        std::fs::remove_file(&prev).expect("rm");
+        let msg = refused(b"x");
+        assert!(
+            msg.contains(&format!(
+                "no previous state ({} does not exist)",
+                prev.display()
+            )),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }

@@ -637,7 +637,7 @@ impl Owner {
         let mut next = self.config.clone();
         change(&mut next)?;
         next.validate("request")
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            .map_err(|e| ApiError::bad_request(describe(&next, &e)))?;
         if next == self.config {
             return Ok(());
         }
@@ -649,12 +649,20 @@ impl Owner {
             }
             return Err(e);
         }
-        persist(&self.state_file, &next).map_err(|e| {
-            ApiError::internal(format!(
-                "the change is applied but saving {} failed: {e}",
-                self.state_file.display()
-            ))
-        })?;
+        if let Err(e) = persist(&self.state_file, &next) {
+            // Unsaved, the change would be undone by the next restart:
+            // refuse it, and put the kernel back as the saved state says.
+            if let Err(e2) = self.reconcile(&old, Duration::ZERO) {
+                tracing::error!(error = %e2.message, "restoring the previous configuration failed");
+            }
+            return Err(ApiError::internal(format!(
+                "saving the state file {} failed: {e}; the change is not made (check the \
+                 space and permissions of {}, and that {} is a file or absent)",
+                self.state_file.display(),
+                self.state_file.parent().unwrap_or(Path::new(".")).display(),
+                prev_path(&self.state_file).display()
+            )));
+        }
         self.config = next;
         self.publish_targets();
         tracing::info!(
@@ -947,22 +955,84 @@ impl Owner {
     }
 }
 
+/// Where [`persist`] keeps the state a change replaced: `NAME.prev` beside
+/// `NAME`.
+pub fn prev_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".prev");
+    path.with_file_name(name)
+}
+
 /// Writes `config` to `path` atomically: a temporary file in the same
-/// directory, fsync, rename, fsync of the directory.
+/// directory, fsync, rename, fsync of the directory. The state it replaces
+/// stays beside it as [`prev_path`] (a hard link made before the rename, so
+/// `path` itself is never missing). Writing what `path` already holds does
+/// nothing, so that a restart does not overwrite the previous state.
 pub fn persist(path: &Path, config: &Config) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let text = config.to_toml();
+    if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
+        return Ok(());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
-    ));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let tmp = dir.join(format!(".{name}.tmp"));
     {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(config.to_toml().as_bytes())?;
+        f.write_all(text.as_bytes())?;
         f.sync_all()?;
+    }
+    if path.exists() {
+        let prev_tmp = dir.join(format!(".{name}.prev.tmp"));
+        let _ = std::fs::remove_file(&prev_tmp);
+        if std::fs::hard_link(path, &prev_tmp).is_err() {
+            // A file system without hard links: a copy, synced.
+            std::fs::copy(path, &prev_tmp)?;
+            std::fs::File::open(&prev_tmp)?.sync_all()?;
+        }
+        std::fs::rename(&prev_tmp, prev_path(path))?;
     }
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// A refused configuration change, in the terms of the request: each error
+/// says which VIP and backend it is about (the field paths count VIPs and
+/// backends by position, which a caller of the API does not see).
+fn describe(config: &Config, errors: &crate::config::ConfigErrors) -> String {
+    let lines: Vec<String> = errors
+        .0
+        .iter()
+        .map(|e| match e.path().and_then(|p| subject(config, p)) {
+            Some(s) => format!("{s}: {}", e.message()),
+            None => e.message().to_string(),
+        })
+        .collect();
+    lines.join("\n")
+}
+
+/// "VIP 198.18.1.1:80/tcp" or "VIP 198.18.1.1:80/tcp, backend 198.18.0.11"
+/// for a field path under `vip[i]` or `vip[i].backend[j]`.
+fn subject(config: &Config, path: &str) -> Option<String> {
+    let index = |s: &str, key: &str| -> Option<(usize, usize)> {
+        let rest = s.strip_prefix(key)?.strip_prefix('[')?;
+        let end = rest.find(']')?;
+        Some((rest[..end].parse().ok()?, key.len() + end + 2))
+    };
+    let (i, used) = index(path, "vip")?;
+    let vip = config.vips.get(i)?;
+    let mut s = format!("VIP {}", vip_addr(vip));
+    if let Some((j, _)) = path[used..]
+        .strip_prefix('.')
+        .and_then(|rest| index(rest, "backend"))
+        && let Some(b) = vip.backends.get(j)
+    {
+        s += &format!(", backend {}", b.address);
+    }
+    Some(s)
 }
 
 #[cfg(test)]
@@ -1045,6 +1115,71 @@ mod tests {
         c.health.get_mut(&key(2)).unwrap().machine.observe(true);
         c.health.get_mut(&key(0)).unwrap().machine.observe(true);
         assert_eq!(all(&c, &v), [(10, true), (0, false), (0, true)]);
+    }
+
+    fn config_with(vips: Vec<VipConfig>) -> Config {
+        let mut c =
+            crate::config::parse("[global]\ninterfaces = [\"eth0\"]\n", "t").expect("config");
+        c.vips = vips;
+        c
+    }
+
+    #[test]
+    fn persist_keeps_the_replaced_state_beside_and_skips_unchanged_writes() {
+        let dir = std::env::temp_dir().join(format!("hola-unit-persist-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = dir.join("state.toml");
+        let prev = prev_path(&state);
+        assert_eq!(prev, dir.join("state.toml.prev"));
+        let c1 = config_with(vec![vip(&[("198.18.0.11", 1, false)])]);
+        let c2 = config_with(vec![vip(&[("198.18.0.11", 2, false)])]);
+        let c3 = config_with(vec![vip(&[("198.18.0.12", 3, false)])]);
+        persist(&state, &c1).expect("first write");
+        assert!(!prev.exists(), "nothing was replaced");
+        persist(&state, &c1).expect("same state again");
+        assert!(!prev.exists(), "an unchanged write replaces nothing");
+        persist(&state, &c2).expect("second");
+        persist(&state, &c3).expect("third");
+        let read = |p: &Path| crate::config::load(p).expect("parses");
+        assert_eq!(read(&state), c3);
+        assert_eq!(read(&prev), c2, "the state before the last change");
+        // Restarting writes the same state: the previous one stays.
+        persist(&state, &c3).expect("unchanged");
+        assert_eq!(read(&prev), c2);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["state.toml", "state.toml.prev"],
+            "no temporary file left"
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_refused_change_names_the_vip_and_the_backend() {
+        let mut c = config_with(vec![vip(&[
+            ("198.18.0.11", 1, false),
+            ("198.18.0.12", 1, false),
+        ])]);
+        c.vips[0].backends[1].weight = 70_000;
+        c.vips[0].table_size = Some(1000);
+        let e = c.validate("request").expect_err("invalid");
+        let msg = describe(&c, &e);
+        assert!(
+            msg.contains(
+                "VIP 198.18.1.1:80/tcp, backend 198.18.0.12: vip[0].backend[1].weight = 70000: \
+                 must be 0..=10000"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("VIP 198.18.1.1:80/tcp: vip[0].table_size = 1000: not prime"),
+            "{msg}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
