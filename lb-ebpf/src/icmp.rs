@@ -48,9 +48,11 @@ struct Quoted {
 /// The quoted packet of an ICMP error that may concern a flow: IPv4
 /// destination unreachable (3) or time exceeded (11); ICMPv6 destination
 /// unreachable (1), packet too big (2) or time exceeded (3); quoting TCP
-/// or UDP with its ports. Anything else is not ours (`PassNotVip`).
+/// or UDP with its ports, all within the error's datagram (`end`: bytes
+/// after its length are padding, not quoted). Anything else is not ours
+/// (`PassNotVip`).
 #[inline(always)]
-fn quoted(ctx: &XdpContext, at: &Layout) -> Result<Quoted, Reason> {
+fn quoted(ctx: &XdpContext, at: &Layout, end: usize) -> Result<Quoted, Reason> {
     let not_ours = |_| Reason::PassNotVip;
     let icmp: *const [u8; 8] = ptr_at(ctx, at.l4_off).map_err(not_ours)?;
     // SAFETY: ptr_at checked the bounds.
@@ -92,7 +94,11 @@ fn quoted(ctx: &XdpContext, at: &Layout) -> Result<Quoted, Reason> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Err(Reason::PassNotVip);
     }
-    // The first 8 bytes of the quoted datagram are always there (RFC 792).
+    // RFC 792 quotes the first 8 bytes of the datagram; the ports are the
+    // first 4, and they are rewritten: they must be in the error itself.
+    if l4 + 4 > end {
+        return Err(Reason::PassNotVip);
+    }
     let p: *const [u8; 4] = ptr_at(ctx, l4).map_err(not_ours)?;
     // SAFETY: ptr_at checked the bounds.
     let p = unsafe { &*p };
@@ -193,10 +199,11 @@ fn finish(
 fn to_client(
     ctx: &XdpContext,
     at: &Layout,
+    end: usize,
     outer_src: &[u8; 16],
     outer_dst: &[u8; 16],
 ) -> Result<Verdict, Reason> {
-    let q = quoted(ctx, at)?;
+    let q = quoted(ctx, at, end)?;
     // The quoted request is (client or balancer) → backend: its reply's key
     // is the swap.
     let key = FlowKey {
@@ -283,8 +290,13 @@ fn to_client(
 /// quoting the reply as the backend sent it (for fullnat, to the
 /// balancer's fullnat address and port).
 #[inline(always)]
-fn to_backend(ctx: &XdpContext, at: &Layout, outer_dst: &[u8; 16]) -> Result<Verdict, Reason> {
-    let q = quoted(ctx, at)?;
+fn to_backend(
+    ctx: &XdpContext,
+    at: &Layout,
+    end: usize,
+    outer_dst: &[u8; 16],
+) -> Result<Verdict, Reason> {
+    let q = quoted(ctx, at, end)?;
     // The quoted reply is VIP → client: the request's key is the swap.
     let req = FlowKey {
         src: q.dst,
@@ -380,7 +392,7 @@ fn to_backend(ctx: &XdpContext, at: &Layout, outer_dst: &[u8; 16]) -> Result<Ver
 /// (`to_backend`: the error is addressed to a VIP) or the client.
 #[inline(always)]
 pub fn entry(ctx: &XdpContext, to_vip: bool) -> Result<Verdict, Reason> {
-    let (at, src, dst) = nat::outer(ctx)?;
+    let (at, src, dst, end) = nat::outer(ctx)?;
     let icmp = if at.family == FAMILY_V4 {
         PROTO_ICMP
     } else {
@@ -390,9 +402,9 @@ pub fn entry(ctx: &XdpContext, to_vip: bool) -> Result<Verdict, Reason> {
         return Err(Reason::PassNotVip);
     }
     if to_vip {
-        to_backend(ctx, &at, &dst)
+        to_backend(ctx, &at, end, &dst)
     } else {
-        to_client(ctx, &at, &src, &dst)
+        to_client(ctx, &at, end, &src, &dst)
     }
 }
 

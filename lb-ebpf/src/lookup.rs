@@ -34,7 +34,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     // The key is built field by field once the packet is known to be for a
     // VIP address: `FlowKey::default()` would cost a byte-wise memset (the
     // BPF backend emits a libcall) on every packet, VIP or not.
-    let (src, dst, family, proto, addr_vips, l4_off, inner);
+    let (src, dst, family, proto, addr_vips, l4_off, end, inner);
     if eth.proto == ETH_P_IP {
         let ip = ipv4::parse(ctx, eth.l3_off)?;
         addr_vips = match VIP_ADDRS4.get_ptr(u32::from_ne_bytes(ip.daddr)) {
@@ -58,6 +58,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
         }
         (src, dst) = (widen(ip.saddr), widen(ip.daddr));
         (family, proto, l4_off) = (FAMILY_V4, ip.proto, ip.l4_off);
+        end = eth.l3_off + ip.tot_len as usize;
         inner = Inner::V4 {
             tot_len: ip.tot_len,
             tos: ip.tos,
@@ -85,6 +86,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
         }
         (src, dst) = (ip.saddr, ip.daddr);
         (family, proto, l4_off) = (FAMILY_V6, ip.nexthdr, ip.l4_off);
+        end = ip.l4_off + ip.payload_len as usize;
         inner = Inner::V6 {
             payload_len: ip.payload_len,
             tclass: ip.tclass,
@@ -100,7 +102,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
         }
         return Err(Reason::PassNotVip);
     }
-    let ports = l4::parse(ctx, l4_off, proto)?;
+    let ports = l4::parse(ctx, l4_off, proto, end)?;
     let key = FlowKey {
         src,
         dst,

@@ -228,10 +228,11 @@ fn alloc_port(rev: &mut FlowKey, now: u64, t: &NatTimeouts) -> Result<u16, Reaso
 }
 
 /// The outer headers of a packet a tail-called program gets (a tail call
-/// keeps only the packet): where they are, and the source and destination
-/// addresses. A fragment, or anything but IPv4 and IPv6, is not ours.
+/// keeps only the packet): where they are, the source and destination
+/// addresses, and the offset where the datagram ends (by its length
+/// field). A fragment, or anything but IPv4 and IPv6, is not ours.
 #[inline(always)]
-pub fn outer(ctx: &XdpContext) -> Result<(Layout, [u8; 16], [u8; 16]), Reason> {
+pub fn outer(ctx: &XdpContext) -> Result<(Layout, [u8; 16], [u8; 16], usize), Reason> {
     let eth = eth::parse(ctx).map_err(|_| Reason::PassNotVip)?;
     if eth.proto == ETH_P_IP {
         let ip = ipv4::parse(ctx, eth.l3_off).map_err(|_| Reason::PassNotVip)?;
@@ -248,7 +249,7 @@ pub fn outer(ctx: &XdpContext) -> Result<(Layout, [u8; 16], [u8; 16]), Reason> {
             family: FAMILY_V4,
             proto: ip.proto,
         };
-        Ok((at, src, dst))
+        Ok((at, src, dst, eth.l3_off + ip.tot_len as usize))
     } else if eth.proto == ETH_P_IPV6 {
         let ip = ipv6::parse(ctx, eth.l3_off).map_err(|_| Reason::PassNotVip)?;
         let at = Layout {
@@ -257,7 +258,7 @@ pub fn outer(ctx: &XdpContext) -> Result<(Layout, [u8; 16], [u8; 16]), Reason> {
             family: FAMILY_V6,
             proto: ip.nexthdr,
         };
-        Ok((at, ip.saddr, ip.daddr))
+        Ok((at, ip.saddr, ip.daddr, ip.l4_off + ip.payload_len as usize))
     } else {
         Err(Reason::PassNotIp)
     }
@@ -268,12 +269,12 @@ pub fn outer(ctx: &XdpContext) -> Result<(Layout, [u8; 16], [u8; 16]), Reason> {
 /// exists): parses the headers again and translates the reply.
 #[inline(always)]
 pub fn reply_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
-    let (at, src, dst) = outer(ctx)?;
+    let (at, src, dst, end) = outer(ctx)?;
     if at.proto != PROTO_TCP && at.proto != PROTO_UDP {
         return Err(Reason::PassNotVip);
     }
     // Not ours to judge: a short header of someone else's packet passes.
-    let ports = l4::parse(ctx, at.l4_off, at.proto).map_err(|_| Reason::PassNotVip)?;
+    let ports = l4::parse(ctx, at.l4_off, at.proto, end).map_err(|_| Reason::PassNotVip)?;
     let key = FlowKey {
         src,
         dst,

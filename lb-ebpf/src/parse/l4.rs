@@ -1,5 +1,7 @@
 //! TCP and UDP: only the ports are needed (and TCP's data offset is checked,
-//! so a forwarded segment is not obviously broken).
+//! so a forwarded segment is not obviously broken). The header must lie
+//! within the IP datagram, not only within the frame: bytes after the
+//! datagram's length (Ethernet padding, a trailer) are not part of it.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{PROTO_TCP, Reason};
@@ -17,13 +19,15 @@ pub struct Ports {
     pub tcp_flags: u8,
 }
 
+/// `end` is the offset where the IP datagram ends (by its length field).
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, off: usize, proto: u8) -> Result<Ports, Reason> {
+pub fn parse(ctx: &XdpContext, off: usize, proto: u8, end: usize) -> Result<Ports, Reason> {
     if proto == PROTO_TCP {
         let h: *const [u8; TCP_HLEN] = ptr_at(ctx, off)?;
         // SAFETY: ptr_at checked that the 20-byte TCP header is in the packet.
         let h = unsafe { &*h };
-        if h[12] >> 4 < 5 {
+        let doff = ((h[12] >> 4) as usize) * 4;
+        if doff < TCP_HLEN || off + doff > end {
             return Err(Reason::DropMalformed);
         }
         Ok(Ports {
@@ -32,6 +36,9 @@ pub fn parse(ctx: &XdpContext, off: usize, proto: u8) -> Result<Ports, Reason> {
             tcp_flags: h[13],
         })
     } else {
+        if off + UDP_HLEN > end {
+            return Err(Reason::DropMalformed);
+        }
         let h: *const [u8; UDP_HLEN] = ptr_at(ctx, off)?;
         // SAFETY: ptr_at checked that the 8-byte UDP header is in the packet.
         let h = unsafe { &*h };
