@@ -54,6 +54,25 @@ mode = "dsr"
     c
 }
 
+/// Removes a test daemon's directory (`/tmp/hola-test-NAME`) when the test
+/// passes; a failed test keeps it for the daemon's log. Made before the
+/// daemon, so dropped after it.
+struct RemoveOnSuccess(PathBuf);
+
+impl RemoveOnSuccess {
+    fn new(daemon_name: &str) -> Self {
+        RemoveOnSuccess(PathBuf::from(format!("/tmp/hola-test-{daemon_name}")))
+    }
+}
+
+impl Drop for RemoveOnSuccess {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Raw HTTP on the control socket
 
@@ -849,6 +868,7 @@ fn bad_control_input_is_refused_clearly_and_changes_nothing() {
     let started = Instant::now();
     let lab = Lab::new("hctin", 3);
     let servers = Servers::start(&lab);
+    let _dir = RemoveOnSuccess::new("hct-input");
     let d = Daemon::start("hct-input", &lab.t.ns("lb"), &config(&[1, 2]));
     assert_eq!(failed_requests(&lab, 50), 0, "forwarding before the test");
 
@@ -1018,6 +1038,7 @@ fn the_control_socket_refuses_users_other_than_root() {
     require_root();
     let t = Topology::new("hctso", &["lb", "peer"]);
     t.link("lb", "eth0", "peer", "eth0");
+    let _dir = RemoveOnSuccess::new("hct-sock");
     let d = Daemon::start("hct-sock", &t.ns("lb"), &config(&[1]));
     // nobody may look up the socket's directory, not use the socket.
     std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
@@ -1277,6 +1298,7 @@ fn sigkill_during_changes_leaves_the_old_or_the_new_state() {
     const ITERATIONS: usize = 40;
     let started = Instant::now();
     let lab = Lab::new("hctkl", 3);
+    let _dir = RemoveOnSuccess::new("hct-kill");
     let mut d = Daemon::start("hct-kill", &lab.t.ns("lb"), &config(&[1]));
     let state = d.dir.join("state.toml");
     let seed = std::time::SystemTime::now()
@@ -1417,6 +1439,7 @@ fn a_corrupt_state_file_is_refused_and_the_previous_state_kept() {
     require_root();
     let lab = Lab::new("hctcs", 3);
     let _servers = Servers::start(&lab);
+    let _dir = RemoveOnSuccess::new("hct-corrupt");
     let mut d = Daemon::start("hct-corrupt", &lab.t.ns("lb"), &config(&[1]));
     let state = d.dir.join("state.toml");
     let prev = prev_path(&state);
