@@ -3,6 +3,7 @@
 //! `lb-userspace/build.rs`, never here.
 
 mod bench;
+mod fuzz;
 mod lab;
 mod run;
 mod test;
@@ -66,6 +67,13 @@ enum Cmd {
         #[command(subcommand)]
         which: Option<bench::Bench>,
     },
+    /// Fuzz the balancer: generated and mangled frames through BPF_PROG_TEST_RUN,
+    /// each checked against the design (needs root).
+    Fuzz {
+        /// Number of cases (`cargo xtask test` runs a few thousand).
+        #[arg(long, default_value_t = fuzz::DEFAULT_CASES)]
+        cases: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +84,7 @@ fn main() -> ExitCode {
         Cmd::Run { args } => run::run(&args),
         Cmd::Lab { cmd } => lab::lab(cmd),
         Cmd::Bench { which, report } => bench::bench(which, report),
+        Cmd::Fuzz { cases } => fuzz::fuzz(cases),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
