@@ -73,6 +73,37 @@ pub struct NatValue {
 }
 const _: () = assert!(core::mem::size_of::<NatValue>() == 96);
 
+/// One record of the `FLOW_EVENTS` ring buffer: an entry the program
+/// created, which userspace replicates to the cluster's peers
+/// (docs/cluster.md). Written only while `CLUSTER_STATE` is on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// [`FLOW_EVENT_FLOW`] or [`FLOW_EVENT_NAT`].
+    pub kind: u32,
+    pub backend_id: u32,
+    /// The flow hash (flow events).
+    pub hash: u32,
+    pub _pad: u32,
+    /// A flow event: the client's 5-tuple (the `FLOWS` key); a NAT event:
+    /// the reply's (the `NAT` key).
+    pub key: FlowKey,
+    /// A NAT event: the entry as written.
+    pub nat: NatValue,
+}
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 152);
+
+/// [`NatScratch::new_flow`]: the backend came from the Maglev table.
+pub const NEW_FLOW_MAGLEV: u8 = 1;
+/// [`NatScratch::new_flow`]: the backend came from `PEER_FLOWS`.
+pub const NEW_FLOW_PEER: u8 = 2;
+
+/// [`FlowEvent::kind`]: a new `FLOWS` entry (a flow-table miss given a
+/// backend by Maglev).
+pub const FLOW_EVENT_FLOW: u32 = 1;
+/// [`FlowEvent::kind`]: a new `NAT` entry.
+pub const FLOW_EVENT_NAT: u32 = 2;
+
 /// [`NatValue::flags`]: the entry is a fullnat flow's (source rewritten).
 pub const NAT_F_FULLNAT: u16 = 1 << 0;
 
@@ -89,7 +120,7 @@ pub struct NatScratch {
     pub l3_off: u16,
     pub l4_off: u16,
     pub tcp_flags: u8,
-    /// 1 for the first packet of a flow (a flow-table miss).
+    /// 0: a flow-table hit; [`NEW_FLOW_MAGLEV`] or [`NEW_FLOW_PEER`].
     pub new_flow: u8,
     /// 1 for a fullnat VIP.
     pub fullnat: u8,
@@ -177,4 +208,11 @@ pub fn nat_expired(v: &NatValue, proto: u8, now_ns: u64, t: &NatTimeouts) -> boo
     now_ns.saturating_sub(v.last_ns) > idle
 }
 
-crate::pod!(FlowKey, FlowValue, NatValue, HandshakeStats, NatScratch);
+crate::pod!(
+    FlowKey,
+    FlowValue,
+    NatValue,
+    HandshakeStats,
+    NatScratch,
+    FlowEvent
+);

@@ -20,6 +20,9 @@ pub const NAT_SOURCES4: &str = "NAT_SOURCES4";
 pub const NAT_SOURCES6: &str = "NAT_SOURCES6";
 pub const FULLNAT_CURSOR: &str = "FULLNAT_CURSOR";
 pub const HANDSHAKES: &str = "HANDSHAKES";
+pub const PEER_FLOWS: &str = "PEER_FLOWS";
+pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+pub const CLUSTER_STATE: &str = "CLUSTER_STATE";
 
 /// Slots of `ICMP_PROGS`: the programs `hola_lb` tail-calls for ICMP
 /// errors about NAT flows.

@@ -75,11 +75,15 @@ pub enum Reason {
     /// XDP_DROP: a new fullnat flow found no free source port in this CPU's
     /// range (every candidate tried holds a live flow); no port is reused.
     DropNatNoPort = 14,
+    /// XDP_TX/XDP_REDIRECT: flow-table miss, found in the table of flows
+    /// learned from cluster peers (`PEER_FLOWS`): sent to the backend the
+    /// peer chose, and now in the flow table.
+    FwdPeerFlow = 15,
 }
 
 impl Reason {
     /// Number of reasons: the size of the `REASONS` array.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -98,6 +102,7 @@ impl Reason {
         Reason::DropNatExpired,
         Reason::FwdNatIcmp,
         Reason::DropNatNoPort,
+        Reason::FwdPeerFlow,
     ];
 
     /// Stable snake_case name used in stats output.
@@ -118,6 +123,7 @@ impl Reason {
             Reason::DropNatExpired => "drop_nat_expired",
             Reason::FwdNatIcmp => "fwd_nat_icmp",
             Reason::DropNatNoPort => "drop_nat_no_port",
+            Reason::FwdPeerFlow => "fwd_peer_flow",
         }
     }
 }

@@ -6,6 +6,7 @@ use lb_common::{
     AddrVips, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, Reason, VipKey,
     VipMeta,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
+    flow::{NEW_FLOW_MAGLEV, NEW_FLOW_PEER},
     hash::flow_hash,
     maps::{ICMP_TO_BACKEND, ICMP_TO_CLIENT, NAT_REPLY, NAT_REQUEST},
     vip::{
@@ -15,11 +16,12 @@ use lb_common::{
 };
 
 use crate::{
+    cluster,
     forward::{self, Inner},
     icmp,
     maps::{
-        BACKEND_STATS, BACKENDS, FLOWS, ICMP_PROGS, NAT_SCRATCH, NAT_SOURCES4, NAT_SOURCES6, RINGS,
-        VIP_ADDRS4, VIP_ADDRS6, VIP_STATS, VIPS,
+        BACKEND_STATS, BACKENDS, FLOWS, ICMP_PROGS, NAT_SCRATCH, NAT_SOURCES4, NAT_SOURCES6,
+        PEER_FLOWS, RINGS, VIP_ADDRS4, VIP_ADDRS6, VIP_STATS, VIPS,
     },
     nat::{self, Layout},
     parse::{
@@ -138,6 +140,23 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
             }
         }
     }
+    // A flow a cluster peer created (it moved here): the peer's backend,
+    // under the same conditions, and from now on in our flow table.
+    if chosen.is_none() && cluster::active() {
+        // SAFETY: the value is copied out at once.
+        if let Some(flow) = unsafe { PEER_FLOWS.get(&key) } {
+            let flow = *flow;
+            if let Some(b) = BACKENDS.get(flow.backend_id)
+                && b.flags & (BACKEND_F_ACTIVE | BACKEND_F_DOWN) == BACKEND_F_ACTIVE
+                && b.vip_id == vip.vip_id
+                && b.flags & BACKEND_F_NEXTHOP != 0
+            {
+                reason = Reason::FwdPeerFlow;
+                let _ = FLOWS.insert(&key, &flow, 0);
+                chosen = Some((flow.backend_id, flow.hash, b));
+            }
+        }
+    }
     let (backend_id, hash, backend) = match chosen {
         Some(c) => c,
         None => {
@@ -165,6 +184,9 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
         // A failed insert (LRU under heavy contention) still forwards this
         // packet; the next one takes the same Maglev slot.
         let _ = FLOWS.insert(&key, &FlowValue { backend_id, hash }, 0);
+        if cluster::active() {
+            cluster::flow_created(&key, backend_id, hash);
+        }
         if let Some(s) = vip_stats {
             // SAFETY: per-CPU element, written only by this CPU.
             unsafe { (*s).new_flows += 1 };
@@ -198,7 +220,11 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
                     (*s).l3_off = eth.l3_off as u16;
                     (*s).l4_off = l4_off as u16;
                     (*s).tcp_flags = ports.tcp_flags;
-                    (*s).new_flow = u8::from(reason == Reason::FwdNewFlow);
+                    (*s).new_flow = match reason {
+                        Reason::FwdNewFlow => NEW_FLOW_MAGLEV,
+                        Reason::FwdPeerFlow => NEW_FLOW_PEER,
+                        _ => 0,
+                    };
                     (*s).fullnat = u8::from(mode == VIP_MODE_FULLNAT);
                 }
             }

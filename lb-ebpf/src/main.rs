@@ -13,6 +13,7 @@ macro_rules! setting {
     };
 }
 
+mod cluster;
 mod csum;
 mod forward;
 mod icmp;

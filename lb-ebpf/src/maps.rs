@@ -5,7 +5,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use lb_common::{
     AddrVips, Backend, BackendStats, FlowKey, FlowValue, HandshakeStats, NatValue, Reason,
@@ -49,6 +49,27 @@ pub static RINGS: Array<u32> = Array::with_max_entries(65537, 0);
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+
+/// Cluster: flows learned from peers (5-tuple → this node's backend id and
+/// the flow hash), consulted on a `FLOWS` miss before the Maglev table; a
+/// hit is copied into `FLOWS`. Written by userspace from what peers send,
+/// read by the program. As large as `FLOWS`, LRU like it.
+#[map]
+pub static PEER_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65536, 0);
+
+/// Cluster: the entries the program creates (`FlowEvent`: new `FLOWS` and
+/// `NAT` entries), for userspace to replicate to peers. Written by the
+/// program while `CLUSTER_STATE` is on; read by userspace. A full buffer
+/// drops events (counted by userspace as it cannot see them: see
+/// docs/cluster.md).
+#[map]
+pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// One element: non-zero while this node replicates to cluster peers, so
+/// that `PEER_FLOWS` is consulted and events are written only then.
+/// Written by userspace.
+#[map]
+pub static CLUSTER_STATE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// NAT mode: the reply's 5-tuple (source the backend, destination the
 /// client) → how to translate it back (`NatValue`). Shared by all CPUs (a

@@ -11,7 +11,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, NatValue, PROTO_TCP, PROTO_UDP, Reason,
-    flow::{NAT_F_FULLNAT, NAT_TOUCH_NS, NatScratch, NatTimeouts, handshake_bucket, nat_expired},
+    flow::{
+        NAT_F_FULLNAT, NAT_TOUCH_NS, NEW_FLOW_MAGLEV, NEW_FLOW_PEER, NatScratch, NatTimeouts,
+        handshake_bucket, nat_expired,
+    },
 };
 
 use crate::{
@@ -71,10 +74,10 @@ pub fn request_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
     forward::rewrite_macs(ctx, b)?;
     let action = forward::egress(ctx, b)?;
     Ok(Verdict {
-        reason: if s.new_flow != 0 {
-            Reason::FwdNewFlow
-        } else {
-            Reason::FwdEstablished
+        reason: match s.new_flow {
+            NEW_FLOW_MAGLEV => Reason::FwdNewFlow,
+            NEW_FLOW_PEER => Reason::FwdPeerFlow,
+            _ => Reason::FwdEstablished,
         },
         action,
     })
@@ -107,7 +110,7 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
     let syn = proto == PROTO_TCP && s.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let t = nat_timeouts();
     let mut fresh = true;
-    if !(fullnat && s.new_flow != 0)
+    if !(fullnat && s.new_flow == NEW_FLOW_MAGLEV)
         && let Some(v) = NAT.get_ptr_mut(&s.rev)
     {
         // SAFETY: a pointer into the map value; LRU entries stay valid while
@@ -158,6 +161,9 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
         v._pad2 = [0; 6];
         // A failed insert (LRU contention) is retried by the next packet.
         let _ = NAT.insert(&s.rev, &s.value, 0);
+        if !fullnat && crate::cluster::active() {
+            crate::cluster::nat_created(&s.rev, &s.value);
+        }
     }
     let dst = Change {
         which: Field::Dst,

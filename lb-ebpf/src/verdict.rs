@@ -33,6 +33,7 @@ impl From<Reason> for Verdict {
             // never arrive here; if one did, aborting makes it visible.
             Reason::FwdEstablished
             | Reason::FwdNewFlow
+            | Reason::FwdPeerFlow
             | Reason::FwdNatReply
             | Reason::FwdNatIcmp
             | Reason::Aborted => xdp_action::XDP_ABORTED,

@@ -258,6 +258,9 @@ pub struct NatSweep {
     pub removed: u64,
     /// SYNs left unanswered too long, per (VIP, backend).
     pub unanswered: BTreeMap<(VipAddr, IpAddr), u64>,
+    /// The reply keys of the entries deleted (cluster peers delete them
+    /// too).
+    pub gone: Vec<FlowKey>,
 }
 
 /// Counters summed over CPUs.
@@ -313,6 +316,10 @@ struct VipState {
 }
 
 /// The loaded balancer and every handle to its maps.
+/// Size of the `FLOW_EVENTS` ring buffer: about 27,000 events of 152
+/// bytes, drained every 20 ms while a cluster is configured.
+pub const FLOW_EVENTS_BYTES: u32 = 4 << 20;
+
 pub struct Dataplane {
     ebpf: Ebpf,
     vips_map: HashMap<MapData, VipKey, VipMeta>,
@@ -330,6 +337,9 @@ pub struct Dataplane {
     nat_state: Array<MapData, u32>,
     nat_sources4: HashMap<MapData, u32, u8>,
     nat_sources6: HashMap<MapData, [u8; 16], u8>,
+    peer_flows: HashMap<MapData, FlowKey, FlowValue>,
+    flow_events: aya::maps::RingBuf<MapData>,
+    cluster_state: Array<MapData, u32>,
     /// Held so that its slots stay filled while the data plane is not
     /// pinned (a program array empties when its last user goes).
     _icmp_progs: ProgramArray<MapData>,
@@ -426,6 +436,9 @@ impl Dataplane {
             (names::NAT_SOURCES4, cfg.max_backends),
             (names::NAT_SOURCES6, cfg.max_backends),
             (names::FULLNAT_CURSOR, 1),
+            (names::PEER_FLOWS, flows),
+            (names::FLOW_EVENTS, FLOW_EVENTS_BYTES),
+            (names::CLUSTER_STATE, 1),
         ];
         let mut loader = EbpfLoader::new();
         let mut pins = Vec::new();
@@ -509,6 +522,9 @@ impl Dataplane {
             nat_state: take!(names::NAT_STATE),
             nat_sources4: take!(names::NAT_SOURCES4),
             nat_sources6: take!(names::NAT_SOURCES6),
+            peer_flows: take!(names::PEER_FLOWS),
+            flow_events: take!(names::FLOW_EVENTS),
+            cluster_state: take!(names::CLUSTER_STATE),
             _icmp_progs: icmp_progs,
             ebpf,
             vip_ids: IdPool::new(cfg.max_vips),
@@ -898,12 +914,98 @@ impl Dataplane {
         }
         for k in &expired {
             match self.nat.remove(k) {
-                Ok(()) => out.removed += 1,
+                Ok(()) => {
+                    out.removed += 1;
+                    out.gone.push(*k);
+                }
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(names::NAT)(e)),
             }
         }
         Ok(out)
+    }
+
+    /// Switches cluster replication in the program on (events are written
+    /// and `PEER_FLOWS` is consulted) or off.
+    pub fn set_cluster(&mut self, on: bool) -> Result<(), DataplaneError> {
+        self.cluster_state
+            .set(0, u32::from(on), 0)
+            .map_err(map_err(names::CLUSTER_STATE))
+    }
+
+    /// Up to `max` records from the `FLOW_EVENTS` ring buffer.
+    pub fn next_events(&mut self, max: usize) -> Vec<lb_common::flow::FlowEvent> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(item) = self.flow_events.next() else {
+                break;
+            };
+            if item.len() >= std::mem::size_of::<lb_common::flow::FlowEvent>() {
+                // SAFETY: the record holds at least a FlowEvent's bytes (a
+                // plain-old-data type); read unaligned.
+                out.push(unsafe {
+                    std::ptr::read_unaligned(item.as_ptr().cast::<lb_common::flow::FlowEvent>())
+                });
+            }
+        }
+        out
+    }
+
+    /// The id of `addr` among `vip`'s backends.
+    pub fn backend_id(&self, vip: &VipAddr, addr: IpAddr) -> Option<u32> {
+        self.vips
+            .get(vip)?
+            .backends
+            .iter()
+            .find(|b| b.spec.addr == addr)
+            .map(|b| b.id)
+    }
+
+    /// The VIP and address of the backend with id `id`.
+    pub fn backend_of(&self, id: u32) -> Option<(VipAddr, IpAddr)> {
+        self.backend_addr_by_id(id)
+    }
+
+    /// Writes a flow learned from a cluster peer into `PEER_FLOWS`.
+    pub fn install_peer_flow(
+        &mut self,
+        key: &FlowKey,
+        value: FlowValue,
+    ) -> Result<(), DataplaneError> {
+        self.peer_flows
+            .insert(key, value, 0)
+            .map_err(map_err(names::PEER_FLOWS))
+    }
+
+    /// The `PEER_FLOWS` entry of a 5-tuple, if any.
+    pub fn peer_flow(&self, key: &FlowKey) -> Option<FlowValue> {
+        self.peer_flows.get(key, 0).ok()
+    }
+
+    /// Writes a NAT translation (learned from a cluster peer).
+    pub fn install_nat(&mut self, reply: &FlowKey, value: &NatValue) -> Result<(), DataplaneError> {
+        self.nat
+            .insert(reply, value, 0)
+            .map_err(map_err(names::NAT))
+    }
+
+    /// Removes a NAT translation; `false` when there was none.
+    pub fn remove_nat(&mut self, reply: &FlowKey) -> Result<bool, DataplaneError> {
+        match self.nat.remove(reply) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(map_err(names::NAT)(e)),
+        }
+    }
+
+    /// Every `FLOWS` entry (a whole-table walk: for a peer's snapshot).
+    pub fn flow_entries(&self) -> Result<Vec<(FlowKey, FlowValue)>, DataplaneError> {
+        walk(self.flows.iter(), names::FLOWS)
+    }
+
+    /// Every `NAT` entry (a whole-table walk: for a peer's snapshot).
+    pub fn nat_entries(&self) -> Result<Vec<(FlowKey, NatValue)>, DataplaneError> {
+        walk(self.nat.iter(), names::NAT)
     }
 
     /// The VIP and address of the backend with id `id`.
@@ -1328,6 +1430,22 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, Da
         })?
         .try_into()
         .map_err(|source| DataplaneError::Program { name, source })
+}
+
+/// The entries of a map walk; entries evicted while walking are skipped.
+fn walk<K, V>(
+    it: impl Iterator<Item = Result<(K, V), aya::maps::MapError>>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, DataplaneError> {
+    let mut out = Vec::new();
+    for e in it {
+        match e {
+            Ok(kv) => out.push(kv),
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Ok(out)
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {

@@ -78,7 +78,7 @@ pub fn expected_deltas(
             d.insert(format!("vip.{v}.no_backend"), 1);
         }
         if let Some(b) = backend
-            && (new || reason == Reason::FwdEstablished)
+            && (new || reason == Reason::FwdEstablished || reason == Reason::FwdPeerFlow)
         {
             d.insert(format!("backend.{v}.{b}.packets"), 1);
             d.insert(format!("backend.{v}.{b}.bytes"), len);
