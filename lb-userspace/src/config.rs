@@ -54,6 +54,14 @@ pub mod defaults {
     pub const NAT_TCP_TIMEOUT: Duration = Duration::from_secs(900);
     pub const NAT_UDP_TIMEOUT: Duration = Duration::from_secs(60);
     pub const NAT_CLOSED_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `[cluster]`: UDP (announcements) and TCP (replication) port.
+    pub const CLUSTER_PORT: u16 = 7947;
+    /// `[cluster]`: an administratively scoped group (RFC 2365); sent with
+    /// TTL 1, it never leaves the link.
+    pub const CLUSTER_GROUP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(239, 255, 18, 1);
+    pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
+    pub const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const CLUSTER_QUEUE: u32 = 1 << 16;
     pub const AGENT_MIN_PERCENT: u32 = 10;
     pub const AGENT_MAX_PERCENT: u32 = 100;
 }
@@ -82,8 +90,75 @@ pub const HEALTH_COUNT_RANGE: (u32, u32) = (1, 100);
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub global: Global,
+    /// Balancer peers (docs/cluster.md); `None`: this node runs alone. Never
+    /// written back (the state file and `hola config` leave it out: it holds
+    /// the cluster key, and it always comes from the configuration file).
+    #[serde(default, skip_serializing)]
+    pub cluster: Option<ClusterConfig>,
     #[serde(rename = "vip", default)]
     pub vips: Vec<VipConfig>,
+}
+
+/// The `[cluster]` table: the peers this node replicates its flows to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Nodes of another cluster id are ignored.
+    pub id: String,
+    /// The shared key (at least 16 characters); or `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// A file holding the shared key (its whole content, trailing newline
+    /// removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// This node's name in the cluster; default: the host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Where announcements go out and come in; default: the first of
+    /// `global.interfaces`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// This node's replication address; default: the first IPv4 address
+    /// of `interface`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
+    /// UDP port of the announcements and TCP port of replication.
+    #[serde(default = "d::cluster_port")]
+    pub port: u16,
+    /// Discover peers by multicast announcements.
+    #[serde(default = "d::yes")]
+    pub multicast: bool,
+    /// The multicast group (IPv4).
+    #[serde(default = "d::cluster_group")]
+    pub group: Ipv4Addr,
+    /// Peers to replicate to whether or not they announce: addresses, with
+    /// or without a port (default `port`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
+    #[serde(default = "d::announce_interval", with = "duration_serde")]
+    pub announce_interval: Duration,
+    /// A peer that has not announced itself for this long is dropped.
+    #[serde(default = "d::peer_timeout", with = "duration_serde")]
+    pub peer_timeout: Duration,
+    /// Entries queued per peer before the oldest are dropped.
+    #[serde(default = "d::cluster_queue")]
+    pub queue: u32,
+    /// Send and install entries; `false` only discovers peers (for tests
+    /// and for comparing behaviour without replication).
+    #[serde(default = "d::yes")]
+    pub replicate: bool,
+}
+
+impl ClusterConfig {
+    /// A `peers` entry as an address and port.
+    pub fn peer_addr(&self, s: &str) -> Option<SocketAddr> {
+        s.parse::<SocketAddr>().ok().or_else(|| {
+            s.parse::<IpAddr>()
+                .ok()
+                .map(|a| SocketAddr::new(a, self.port))
+        })
+    }
 }
 
 /// The `[global]` table: where and how the balancer runs, and its capacities.
@@ -719,6 +794,24 @@ cidr!(Ipv6Cidr, Ipv6Addr, u128, 128u8, defaults::TUNNEL_SOURCE_V6);
 /// Serde default functions (serde wants paths to functions).
 mod d {
     use super::*;
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn cluster_port() -> u16 {
+        defaults::CLUSTER_PORT
+    }
+    pub fn cluster_group() -> Ipv4Addr {
+        defaults::CLUSTER_GROUP
+    }
+    pub fn announce_interval() -> Duration {
+        defaults::ANNOUNCE_INTERVAL
+    }
+    pub fn peer_timeout() -> Duration {
+        defaults::PEER_TIMEOUT
+    }
+    pub fn cluster_queue() -> u32 {
+        defaults::CLUSTER_QUEUE
+    }
     pub fn xdp_mode() -> XdpMode {
         defaults::XDP_MODE
     }
@@ -1189,8 +1282,91 @@ impl<'a> Sink<'a> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawCluster {
+    id: Option<String>,
+    key: Option<String>,
+    key_file: Option<String>,
+    node: Option<String>,
+    interface: Option<String>,
+    address: Option<String>,
+    port: Option<i64>,
+    multicast: Option<bool>,
+    group: Option<String>,
+    #[serde(default)]
+    peers: Vec<String>,
+    announce_interval: Option<String>,
+    peer_timeout: Option<String>,
+    queue: Option<i64>,
+    replicate: Option<bool>,
+}
+
+impl RawCluster {
+    fn convert(self, sink: &mut Sink<'_>) -> ClusterConfig {
+        let id = sink.required("cluster.id", self.id, String::new(), "id = \"prod-a\"");
+        let port = sink.int(
+            "cluster.port",
+            self.port,
+            defaults::CLUSTER_PORT,
+            "1..=65535",
+        );
+        let address = self.address.and_then(|a| {
+            a.parse().ok().or_else(|| {
+                sink.error(
+                    "cluster.address",
+                    format!("cluster.address = {a:?}: not an IP address, e.g. \"198.18.0.2\""),
+                );
+                None
+            })
+        });
+        let group = match self.group {
+            None => defaults::CLUSTER_GROUP,
+            Some(g) => g.parse().unwrap_or_else(|_| {
+                sink.error(
+                    "cluster.group",
+                    format!(
+                        "cluster.group = {g:?}: not an IPv4 multicast address, e.g. \"{}\"",
+                        defaults::CLUSTER_GROUP
+                    ),
+                );
+                defaults::CLUSTER_GROUP
+            }),
+        };
+        let announce_interval = sink
+            .duration("cluster.announce_interval", self.announce_interval)
+            .unwrap_or(defaults::ANNOUNCE_INTERVAL);
+        let peer_timeout = sink
+            .duration("cluster.peer_timeout", self.peer_timeout)
+            .unwrap_or(defaults::PEER_TIMEOUT);
+        let queue = sink.int(
+            "cluster.queue",
+            self.queue,
+            defaults::CLUSTER_QUEUE,
+            QUEUE_RANGE,
+        );
+        ClusterConfig {
+            id,
+            key: self.key,
+            key_file: self.key_file.map(PathBuf::from),
+            node: self.node,
+            interface: self.interface,
+            address,
+            port,
+            multicast: self.multicast.unwrap_or(true),
+            group,
+            peers: self.peers,
+            announce_interval,
+            peer_timeout,
+            queue,
+            replicate: self.replicate.unwrap_or(true),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     global: Option<RawGlobal>,
+    cluster: Option<RawCluster>,
     #[serde(default)]
     vip: Vec<RawVip>,
 }
@@ -1326,6 +1502,7 @@ impl RawConfig {
         });
         Config {
             global: global.convert(sink),
+            cluster: self.cluster.map(|c| c.convert(sink)),
             vips: (self.vip.into_iter().enumerate())
                 .map(|(i, v)| v.convert(sink, &format!("vip[{i}]")))
                 .collect(),
@@ -1808,8 +1985,131 @@ fn check_path(sink: &mut Sink<'_>, path: &str, value: &Path) {
     }
 }
 
+/// Accepted `cluster.queue`.
+const QUEUE_RANGE: &str = "1..=16777216";
+
+fn check_cluster(sink: &mut Sink<'_>, c: &ClusterConfig) {
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    if !sink.is_poisoned("cluster.id") && !name_ok(&c.id) {
+        sink.error(
+            "cluster.id",
+            format!(
+                "cluster.id = {:?}: 1 to 64 letters, digits, '.', '_' or '-', e.g. \"prod-a\"",
+                c.id
+            ),
+        );
+    }
+    match (&c.key, &c.key_file) {
+        (None, None) => sink.error(
+            "cluster",
+            "cluster: neither key nor key_file is set; announcements and replication are \
+             authenticated with a shared key: add key_file = \"/etc/hola/cluster.key\" (a file \
+             of at least 16 random characters, the same on every node)"
+                .to_string(),
+        ),
+        (Some(_), Some(_)) => sink.error(
+            "cluster.key",
+            "cluster.key and cluster.key_file are both set: keep one".to_string(),
+        ),
+        (Some(k), None) if k.len() < 16 => sink.error(
+            "cluster.key",
+            format!(
+                "cluster.key is {} characters: use at least 16 random characters (or key_file)",
+                k.len()
+            ),
+        ),
+        _ => {}
+    }
+    if let Some(n) = &c.node
+        && !name_ok(n)
+    {
+        sink.error(
+            "cluster.node",
+            format!("cluster.node = {n:?}: 1 to 64 letters, digits, '.', '_' or '-', e.g. \"lb1\""),
+        );
+    }
+    if let Some(i) = &c.interface
+        && !valid_ifname(i)
+    {
+        sink.error(
+            "cluster.interface",
+            format!("cluster.interface = {i:?}: {IFNAME_RULE}"),
+        );
+    }
+    if c.port == 0 {
+        sink.error(
+            "cluster.port",
+            "cluster.port = 0: must be 1..=65535".to_string(),
+        );
+    }
+    if !c.group.is_multicast() {
+        sink.error(
+            "cluster.group",
+            format!(
+                "cluster.group = \"{}\": not a multicast address (224.0.0.0/4), e.g. \"{}\"",
+                c.group,
+                defaults::CLUSTER_GROUP
+            ),
+        );
+    }
+    for (i, p) in c.peers.iter().enumerate() {
+        if c.peer_addr(p).is_none() {
+            sink.error(
+                &format!("cluster.peers[{i}]"),
+                format!(
+                    "cluster.peers[{i}] = {p:?}: not an address or address:port, e.g. \"198.18.0.3\" or \"198.18.0.3:{}\"",
+                    c.port
+                ),
+            );
+        }
+    }
+    if !c.multicast && c.peers.is_empty() {
+        sink.error(
+            "cluster.multicast",
+            "cluster.multicast = false and no cluster.peers: this node would find no peer; \
+             list them in peers = [\"198.18.0.3\"] or turn multicast on"
+                .to_string(),
+        );
+    }
+    let (lo, hi) = (Duration::from_millis(100), Duration::from_secs(60));
+    if !sink.is_poisoned("cluster.announce_interval") && !(lo..=hi).contains(&c.announce_interval) {
+        sink.error(
+            "cluster.announce_interval",
+            format!(
+                "cluster.announce_interval = \"{}\": must be 100ms..=60s",
+                format_duration(c.announce_interval)
+            ),
+        );
+    }
+    if !sink.is_poisoned("cluster.peer_timeout") && c.peer_timeout < c.announce_interval * 2 {
+        sink.error(
+            "cluster.peer_timeout",
+            format!(
+                "cluster.peer_timeout = \"{}\": must be at least twice announce_interval (\"{}\"), \
+                 or one lost announcement drops a peer",
+                format_duration(c.peer_timeout),
+                format_duration(c.announce_interval * 2)
+            ),
+        );
+    }
+    if c.queue == 0 || c.queue > 16_777_216 {
+        sink.error(
+            "cluster.queue",
+            format!("cluster.queue = {}: must be {QUEUE_RANGE}", c.queue),
+        );
+    }
+}
+
 impl Config {
     fn check(&self, sink: &mut Sink<'_>) {
+        if let Some(c) = &self.cluster {
+            check_cluster(sink, c);
+        }
         let g = &self.global;
         if g.interfaces.is_empty() {
             sink.error(
@@ -2483,6 +2783,69 @@ mod tests {
 
     fn vip_text(extra_global: &str, vips: &str) -> String {
         format!("{BASE}{extra_global}{vips}")
+    }
+
+    #[test]
+    fn cluster_parses_with_defaults_and_is_never_written_back() {
+        let text = format!(
+            "{BASE}[cluster]\nid = \"prod-a\"\nkey = \"0123456789abcdef\"\npeers = [\"198.18.0.3\", \"198.18.0.4:8000\"]\n"
+        );
+        let c = parse(&text, "hola.toml").unwrap_or_else(|e| panic!("{e}"));
+        let k = c.cluster.as_ref().expect("cluster");
+        assert_eq!(k.port, defaults::CLUSTER_PORT);
+        assert_eq!(k.group, defaults::CLUSTER_GROUP);
+        assert_eq!(k.announce_interval, defaults::ANNOUNCE_INTERVAL);
+        assert_eq!(k.peer_timeout, defaults::PEER_TIMEOUT);
+        assert!(k.multicast && k.replicate);
+        assert_eq!(
+            k.peers.iter().filter_map(|p| k.peer_addr(p)).collect::<Vec<_>>(),
+            [
+                "198.18.0.3:7947".parse::<SocketAddr>().expect("literal"),
+                "198.18.0.4:8000".parse().expect("literal")
+            ]
+        );
+        // The key never reaches the state file or `hola config`.
+        let written = c.to_toml();
+        assert!(!written.contains("cluster") && !written.contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn cluster_errors_name_the_key_and_the_fix() {
+        let cases = [
+            ("key = \"0123456789abcdef\"\n", "cluster.id is missing"),
+            ("id = \"a\"\n", "neither key nor key_file"),
+            ("id = \"a\"\nkey = \"short\"\n", "cluster.key is 5 characters"),
+            (
+                "id = \"a\"\nkey = \"0123456789abcdef\"\nkey_file = \"/k\"\n",
+                "both set",
+            ),
+            ("id = \"a b\"\nkey = \"0123456789abcdef\"\n", "cluster.id = \"a b\""),
+            (
+                "id = \"a\"\nkey = \"0123456789abcdef\"\ngroup = \"198.18.0.1\"\n",
+                "not a multicast address",
+            ),
+            (
+                "id = \"a\"\nkey = \"0123456789abcdef\"\npeers = [\"nowhere\"]\n",
+                "cluster.peers[0] = \"nowhere\"",
+            ),
+            (
+                "id = \"a\"\nkey = \"0123456789abcdef\"\nmulticast = false\n",
+                "would find no peer",
+            ),
+            (
+                "id = \"a\"\nkey = \"0123456789abcdef\"\nannounce_interval = \"1s\"\npeer_timeout = \"1s\"\n",
+                "at least twice announce_interval",
+            ),
+            ("id = \"a\"\nkey = \"0123456789abcdef\"\nqueue = 0\n", "cluster.queue = 0"),
+            ("id = \"a\"\nkey = \"0123456789abcdef\"\nport = 0\n", "cluster.port = 0"),
+        ];
+        for (body, want) in cases {
+            let errs = errors(&format!("{BASE}[cluster]\n{body}"));
+            assert!(
+                errs.iter().any(|e| e.contains(want)),
+                "{body:?}: {want:?} not in {errs:#?}"
+            );
+        }
     }
 
     #[test]

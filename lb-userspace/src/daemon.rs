@@ -206,6 +206,47 @@ fn state_advice(state: &Path, c: &Config, config_path: &Path) -> String {
     }
 }
 
+/// Watches the control socket's path: when the file is removed (or
+/// replaced by something else) under the running daemon, the daemon binds
+/// it again and says so, so that the CLI keeps working.
+async fn keep_socket(path: PathBuf, tx: mpsc::Sender<crate::owner::Request>) {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    let mut ours = ino(&path);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if ino(&path) == ours {
+            continue;
+        }
+        let _ = std::fs::remove_file(&path);
+        match tokio::net::UnixListener::bind(&path) {
+            Ok(listener) => {
+                if let Err(e) =
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                {
+                    tracing::warn!(socket = %path.display(), error = %e, "setting the control socket's mode");
+                }
+                tracing::warn!(socket = %path.display(), "the control socket was removed or replaced under the running daemon; listening on it again");
+                ours = ino(&path);
+                let api = api::serve(listener, api::router(tx.clone()));
+                tokio::spawn(async move {
+                    if let Err(e) = api.await {
+                        tracing::warn!(error = %e, "control API on the re-created socket");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!(socket = %path.display(), error = %e, "the control socket was removed and cannot be created again; the CLI cannot reach this daemon until it is restarted (the data plane keeps forwarding)");
+                ours = ino(&path);
+            }
+        }
+    }
+}
+
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut cfg = effective_config(&opts.config)?;
     if !opts.interfaces.is_empty() {
@@ -240,6 +281,13 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         dp.add_tx_port(*ifindex)
             .with_context(|| format!("adding {iface} to the redirect map"))?;
     }
+    // The cluster is off unless configured (the switch is a pinned map and
+    // outlives a daemon that had one).
+    if cfg.cluster.is_none() {
+        dp.set_cluster(false)
+            .context("switching cluster replication off in the data plane")?;
+    }
+    let cluster_settings = crate::cluster::settings(&cfg)?;
     let state_file = cfg.global.state_file.clone();
     let mut owner = Owner::new(dp, cfg.clone(), state_file.clone(), ifindexes[0]);
     owner
@@ -250,6 +298,19 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
     owner.check_with(targets_tx);
     let (tx, rx) = mpsc::channel();
+    let cluster = match cluster_settings {
+        Some(settings) => {
+            let main = &cfg.global.interfaces[0];
+            let mac = crate::neigh::link_mac(main)
+                .with_context(|| format!("cluster: reading the MAC address of {main}"))?;
+            let shared = crate::cluster::Shared::new(settings, tx.clone());
+            owner
+                .with_cluster(shared.clone(), mac)
+                .context("switching cluster replication on in the data plane")?;
+            Some(shared)
+        }
+        None => None,
+    };
     let owner_thread = std::thread::Builder::new()
         .name("dataplane-owner".into())
         .spawn(move || owner.serve(rx))?;
@@ -269,6 +330,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
         tracing::info!(socket = %sock.display(), "control API listening");
         let api = api::serve(listener, api::router(tx.clone()));
+        tokio::spawn(keep_socket(sock.clone(), tx.clone()));
+        if let Some(shared) = cluster {
+            crate::cluster::start(shared).await?;
+        }
         tokio::spawn(crate::health::supervise(targets_rx, tx.clone()));
         let metrics = match cfg.global.metrics_address {
             Some(addr) => {
@@ -302,8 +367,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         tracing::info!("stopping; the data plane stays attached (hola down removes it)");
         result
     })?;
-    drop(tx);
     drop(rt);
+    let _ = tx.send(crate::owner::Request::Shutdown);
+    drop(tx);
     let _ = owner_thread.join();
     Ok(())
 }

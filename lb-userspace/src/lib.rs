@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

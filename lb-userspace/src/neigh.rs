@@ -87,6 +87,42 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
+/// The MAC address of interface `dev`.
+pub fn link_mac(dev: &str) -> Result<[u8; 6], NeighError> {
+    let links: Vec<Link> = ip_json(&["link", "show", "dev", dev])?;
+    Ok(links
+        .into_iter()
+        .next()
+        .and_then(|l| l.address)
+        .as_deref()
+        .and_then(parse_mac)
+        .unwrap_or_default())
+}
+
+#[derive(Deserialize)]
+struct AddrInfo {
+    family: String,
+    local: Option<String>,
+    #[serde(default)]
+    scope: String,
+}
+
+#[derive(Deserialize)]
+struct LinkAddrs {
+    #[serde(default)]
+    addr_info: Vec<AddrInfo>,
+}
+
+/// The first global IPv4 address of interface `dev`, if it has one.
+pub fn link_ipv4(dev: &str) -> Result<Option<std::net::Ipv4Addr>, NeighError> {
+    let links: Vec<LinkAddrs> = ip_json(&["-4", "addr", "show", "dev", dev])?;
+    Ok(links
+        .into_iter()
+        .flat_map(|l| l.addr_info)
+        .filter(|a| a.family == "inet" && a.scope != "host")
+        .find_map(|a| a.local?.parse().ok()))
+}
+
 /// The interface a backend is reached through, its ifindex and MAC.
 pub fn egress(backend: IpAddr) -> Result<(String, u32, [u8; 6], IpAddr), NeighError> {
     let routes: Vec<Route> = ip_json(&["route", "get", &backend.to_string()])?;

@@ -96,6 +96,16 @@ pub enum Request {
         proto: Protocol,
         reply: oneshot::Sender<Result<FlowAnswer, ApiError>>,
     },
+    /// Cluster: every entry this node holds, for a peer that connected.
+    ClusterSnapshot(oneshot::Sender<Vec<crate::cluster::wire::Entry>>),
+    /// The daemon is stopping: serve no more (the cluster's tasks hold
+    /// senders too, so the channel alone would never close).
+    Shutdown,
+    /// Cluster: entries a peer sent, to install.
+    PeerEntries {
+        node: String,
+        entries: Vec<crate::cluster::wire::Entry>,
+    },
 }
 
 pub fn proto_of(p: Protocol) -> Proto {
@@ -245,6 +255,9 @@ pub struct Owner {
     nat: crate::stats::NatReport,
     nat_swept: Option<Instant>,
     passive: HashMap<Key, Passive>,
+    /// Cluster replication, and this node's MAC on the main interface
+    /// (the source of NAT replies it sends for peers' flows).
+    cluster: Option<(std::sync::Arc<crate::cluster::Shared>, [u8; 6])>,
 }
 
 impl Owner {
@@ -263,18 +276,59 @@ impl Owner {
             nat: crate::stats::NatReport::default(),
             nat_swept: None,
             passive: HashMap::new(),
+            cluster: None,
+        }
+    }
+
+    /// Replicates to and from the cluster's peers from now on: the program
+    /// writes its new entries to the ring buffer, which `serve` drains.
+    pub fn with_cluster(
+        &mut self,
+        shared: std::sync::Arc<crate::cluster::Shared>,
+        mac: [u8; 6],
+    ) -> Result<(), crate::dataplane::DataplaneError> {
+        self.dp.set_cluster(shared.settings.replicate)?;
+        self.cluster = Some((shared, mac));
+        Ok(())
+    }
+
+    /// Sends the program's new entries to the peers.
+    fn replicate(&mut self) {
+        let Some((shared, _)) = &self.cluster else {
+            return;
+        };
+        let shared = shared.clone();
+        loop {
+            let events = self.dp.next_events(4096);
+            if events.is_empty() {
+                return;
+            }
+            let now = crate::dataplane::monotonic_ns();
+            let entries: Vec<_> = events
+                .iter()
+                .filter_map(|e| crate::cluster::local::event_entry(&self.dp, e, now))
+                .collect();
+            shared.publish(&entries);
         }
     }
 
     /// Serves requests until every sender is gone. Samples the counters once
     /// a second (for rates) and retries unresolved next hops.
     pub fn serve(mut self, rx: mpsc::Receiver<Request>) {
+        // With peers, new entries leave within this.
+        let wait = if self.cluster.is_some() {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_secs(1)
+        };
         loop {
-            match rx.recv_timeout(Duration::from_secs(1)) {
+            match rx.recv_timeout(wait) {
+                Ok(Request::Shutdown) => return,
                 Ok(req) => self.handle(req),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
+            self.replicate();
             let due = self
                 .last
                 .as_ref()
@@ -329,6 +383,14 @@ impl Owner {
                 self.nat.swept_ms = now_ms();
                 for (key, n) in s.unanswered {
                     self.passive.entry(key).or_default().timeouts += n;
+                }
+                if let Some((shared, _)) = &self.cluster {
+                    let gone: Vec<_> = s
+                        .gone
+                        .iter()
+                        .map(|k| crate::cluster::wire::Entry::NatGone { reply: k.into() })
+                        .collect();
+                    shared.publish(&gone);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "sweeping the NAT table"),
@@ -452,6 +514,30 @@ impl Owner {
                 reply,
             } => {
                 let _ = reply.send(self.flow(src, dst, proto));
+            }
+            Request::Shutdown => {}
+            Request::ClusterSnapshot(reply) => {
+                // Events already in the ring buffer are in the snapshot
+                // too; sending them first keeps peers' queues in order.
+                self.replicate();
+                let _ = reply.send(crate::cluster::local::snapshot(&self.dp));
+            }
+            Request::PeerEntries { node, entries } => {
+                if let Some((shared, mac)) = &self.cluster
+                    && shared.settings.replicate
+                {
+                    let (shared, mac) = (shared.clone(), *mac);
+                    let r = crate::cluster::local::install(
+                        &mut self.dp,
+                        &entries,
+                        mac,
+                        self.ingress_ifindex,
+                    );
+                    if r.unknown > 0 {
+                        tracing::debug!(peer = %node, unknown = r.unknown, "cluster: entries for VIPs or backends this node does not have");
+                    }
+                    shared.installed(r.installed, r.unknown);
+                }
             }
         }
     }
@@ -776,6 +862,7 @@ impl Owner {
                 capacity: self.dp.config().nat_capacity,
                 ..self.nat
             },
+            cluster: self.cluster.as_ref().map(|(c, _)| c.report()),
             ..Default::default()
         };
         for (name, r) in &now.reasons {

@@ -28,6 +28,10 @@ pub struct StatsReport {
     /// The NAT translation table (NAT mode).
     pub nat: NatReport,
     pub vips: Vec<VipReport>,
+    /// Balancer peers and replication (docs/cluster.md); absent when no
+    /// `[cluster]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterReport>,
 }
 
 /// Fill level of the NAT table, from the last sweep (every few seconds
@@ -348,9 +352,101 @@ pub fn prometheus(report: &StatsReport) -> String {
         "Expired NAT entries deleted by sweeps",
         nat_removed,
     );
+    if let Some(c) = &report.cluster {
+        cluster_metrics(&mut reg, c);
+    }
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
     out
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+}
+
+fn cluster_metrics(reg: &mut Registry, c: &crate::cluster::ClusterReport) {
+    let peers = Gauge::<i64>::default();
+    peers.set(c.peers.len() as i64);
+    reg.register("cluster_peers", "Cluster peers known to this node", peers);
+    let sent = Family::<PeerLabels, Counter>::default();
+    let dropped = Family::<PeerLabels, Counter>::default();
+    let received = Family::<PeerLabels, Counter>::default();
+    let send_lag = Family::<PeerLabels, Gauge>::default();
+    let recv_lag = Family::<PeerLabels, Gauge>::default();
+    let queued = Family::<PeerLabels, Gauge>::default();
+    let sending = Family::<PeerLabels, Gauge>::default();
+    let receiving = Family::<PeerLabels, Gauge>::default();
+    for p in &c.peers {
+        let l = PeerLabels {
+            peer: p.node.clone(),
+        };
+        sent.get_or_create(&l).inc_by(p.entries_sent);
+        dropped.get_or_create(&l).inc_by(p.entries_dropped);
+        received.get_or_create(&l).inc_by(p.entries_received);
+        send_lag.get_or_create(&l).set(p.send_lag_ms as i64);
+        recv_lag.get_or_create(&l).set(p.receive_lag_ms as i64);
+        queued.get_or_create(&l).set(p.queued as i64);
+        sending.get_or_create(&l).set(i64::from(p.sending));
+        receiving.get_or_create(&l).set(i64::from(p.receiving));
+    }
+    reg.register(
+        "cluster_entries_sent",
+        "Replication entries sent to a peer (snapshots included)",
+        sent,
+    );
+    reg.register(
+        "cluster_entries_dropped",
+        "Replication entries dropped from a peer's full queue",
+        dropped,
+    );
+    reg.register(
+        "cluster_entries_received",
+        "Replication entries received from a peer",
+        received,
+    );
+    reg.register(
+        "cluster_send_lag_ms",
+        "Age of the oldest entry of the last batch sent to a peer, milliseconds",
+        send_lag,
+    );
+    reg.register(
+        "cluster_receive_lag_ms",
+        "This node's clock minus the peer's when its last batch arrived, milliseconds",
+        recv_lag,
+    );
+    reg.register("cluster_queued", "Entries waiting for a peer", queued);
+    reg.register(
+        "cluster_sending",
+        "1 while the replication stream to a peer is up",
+        sending,
+    );
+    reg.register(
+        "cluster_receiving",
+        "1 while a peer's replication stream to this node is up",
+        receiving,
+    );
+    let installed = Counter::<u64>::default();
+    installed.inc_by(c.entries_installed);
+    reg.register(
+        "cluster_entries_installed",
+        "Entries from peers written to this node's maps",
+        installed,
+    );
+    let unknown = Counter::<u64>::default();
+    unknown.inc_by(c.entries_unknown_backend);
+    reg.register(
+        "cluster_entries_unknown_backend",
+        "Entries from peers naming a VIP or backend this node does not have",
+        unknown,
+    );
+    let rejected = Counter::<u64>::default();
+    rejected.inc_by(c.announcements_rejected + c.connections_rejected);
+    reg.register(
+        "cluster_rejected",
+        "Announcements and replication connections refused (wrong key, version or clock)",
+        rejected,
+    );
 }
 
 #[cfg(test)]
