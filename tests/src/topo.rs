@@ -119,15 +119,24 @@ pub struct Servers {
 
 impl Servers {
     pub fn start(lab: &Lab) -> Self {
+        Self::start_on(
+            (1..=lab.backends)
+                .map(|i| lab.t.ns(&backend(i).0))
+                .collect(),
+        )
+    }
+
+    /// Servers in the given namespaces, backend `i` (b1, b2, ...) in the
+    /// `i`th.
+    pub fn start_on(namespaces: Vec<String>) -> Self {
+        let n = namespaces.len();
         let mut s = Servers {
             served: Arc::default(),
             peers: Arc::default(),
-            lab_ns: (1..=lab.backends)
-                .map(|i| lab.t.ns(&backend(i).0))
-                .collect(),
+            lab_ns: namespaces,
             running: BTreeMap::new(),
         };
-        for i in 1..=lab.backends {
+        for i in 1..=n {
             s.start_one(i);
         }
         s
@@ -148,7 +157,7 @@ impl Servers {
                 match l.accept() {
                     Ok((mut c, _)) => {
                         c.set_nonblocking(false).expect("blocking");
-                        c.set_read_timeout(Some(Duration::from_secs(5)))
+                        c.set_read_timeout(Some(Duration::from_secs(30)))
                             .expect("timeout");
                         let local = c.local_addr().expect("local").ip();
                         if let Ok(peer) = c.peer_addr() {
