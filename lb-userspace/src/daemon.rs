@@ -223,6 +223,9 @@ async fn keep_socket(path: PathBuf, tx: mpsc::Sender<crate::owner::Request>) {
             continue;
         }
         let _ = std::fs::remove_file(&path);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
         match tokio::net::UnixListener::bind(&path) {
             Ok(listener) => {
                 if let Err(e) =

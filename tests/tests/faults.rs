@@ -1,7 +1,8 @@
 //! Fault injection in the lab, with the real daemon, real HTTP servers and
 //! a request loop measuring what the data plane forwards throughout
 //! (docs/reliability.md): a backend flapping every second for a minute
-//! with the daemon killed and restarted in the middle of it.
+//! with the daemon killed and restarted in the middle of it, and the
+//! control socket deleted under a running daemon.
 
 use std::{
     collections::BTreeMap,
@@ -258,5 +259,74 @@ fn a_flapping_backend_and_a_daemon_restart_do_not_disturb_other_flows() {
     assert!(
         events.contains("198.18.0.11 down") && events.contains("198.18.0.11 up"),
         "the restarted daemon's events list b1's changes: {events}"
+    );
+}
+
+/// The control socket deleted under a running daemon:
+/// requests through the VIP go on without a failure, the daemon binds the
+/// socket again (mode 0600) within two seconds and says so in its log, and
+/// the CLI reaches it again.
+#[test]
+fn a_deleted_control_socket_comes_back_and_forwarding_goes_on() {
+    use std::os::unix::fs::PermissionsExt as _;
+    require_root();
+    let lab = Lab::new("hfs", 3);
+    let _servers = Servers::start(&lab);
+    let d = Daemon::start("hfs", &lab.t.ns("lb"), &config());
+    let vip: SocketAddr = format!("{DSR_VIP}:80").parse().expect("vip");
+    let log: Log = Arc::default();
+    let l = log.clone();
+    let requests = spawn_in_ns(&lab.t.ns("cl"), move || {
+        for _ in 0..400 {
+            let t = now_ms();
+            let r = TcpStream::connect_timeout(&vip, Duration::from_millis(500))
+                .and_then(|mut c| {
+                    c.set_read_timeout(Some(Duration::from_millis(500)))?;
+                    http_get(&mut c)
+                })
+                .map(|s| s.trim().to_string())
+                .map_err(|e| e.to_string());
+            l.lock().expect("lock").push((t, r));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::remove_file(&d.socket).expect("deleting the control socket");
+    let gone = Instant::now();
+    let deadline = gone + Duration::from_secs(5);
+    while !d.cli(&["stats", "--json"]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "the CLI does not reach the daemon 5 s after its socket was deleted:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = gone.elapsed();
+    println!("control socket back after {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "the socket came back after {took:?}"
+    );
+    let mode = std::fs::metadata(&d.socket)
+        .expect("the socket exists again")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the re-created socket is root-only");
+    assert!(
+        d.log().contains("listening on it again"),
+        "the daemon says what happened:\n{}",
+        d.log()
+    );
+    d.ok(&["backend", "list", &format!("{DSR_VIP}:80")]);
+    requests.join().expect("request loop");
+    let log = log.lock().expect("lock");
+    let failed: Vec<_> = log.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed while the socket was away: {:?}",
+        failed.len(),
+        log.len(),
+        &failed[..failed.len().min(5)]
     );
 }
