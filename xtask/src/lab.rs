@@ -30,7 +30,14 @@ use crate::{command, is_root, repo_root, run_output, run_status, show, toolchain
 #[derive(Subcommand)]
 pub(crate) enum Lab {
     /// Build hola and hola-backend, make the topology, start the backends and hola.
-    Up,
+    Up {
+        /// Balancer nodes: 1 (the default) is one hola in front of the
+        /// backends; 2 or 3 is a cluster of hola nodes behind a router that
+        /// spreads the VIP's flows over them (ECMP), replicating their flows
+        /// to each other (docs/cluster.md).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
+        nodes: u8,
+    },
     /// Stop what `lab up` started and remove the namespaces and pins (idempotent).
     Down,
     /// Which namespaces exist, which processes run, and hola's counters.
@@ -79,9 +86,14 @@ const VIPS_ON_LO: &[&str] = &[
 
 pub(crate) fn lab(cmd: Lab) -> Result<()> {
     match cmd {
-        Lab::Up => {
+        Lab::Up { nodes: 1 } => {
             up()?;
             print_next_steps();
+            Ok(())
+        }
+        Lab::Up { nodes } => {
+            up_cluster(usize::from(nodes))?;
+            print_cluster_steps(usize::from(nodes));
             Ok(())
         }
         Lab::Down => down(),
@@ -152,6 +164,12 @@ fn procs() -> Vec<Proc> {
         program: "hola",
         arg: "run".into(),
     }];
+    // The cluster lab's nodes, each told apart by its configuration.
+    v.extend((1..=MAX_NODES).map(|i| Proc {
+        stem: format!("hola-n{i}"),
+        program: "hola",
+        arg: node_config(i).display().to_string(),
+    }));
     v.extend(BACKENDS.iter().map(|b| Proc {
         stem: (*b).into(),
         program: "hola-backend",
@@ -614,19 +632,29 @@ pub(crate) fn down() -> Result<()> {
     require_root("down")?;
     let mut did: Vec<String> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
-    let mut procs = procs().into_iter();
-    // hola first, then what its pins refer to.
-    if let Some(hola) = procs.next() {
+    let (holas, others): (Vec<Proc>, Vec<Proc>) =
+        procs().into_iter().partition(|p| p.program == "hola");
+    // Every hola first, then what its pins refer to.
+    for hola in &holas {
         did.extend(hola.stop());
     }
     let lb_pins = Path::new(BPFFS).join("lb");
     if lb_pins.exists() {
-        match hola_down(&lb_pins) {
+        match hola_down(&lb_pins, "lb", &config_path()) {
             Ok(()) => did.push("ran hola down (the balancer's pins)".into()),
             Err(e) => problems.push(format!("hola down: {e:#}")),
         }
     }
-    for p in procs {
+    for i in 1..=MAX_NODES {
+        let pins = Path::new(BPFFS).join(format!("n{i}"));
+        if pins.exists() {
+            match hola_down(&pins, &format!("n{i}"), &node_config(i)) {
+                Ok(()) => did.push(format!("ran hola down (node n{i}'s pins)")),
+                Err(e) => problems.push(format!("hola down on n{i}: {e:#}")),
+            }
+        }
+    }
+    for p in others {
         did.extend(p.stop());
     }
     if Path::new(BPFFS).exists() {
@@ -659,9 +687,10 @@ pub(crate) fn down() -> Result<()> {
     Ok(())
 }
 
-/// `hola down` for the balancer, with the lab's config when it is there and
-/// inside the lb namespace when that still exists.
-fn hola_down(pins: &Path) -> Result<()> {
+/// `hola down` for a balancer (`host` is its namespace's short name), with
+/// its config when that is there and inside its namespace when that still
+/// exists.
+fn hola_down(pins: &Path, host: &str, config: &Path) -> Result<()> {
     if !hola_bin().exists() {
         bail!(
             "{} is not built; the pins in {} are removed without it",
@@ -669,14 +698,14 @@ fn hola_down(pins: &Path) -> Result<()> {
             pins.display()
         );
     }
-    let mut cmd = if lab_namespaces()?.contains(&ns("lb")) {
-        in_ns("lb", hola_bin())
+    let mut cmd = if lab_namespaces()?.contains(&ns(host)) {
+        in_ns(host, hola_bin())
     } else {
         Command::new(hola_bin())
     };
     cmd.arg("down");
-    if config_path().exists() {
-        cmd.arg("--config").arg(config_path());
+    if config.exists() {
+        cmd.arg("--config").arg(config);
     } else {
         cmd.arg("--bpffs-dir").arg(pins);
     }
@@ -692,8 +721,14 @@ fn status() -> Result<()> {
     }
     let mut hola_up = false;
     for p in procs() {
-        let what = if p.program == "hola" {
+        let what = if p.stem == "hola" {
             "hola run".to_string()
+        } else if p.program == "hola" {
+            // Cluster nodes are listed only when they were started.
+            if p.recorded_pid().is_none() {
+                continue;
+            }
+            format!("hola run on {}", &p.stem["hola-".len()..])
         } else {
             format!("hola-backend {}", p.stem)
         };
@@ -703,7 +738,7 @@ fn status() -> Result<()> {
                     "{what}: running (PID {pid}, log {})",
                     relative(&p.log_file())
                 );
-                hola_up |= p.program == "hola";
+                hola_up |= p.stem == "hola";
             }
             Some(pid) => println!(
                 "{what}: not running (stale PID file {} names PID {pid})",
@@ -768,4 +803,298 @@ fn wait_for_interrupt() -> Result<()> {
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The cluster lab: `lab up --nodes 2|3`.
+//
+//   hola-lab-client 198.18.100.2 ── hola-lab-rt 198.18.100.1 | 198.18.0.1 ─┐
+//   hola-lab-n1..n3 198.18.0.2..4 (hola, [cluster])                        ├ hola-lab-sw: br0
+//   hola-lab-b1..b3 198.18.0.11..13, VIP 198.18.1.1 on lo                  ┘
+//
+// The router reaches the VIP through every node (a multipath route hashed
+// on the 5-tuple); the backends answer the client through the router.
+
+/// Most nodes `lab up --nodes` makes.
+const MAX_NODES: usize = 3;
+const CLUSTER_CLIENT: &str = "198.18.100.2";
+const CLUSTER_ROUTER_FRONT: &str = "198.18.100.1";
+const CLUSTER_ROUTER_BACK: &str = "198.18.0.1";
+const CLUSTER_VIP: &str = "198.18.1.1";
+
+fn node_addr(i: usize) -> String {
+    format!("198.18.0.{}", 1 + i)
+}
+
+fn node_dir(i: usize) -> PathBuf {
+    lab_dir().join(format!("n{i}"))
+}
+
+fn node_config(i: usize) -> PathBuf {
+    node_dir(i).join("hola.toml")
+}
+
+fn node_socket(i: usize) -> PathBuf {
+    node_dir(i).join("hola.sock")
+}
+
+fn up_cluster(nodes: usize) -> Result<()> {
+    require_root("up")?;
+    toolchain::setup(false)?;
+    for (pkg, bin) in [("lb-userspace", "hola"), ("lab-backend", "hola-backend")] {
+        run_status(command("cargo").args(["build", "-p", pkg, "--bin", bin]))?;
+    }
+    if leftovers()? {
+        println!("lab: a previous lab is left over; taking it down first");
+        down()?;
+    }
+    if let Err(e) = start_cluster(nodes) {
+        eprintln!("lab up failed; taking down what it made");
+        if let Err(d) = down() {
+            eprintln!("lab down after the failure also failed: {d:#}");
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn start_cluster(nodes: usize) -> Result<()> {
+    fs::create_dir_all(lab_dir()).with_context(|| format!("creating {}", lab_dir().display()))?;
+    cluster_topology(nodes).context("building the cluster lab's topology")?;
+    fs::create_dir_all(BPFFS)
+        .with_context(|| format!("creating {BPFFS} (is bpffs mounted on /sys/fs/bpf?)"))?;
+    let hola = hola_bin();
+    let hola = hola.to_str().context("target dir is not UTF-8")?;
+    for b in BACKENDS {
+        let p = procs().into_iter().find(|p| p.stem == *b).expect("listed");
+        let mut cmd = in_ns(b, backend_bin());
+        cmd.args(["--name", b, "--listen", "0.0.0.0:80", "--verbose"]);
+        let pid = p.spawn(cmd)?;
+        println!("lab: started hola-backend {b} (PID {pid})");
+    }
+    // The key every node shares, fresh for each lab.
+    let key_file = lab_dir().join("cluster.key");
+    let mut key = [0u8; 24];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))
+        .context("reading /dev/urandom for the cluster key")?;
+    let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    fs::write(&key_file, format!("{key}\n"))
+        .with_context(|| format!("writing {}", key_file.display()))?;
+    for i in 1..=nodes {
+        let n = format!("n{i}");
+        let pin = format!("{BPFFS}/peer-p-{n}");
+        ns_exec(
+            "sw",
+            hola,
+            &[
+                "veth-peer",
+                "attach",
+                "--iface",
+                &format!("p-{n}"),
+                "--pin",
+                &pin,
+            ],
+        )
+        .with_context(|| format!("attaching the XDP_PASS program to p-{n}"))?;
+        fs::create_dir_all(node_dir(i))?;
+        let _ = fs::remove_file(node_dir(i).join("state.toml"));
+        fs::write(node_config(i), node_config_toml(i, &key_file))
+            .with_context(|| format!("writing {}", node_config(i).display()))?;
+        let p = procs()
+            .into_iter()
+            .find(|p| p.stem == format!("hola-{n}"))
+            .expect("listed");
+        let mut cmd = in_ns(&n, hola);
+        cmd.env("NO_COLOR", "1")
+            .args(["run", "--config"])
+            .arg(node_config(i));
+        let pid = p.spawn(cmd)?;
+        println!(
+            "lab: started hola run on {n} (PID {pid}, log {})",
+            relative(&p.log_file())
+        );
+    }
+    let deadline = Instant::now() + HOLA_START_TIMEOUT;
+    for i in 1..=nodes {
+        loop {
+            let ok = Command::new(hola_bin())
+                .arg("--socket")
+                .arg(node_socket(i))
+                .args(["stats", "--json"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                break;
+            }
+            if Instant::now() > deadline {
+                let p = procs()
+                    .into_iter()
+                    .find(|p| p.stem == format!("hola-n{i}"))
+                    .expect("listed");
+                bail!(
+                    "hola on n{i} did not answer within {}s; the end of {}:\n{}",
+                    HOLA_START_TIMEOUT.as_secs(),
+                    p.log_file().display(),
+                    log_tail(&p.log_file(), 30)
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+    println!("lab: every node answers");
+    Ok(())
+}
+
+fn cluster_topology(nodes: usize) -> Result<()> {
+    let mut hosts: Vec<(String, String)> = vec![("rt".into(), CLUSTER_ROUTER_BACK.into())];
+    hosts.extend((1..=nodes).map(|i| (format!("n{i}"), node_addr(i))));
+    hosts.extend(
+        BACKENDS
+            .iter()
+            .zip(&HOSTS[2..])
+            .map(|(b, (_, a, _))| ((*b).to_string(), (*a).to_string())),
+    );
+    for h in ["sw", "client"]
+        .into_iter()
+        .chain(hosts.iter().map(|(h, _)| h.as_str()))
+    {
+        ip(&["netns", "add", &ns(h)])?;
+        ip(&["-n", &ns(h), "link", "set", "lo", "up"])?;
+    }
+    let sw = ns("sw");
+    ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+    // Announcements reach every port without waiting for IGMP snooping.
+    ip(&[
+        "-n",
+        &sw,
+        "link",
+        "set",
+        "br0",
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "0",
+    ])?;
+    ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+    let (client, rt) = (ns("client"), ns("rt"));
+    ip(&[
+        "link", "add", "eth0", "netns", &client, "type", "veth", "peer", "name", "eth0", "netns",
+        &rt,
+    ])?;
+    for (n, addr) in [(&client, CLUSTER_CLIENT), (&rt, CLUSTER_ROUTER_FRONT)] {
+        ip(&["-n", n, "link", "set", "eth0", "up"])?;
+        ip(&["-n", n, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+    }
+    ip(&[
+        "-n",
+        &client,
+        "route",
+        "add",
+        "default",
+        "via",
+        CLUSTER_ROUTER_FRONT,
+    ])?;
+    ns_exec("client", "ethtool", &["-K", "eth0", "tx", "off"])?;
+    ns_exec("rt", "ethtool", &["-K", "eth0", "tx", "off"])?;
+    for (h, addr) in &hosts {
+        let (n, port) = (ns(h), format!("p-{h}"));
+        let dev = if h == "rt" { "eth1" } else { "eth0" };
+        ip(&[
+            "link", "add", dev, "netns", &n, "type", "veth", "peer", "name", &port, "netns", &sw,
+        ])?;
+        ip(&["-n", &sw, "link", "set", &port, "master", "br0"])?;
+        ip(&["-n", &sw, "link", "set", &port, "up"])?;
+        ip(&["-n", &n, "link", "set", dev, "up"])?;
+        ip(&["-n", &n, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+        for kv in [
+            "net.ipv4.conf.all.rp_filter=0".to_string(),
+            format!("net.ipv4.conf.{dev}.rp_filter=0"),
+        ] {
+            sysctl(h, &kv)?;
+        }
+        ns_exec(h, "ethtool", &["-K", dev, "tx", "off"])?;
+    }
+    sysctl("rt", "net.ipv4.ip_forward=1")?;
+    sysctl("rt", "net.ipv4.fib_multipath_hash_policy=1")?;
+    let mut route = vec![
+        "-n".to_string(),
+        rt.clone(),
+        "route".into(),
+        "add".into(),
+        format!("{CLUSTER_VIP}/32"),
+    ];
+    for i in 1..=nodes {
+        route.extend(["nexthop".into(), "via".into(), node_addr(i)]);
+    }
+    ip(&route.iter().map(String::as_str).collect::<Vec<_>>())?;
+    for b in BACKENDS {
+        ip(&[
+            "-n",
+            &ns(b),
+            "addr",
+            "add",
+            &format!("{CLUSTER_VIP}/32"),
+            "dev",
+            "lo",
+        ])?;
+        sysctl(b, "net.ipv4.conf.lo.rp_filter=0")?;
+        ip(&[
+            "-n",
+            &ns(b),
+            "route",
+            "add",
+            "198.18.100.0/24",
+            "via",
+            CLUSTER_ROUTER_BACK,
+        ])?;
+    }
+    Ok(())
+}
+
+fn node_config_toml(i: usize, key_file: &Path) -> String {
+    let d = node_dir(i);
+    let mut s = format!(
+        "# Written by `cargo xtask lab up --nodes N`; node n{i} of the lab's cluster.\n\
+         [global]\n\
+         interfaces = [\"eth0\"]\n\
+         control_socket = \"{}\"\n\
+         state_file = \"{}\"\n\
+         bpffs_dir = \"{BPFFS}/n{i}\"\n\
+         metrics_address = \"\"\n\
+         flow_capacity_per_cpu = 65536\n\
+         \n[cluster]\n\
+         id = \"hola-lab\"\n\
+         key_file = \"{}\"\n\
+         node = \"n{i}\"\n\
+         \n[[vip]]\naddress = \"{CLUSTER_VIP}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"dsr\"\n\
+         \n[vip.health]\ntype = \"http\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n",
+        d.join("hola.sock").display(),
+        d.join("state.toml").display(),
+        key_file.display(),
+    );
+    for (_, addr, _) in &HOSTS[2..] {
+        s += &format!("\n[[vip.backend]]\naddress = \"{addr}\"\n");
+    }
+    s
+}
+
+fn print_cluster_steps(nodes: usize) {
+    let hola = relative(&hola_bin());
+    let sock = |i| relative(&node_socket(i));
+    let last = node_addr(nodes);
+    println!(
+        "\nThe cluster lab is up: {nodes} hola nodes (n1..n{nodes}, 198.18.0.2..) behind the router
+hola-lab-rt, which spreads 198.18.1.1:80 over them by 5-tuple; b1, b2, b3 behind them (dsr).
+The nodes find each other by multicast and replicate their flows. Try:
+
+  for i in $(seq 8); do ip netns exec hola-lab-client curl -s http://198.18.1.1/; done
+  {hola} --socket {} stats --json     # \"cluster\": peers, entries sent and received, lag
+  # node n1 fails: the router sends everything to n{nodes}, which knows n1's flows
+  ip netns exec hola-lab-rt ip route replace 198.18.1.1/32 via {last}
+  cargo xtask lab status
+  cargo xtask lab down
+",
+        sock(1)
+    );
 }
