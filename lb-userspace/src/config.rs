@@ -2798,7 +2798,10 @@ mod tests {
         assert_eq!(k.peer_timeout, defaults::PEER_TIMEOUT);
         assert!(k.multicast && k.replicate);
         assert_eq!(
-            k.peers.iter().filter_map(|p| k.peer_addr(p)).collect::<Vec<_>>(),
+            k.peers
+                .iter()
+                .filter_map(|p| k.peer_addr(p))
+                .collect::<Vec<_>>(),
             [
                 "198.18.0.3:7947".parse::<SocketAddr>().expect("literal"),
                 "198.18.0.4:8000".parse().expect("literal")
@@ -2814,12 +2817,18 @@ mod tests {
         let cases = [
             ("key = \"0123456789abcdef\"\n", "cluster.id is missing"),
             ("id = \"a\"\n", "neither key nor key_file"),
-            ("id = \"a\"\nkey = \"short\"\n", "cluster.key is 5 characters"),
+            (
+                "id = \"a\"\nkey = \"short\"\n",
+                "cluster.key is 5 characters",
+            ),
             (
                 "id = \"a\"\nkey = \"0123456789abcdef\"\nkey_file = \"/k\"\n",
                 "both set",
             ),
-            ("id = \"a b\"\nkey = \"0123456789abcdef\"\n", "cluster.id = \"a b\""),
+            (
+                "id = \"a b\"\nkey = \"0123456789abcdef\"\n",
+                "cluster.id = \"a b\"",
+            ),
             (
                 "id = \"a\"\nkey = \"0123456789abcdef\"\ngroup = \"198.18.0.1\"\n",
                 "not a multicast address",
@@ -2836,8 +2845,14 @@ mod tests {
                 "id = \"a\"\nkey = \"0123456789abcdef\"\nannounce_interval = \"1s\"\npeer_timeout = \"1s\"\n",
                 "at least twice announce_interval",
             ),
-            ("id = \"a\"\nkey = \"0123456789abcdef\"\nqueue = 0\n", "cluster.queue = 0"),
-            ("id = \"a\"\nkey = \"0123456789abcdef\"\nport = 0\n", "cluster.port = 0"),
+            (
+                "id = \"a\"\nkey = \"0123456789abcdef\"\nqueue = 0\n",
+                "cluster.queue = 0",
+            ),
+            (
+                "id = \"a\"\nkey = \"0123456789abcdef\"\nport = 0\n",
+                "cluster.port = 0",
+            ),
         ];
         for (body, want) in cases {
             let errs = errors(&format!("{BASE}[cluster]\n{body}"));
@@ -3492,6 +3507,32 @@ slow_start = "0s"
             }],
             "the agent example"
         );
+    }
+
+    const CLUSTER_DOC: &str = include_str!("../../docs/cluster.md");
+
+    /// The hola configurations of docs/cluster.md (its ```toml blocks with a
+    /// `[cluster]` table) parse and validate; its other ```toml blocks are
+    /// gobgpd's.
+    #[test]
+    fn cluster_doc_examples_parse() {
+        let blocks = toml_blocks(CLUSTER_DOC);
+        let (hola, other): (Vec<&String>, Vec<&String>) = blocks
+            .iter()
+            .partition(|b| b.lines().any(|l| l.trim() == "[cluster]"));
+        assert!(hola.len() >= 2, "{} hola configurations", hola.len());
+        for (i, b) in hola.iter().enumerate() {
+            let origin = format!("cluster.md block {i}");
+            let c = parse(b, &origin).unwrap_or_else(|e| panic!("{e}\n{b}"));
+            c.validate(&origin).unwrap_or_else(|e| panic!("{e}\n{b}"));
+            assert!(c.cluster.is_some() && !c.vips.is_empty(), "{b}");
+        }
+        for b in other {
+            assert!(
+                b.contains("[global.config]"),
+                "a ```toml block of docs/cluster.md that is neither hola's nor gobgpd's:\n{b}"
+            );
+        }
     }
 
     #[test]
