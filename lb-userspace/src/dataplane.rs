@@ -989,6 +989,25 @@ impl Dataplane {
             .map_err(map_err(names::NAT))
     }
 
+    /// Removes a NAT translation a peer removed, if it has expired here
+    /// too; `false` when it is kept (live here: a flow this node carries,
+    /// or refreshed by its replies) or absent. A peer's copy can expire
+    /// while the flow lives on another node: its removal must not end it.
+    pub fn remove_nat_if_expired(&mut self, reply: &FlowKey) -> Result<bool, DataplaneError> {
+        let Ok(v) = self.nat.get(reply, 0) else {
+            return Ok(false);
+        };
+        let t = lb_common::flow::NatTimeouts {
+            tcp_idle_ns: self.cfg.nat_tcp_idle.as_nanos() as u64,
+            udp_idle_ns: self.cfg.nat_udp_idle.as_nanos() as u64,
+            closed_linger_ns: self.cfg.nat_closed_linger.as_nanos() as u64,
+        };
+        if !lb_common::flow::nat_expired(&v, reply.proto, monotonic_ns(), &t) {
+            return Ok(false);
+        }
+        self.remove_nat(reply)
+    }
+
     /// Removes a NAT translation; `false` when there was none.
     pub fn remove_nat(&mut self, reply: &FlowKey) -> Result<bool, DataplaneError> {
         match self.nat.remove(reply) {

@@ -376,3 +376,38 @@ fn fullnat_port_exhaustion_is_counted_and_no_live_port_is_reused() {
         u64::from(PER_CPU)
     );
 }
+
+/// A peer's removal of a NAT translation (its copy expired) ends the
+/// translation here only if it has expired here too: a live entry stays.
+#[test]
+fn a_peers_nat_removal_spares_a_live_translation() {
+    require_root();
+    let dp_cfg = DataplaneConfig {
+        flow_capacity_per_cpu: 1024,
+        nat_capacity: 1024,
+        nat_tcp_idle: std::time::Duration::from_secs(60),
+        ..Default::default()
+    };
+    let mut dp = Dataplane::load(dp_cfg).expect("loading the balancer");
+    let key =
+        |port: u16| Pkt::new("198.18.4.10", "198.18.32.1", L4::tcp(80, port, TCP_ACK)).flow_key();
+    let now = lb_userspace::dataplane::monotonic_ns();
+    let entry = |last_ns: u64| lb_common::NatValue {
+        last_ns,
+        ..Default::default()
+    };
+    dp.install_nat(&key(1000), &entry(now)).expect("install");
+    dp.install_nat(&key(1001), &entry(now.saturating_sub(120_000_000_000)))
+        .expect("install");
+    assert!(!dp.remove_nat_if_expired(&key(1000)).expect("remove"));
+    assert!(
+        dp.nat_entry(&key(1000)).is_some(),
+        "a live translation was removed"
+    );
+    assert!(dp.remove_nat_if_expired(&key(1001)).expect("remove"));
+    assert!(
+        dp.nat_entry(&key(1001)).is_none(),
+        "an expired translation stayed"
+    );
+    assert!(!dp.remove_nat_if_expired(&key(1002)).expect("absent"));
+}

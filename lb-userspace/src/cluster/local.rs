@@ -143,7 +143,9 @@ pub fn install(dp: &mut Dataplane, entries: &[Entry], smac: [u8; 6], ifindex: u3
                     },
                 )
             }
-            Entry::NatGone { reply } => dp.remove_nat(&FlowKey::from(reply)).map(|_| ()),
+            // Only what has expired here too: a peer's idle copy must not
+            // end a flow this node still carries.
+            Entry::NatGone { reply } => dp.remove_nat_if_expired(&FlowKey::from(reply)).map(|_| ()),
         };
         match done {
             Ok(()) => r.installed += 1,

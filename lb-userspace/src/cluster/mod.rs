@@ -262,10 +262,13 @@ impl Shared {
         let mut peers: Vec<PeerReport> = Vec::new();
         for (addr, p) in self.peers.lock().expect("peers lock").iter() {
             let said = p.out.node.lock().expect("node lock").clone();
-            let node = if said.is_empty() {
+            // A static peer that never answered is known by its address.
+            let node = if !said.is_empty() {
+                said
+            } else if !p.node.is_empty() {
                 p.node.clone()
             } else {
-                said
+                addr.to_string()
             };
             let i = inbound.get(&node).cloned().unwrap_or_default();
             let err = p.out.last_error.lock().expect("error lock").clone();

@@ -109,6 +109,7 @@ async fn session(
         wire::VERSION
     );
     let proof = wire::proof(&s.key, &nonce, &s.id, &s.node);
+    let ours = wire::nonce();
     write(
         &mut conn,
         &Msg::Hello {
@@ -116,11 +117,22 @@ async fn session(
             cluster: s.id.clone(),
             node: s.node.clone(),
             proof,
+            nonce: ours,
         },
     )
     .await?;
     let peer = match read_within(&mut conn, HANDSHAKE).await? {
-        Msg::Welcome { node } => node,
+        Msg::Welcome { node, proof } => {
+            // The listener must hold the key too before it gets anything.
+            if !wire::check_proof(&s.key, &ours, &s.id, &node, &proof) {
+                shared.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                anyhow::bail!(
+                    "{addr} ({node}) failed to prove the cluster key: nothing sent (a different key, \
+                     or not a node of this cluster at that address)"
+                );
+            }
+            node
+        }
         Msg::Reject { reason } => anyhow::bail!("{addr} refused this node: {reason}"),
         other => anyhow::bail!("{addr} answered the handshake with {other:?}"),
     };
@@ -215,12 +227,13 @@ async fn receive(shared: &Shared, mut conn: TcpStream, from: SocketAddr) -> anyh
         },
     )
     .await?;
-    let (node, ok) = match read_within(&mut conn, HANDSHAKE).await? {
+    let (node, theirs, ok) = match read_within(&mut conn, HANDSHAKE).await? {
         Msg::Hello {
             version,
             cluster,
             node,
             proof,
+            nonce: theirs,
         } => {
             let ok = if version != wire::VERSION {
                 Err(format!(
@@ -234,9 +247,13 @@ async fn receive(shared: &Shared, mut conn: TcpStream, from: SocketAddr) -> anyh
             } else {
                 Ok(())
             };
-            (node, ok)
+            (node, theirs, ok)
         }
-        other => (String::new(), Err(format!("no hello but {other:?}"))),
+        other => (
+            String::new(),
+            [0; 32],
+            Err(format!("no hello but {other:?}")),
+        ),
     };
     if let Err(reason) = ok {
         shared.connections_rejected.fetch_add(1, Ordering::Relaxed);
@@ -248,11 +265,16 @@ async fn receive(shared: &Shared, mut conn: TcpStream, from: SocketAddr) -> anyh
         &mut conn,
         &Msg::Welcome {
             node: s.node.clone(),
+            proof: wire::proof(&s.key, &theirs, &s.id, &s.node),
         },
     )
     .await?;
     tracing::info!(peer = %node, from = %from, "cluster: receiving a peer's entries");
-    shared.inbound(&node, |i| i.connected = true);
+    shared.inbound(&node, |i| {
+        i.connected = true;
+        // A new stream starts with a new snapshot.
+        i.snapshot_entries = None;
+    });
     let r = async {
         loop {
             match read_within(&mut conn, SILENCE).await? {

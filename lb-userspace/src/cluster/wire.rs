@@ -7,8 +7,10 @@
 //! Replication (TCP), each frame a big-endian u32 length and a postcard
 //! `Msg`. The listening side speaks first: `Challenge { nonce }`; the
 //! dialling side answers `Hello { cluster, node, proof }` where `proof` is
-//! the HMAC of the nonce, the cluster id and the node name; the listener
-//! answers `Welcome` or `Reject` and closes. After `Welcome` only the
+//! the HMAC of the nonce, the cluster id and the node name, and a nonce of
+//! its own; the listener answers `Welcome` with its proof for that nonce
+//! (both sides show they hold the key), or `Reject` and closes. After
+//! `Welcome` only the
 //! dialling side sends: its snapshot (`Batch`es, then `SnapshotDone`), then
 //! a `Batch` whenever it has new entries. Each node dials every peer, so
 //! every connection carries one node's entries one way.
@@ -172,9 +174,14 @@ pub enum Msg {
         cluster: String,
         node: String,
         proof: [u8; TAG_LEN],
+        /// The dialling side's challenge to the listener.
+        nonce: [u8; 32],
     },
+    /// The listener's answer, with its proof of the key for the dialling
+    /// side's nonce: entries go only to a peer that holds the key.
     Welcome {
         node: String,
+        proof: [u8; TAG_LEN],
     },
     Reject {
         reason: String,
