@@ -141,7 +141,7 @@ edit it by hand: the method text and the targets are in
 on your machine, as root:
 
 ```sh
-cargo xtask bench            # every part (about 10 minutes on 2 CPUs)
+cargo xtask bench            # every part, then this page (about 6 minutes on 2 CPUs)
 cargo xtask bench --report   # this page and benchmarks.png
 cargo xtask bench proxy      # one part: dataplane, forward, proxy or control
 ```
@@ -221,6 +221,16 @@ fn main() {
         "\n![Forwarding rate, requests per second and program cost per contender]({plot_name})\n"
     );
     md.push_str(&body);
+    // Observations a person made about the run (what changed, what the
+    // machine was doing), kept beside the report and copied in as written.
+    let notes = a.out.with_file_name("benchmarks-notes.md");
+    if let Ok(text) = std::fs::read_to_string(&notes) {
+        let _ = write!(
+            md,
+            "\n## Notes on these figures\n\n*From `docs/benchmarks-notes.md`, written by hand.*\n\n{}\n",
+            text.trim()
+        );
+    }
 
     plot(&a.plot, &get);
     if let Some(parent) = a.out.parent() {
