@@ -454,6 +454,62 @@ mod tests {
     use super::*;
 
     #[test]
+    fn prometheus_shows_the_cluster() {
+        let peer = crate::cluster::PeerReport {
+            node: "n2".into(),
+            address: "198.18.0.3:7947".into(),
+            source: crate::cluster::Source::Multicast,
+            last_seen_ms_ago: Some(120),
+            sending: true,
+            entries_sent: 5,
+            entries_dropped: 2,
+            queued: 1,
+            send_lag_ms: 4,
+            snapshots_sent: 1,
+            receiving: true,
+            entries_received: 7,
+            receive_lag_ms: 3,
+            snapshot_received: Some(0),
+            last_error: None,
+        };
+        let r = StatsReport {
+            version: STATS_VERSION,
+            cluster: Some(crate::cluster::ClusterReport {
+                cluster: "lab".into(),
+                node: "n1".into(),
+                replicate: true,
+                replication_address: "198.18.0.2:7947".into(),
+                peers: vec![peer],
+                announcements_rejected: 1,
+                connections_rejected: 2,
+                entries_installed: 6,
+                entries_unknown_backend: 1,
+            }),
+            ..Default::default()
+        };
+        let text = prometheus(&r);
+        for line in [
+            "hola_cluster_peers 1",
+            "hola_cluster_entries_sent_total{peer=\"n2\"} 5",
+            "hola_cluster_entries_dropped_total{peer=\"n2\"} 2",
+            "hola_cluster_entries_received_total{peer=\"n2\"} 7",
+            "hola_cluster_send_lag_ms{peer=\"n2\"} 4",
+            "hola_cluster_receive_lag_ms{peer=\"n2\"} 3",
+            "hola_cluster_queued{peer=\"n2\"} 1",
+            "hola_cluster_sending{peer=\"n2\"} 1",
+            "hola_cluster_receiving{peer=\"n2\"} 1",
+            "hola_cluster_entries_installed_total 6",
+            "hola_cluster_entries_unknown_backend_total 1",
+            "hola_cluster_rejected_total 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+        }
+        // Without [cluster], no cluster metric at all.
+        let alone = prometheus(&StatsReport::default());
+        assert!(!alone.contains("hola_cluster"), "{alone}");
+    }
+
+    #[test]
     fn prometheus_has_labels_and_values() {
         let mut r = StatsReport {
             version: STATS_VERSION,
