@@ -1025,6 +1025,20 @@ impl Owner {
                 reason: "flow-table entry".into(),
             });
         }
+        // As the program: a flow learned from a cluster peer, when replication is on.
+        if self
+            .cluster
+            .as_ref()
+            .is_some_and(|(c, _)| c.settings.replicate)
+            && let Some(entry) = self.dp.peer_flow(&key)
+            && let Some(b) = self.dp.backend_by_id(&vip, entry.backend_id)
+        {
+            return Ok(FlowAnswer {
+                vip: vip.to_string(),
+                backend: Some(b.to_string()),
+                reason: "learned from a cluster peer (PEER_FLOWS)".into(),
+            });
+        }
         let (slot, backend) = self
             .dp
             .maglev_slot(&vip, &key)
