@@ -59,11 +59,15 @@ pub static PEER_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_ent
 
 /// Cluster: the entries the program creates (`FlowEvent`: new `FLOWS` and
 /// `NAT` entries), for userspace to replicate to peers. Written by the
-/// program while `CLUSTER_STATE` is on; read by userspace. A full buffer
-/// drops events (counted by userspace as it cannot see them: see
-/// docs/cluster.md).
+/// program while `CLUSTER_STATE` is on; read by userspace. An event that
+/// finds the buffer full is lost and counted in `CLUSTER_LOST`.
 #[map]
 pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Cluster: events lost because `FLOW_EVENTS` was full (one per-CPU
+/// counter). Written by the program, read by userspace (`events_lost`).
+#[map]
+pub static CLUSTER_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// One element: non-zero while this node replicates to cluster peers, so
 /// that `PEER_FLOWS` is consulted and events are written only then.

@@ -340,6 +340,7 @@ pub struct Dataplane {
     peer_flows: HashMap<MapData, FlowKey, FlowValue>,
     flow_events: aya::maps::RingBuf<MapData>,
     cluster_state: Array<MapData, u32>,
+    cluster_lost: PerCpuArray<MapData, u64>,
     /// Held so that its slots stay filled while the data plane is not
     /// pinned (a program array empties when its last user goes).
     _icmp_progs: ProgramArray<MapData>,
@@ -439,6 +440,7 @@ impl Dataplane {
             (names::PEER_FLOWS, flows),
             (names::FLOW_EVENTS, FLOW_EVENTS_BYTES),
             (names::CLUSTER_STATE, 1),
+            (names::CLUSTER_LOST, 1),
         ];
         let mut loader = EbpfLoader::new();
         let mut pins = Vec::new();
@@ -525,6 +527,7 @@ impl Dataplane {
             peer_flows: take!(names::PEER_FLOWS),
             flow_events: take!(names::FLOW_EVENTS),
             cluster_state: take!(names::CLUSTER_STATE),
+            cluster_lost: take!(names::CLUSTER_LOST),
             _icmp_progs: icmp_progs,
             ebpf,
             vip_ids: IdPool::new(cfg.max_vips),
@@ -931,6 +934,16 @@ impl Dataplane {
         self.cluster_state
             .set(0, u32::from(on), 0)
             .map_err(map_err(names::CLUSTER_STATE))
+    }
+
+    /// Events the program could not write because `FLOW_EVENTS` was full,
+    /// summed over CPUs, since the map was created.
+    pub fn events_lost(&self) -> Result<u64, DataplaneError> {
+        let per_cpu = self
+            .cluster_lost
+            .get(&0, 0)
+            .map_err(map_err(names::CLUSTER_LOST))?;
+        Ok(per_cpu.iter().sum())
     }
 
     /// Up to `max` records from the `FLOW_EVENTS` ring buffer.

@@ -862,7 +862,13 @@ impl Owner {
                 capacity: self.dp.config().nat_capacity,
                 ..self.nat
             },
-            cluster: self.cluster.as_ref().map(|(c, _)| c.report()),
+            cluster: self
+                .cluster
+                .as_ref()
+                .map(|(c, _)| crate::cluster::ClusterReport {
+                    events_lost: self.dp.events_lost().unwrap_or(0),
+                    ..c.report()
+                }),
             ..Default::default()
         };
         for (name, r) in &now.reasons {

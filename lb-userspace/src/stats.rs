@@ -440,6 +440,13 @@ fn cluster_metrics(reg: &mut Registry, c: &crate::cluster::ClusterReport) {
         "Entries from peers naming a VIP or backend this node does not have",
         unknown,
     );
+    let lost = Counter::<u64>::default();
+    lost.inc_by(c.events_lost);
+    reg.register(
+        "cluster_events_lost",
+        "New entries lost because the data plane's event ring buffer was full",
+        lost,
+    );
     let rejected = Counter::<u64>::default();
     rejected.inc_by(c.announcements_rejected + c.connections_rejected);
     reg.register(
@@ -484,6 +491,7 @@ mod tests {
                 connections_rejected: 2,
                 entries_installed: 6,
                 entries_unknown_backend: 1,
+                events_lost: 4,
             }),
             ..Default::default()
         };
@@ -501,6 +509,7 @@ mod tests {
             "hola_cluster_entries_installed_total 6",
             "hola_cluster_entries_unknown_backend_total 1",
             "hola_cluster_rejected_total 3",
+            "hola_cluster_events_lost_total 4",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }

@@ -202,6 +202,16 @@ fn failover(prefix: &str, mode: Mode, replicate: bool) -> (Vec<String>, u64) {
     );
     if replicate {
         wait_replicated(&d1, &d2);
+        for d in [&d1, &d2] {
+            let c = cluster(d);
+            assert_eq!(c.events_lost, 0, "{} lost new-entry events", c.node);
+            assert!(
+                c.peers.iter().all(|p| p.entries_dropped == 0),
+                "{} dropped queued entries: {:#?}",
+                c.node,
+                c.peers
+            );
+        }
     }
 
     // A fourth backend on both nodes (in the same way on each): about a

@@ -323,6 +323,7 @@ impl Shared {
             connections_rejected: self.connections_rejected.load(Ordering::Relaxed),
             entries_installed: self.installed.load(Ordering::Relaxed),
             entries_unknown_backend: self.unknown.load(Ordering::Relaxed),
+            events_lost: 0,
         }
     }
 }
@@ -345,6 +346,10 @@ pub struct ClusterReport {
     /// Entries from peers naming a VIP or backend this node does not have
     /// (configurations differ): not installed.
     pub entries_unknown_backend: u64,
+    /// New entries the data plane could not hand to userspace because its
+    /// ring buffer was full (peers learn them at their next snapshot).
+    #[serde(default)]
+    pub events_lost: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
