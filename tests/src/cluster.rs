@@ -19,7 +19,7 @@ use aya::Ebpf;
 use lb_userspace::programs;
 
 use crate::{
-    daemon::Daemon,
+    daemon::{Daemon, GLOBAL},
     netns::{Topology, ns_cmd},
     topo::{attach, backend},
 };
@@ -200,14 +200,7 @@ impl ClusterLab {
     /// first ones), and a `[cluster]` with `key` and `replicate`.
     pub fn config(&self, i: usize, backends: usize, key: &str, replicate: bool) -> String {
         let mut c = format!(
-            r#"[global]
-interfaces = ["eth0"]
-control_socket = "@DIR@/hola.sock"
-state_file = "@DIR@/state.toml"
-bpffs_dir = "@BPFFS@"
-metrics_address = ""
-flow_capacity_per_cpu = 65536
-
+            r#"{GLOBAL}
 [cluster]
 id = "lab"
 key = "{key}"

@@ -8,6 +8,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The `[global]` table of a daemon under test: its socket, state file and
+/// pins in the places [`Daemon::start`] gives it, no `/metrics`, a flow
+/// table of 65,536 entries per CPU. More `[global]` keys may follow it.
+pub const GLOBAL: &str = r#"[global]
+interfaces = ["eth0"]
+control_socket = "@DIR@/hola.sock"
+state_file = "@DIR@/state.toml"
+bpffs_dir = "@BPFFS@"
+metrics_address = ""
+flow_capacity_per_cpu = 65536
+"#;
+
 /// The `hola` binary, built on first use with the same cargo that runs the
 /// tests.
 pub fn hola_bin() -> &'static Path {

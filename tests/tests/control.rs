@@ -15,7 +15,7 @@ use std::{
 };
 
 use hola_tests::{
-    daemon::{Daemon, hola_bin},
+    daemon::{Daemon, GLOBAL, hola_bin},
     fixture::require_root,
     netns::{Topology, in_ns},
     topo::{DSR_VIP, Lab, Servers, http_get},
@@ -32,15 +32,8 @@ const VIP_JSON: &str = r#"{"address":"198.18.1.1","port":80,"protocol":"tcp"}"#;
 
 /// A DSR VIP on the lab's first backends.
 fn config(backends: &[usize]) -> String {
-    let mut c = String::from(
-        r#"[global]
-interfaces = ["eth0"]
-control_socket = "@DIR@/hola.sock"
-state_file = "@DIR@/state.toml"
-bpffs_dir = "@BPFFS@"
-metrics_address = ""
-flow_capacity_per_cpu = 65536
-
+    let mut c = format!(
+        r#"{GLOBAL}
 [[vip]]
 address = "198.18.1.1"
 port = 80

@@ -15,7 +15,7 @@ use std::{
 };
 
 use hola_tests::{
-    daemon::Daemon,
+    daemon::{Daemon, GLOBAL},
     fixture::require_root,
     netns::spawn_in_ns,
     topo::{DSR_VIP, Lab, Servers, http_get},
@@ -31,14 +31,7 @@ const DETECT_MS: u64 = FALL * INTERVAL_MS + INTERVAL_MS / 10 + TIMEOUT_MS + 300;
 
 fn config() -> String {
     let mut c = format!(
-        r#"[global]
-interfaces = ["eth0"]
-control_socket = "@DIR@/hola.sock"
-state_file = "@DIR@/state.toml"
-bpffs_dir = "@BPFFS@"
-metrics_address = ""
-flow_capacity_per_cpu = 65536
-
+        r#"{GLOBAL}
 [[vip]]
 address = "198.18.1.1"
 port = 80
@@ -65,6 +58,17 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_millis() as u64
+}
+
+/// One request on a new connection: the backend that answered, or why not.
+fn one_request(vip: SocketAddr) -> Result<String, String> {
+    TcpStream::connect_timeout(&vip, Duration::from_millis(500))
+        .and_then(|mut c| {
+            c.set_read_timeout(Some(Duration::from_millis(500)))?;
+            http_get(&mut c)
+        })
+        .map(|s| s.trim().to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// When each request started (ms) and what answered it.
@@ -103,13 +107,7 @@ fn a_flapping_backend_and_a_daemon_restart_do_not_disturb_other_flows() {
                 break;
             }
             let t = now_ms();
-            let r = TcpStream::connect_timeout(&vip, Duration::from_millis(500))
-                .and_then(|mut c| {
-                    c.set_read_timeout(Some(Duration::from_millis(500)))?;
-                    http_get(&mut c)
-                })
-                .map(|s| s.trim().to_string())
-                .map_err(|e| e.to_string());
+            let r = one_request(vip);
             l.lock().expect("lock").push((t, r));
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -279,13 +277,7 @@ fn a_deleted_control_socket_comes_back_and_forwarding_goes_on() {
     let requests = spawn_in_ns(&lab.t.ns("cl"), move || {
         for _ in 0..400 {
             let t = now_ms();
-            let r = TcpStream::connect_timeout(&vip, Duration::from_millis(500))
-                .and_then(|mut c| {
-                    c.set_read_timeout(Some(Duration::from_millis(500)))?;
-                    http_get(&mut c)
-                })
-                .map(|s| s.trim().to_string())
-                .map_err(|e| e.to_string());
+            let r = one_request(vip);
             l.lock().expect("lock").push((t, r));
             std::thread::sleep(Duration::from_millis(10));
         }

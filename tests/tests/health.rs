@@ -10,7 +10,7 @@ use std::{
 };
 
 use hola_tests::{
-    daemon::Daemon,
+    daemon::{Daemon, GLOBAL},
     fixture::require_root,
     netns::{in_ns, spawn_in_ns},
     topo::{AGENT_PORT, Agents, DSR_VIP, Lab, Servers, http_get},
@@ -23,14 +23,7 @@ const RISE: u64 = 2;
 
 fn config(backends: &[(u32, bool)]) -> String {
     let mut c = format!(
-        r#"[global]
-interfaces = ["eth0"]
-control_socket = "@DIR@/hola.sock"
-state_file = "@DIR@/state.toml"
-bpffs_dir = "@BPFFS@"
-metrics_address = ""
-flow_capacity_per_cpu = 65536
-
+        r#"{GLOBAL}
 [[vip]]
 address = "198.18.1.1"
 port = 80
@@ -249,14 +242,7 @@ const AGENT_INTERVAL_MS: u64 = 500;
 /// Four equal backends whose agents report their load.
 fn agent_config() -> String {
     let mut c = format!(
-        r#"[global]
-interfaces = ["eth0"]
-control_socket = "@DIR@/hola.sock"
-state_file = "@DIR@/state.toml"
-bpffs_dir = "@BPFFS@"
-metrics_address = ""
-flow_capacity_per_cpu = 65536
-
+        r#"{GLOBAL}
 [[vip]]
 address = "198.18.1.1"
 port = 80

@@ -9,7 +9,7 @@ use std::{
 };
 
 use hola_tests::{
-    daemon::Daemon,
+    daemon::{Daemon, GLOBAL},
     fixture::require_root,
     netns::{in_ns, ns_cmd},
     topo::{CLIENT, Lab, Servers, backend, http_get},
@@ -54,15 +54,8 @@ fn config(backends: &[usize]) -> String {
 /// The NAT VIP's configuration with `extra` (tables of the VIP) appended
 /// before its backends.
 fn config_with(backends: &[usize], extra: &str) -> String {
-    let mut c = String::from(
-        r#"[global]
-interfaces = ["eth0"]
-control_socket = "@DIR@/hola.sock"
-state_file = "@DIR@/state.toml"
-bpffs_dir = "@BPFFS@"
-metrics_address = ""
-flow_capacity_per_cpu = 65536
-nat_capacity = 65536
+    let mut c = format!(
+        r#"{GLOBAL}nat_capacity = 65536
 
 [[vip]]
 address = "198.18.1.3"

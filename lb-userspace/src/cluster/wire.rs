@@ -241,15 +241,24 @@ pub fn open_announce(datagram: &[u8], key: &[u8]) -> Result<Announce, AnnounceEr
     Ok(a)
 }
 
-/// The proof a dialling node gives for `nonce`.
-pub fn proof(key: &[u8], nonce: &[u8; 32], cluster: &str, node: &str) -> [u8; TAG_LEN] {
+/// The HMAC a node proves the key with: over `nonce` (the other side's
+/// challenge), the cluster id and the node's own name.
+fn proof_mac(key: &[u8], nonce: &[u8; 32], cluster: &str, node: &str) -> HmacSha256 {
     let mut m = mac(key);
     m.update(b"hola replication v1\0");
     m.update(nonce);
     m.update(cluster.as_bytes());
     m.update(b"\0");
     m.update(node.as_bytes());
-    m.finalize().into_bytes().into()
+    m
+}
+
+/// The proof a node gives for the other side's `nonce`.
+pub fn proof(key: &[u8], nonce: &[u8; 32], cluster: &str, node: &str) -> [u8; TAG_LEN] {
+    proof_mac(key, nonce, cluster, node)
+        .finalize()
+        .into_bytes()
+        .into()
 }
 
 /// Whether `proof` is right for `nonce` (compared in constant time).
@@ -260,13 +269,9 @@ pub fn check_proof(
     node: &str,
     proof: &[u8; TAG_LEN],
 ) -> bool {
-    let mut m = mac(key);
-    m.update(b"hola replication v1\0");
-    m.update(nonce);
-    m.update(cluster.as_bytes());
-    m.update(b"\0");
-    m.update(node.as_bytes());
-    m.verify_slice(proof).is_ok()
+    proof_mac(key, nonce, cluster, node)
+        .verify_slice(proof)
+        .is_ok()
 }
 
 /// A frame: length and body.
