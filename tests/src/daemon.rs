@@ -20,6 +20,51 @@ metrics_address = ""
 flow_capacity_per_cpu = 65536
 "#;
 
+/// A configuration of [`GLOBAL`] and the lab's dsr VIP 198.18.1.1:80/tcp
+/// with an HTTP health check of the given timing; backend `i` (0-based) is
+/// 198.18.0.(11 + i) with its (weight, backup).
+pub fn checked_dsr_config(
+    interval_ms: u64,
+    timeout_ms: u64,
+    fall: u64,
+    rise: u64,
+    backends: &[(u32, bool)],
+) -> String {
+    let mut c = format!(
+        r#"{GLOBAL}
+[[vip]]
+address = "198.18.1.1"
+port = 80
+protocol = "tcp"
+mode = "dsr"
+
+[vip.health]
+type = "http"
+interval = "{interval_ms}ms"
+timeout = "{timeout_ms}ms"
+fall = {fall}
+rise = {rise}
+path = "/"
+"#
+    );
+    for (i, (w, backup)) in backends.iter().enumerate() {
+        c += &format!(
+            "\n[[vip.backend]]\naddress = \"198.18.0.{}\"\nweight = {w}\nbackup = {backup}\n",
+            11 + i
+        );
+    }
+    c
+}
+
+/// Wall-clock milliseconds since the Unix epoch (what the daemon's events
+/// and stats use).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
 /// The `hola` binary, built on first use with the same cargo that runs the
 /// tests.
 pub fn hola_bin() -> &'static Path {

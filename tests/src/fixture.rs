@@ -18,6 +18,41 @@ pub fn require_root() {
     );
 }
 
+/// Runs the calling thread on CPU 0 only, so that per-CPU state (flow-table
+/// LRU lists, fullnat port ranges, counters) is the same from run to run.
+pub fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity
+    // only touch it and this thread's affinity.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning the test thread to CPU 0: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// A small deterministic generator (xorshift64): reproducible sources,
+/// delays and choices for tests.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
 /// One run of `prog` on `input` with repeat = 1: (action, output bytes).
 pub fn run(prog: &Xdp, input: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
     let mut out = vec![0u8; input.len() + 256];

@@ -16,7 +16,7 @@ use std::{
 
 use hola_tests::{
     daemon::{Daemon, GLOBAL, hola_bin},
-    fixture::require_root,
+    fixture::{Rng, require_root},
     netns::{Topology, in_ns},
     topo::{DSR_VIP, Lab, Servers, http_get},
 };
@@ -1081,22 +1081,6 @@ fn the_control_socket_refuses_users_other_than_root() {
 // ---------------------------------------------------------------------------
 // Item 4: the state file under crashes and corruption
 
-/// A small deterministic generator (xorshift); the seed is printed so that
-/// a failing run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn parse_state(path: &Path) -> Config {
     let text =
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
@@ -1319,7 +1303,7 @@ fn sigkill_during_changes_leaves_the_old_or_the_new_state() {
         );
 
         let watch = Watch::new(&d.dir);
-        let (socket, start, s) = (d.socket.clone(), file.vips.clone(), rng.next());
+        let (socket, start, s) = (d.socket.clone(), file.vips.clone(), rng.next_u64());
         let (sending, sent) = std::sync::mpsc::channel();
         let changes = std::thread::spawn(move || fire_changes(socket, start, s, sending));
         let k = 1 + rng.below(5);

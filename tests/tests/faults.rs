@@ -11,11 +11,11 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use hola_tests::{
-    daemon::{Daemon, GLOBAL},
+    daemon::{Daemon, checked_dsr_config, now_ms},
     fixture::require_root,
     netns::spawn_in_ns,
     topo::{DSR_VIP, Lab, Servers, http_get},
@@ -32,34 +32,7 @@ const DETECT_MS: u64 = FALL * INTERVAL_MS + INTERVAL_MS / 10 + TIMEOUT_MS + 300;
 const IN_FLIGHT_MS: u64 = 1000;
 
 fn config() -> String {
-    let mut c = format!(
-        r#"{GLOBAL}
-[[vip]]
-address = "198.18.1.1"
-port = 80
-protocol = "tcp"
-mode = "dsr"
-
-[vip.health]
-type = "http"
-interval = "{INTERVAL_MS}ms"
-timeout = "{TIMEOUT_MS}ms"
-fall = {FALL}
-rise = 2
-path = "/"
-"#
-    );
-    for i in 0..3 {
-        c += &format!("\n[[vip.backend]]\naddress = \"198.18.0.{}\"\n", 11 + i);
-    }
-    c
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64
+    checked_dsr_config(INTERVAL_MS, TIMEOUT_MS, FALL, 2, &[(1, false); 3])
 }
 
 /// One request on a new connection: the backend that answered, or why not.

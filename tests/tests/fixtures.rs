@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{Ebpf, maps::PerCpuArray, programs::Xdp};
 use hola_tests::{
-    fixture::{diff, expected_deltas, hex, require_root, run, snapshot},
+    fixture::{diff, expected_deltas, hex, pin_to_cpu0, require_root, run, snapshot},
     netns::cmd,
     packet::{
         CLIENT_MAC, L4, LB_MAC, Pkt, TCP_ACK, TCP_SYN, fold, ipv4_header_ok, sum16, with_macs,
@@ -240,17 +240,7 @@ fn packet_fixtures() {
         .expect("ifindex of hfx0");
     // Every call runs on CPU 0, so that fullnat's source ports (each CPU
     // has its own range) are known: two per CPU, 40000 and 40001 on CPU 0.
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity
-    // only touch it and this thread's affinity.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pinning the fixture thread to CPU 0"
-        );
-    }
+    pin_to_cpu0();
     let ncpus = aya::util::nr_cpus().expect("possible CPUs") as u16;
     let cfg = DataplaneConfig {
         flow_capacity_per_cpu: 4096,

@@ -41,7 +41,7 @@ use std::{
 
 use aya::programs::ProgramError;
 use hola_tests::{
-    fixture::{diff, expected_deltas, hex, require_root, run, snapshot},
+    fixture::{diff, expected_deltas, hex, pin_to_cpu0, require_root, run, snapshot},
     netns::cmd,
     packet::{CLIENT_MAC, LB_MAC, fold, sum16},
 };
@@ -2269,17 +2269,7 @@ fn fuzz_packets_through_the_kernel() {
         .expect("ifindex of hfz0");
     // One CPU: per-CPU flow tables and fullnat port ranges stay the same
     // from run to run, so that a replayed case meets the same state.
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity
-    // only touch it and this thread's affinity.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pinning the fuzz thread to CPU 0"
-        );
-    }
+    pin_to_cpu0();
     let plain = load_plane("plain", false, redirect);
     let nat = load_plane("nat", true, redirect);
     let (linear, max_frame) = calibrate(&plain);

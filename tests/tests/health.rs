@@ -6,11 +6,11 @@ use std::{
     collections::BTreeMap,
     net::{SocketAddr, TcpStream},
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use hola_tests::{
-    daemon::{Daemon, GLOBAL},
+    daemon::{Daemon, GLOBAL, checked_dsr_config, now_ms},
     fixture::require_root,
     netns::{in_ns, spawn_in_ns},
     topo::{AGENT_PORT, Agents, DSR_VIP, Lab, Servers, http_get},
@@ -22,37 +22,7 @@ const FALL: u64 = 2;
 const RISE: u64 = 2;
 
 fn config(backends: &[(u32, bool)]) -> String {
-    let mut c = format!(
-        r#"{GLOBAL}
-[[vip]]
-address = "198.18.1.1"
-port = 80
-protocol = "tcp"
-mode = "dsr"
-
-[vip.health]
-type = "http"
-interval = "{INTERVAL_MS}ms"
-timeout = "{TIMEOUT_MS}ms"
-fall = {FALL}
-rise = {RISE}
-path = "/"
-"#
-    );
-    for (i, (w, backup)) in backends.iter().enumerate() {
-        c += &format!(
-            "\n[[vip.backend]]\naddress = \"198.18.0.{}\"\nweight = {w}\nbackup = {backup}\n",
-            11 + i
-        );
-    }
-    c
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64
+    checked_dsr_config(INTERVAL_MS, TIMEOUT_MS, FALL, RISE, backends)
 }
 
 /// One request on a new connection: the backend's name.

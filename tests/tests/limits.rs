@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::programs::Xdp;
 use hola_tests::{
-    fixture::{diff, require_root, run, snapshot},
+    fixture::{Rng, diff, pin_to_cpu0, require_root, run, snapshot},
     packet::{L4, LB_MAC, Pkt, TCP_ACK, TCP_SYN},
 };
 use lb_common::Reason;
@@ -19,22 +19,6 @@ use lb_userspace::dataplane::{
 const XDP_DROP: u32 = 1;
 const XDP_TX: u32 = 3;
 const BACKENDS: u8 = 10;
-
-/// Runs this thread on CPU 0: per-CPU state (fullnat's port range, the
-/// flow table's per-CPU LRU lists) is then known.
-fn pin_cpu0() {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity
-    // only touch it and this thread's affinity.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pinning the test thread to CPU 0"
-        );
-    }
-}
 
 /// Backend `i`: address 198.18.4.(10+i), next-hop MAC 02:00:00:00:04:i.
 fn backend_mac(i: u8) -> [u8; 6] {
@@ -84,18 +68,6 @@ fn load(cfg: DataplaneConfig, vip: VipAddr, mode: Mode, bs: &[BackendSpec]) -> D
     dp
 }
 
-/// A small xorshift generator: the flood's sources, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// Flow `n` of a set: a distinct client address and port in 198.18.0.0/15.
 fn client(n: u32) -> (String, u16) {
     let a = 0x2000 + n / 50_000; // 198.18.32.0 and up: never the VIP or a backend
@@ -127,7 +99,7 @@ fn forward(prog: &Xdp, p: &Pkt) -> IpAddr {
 #[test]
 fn full_flow_table_evicts_and_keeps_every_flow_on_its_backend() {
     require_root();
-    pin_cpu0();
+    pin_to_cpu0();
     let vip = dsr_vip();
     let dp = load(
         DataplaneConfig {
@@ -209,7 +181,7 @@ fn full_flow_table_evicts_and_keeps_every_flow_on_its_backend() {
 #[test]
 fn syn_flood_from_random_sources_keeps_the_new_flow_path_correct() {
     require_root();
-    pin_cpu0();
+    pin_to_cpu0();
     let vip = dsr_vip();
     let dp = load(
         DataplaneConfig {
@@ -236,7 +208,7 @@ fn syn_flood_from_random_sources_keeps_the_new_flow_path_correct() {
     let mut per_backend: BTreeMap<IpAddr, u64> = BTreeMap::new();
     let mut predicted_new = 0u64;
     for _ in 0..FLOOD {
-        let r = rng.next();
+        let r = rng.next_u64();
         // 198.18.0.0/15 less the VIP's and backends' /24s: 198.18.32.0 up.
         let host = 0x2000 + (r as u32 & 0xffff) % (0x2_0000 - 0x2000);
         let src = format!(
@@ -303,7 +275,7 @@ fn syn_flood_from_random_sources_keeps_the_new_flow_path_correct() {
 #[test]
 fn fullnat_port_exhaustion_is_counted_and_no_live_port_is_reused() {
     require_root();
-    pin_cpu0();
+    pin_to_cpu0();
     let ncpus = aya::util::nr_cpus().expect("possible CPUs") as u16;
     const PER_CPU: u16 = 64;
     let vip = VipAddr {
