@@ -3,8 +3,8 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    AddrVips, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, Reason, VipKey,
-    VipMeta,
+    AddrVips, Backend, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, Reason,
+    VipKey, VipMeta,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
     flow::{NEW_FLOW_MAGLEV, NEW_FLOW_PEER},
     hash::flow_hash,
@@ -126,35 +126,16 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
 
     // Established flow: its backend, as long as that backend still exists,
     // still belongs to this VIP and is not down (weight 0, draining, still
-    // counts).
+    // counts). Else, while a cluster is on, a flow a peer created (it moved
+    // here), under the same conditions.
     let mut reason = Reason::FwdEstablished;
-    let mut chosen = None;
     // SAFETY: the value is copied out at once.
-    if let Some(flow) = unsafe { FLOWS.get(&key) } {
-        let flow = *flow;
-        if let Some(b) = BACKENDS.get(flow.backend_id) {
-            if b.flags & (BACKEND_F_ACTIVE | BACKEND_F_DOWN) == BACKEND_F_ACTIVE
-                && b.vip_id == vip.vip_id
-            {
-                chosen = Some((flow.backend_id, flow.hash, b));
-            }
-        }
-    }
-    // A flow a cluster peer created (it moved here): the peer's backend,
-    // under the same conditions, and from now on in our flow table.
+    let mut chosen = unsafe { FLOWS.get(&key) }.and_then(|f| usable(*f, vip.vip_id));
     if chosen.is_none() && cluster::active() {
         // SAFETY: the value is copied out at once.
-        if let Some(flow) = unsafe { PEER_FLOWS.get(&key) } {
-            let flow = *flow;
-            if let Some(b) = BACKENDS.get(flow.backend_id)
-                && b.flags & (BACKEND_F_ACTIVE | BACKEND_F_DOWN) == BACKEND_F_ACTIVE
-                && b.vip_id == vip.vip_id
-                && b.flags & BACKEND_F_NEXTHOP != 0
-            {
-                reason = Reason::FwdPeerFlow;
-                let _ = FLOWS.insert(&key, &flow, 0);
-                chosen = Some((flow.backend_id, flow.hash, b));
-            }
+        chosen = unsafe { PEER_FLOWS.get(&key) }.and_then(|f| usable(*f, vip.vip_id));
+        if chosen.is_some() {
+            reason = Reason::FwdPeerFlow;
         }
     }
     let (backend_id, hash, backend) = match chosen {
@@ -180,10 +161,13 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     if backend.flags & BACKEND_F_NEXTHOP == 0 {
         return Err(Reason::DropNoNexthop);
     }
-    if reason == Reason::FwdNewFlow {
+    if reason != Reason::FwdEstablished {
         // A failed insert (LRU under heavy contention) still forwards this
-        // packet; the next one takes the same Maglev slot.
+        // packet; the next one finds the same backend again.
         let _ = FLOWS.insert(&key, &FlowValue { backend_id, hash }, 0);
+    }
+    if reason == Reason::FwdNewFlow {
+        // Peers learn the flows made here (they know their own already).
         if cluster::active() {
             cluster::flow_created(&key, backend_id, hash);
         }
@@ -266,6 +250,15 @@ fn not_vip(
         unsafe { ICMP_PROGS.tail_call(ctx, NAT_REPLY) };
     }
     Err(Reason::PassNotVip)
+}
+
+/// A flow-table entry's backend, if it can still take the flow: it exists,
+/// belongs to the VIP and is not down.
+#[inline(always)]
+fn usable(flow: FlowValue, vip_id: u32) -> Option<(u32, u32, &'static Backend)> {
+    let b = BACKENDS.get(flow.backend_id)?;
+    (b.flags & (BACKEND_F_ACTIVE | BACKEND_F_DOWN) == BACKEND_F_ACTIVE && b.vip_id == vip_id)
+        .then_some((flow.backend_id, flow.hash, b))
 }
 
 /// ICMP for IPv4, ICMPv6 for IPv6.
