@@ -206,6 +206,20 @@ fn state_advice(state: &Path, c: &Config, config_path: &Path) -> String {
     }
 }
 
+/// The control socket at `path`, root only (mode 0600): its directory
+/// made, whatever was at the path replaced.
+fn bind_control_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making the control socket {} root-only", path.display()))?;
+    Ok(listener)
+}
+
 /// Watches the control socket's path: when the file is removed (or
 /// replaced by something else) under the running daemon, the daemon binds
 /// it again and says so, so that the CLI keeps working.
@@ -222,17 +236,8 @@ async fn keep_socket(path: PathBuf, tx: mpsc::Sender<crate::owner::Request>) {
         if ino(&path) == ours {
             continue;
         }
-        let _ = std::fs::remove_file(&path);
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        match tokio::net::UnixListener::bind(&path) {
+        match bind_control_socket(&path) {
             Ok(listener) => {
-                if let Err(e) =
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                {
-                    tracing::warn!(socket = %path.display(), error = %e, "setting the control socket's mode");
-                }
                 tracing::warn!(socket = %path.display(), "the control socket was removed or replaced under the running daemon; listening on it again");
                 ours = ino(&path);
                 let api = api::serve(listener, api::router(tx.clone()));
@@ -243,7 +248,7 @@ async fn keep_socket(path: PathBuf, tx: mpsc::Sender<crate::owner::Request>) {
                 });
             }
             Err(e) => {
-                tracing::error!(socket = %path.display(), error = %e, "the control socket was removed and cannot be created again; the CLI cannot reach this daemon until it is restarted (the data plane keeps forwarding)");
+                tracing::error!(socket = %path.display(), error = %format!("{e:#}"), "the control socket was removed and cannot be created again; the CLI cannot reach this daemon until it is restarted (the data plane keeps forwarding)");
                 ours = ino(&path);
             }
         }
@@ -324,13 +329,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let sock = cfg.global.control_socket.clone();
-        if let Some(dir) = sock.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let _ = std::fs::remove_file(&sock);
-        let listener = tokio::net::UnixListener::bind(&sock)
-            .with_context(|| format!("binding the control socket {}", sock.display()))?;
-        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+        let listener = bind_control_socket(&sock)?;
         tracing::info!(socket = %sock.display(), "control API listening");
         let api = api::serve(listener, api::router(tx.clone()));
         tokio::spawn(keep_socket(sock.clone(), tx.clone()));
