@@ -35,6 +35,8 @@ pub const ICMP_TO_BACKEND: u32 = 1;
 pub const NAT_REQUEST: u32 = 2;
 /// Slot of the NAT reply program.
 pub const NAT_REPLY: u32 = 3;
+/// Slots of `ICMP_PROGS`, one per tail-called program above.
+pub const ICMP_PROGS_LEN: u32 = 4;
 
 /// The `SETTINGS` global (see [`crate::Settings`]).
 pub const SETTINGS: &str = "SETTINGS";

@@ -105,7 +105,8 @@ pub static NAT_STATE: Array<u32> = Array::with_max_entries(1, 0);
 /// request and reply programs (`NAT_REQUEST`, `NAT_REPLY`). Written by
 /// userspace when it loads the programs.
 #[map]
-pub static ICMP_PROGS: ProgramArray = ProgramArray::with_max_entries(4, 0);
+pub static ICMP_PROGS: ProgramArray =
+    ProgramArray::with_max_entries(lb_common::maps::ICMP_PROGS_LEN, 0);
 
 /// What `hola_lb` hands the NAT request program it tail-calls (one
 /// per-CPU element; a tail call runs on the same CPU, not preempted).

@@ -4,7 +4,7 @@
 //! socket file is root's alone, and [`serve`] checks every connection's
 //! peer credentials besides.
 
-use std::{net::IpAddr, net::SocketAddr, sync::mpsc, time::Duration};
+use std::{net::IpAddr, net::SocketAddr, time::Duration};
 
 use axum::{
     Router,
@@ -16,11 +16,13 @@ use axum::{
 };
 use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{BackendConfig, Config, Protocol, VipConfig},
-    owner::{ApiError, Change, Request, vip_addr},
+    config::{BackendConfig, Protocol, VipConfig},
+    model::VipAddr,
+    owner::command::{Command, ErrorKind, OwnerError, Request},
 };
 
 /// The largest request body accepted (a VIP with thousands of backends fits).
@@ -43,16 +45,20 @@ impl VipRef {
     pub fn matches(&self, v: &VipConfig) -> bool {
         v.address == self.address && v.port == self.port && v.protocol == self.protocol
     }
+
+    /// The VIP's identity.
+    pub fn key(&self) -> VipAddr {
+        VipAddr {
+            addr: self.address,
+            port: self.port,
+            proto: self.protocol.into(),
+        }
+    }
 }
 
 impl std::fmt::Display for VipRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let v = crate::dataplane::VipAddr {
-            addr: self.address,
-            port: self.port,
-            proto: crate::owner::proto_of(self.protocol),
-        };
-        v.fmt(f)
+        self.key().fmt(f)
     }
 }
 
@@ -135,11 +141,43 @@ fn tcp() -> Protocol {
 
 type Tx = mpsc::Sender<Request>;
 
+/// An error for the API caller: the HTTP status and the message.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        ApiError::with_status(StatusCode::BAD_REQUEST, m.into())
+    }
+
+    pub fn not_found(m: impl Into<String>) -> Self {
+        ApiError::with_status(StatusCode::NOT_FOUND, m.into())
+    }
+
+    pub fn internal(m: impl Into<String>) -> Self {
+        ApiError::with_status(StatusCode::INTERNAL_SERVER_ERROR, m.into())
+    }
+}
+
+impl From<OwnerError> for ApiError {
+    fn from(e: OwnerError) -> Self {
+        let status = match e.kind {
+            ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Failed | ErrorKind::Unavailable => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::with_status(status, e.message)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (
-            status,
+            self.status,
             axum::Json(ErrorBody {
                 error: self.message,
             }),
@@ -150,10 +188,7 @@ impl IntoResponse for ApiError {
 
 impl ApiError {
     fn with_status(status: StatusCode, message: String) -> Self {
-        ApiError {
-            status: status.as_u16(),
-            message,
-        }
+        ApiError { status, message }
     }
 }
 
@@ -257,128 +292,69 @@ fn parse<T: DeserializeOwned + Example>(what: &str, body: &Bytes) -> Result<T, A
 async fn ask<T>(tx: &Tx, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, ApiError> {
     let (reply, rx) = oneshot::channel();
     tx.send(make(reply))
+        .await
         .map_err(|_| ApiError::internal("the data-plane owner has stopped"))?;
     rx.await
         .map_err(|_| ApiError::internal("the data-plane owner dropped the request"))
 }
 
-async fn change(tx: &Tx, c: Change) -> Result<Response, ApiError> {
+async fn change(tx: &Tx, c: Command) -> Result<Response, ApiError> {
     ask(tx, |r| Request::Change(c, r)).await??;
     Ok((StatusCode::OK, axum::Json(serde_json::json!({"ok": true}))).into_response())
 }
 
-fn find_vip<'a>(c: &'a mut Config, v: &VipRef) -> Result<&'a mut VipConfig, ApiError> {
-    c.vips
-        .iter_mut()
-        .find(|x| v.matches(x))
-        .ok_or_else(|| ApiError::not_found(format!("VIP {v} does not exist")))
-}
-
-fn find_backend<'a>(
-    vip: &'a mut VipConfig,
-    r: &VipRef,
-    a: IpAddr,
-) -> Result<&'a mut BackendConfig, ApiError> {
-    vip.backends
-        .iter_mut()
-        .find(|b| b.address == a)
-        .ok_or_else(|| ApiError::not_found(format!("backend {a} is not in VIP {r}")))
-}
-
 async fn vip_add(State(tx): State<Tx>, Json(v): Json<VipConfig>) -> Result<Response, ApiError> {
-    change(
-        &tx,
-        Box::new(move |c: &mut Config| {
-            if c.vips.iter().any(|x| vip_addr(x) == vip_addr(&v)) {
-                return Err(ApiError::conflict(format!(
-                    "VIP {} already exists",
-                    vip_addr(&v)
-                )));
-            }
-            c.vips.push(v);
-            Ok(())
-        }),
-    )
-    .await
+    change(&tx, Command::AddVip(v)).await
 }
 
 async fn vip_del(State(tx): State<Tx>, Json(r): Json<VipRef>) -> Result<Response, ApiError> {
-    change(
-        &tx,
-        Box::new(move |c: &mut Config| {
-            find_vip(c, &r)?;
-            c.vips.retain(|x| !r.matches(x));
-            Ok(())
-        }),
-    )
-    .await
+    change(&tx, Command::RemoveVip(r.key())).await
 }
 
 async fn backend_add(
     State(tx): State<Tx>,
     Json(a): Json<BackendAdd>,
 ) -> Result<Response, ApiError> {
-    change(
-        &tx,
-        Box::new(move |c: &mut Config| {
-            let vip = find_vip(c, &a.vip)?;
-            if vip.backends.iter().any(|b| b.address == a.backend.address) {
-                return Err(ApiError::conflict(format!(
-                    "backend {} is already in VIP {}",
-                    a.backend.address, a.vip
-                )));
-            }
-            vip.backends.push(a.backend);
-            Ok(())
-        }),
-    )
-    .await
+    let command = Command::AddBackend {
+        vip: a.vip.key(),
+        backend: a.backend,
+    };
+    change(&tx, command).await
 }
 
 async fn backend_del(
     State(tx): State<Tx>,
     Json(r): Json<BackendRef>,
 ) -> Result<Response, ApiError> {
-    change(
-        &tx,
-        Box::new(move |c: &mut Config| {
-            let vip = find_vip(c, &r.vip)?;
-            find_backend(vip, &r.vip, r.address)?;
-            vip.backends.retain(|b| b.address != r.address);
-            Ok(())
-        }),
-    )
-    .await
+    let command = Command::RemoveBackend {
+        vip: r.vip.key(),
+        address: r.address,
+    };
+    change(&tx, command).await
 }
 
 async fn backend_weight(
     State(tx): State<Tx>,
     Json(w): Json<BackendWeight>,
 ) -> Result<Response, ApiError> {
-    change(
-        &tx,
-        Box::new(move |c: &mut Config| {
-            let vip = find_vip(c, &w.vip)?;
-            find_backend(vip, &w.vip, w.address)?.weight = w.weight;
-            Ok(())
-        }),
-    )
-    .await
+    let command = Command::SetWeight {
+        vip: w.vip.key(),
+        address: w.address,
+        weight: w.weight,
+    };
+    change(&tx, command).await
 }
 
 async fn backend_drain(
     State(tx): State<Tx>,
     Json(d): Json<BackendDrain>,
 ) -> Result<Response, ApiError> {
-    change(
-        &tx,
-        Box::new(move |c: &mut Config| {
-            let vip = find_vip(c, &d.vip)?;
-            find_backend(vip, &d.vip, d.address)?.drain = d.drain;
-            Ok(())
-        }),
-    )
-    .await
+    let command = Command::SetDrain {
+        vip: d.vip.key(),
+        address: d.address,
+        drain: d.drain,
+    };
+    change(&tx, command).await
 }
 
 async fn vips(State(tx): State<Tx>) -> Result<Response, ApiError> {
@@ -491,13 +467,28 @@ fn refusal(uid: Option<u32>) -> Router {
     })
 }
 
-/// Serves `router` on `listener` until the future is dropped: one task per
-/// connection, so a slow client delays no other; a client that has not sent
-/// a request's headers within [`READ_TIMEOUT`] is disconnected; a peer that
-/// is not root (SO_PEERCRED) gets 403 to every request.
-pub async fn serve(listener: tokio::net::UnixListener, router: Router) -> std::io::Result<()> {
-    loop {
-        let stream = match listener.accept().await {
+/// How long connections still open at shutdown get to finish.
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// Serves `router` on `listener` until `shutdown`: one task per connection,
+/// so a slow client delays no other; a client that has not sent a request's
+/// headers within [`READ_TIMEOUT`] is disconnected; a peer that is not root
+/// (SO_PEERCRED) gets 403 to every request. At shutdown no connection is
+/// accepted any more, those open finish their request (for up to a
+/// second), and every connection task has ended when this returns.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let mut connections = tokio::task::JoinSet::new();
+    let result = loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
             Ok((s, _)) => s,
             Err(e) if is_transient(&e) => {
                 // Out of file descriptors or memory: the connections being
@@ -506,7 +497,7 @@ pub async fn serve(listener: tokio::net::UnixListener, router: Router) -> std::i
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => break Err(e),
         };
         let uid = stream.peer_cred().ok().map(|c| c.uid());
         let service = if uid == Some(0) {
@@ -518,18 +509,38 @@ pub async fn serve(listener: tokio::net::UnixListener, router: Router) -> std::i
             );
             refusal(uid)
         };
-        tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let service = hyper_util::service::TowerToHyperService::new(service);
-            let r = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(READ_TIMEOUT)
-                .serve_connection(io, service)
-                .await;
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "control connection ended with an error");
-            }
-        });
+        connections.spawn(connection(stream, service, shutdown.clone()));
+    };
+    if tokio::time::timeout(DRAIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        connections.shutdown().await;
+    }
+    result
+}
+
+/// One control connection, closed gracefully at `shutdown` (after the
+/// request in progress, if any).
+async fn connection(stream: tokio::net::UnixStream, service: Router, shutdown: CancellationToken) {
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let service = hyper_util::service::TowerToHyperService::new(service);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "control connection ended with an error");
     }
 }
 

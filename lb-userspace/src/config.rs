@@ -249,6 +249,15 @@ pub struct VipConfig {
 }
 
 impl VipConfig {
+    /// The VIP's identity: address, port, protocol.
+    pub fn key(&self) -> crate::model::VipAddr {
+        crate::model::VipAddr {
+            addr: self.address,
+            port: self.port,
+            proto: self.protocol.into(),
+        }
+    }
+
     /// The health check of `backend`: its own, else the VIP's, else none.
     pub fn health_for<'a>(&'a self, backend: &'a BackendConfig) -> Option<&'a HealthConfig> {
         backend.health.as_ref().or(self.health.as_ref())
@@ -644,6 +653,26 @@ pub enum VipMode {
     /// that backends need no route through the balancer.
     #[serde(rename = "fullnat")]
     FullNat,
+}
+
+impl From<Protocol> for crate::model::Proto {
+    fn from(p: Protocol) -> Self {
+        match p {
+            Protocol::Tcp => crate::model::Proto::Tcp,
+            Protocol::Udp => crate::model::Proto::Udp,
+        }
+    }
+}
+
+impl From<VipMode> for crate::model::Mode {
+    fn from(m: VipMode) -> Self {
+        match m {
+            VipMode::Dsr => crate::model::Mode::Dsr,
+            VipMode::Tunnel => crate::model::Mode::Tunnel,
+            VipMode::Nat => crate::model::Mode::Nat,
+            VipMode::FullNat => crate::model::Mode::FullNat,
+        }
+    }
 }
 
 impl VipMode {

@@ -6,18 +6,21 @@
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    sync::mpsc,
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use aya::programs::xdp::XdpMode as AyaMode;
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     api,
-    config::{self, Config, XdpMode},
+    config::{Config, XdpMode},
     dataplane::{Dataplane, DataplaneConfig},
-    owner::{self, Owner},
+    neigh,
+    owner::{self, Owner, Request},
+    state,
 };
 
 pub struct RunOptions {
@@ -131,81 +134,6 @@ pub fn link_pin(bpffs_dir: &Path, iface: &str) -> PathBuf {
     bpffs_dir.join("links").join(iface)
 }
 
-/// The configuration to run with: global settings from `path`, VIPs from the
-/// state file when one exists (changes made through the API survive).
-///
-/// A state file that cannot be used stops the start: running from the
-/// configuration file instead would silently undo every change made through
-/// the API. The error says what is wrong, where the previous state is
-/// ([`owner::prev_path`]) and how to go on.
-pub fn effective_config(path: &Path) -> anyhow::Result<Config> {
-    let mut c = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let state = c.global.state_file.clone();
-    match read_state(&state, &c) {
-        Ok(None) => {}
-        Ok(Some(vips)) => {
-            tracing::info!("VIPs and backends from the state file {}", state.display());
-            c.vips = vips;
-        }
-        Err(problem) => bail!(
-            "the state file {} cannot be used:\n{problem}\n{}",
-            state.display(),
-            state_advice(&state, &c, path)
-        ),
-    }
-    Ok(c)
-}
-
-/// The VIPs of the state file `state`, checked against the global settings
-/// of `c`; `None` when there is no state file; `Err` says what is wrong.
-fn read_state(state: &Path, c: &Config) -> Result<Option<Vec<config::VipConfig>>, String> {
-    let name = state.display().to_string();
-    let bytes = match std::fs::read(state) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{name}: cannot read it: {e}")),
-    };
-    let text = String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "{name}: not UTF-8 text (invalid byte at offset {}): the file is corrupt",
-            e.utf8_error().valid_up_to()
-        )
-    })?;
-    let s = config::parse(&text, &name).map_err(|e| e.to_string())?;
-    let mut checked = c.clone();
-    checked.vips = s.vips;
-    checked.validate(&name).map_err(|e| e.to_string())?;
-    Ok(Some(checked.vips))
-}
-
-/// What an operator can do about an unusable state file: the previous
-/// state, when there is a usable one, or starting from the configuration.
-fn state_advice(state: &Path, c: &Config, config_path: &Path) -> String {
-    let prev = owner::prev_path(state);
-    let (s, p, cf) = (state.display(), prev.display(), config_path.display());
-    let fresh = format!(
-        "move {s} away to start from the VIPs in {cf} (changes made through the API since are \
-         then lost)"
-    );
-    match read_state(&prev, c) {
-        Ok(Some(vips)) => {
-            let backends: usize = vips.iter().map(|v| v.backends.len()).sum();
-            format!(
-                "The state before the last change is kept at {p} and is valid ({} VIPs, \
-                 {backends} backends): look at it, then `mv {p} {s}` to start from it; or \
-                 {fresh}. hola does not choose for you.",
-                vips.len()
-            )
-        }
-        Ok(None) => {
-            format!("There is no previous state ({p} does not exist): fix {s}, or {fresh}.")
-        }
-        Err(e) => {
-            format!("The previous state {p} cannot be used either ({e}): fix {s}, or {fresh}.")
-        }
-    }
-}
-
 /// The control socket at `path`, root only (mode 0600): its directory
 /// made, whatever was at the path replaced.
 fn bind_control_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
@@ -220,10 +148,15 @@ fn bind_control_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> 
     Ok(listener)
 }
 
-/// Watches the control socket's path: when the file is removed (or
-/// replaced by something else) under the running daemon, the daemon binds
-/// it again and says so, so that the CLI keeps working.
-async fn keep_socket(path: PathBuf, tx: mpsc::Sender<crate::owner::Request>) {
+/// Watches the control socket's path until `shutdown`: when the file is
+/// removed (or replaced by something else) under the running daemon, the
+/// daemon binds it again and says so, so that the CLI keeps working.
+async fn keep_socket(
+    path: PathBuf,
+    requests: mpsc::Sender<Request>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
     use std::os::unix::fs::MetadataExt as _;
     let ino = |p: &Path| {
         std::fs::symlink_metadata(p)
@@ -232,7 +165,10 @@ async fn keep_socket(path: PathBuf, tx: mpsc::Sender<crate::owner::Request>) {
     };
     let mut ours = ino(&path);
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
         if ino(&path) == ours {
             continue;
         }
@@ -240,8 +176,8 @@ async fn keep_socket(path: PathBuf, tx: mpsc::Sender<crate::owner::Request>) {
             Ok(listener) => {
                 tracing::warn!(socket = %path.display(), "the control socket was removed or replaced under the running daemon; listening on it again");
                 ours = ino(&path);
-                let api = api::serve(listener, api::router(tx.clone()));
-                tokio::spawn(async move {
+                let api = api::serve(listener, api::router(requests.clone()), shutdown.clone());
+                tracker.spawn(async move {
                     if let Err(e) = api.await {
                         tracing::warn!(error = %e, "control API on the re-created socket");
                     }
@@ -255,20 +191,12 @@ async fn keep_socket(path: PathBuf, tx: mpsc::Sender<crate::owner::Request>) {
     }
 }
 
-pub fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let mut cfg = effective_config(&opts.config)?;
-    if !opts.interfaces.is_empty() {
-        cfg.global.interfaces = opts.interfaces.clone();
-    }
-    let ifindexes: Vec<u32> = cfg
-        .global
-        .interfaces
-        .iter()
-        .map(|i| interface_index(i))
-        .collect::<Result<_, _>>()?;
+/// Loads (or adopts) and attaches the data plane as `cfg` says; the owner
+/// of it, with the configuration in the kernel (next hops follow).
+fn start_owner(cfg: &Config, ifindexes: &[u32]) -> anyhow::Result<Owner> {
     ensure_bpffs()?;
     let bpffs = cfg.global.bpffs_dir.clone();
-    let mut dp = Dataplane::load_pinned(dataplane_config(&cfg), &bpffs)
+    let mut dp = Dataplane::load_pinned(dataplane_config(cfg), &bpffs)
         .with_context(|| format!("loading the data plane (pins under {})", bpffs.display()))?;
     let modes: &[AyaMode] = match cfg.global.xdp_mode {
         XdpMode::Auto => &[AyaMode::Driver, AyaMode::Skb],
@@ -285,7 +213,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     // Every attached interface can be a redirect target: a NAT reply that
     // comes in on the backends' side leaves on the clients'.
-    for (iface, ifindex) in cfg.global.interfaces.iter().zip(&ifindexes) {
+    for (iface, ifindex) in cfg.global.interfaces.iter().zip(ifindexes) {
         dp.add_tx_port(*ifindex)
             .with_context(|| format!("adding {iface} to the redirect map"))?;
     }
@@ -295,23 +223,51 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         dp.set_cluster(false)
             .context("switching cluster replication off in the data plane")?;
     }
-    let cluster_settings = crate::cluster::settings(&cfg)?;
     let state_file = cfg.global.state_file.clone();
     let mut owner = Owner::new(dp, cfg.clone(), state_file.clone(), ifindexes[0]);
-    owner
-        .reconcile(&cfg, Duration::from_secs(2))
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    owner::persist(&state_file, &cfg)
+    owner.start().map_err(|e| anyhow::anyhow!("{e}"))?;
+    state::persist(&state_file, cfg)
         .with_context(|| format!("writing the state file {}", state_file.display()))?;
+    Ok(owner)
+}
+
+pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let mut cfg = state::effective_config(&opts.config)?;
+    if !opts.interfaces.is_empty() {
+        cfg.global.interfaces = opts.interfaces.clone();
+    }
+    let ifindexes: Vec<u32> = cfg
+        .global
+        .interfaces
+        .iter()
+        .map(|i| interface_index(i))
+        .collect::<Result<_, _>>()?;
+    let cluster_settings = crate::cluster::settings(&cfg)?;
+    let mut owner = start_owner(&cfg, &ifindexes)?;
+    let (senders, inputs) = owner::channels();
     let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
     owner.check_with(targets_tx);
-    let (tx, rx) = mpsc::channel();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // Tasks stop at `shutdown`; the owner, which they talk to, after them.
+    let shutdown = CancellationToken::new();
+    let owner_stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let neigh_task = {
+        let _enter = rt.enter();
+        let (resolver, task) = neigh::spawn(ifindexes[0], senders.neigh.clone(), shutdown.clone());
+        owner.resolve_with(resolver);
+        task
+    };
     let cluster = match cluster_settings {
         Some(settings) => {
             let main = &cfg.global.interfaces[0];
-            let mac = crate::neigh::link_mac(main)
+            let mac = neigh::link_mac(main)
                 .with_context(|| format!("cluster: reading the MAC address of {main}"))?;
-            let shared = crate::cluster::Shared::new(settings, tx.clone());
+            let shared = crate::cluster::Shared::new(settings, senders.cluster.clone());
             owner
                 .with_cluster(shared.clone(), mac)
                 .context("switching cluster replication on in the data plane")?;
@@ -319,61 +275,97 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let stop = owner_stop.clone();
     let owner_thread = std::thread::Builder::new()
         .name("dataplane-owner".into())
-        .spawn(move || owner.serve(rx))?;
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime for the owner");
+            rt.block_on(owner.run(inputs, stop));
+        })?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let result = rt.block_on(serve(
+        &cfg, &senders, cluster, targets_rx, &shutdown, &tracker,
+    ));
     rt.block_on(async {
-        let sock = cfg.global.control_socket.clone();
-        let listener = bind_control_socket(&sock)?;
-        tracing::info!(socket = %sock.display(), "control API listening");
-        let api = api::serve(listener, api::router(tx.clone()));
-        tokio::spawn(keep_socket(sock.clone(), tx.clone()));
-        if let Some(shared) = cluster {
-            crate::cluster::start(shared).await?;
-        }
-        tokio::spawn(crate::health::supervise(targets_rx, tx.clone()));
-        let metrics = match cfg.global.metrics_address {
-            Some(addr) => {
-                let l = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding the metrics address {addr}"))?;
-                tracing::info!(%addr, "metrics on /metrics");
-                Some(axum::serve(l, api::metrics_router(tx.clone())))
-            }
-            None => None,
-        };
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let stop = async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        let result = match metrics {
-            Some(m) => tokio::select! {
-                r = api => r.map_err(anyhow::Error::from),
-                r = m.into_future() => r.map_err(anyhow::Error::from),
-                () = stop => Ok(()),
-            },
-            None => tokio::select! {
-                r = api => r.map_err(anyhow::Error::from),
-                () = stop => Ok(()),
-            },
-        };
-        let _ = std::fs::remove_file(&sock);
-        tracing::info!("stopping; the data plane stays attached (hola down removes it)");
-        result
-    })?;
-    drop(rt);
-    let _ = tx.send(crate::owner::Request::Shutdown);
-    drop(tx);
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+        let _ = neigh_task.await;
+    });
+    owner_stop.cancel();
     let _ = owner_thread.join();
-    Ok(())
+    drop(rt);
+    result
+}
+
+/// Everything but the owner, until SIGTERM/SIGINT or a server fails: the
+/// control API (opened once the next hops are known, or after a bound),
+/// the health checker, the cluster's tasks, the metrics listener.
+async fn serve(
+    cfg: &Config,
+    senders: &owner::Senders,
+    cluster: Option<std::sync::Arc<crate::cluster::Shared>>,
+    targets: tokio::sync::watch::Receiver<Vec<crate::health::Job>>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    let (ready, is_ready) = tokio::sync::oneshot::channel();
+    if senders.requests.send(Request::Ready(ready)).await.is_ok() {
+        let _ = is_ready.await;
+    }
+    tracker.spawn(crate::health::supervise(
+        targets,
+        senders.checks.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(shared) = cluster {
+        crate::cluster::start(shared).await?;
+    }
+    let sock = cfg.global.control_socket.clone();
+    let listener = bind_control_socket(&sock)?;
+    tracing::info!(socket = %sock.display(), "control API listening");
+    let api = tracker.spawn(api::serve(
+        listener,
+        api::router(senders.requests.clone()),
+        shutdown.clone(),
+    ));
+    tracker.spawn(keep_socket(
+        sock.clone(),
+        senders.requests.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    let metrics = match cfg.global.metrics_address {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics address {addr}"))?;
+            tracing::info!(%addr, "metrics on /metrics");
+            let server = axum::serve(l, api::metrics_router(senders.requests.clone()))
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            Some(tracker.spawn(server.into_future()))
+        }
+        None => None,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let metrics = async move {
+        match metrics {
+            Some(m) => m.await,
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        r = api => r.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)),
+        r = metrics => r.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = term.recv() => Ok(()),
+    };
+    let _ = std::fs::remove_file(&sock);
+    tracing::info!("stopping; the data plane stays attached (hola down removes it)");
+    result
 }
 
 /// `hola down`: removes every pin (links first: the program detaches at
@@ -395,122 +387,4 @@ pub fn down(bpffs_dir: &Path, control_socket: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A configuration file with one VIP and its state file in a fresh
-    /// directory: (directory, configuration path, state path).
-    fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("hola-unit-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let state = dir.join("state.toml");
-        let config = dir.join("hola.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[global]\ninterfaces = [\"eth0\"]\nstate_file = \"{}\"\n\n[[vip]]\naddress = \
-                 \"198.18.1.1\"\nport = 80\n\n[[vip.backend]]\naddress = \"198.18.0.11\"\n",
-                state.display()
-            ),
-        )
-        .expect("config");
-        (dir, config, state)
-    }
-
-    fn with_backends(config: &Path, n: usize) -> Config {
-        let mut c = config::load(config).expect("config");
-        let b = c.vips[0].backends[0].clone();
-        c.vips[0].backends = (0..n)
-            .map(|i| config::BackendConfig {
-                address: format!("198.18.0.{}", 11 + i).parse().expect("ip"),
-                ..b.clone()
-            })
-            .collect();
-        c
-    }
-
-    #[test]
-    fn the_state_file_wins_over_the_configuration_file() {
-        let (dir, config, state) = setup("state-wins");
-        assert_eq!(
-            effective_config(&config).expect("no state").vips[0]
-                .backends
-                .len(),
-            1
-        );
-        owner::persist(&state, &with_backends(&config, 3)).expect("persist");
-        assert_eq!(
-            effective_config(&config).expect("state").vips[0]
-                .backends
-                .len(),
-            3
-        );
-        std::fs::remove_dir_all(&dir).expect("cleanup");
-    }
-
-    #[test]
-    fn a_corrupt_state_file_is_refused_naming_the_previous_state() {
-        let (dir, config, state) = setup("corrupt");
-        let prev = owner::prev_path(&state);
-        owner::persist(&state, &with_backends(&config, 2)).expect("persist");
-        owner::persist(&state, &with_backends(&config, 3)).expect("persist");
-        let good = std::fs::read_to_string(&state).expect("state");
-        let refused = |bytes: &[u8]| {
-            std::fs::write(&state, bytes).expect("write");
-            let e = effective_config(&config).expect_err("a corrupt state file is refused");
-            format!("{e:#}")
-        };
-        for (bytes, what) in [
-            (&b"\xff\xfe\x00garbage"[..], "not UTF-8 text"),
-            (&good.as_bytes()[..good.len() / 2], "syntax error"),
-            (b"", "global"),
-            (
-                good.replace("198.18.0.13", "198.18.0.300").as_bytes(),
-                "198.18.0.300",
-            ),
-        ] {
-            let msg = refused(bytes);
-            for needle in [
-                format!("the state file {} cannot be used", state.display()),
-                what.to_string(),
-                format!(
-                    "kept at {} and is valid (1 VIPs, 2 backends)",
-                    prev.display()
-                ),
-                format!("mv {} {}", prev.display(), state.display()),
-                format!("to start from the VIPs in {}", config.display()),
-            ] {
-                assert!(msg.contains(&needle), "{msg}\nshould say {needle:?}");
-            }
-            assert_eq!(
-                std::fs::read(&state).expect("state"),
-                bytes,
-                "left as found"
-            );
-        }
-        // The previous state bad too, or missing.
-        std::fs::write(&prev, "[global]\n").expect("write");
-        let msg = refused(b"x");
-        assert!(
-            msg.contains(&format!(
-                "The previous state {} cannot be used either",
-                prev.display()
-            )),
-            "{msg}"
-        );
-        std::fs::remove_file(&prev).expect("rm");
-        let msg = refused(b"x");
-        assert!(
-            msg.contains(&format!(
-                "no previous state ({} does not exist)",
-                prev.display()
-            )),
-            "{msg}"
-        );
-        std::fs::remove_dir_all(&dir).expect("cleanup");
-    }
 }

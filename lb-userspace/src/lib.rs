@@ -1,7 +1,6 @@
 //! The hola controller library: Maglev tables, the one owner of the data
 //! plane's maps, next-hop resolution, the daemon, its API and stats.
 
-pub mod agent;
 pub mod api;
 pub mod client;
 pub mod cluster;
@@ -11,7 +10,10 @@ pub mod dataplane;
 pub mod health;
 pub mod helpers;
 pub mod maglev;
+pub mod model;
 pub mod neigh;
 pub mod owner;
 pub mod programs;
+pub mod reconcile;
+pub mod state;
 pub mod stats;

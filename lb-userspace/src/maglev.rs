@@ -23,7 +23,7 @@ pub struct MaglevBackend {
 }
 
 /// Why a table could not be built; both are configuration mistakes.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MaglevError {
     /// A composite size would let a skip share a factor with M, so some
     /// permutations would not visit every slot.

@@ -8,7 +8,7 @@ use std::{net::IpAddr, process::Command, time::Duration};
 
 use serde::Deserialize;
 
-use crate::dataplane::Nexthop;
+use crate::model::Nexthop;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NeighError {
@@ -202,6 +202,71 @@ pub fn resolve(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// What the resolver tells the owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NeighEvent {
+    Resolved { backend: IpAddr, nexthop: Nexthop },
+    Unresolved { backend: IpAddr, error: String },
+}
+
+/// The owner's handle on the resolver task.
+#[derive(Clone)]
+pub struct Resolver {
+    wanted: tokio::sync::watch::Sender<Vec<IpAddr>>,
+}
+
+impl Resolver {
+    /// Replaces the set of backends whose next hops are wanted.
+    pub fn want(&self, backends: Vec<IpAddr>) {
+        self.wanted.send_replace(backends);
+    }
+}
+
+/// Resolves the wanted backends' next hops off the owner's thread, once a
+/// second, and tells the owner of every change.
+pub fn spawn(
+    ingress_ifindex: u32,
+    events: tokio::sync::mpsc::Sender<NeighEvent>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> (Resolver, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = tokio::sync::watch::channel(Vec::new());
+    let task = tokio::spawn(async move {
+        let mut known: std::collections::HashMap<IpAddr, Option<Nexthop>> = Default::default();
+        loop {
+            let wanted = rx.borrow_and_update().clone();
+            known.retain(|a, _| wanted.contains(a));
+            for backend in wanted {
+                let r = tokio::task::spawn_blocking(move || {
+                    resolve(backend, ingress_ifindex, Duration::from_millis(500))
+                })
+                .await;
+                let Ok(r) = r else { return };
+                let now = r.as_ref().ok().copied();
+                if known.get(&backend) == Some(&now) {
+                    continue;
+                }
+                known.insert(backend, now);
+                let e = match r {
+                    Ok(nexthop) => NeighEvent::Resolved { backend, nexthop },
+                    Err(e) => NeighEvent::Unresolved {
+                        backend,
+                        error: e.to_string(),
+                    },
+                };
+                if events.send(e).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = rx.changed() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
+    (Resolver { wanted: tx }, task)
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! What `hola stats --json` and `/metrics` report: the schema is documented
 //! in docs/stats.md and is stable (additions only; `version` changes on any
-//! other change).
+//! other change). These are the report types every side shares (the owner
+//! fills them, the API serves them, the CLI prints them), and their
+//! Prometheus rendering.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +12,28 @@ use prometheus_client::{
     registry::Registry,
 };
 use serde::{Deserialize, Serialize};
+
+/// One health state change, as `hola events` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub timestamp_ms: u64,
+    pub vip: String,
+    pub backend: String,
+    /// "up" or "down" (health check), "agent up", "agent drain" or "agent
+    /// down", "outlier down" or "outlier up".
+    pub state: String,
+    /// The probe result that made the change.
+    pub detail: String,
+}
+
+/// Which backend a flow goes to, and why (`hola flow`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowAnswer {
+    pub vip: String,
+    pub backend: Option<String>,
+    /// "flow-table entry" or "Maglev slot N".
+    pub reason: String,
+}
 
 /// Schema version of [`StatsReport`].
 pub const STATS_VERSION: u32 = 1;
@@ -104,7 +128,7 @@ pub struct BackendReport {
     pub last_change_ms: Option<u64>,
     /// The agent check's state (percentage applied, mode, last answer);
     /// `None` without an agent check.
-    pub agent: Option<crate::agent::AgentStatus>,
+    pub agent: Option<crate::health::agent::AgentStatus>,
     /// NAT VIPs: the backend's TCP handshakes as hola saw them (passive
     /// health); `None` for other modes.
     pub handshake: Option<HandshakeReport>,
@@ -546,9 +570,9 @@ mod tests {
                     latency_ms: 500,
                 }),
                 last_change_ms: Some(1_795_889_508_330),
-                agent: Some(crate::agent::AgentStatus {
+                agent: Some(crate::health::agent::AgentStatus {
                     percent: 50,
-                    mode: crate::agent::AgentMode::Up,
+                    mode: crate::health::agent::AgentMode::Up,
                     last_check: None,
                 }),
                 packets: 7,

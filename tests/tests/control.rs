@@ -23,7 +23,7 @@ use hola_tests::{
 use lb_userspace::{
     api::{BODY_LIMIT, ErrorBody, READ_TIMEOUT},
     config::{self, Config, VipConfig},
-    owner::prev_path,
+    state::prev_path,
 };
 
 const VIP: &str = "198.18.1.1:80/tcp";

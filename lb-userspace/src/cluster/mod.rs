@@ -7,7 +7,7 @@
 //! The data-plane owner is the only writer of the maps: it drains the
 //! program's new-entry ring buffer and [`Shared::publish`]es what it finds
 //! to every peer's queue, answers snapshot requests, and installs what
-//! peers send (`owner::Request::PeerEntries`). The tasks here only move
+//! peers send ([`ClusterEvent::PeerEntries`]). The tasks here only move
 //! bytes: [`discovery`] keeps the peer list, [`peers`] dials each peer and
 //! streams its queue (after a snapshot), and accepts the peers' streams.
 
@@ -28,8 +28,16 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::owner::Request;
 use wire::Entry;
+
+/// What the cluster's tasks ask of the data-plane owner.
+#[derive(Debug)]
+pub enum ClusterEvent {
+    /// A peer connected: every entry this node holds, for its snapshot.
+    Snapshot(tokio::sync::oneshot::Sender<Vec<Entry>>),
+    /// Entries a peer sent, to install.
+    PeerEntries { node: String, entries: Vec<Entry> },
+}
 
 /// The cluster section of the configuration, checked.
 #[derive(Clone, Debug)]
@@ -167,11 +175,11 @@ pub struct Shared {
     connections_rejected: AtomicU64,
     installed: AtomicU64,
     unknown: AtomicU64,
-    owner: std::sync::mpsc::Sender<Request>,
+    owner: tokio::sync::mpsc::Sender<ClusterEvent>,
 }
 
 impl Shared {
-    pub fn new(settings: Settings, owner: std::sync::mpsc::Sender<Request>) -> Arc<Self> {
+    pub fn new(settings: Settings, owner: tokio::sync::mpsc::Sender<ClusterEvent>) -> Arc<Self> {
         Arc::new(Shared {
             settings,
             peers: Mutex::new(BTreeMap::new()),

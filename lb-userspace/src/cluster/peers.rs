@@ -16,11 +16,11 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
+use super::ClusterEvent;
 use super::{
     OutStats, Queue, Shared,
     wire::{self, Entry, Msg},
 };
-use crate::owner::Request;
 
 /// Entries per batch.
 const BATCH: usize = 1024;
@@ -146,7 +146,8 @@ async fn session(
     let (tx, rx) = tokio::sync::oneshot::channel();
     shared
         .owner
-        .send(Request::ClusterSnapshot(tx))
+        .send(ClusterEvent::Snapshot(tx))
+        .await
         .map_err(|_| anyhow::anyhow!("the data-plane owner has stopped"))?;
     let snapshot = rx
         .await
@@ -286,7 +287,7 @@ async fn receive(shared: &Shared, mut conn: TcpStream, from: SocketAddr) -> anyh
                         i.lag_ms = lag;
                     });
                     if !entries.is_empty() {
-                        deliver(shared, &node, entries)?;
+                        deliver(shared, &node, entries).await?;
                     }
                 }
                 Msg::SnapshotDone { entries } => {
@@ -302,12 +303,13 @@ async fn receive(shared: &Shared, mut conn: TcpStream, from: SocketAddr) -> anyh
     r
 }
 
-fn deliver(shared: &Shared, node: &str, entries: Vec<Entry>) -> anyhow::Result<()> {
+async fn deliver(shared: &Shared, node: &str, entries: Vec<Entry>) -> anyhow::Result<()> {
     shared
         .owner
-        .send(Request::PeerEntries {
+        .send(ClusterEvent::PeerEntries {
             node: node.to_string(),
             entries,
         })
+        .await
         .map_err(|_| anyhow::anyhow!("the data-plane owner has stopped"))
 }

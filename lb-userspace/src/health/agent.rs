@@ -5,11 +5,12 @@
 //! `min_percent..=max_percent`, so one report can neither starve nor flood
 //! a backend.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::{io::AsyncReadExt as _, net::TcpStream};
 
-use crate::{config::AgentConfig, dataplane::VipAddr, health::Probe};
+use super::probe::{Failed, Passed, Probe};
+use crate::{config::AgentConfig, model::VipAddr};
 
 /// The longest report read (the first line is used).
 const REPORT_LIMIT: usize = 512;
@@ -153,49 +154,52 @@ pub async fn ask(t: &AgentTarget) -> (Probe, Option<Report>) {
     let latency_ms = start.elapsed().as_millis() as u64;
     let answer = match result {
         Ok(r) => r,
-        Err(_) => Err(format!("timeout after {}ms", timeout.as_millis())),
+        Err(_) => Err(Failed::Timeout(timeout)),
     };
-    match answer.and_then(|text| parse_report(&text).map(|r| (text, r))) {
-        Ok((text, r)) => (
-            Probe {
-                ok: true,
-                detail: format!("agent: {}", text.lines().next().unwrap_or("").trim()),
-                latency_ms,
-            },
-            Some(r),
-        ),
-        Err(detail) => (
-            Probe {
-                ok: false,
-                detail,
-                latency_ms,
-            },
-            None,
-        ),
+    let parsed = answer.and_then(|text| {
+        let r = parse_report(&text).map_err(Failed::Report)?;
+        Ok((
+            Passed::Agent(text.lines().next().unwrap_or("").trim().into()),
+            r,
+        ))
+    });
+    let probe = |outcome: &Result<Passed, Failed>| Probe {
+        latency_ms,
+        ..Probe::of(outcome, Duration::ZERO)
+    };
+    match parsed {
+        Ok((passed, r)) => (probe(&Ok(passed)), Some(r)),
+        Err(failed) => (probe(&Err(failed)), None),
     }
 }
 
-async fn read_report(t: &AgentTarget) -> Result<String, String> {
+async fn read_report(t: &AgentTarget) -> Result<String, Failed> {
     let addr = SocketAddr::new(t.backend, t.agent.port);
     if let Some(path) = &t.agent.path {
         let check = crate::config::HealthConfig {
             path: path.clone(),
             ..crate::config::HealthConfig::new(crate::config::CheckKind::Http)
         };
-        let (status, body) = crate::health::http_get(&check, addr, true).await?;
+        let (status, body) = super::probe::http_get(&check, addr, true).await?;
         if status != 200 {
-            return Err(format!("agent HTTP {status}, expected 200"));
+            return Err(Failed::Http(format!("agent HTTP {status}, expected 200")));
         }
         return Ok(body);
     }
     let mut s = TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+        .map_err(|e| Failed::Connect {
+            addr,
+            error: e.to_string(),
+        })?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 128];
     // The agent writes its line and closes; a newline is enough.
     while buf.len() < REPORT_LIMIT && !buf.contains(&b'\n') {
-        let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+        let n = s
+            .read(&mut chunk)
+            .await
+            .map_err(|e| Failed::Read(e.to_string()))?;
         if n == 0 {
             break;
         }
@@ -206,8 +210,6 @@ async fn read_report(t: &AgentTarget) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use tokio::io::AsyncWriteExt as _;
 
     use super::*;
@@ -313,7 +315,7 @@ mod tests {
             vip: VipAddr {
                 addr: "198.18.1.1".parse().expect("ip"),
                 port: 80,
-                proto: crate::dataplane::Proto::Tcp,
+                proto: crate::model::Proto::Tcp,
             },
             backend: "127.0.0.1".parse().expect("ip"),
             agent: AgentConfig {

@@ -1,0 +1,96 @@
+//! The flow tables: `FLOWS` (read for `hola flow` and snapshots),
+//! `PEER_FLOWS` (written with cluster peers' flows), the `FLOW_EVENTS` ring
+//! buffer and the cluster switch `CLUSTER_STATE` / `CLUSTER_LOST`.
+
+use lb_common::{FlowKey, FlowValue, flow::FlowEvent, maps as names};
+
+use super::{Dataplane, DataplaneError, map_err};
+
+impl Dataplane {
+    /// The flow-table entry for a 5-tuple, if any.
+    pub fn flow_entry(&self, key: &FlowKey) -> Option<FlowValue> {
+        self.flows.get(key, 0).ok()
+    }
+
+    /// Switches cluster replication in the program on (events are written
+    /// and `PEER_FLOWS` is consulted) or off.
+    pub fn set_cluster(&mut self, on: bool) -> Result<(), DataplaneError> {
+        self.cluster_state
+            .set(0, u32::from(on), 0)
+            .map_err(map_err(names::CLUSTER_STATE))
+    }
+
+    /// Events the program could not write because `FLOW_EVENTS` was full,
+    /// summed over CPUs, since the map was created.
+    pub fn events_lost(&self) -> Result<u64, DataplaneError> {
+        let per_cpu = self
+            .cluster_lost
+            .get(&0, 0)
+            .map_err(map_err(names::CLUSTER_LOST))?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    /// Up to `max` records from the `FLOW_EVENTS` ring buffer.
+    pub fn next_events(&mut self, max: usize) -> Vec<FlowEvent> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(item) = self.flow_events.next() else {
+                break;
+            };
+            if item.len() >= std::mem::size_of::<FlowEvent>() {
+                // SAFETY: the record holds at least a FlowEvent's bytes (a
+                // plain-old-data type); read unaligned.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) });
+            }
+        }
+        out
+    }
+
+    /// Writes a flow learned from a cluster peer into `PEER_FLOWS`.
+    pub fn install_peer_flow(
+        &mut self,
+        key: &FlowKey,
+        value: FlowValue,
+    ) -> Result<(), DataplaneError> {
+        self.peer_flows
+            .insert(key, value, 0)
+            .map_err(map_err(names::PEER_FLOWS))
+    }
+
+    /// The `PEER_FLOWS` entry of a 5-tuple, if any.
+    pub fn peer_flow(&self, key: &FlowKey) -> Option<FlowValue> {
+        self.peer_flows.get(key, 0).ok()
+    }
+
+    /// Every `FLOWS` entry (a whole-table walk: for a peer's snapshot).
+    pub fn flow_entries(&self) -> Result<Vec<(FlowKey, FlowValue)>, DataplaneError> {
+        walk(self.flows.iter(), names::FLOWS)
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass and nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The entries of a map walk; entries evicted while walking are skipped.
+pub(super) fn walk<K, V>(
+    it: impl Iterator<Item = Result<(K, V), aya::maps::MapError>>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, DataplaneError> {
+    let mut out = Vec::new();
+    for e in it {
+        match e {
+            Ok(kv) => out.push(kv),
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,405 @@
+//! Loading the balancer: its maps created (or the pinned ones of a previous
+//! daemon adopted, with their contents), its programs loaded, the tail-call
+//! slots filled; attaching it; removing every pin.
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, ProgramArray},
+    programs::{ProgramError, Xdp, xdp::XdpMode},
+};
+use lb_common::{
+    PROTO_TCP, Reason, Settings, VipKey, VipMeta, backend::BACKEND_F_ACTIVE, maps as names,
+};
+
+use super::{Dataplane, DataplaneConfig, DataplaneError, FLOW_EVENTS_BYTES, map_err};
+use crate::{
+    model::{Proto, VipAddr, addr_from_bytes},
+    programs,
+    reconcile::{Capacity, Tables},
+};
+
+fn mask_of(prefix: u8) -> u32 {
+    if prefix >= 32 { 0 } else { u32::MAX >> prefix }
+}
+
+impl Dataplane {
+    /// Loads the balancer program and creates its maps with `cfg`'s
+    /// capacities. Nothing is attached yet.
+    pub fn load(cfg: DataplaneConfig) -> Result<Self, DataplaneError> {
+        Self::load_with(cfg, None)
+    }
+
+    /// Loads the balancer with every map pinned under `pin_dir/maps`. Maps
+    /// already pinned there (a previous daemon's) are reused, with their
+    /// contents: the VIPs, backends, tables, flows and counters in them are
+    /// adopted, so a restart moves no flow and resets no counter.
+    pub fn load_pinned(cfg: DataplaneConfig, pin_dir: &Path) -> Result<Self, DataplaneError> {
+        let mut dp = Self::load_with(cfg, Some(pin_dir))?;
+        dp.adopt()?;
+        Ok(dp)
+    }
+
+    fn load_with(cfg: DataplaneConfig, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        let settings = settings(&cfg, ncpus as u32);
+        let mut loader = EbpfLoader::new();
+        let mut pins = Vec::new();
+        for (name, size) in map_sizes(&cfg, ncpus as u32) {
+            loader.map_max_entries(name, size);
+            if let Some(dir) = pin_dir {
+                let path = dir.join("maps").join(name);
+                check_pinned_size(&path, name, size)?;
+                pins.push((name, path));
+            }
+        }
+        if let Some(dir) = pin_dir {
+            std::fs::create_dir_all(dir.join("maps")).map_err(|e| DataplaneError::PinDir {
+                dir: dir.to_path_buf(),
+                source: e,
+            })?;
+        }
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .override_global(names::SETTINGS, &settings, true)
+            .load(programs::HOLA)?;
+        let prog: &mut Xdp = program(&mut ebpf, names::PROG_LB)?;
+        prog.load().map_err(|source| DataplaneError::Program {
+            name: names::PROG_LB,
+            source,
+        })?;
+        // The ICMP programs `hola_lb` tail-calls, in their slots (which a
+        // pinned `ICMP_PROGS` of a previous daemon holds until replaced).
+        let mut icmp_progs: ProgramArray<MapData> = {
+            let m = ebpf
+                .take_map(names::ICMP_PROGS)
+                .ok_or(DataplaneError::MissingMap(names::ICMP_PROGS))?;
+            m.try_into().map_err(|source| DataplaneError::Map {
+                name: names::ICMP_PROGS,
+                source,
+            })?
+        };
+        for (slot, name) in [
+            (names::ICMP_TO_CLIENT, names::PROG_ICMP_TO_CLIENT),
+            (names::ICMP_TO_BACKEND, names::PROG_ICMP_TO_BACKEND),
+            (names::NAT_REQUEST, names::PROG_NAT_REQUEST),
+            (names::NAT_REPLY, names::PROG_NAT_REPLY),
+        ] {
+            let p: &mut Xdp = program(&mut ebpf, name)?;
+            p.load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+            let fd = p
+                .fd()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+            icmp_progs
+                .set(slot, fd, 0)
+                .map_err(map_err(names::ICMP_PROGS))?;
+        }
+
+        macro_rules! take {
+            ($name:expr) => {{
+                let m = ebpf
+                    .take_map($name)
+                    .ok_or(DataplaneError::MissingMap($name))?;
+                m.try_into().map_err(|source| DataplaneError::Map {
+                    name: $name,
+                    source,
+                })?
+            }};
+        }
+        Ok(Self {
+            vips_map: take!(names::VIPS),
+            addrs4: take!(names::VIP_ADDRS4),
+            addrs6: take!(names::VIP_ADDRS6),
+            backends_map: take!(names::BACKENDS),
+            rings: take!(names::RINGS),
+            flows: take!(names::FLOWS),
+            vip_stats: take!(names::VIP_STATS),
+            backend_stats: take!(names::BACKEND_STATS),
+            handshakes: take!(names::HANDSHAKES),
+            reasons: take!(names::REASONS),
+            tx_ports: take!(names::TX_PORTS),
+            nat: take!(names::NAT),
+            nat_state: take!(names::NAT_STATE),
+            nat_sources4: take!(names::NAT_SOURCES4),
+            nat_sources6: take!(names::NAT_SOURCES6),
+            peer_flows: take!(names::PEER_FLOWS),
+            flow_events: take!(names::FLOW_EVENTS),
+            cluster_state: take!(names::CLUSTER_STATE),
+            cluster_lost: take!(names::CLUSTER_LOST),
+            _icmp_progs: icmp_progs,
+            ebpf,
+            tables: Tables::new(capacity(&cfg)),
+            cfg,
+            ncpus,
+        })
+    }
+
+    /// Rebuilds the copy of the tables (VIPs, backend ids, slots) from maps
+    /// a previous daemon left pinned. Nothing is written.
+    fn adopt(&mut self) -> Result<(), DataplaneError> {
+        let vips: Vec<(VipKey, VipMeta)> = self
+            .vips_map
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::VIPS))?;
+        let mut backends = Vec::new();
+        for id in 1..=self.cfg.max_backends {
+            let b = self
+                .backends_map
+                .get(&id, 0)
+                .map_err(map_err(names::BACKENDS))?;
+            if b.flags & BACKEND_F_ACTIVE != 0 {
+                backends.push((id, b));
+            }
+        }
+        let mut adopted = Vec::with_capacity(vips.len());
+        for (key, meta) in vips {
+            let vip = VipAddr {
+                addr: addr_from_bytes(key.addr, key.family),
+                port: u16::from_be(key.port),
+                proto: if key.proto == PROTO_TCP {
+                    Proto::Tcp
+                } else {
+                    Proto::Udp
+                },
+            };
+            let mut ring = Vec::with_capacity(meta.ring_size as usize);
+            for i in 0..meta.ring_size {
+                ring.push(
+                    self.rings
+                        .get(&(meta.ring_base + i), 0)
+                        .map_err(map_err(names::RINGS))?,
+                );
+            }
+            adopted.push((vip, meta, ring));
+        }
+        self.tables = Tables::adopt(capacity(&self.cfg), adopted, &backends);
+        Ok(())
+    }
+
+    /// Attaches the balancer to `iface`, keeping the attachment as a bpf_link
+    /// pinned at `pin`. When a link is already pinned there (a previous
+    /// daemon's), the new program replaces the old one in it atomically: no
+    /// packet is dropped. Otherwise `modes` are tried in order (driver, then
+    /// generic). Returns the mode in use and, when a mode before it failed,
+    /// why.
+    pub fn attach_pinned(
+        &mut self,
+        iface: &str,
+        modes: &[XdpMode],
+        pin: &Path,
+    ) -> Result<(String, Option<String>), DataplaneError> {
+        use aya::programs::{
+            links::{FdLink, LinkError, PinnedLink},
+            xdp::XdpLink,
+        };
+        let attach_err = |message: String| DataplaneError::Attach {
+            iface: iface.to_string(),
+            message,
+        };
+        let prog = self.program()?;
+        if pin.exists() {
+            let pinned = PinnedLink::from_pin(pin).map_err(|e| {
+                attach_err(format!("opening the pinned link {}: {e}", pin.display()))
+            })?;
+            let link = XdpLink::try_from(FdLink::from(pinned))
+                .map_err(|e| attach_err(format!("{} is not an XDP link: {e}", pin.display())))?;
+            let id = prog.attach_to_link(link).map_err(|e| {
+                attach_err(format!("replacing the program in the pinned link: {e}"))
+            })?;
+            // The pin keeps the link (and so the attachment) alive after this
+            // daemon exits; our handle is only closed then.
+            let kept: FdLink = prog
+                .take_link(id)
+                .map_err(|e| attach_err(e.to_string()))?
+                .try_into()
+                .map_err(|e: LinkError| attach_err(e.to_string()))?;
+            drop(kept);
+            return Ok(("existing link (program replaced in place)".into(), None));
+        }
+        let mut last = String::new();
+        for mode in modes {
+            match prog.attach(iface, *mode) {
+                Ok(id) => {
+                    let link: FdLink = prog
+                        .take_link(id)
+                        .map_err(|e| attach_err(e.to_string()))?
+                        .try_into()
+                        .map_err(|e: LinkError| {
+                            attach_err(format!("the kernel gave no bpf_link for XDP ({e}); Linux 5.9 or newer is needed"))
+                        })?;
+                    if let Some(dir) = pin.parent() {
+                        std::fs::create_dir_all(dir).map_err(|e| DataplaneError::PinDir {
+                            dir: dir.to_path_buf(),
+                            source: e,
+                        })?;
+                    }
+                    let pinned = link.pin(pin).map_err(|e| {
+                        attach_err(format!("pinning the link at {}: {e}", pin.display()))
+                    })?;
+                    drop(pinned);
+                    let earlier = (!last.is_empty()).then_some(last);
+                    return Ok((format!("{mode:?}").to_lowercase(), earlier));
+                }
+                Err(e) => {
+                    if !last.is_empty() {
+                        last.push_str("; ");
+                    }
+                    last.push_str(&format!("{mode:?} mode: {e}"));
+                }
+            }
+        }
+        Err(attach_err(last))
+    }
+
+    /// The loaded XDP program, for attaching or for BPF_PROG_TEST_RUN.
+    pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        program(&mut self.ebpf, names::PROG_LB)
+    }
+
+    /// The loaded XDP program, shared, for BPF_PROG_TEST_RUN.
+    pub fn program_ref(&self) -> &Xdp {
+        self.ebpf
+            .program(names::PROG_LB)
+            .and_then(|p| p.try_into().ok())
+            .expect("the balancer program is loaded by Dataplane::load")
+    }
+
+    /// Attaches the balancer to `iface` in `mode`.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
+        self.program()?
+            .attach(iface, mode)
+            .map(drop)
+            .map_err(|source| DataplaneError::Program {
+                name: names::PROG_LB,
+                source,
+            })
+    }
+}
+
+/// The `SETTINGS` global the program is loaded with.
+fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
+    let (v4, p4) = cfg.tunnel_src_v4;
+    let (v6, p6) = cfg.tunnel_src_v6;
+    Settings {
+        tunnel_src_v4: v4.octets(),
+        tunnel_src_v4_mask: mask_of(p4),
+        tunnel_src_v6: v6.octets(),
+        tunnel_src_v6_mask: mask_of(p6.saturating_sub(96)),
+        _pad: 0,
+        nat_tcp_idle_ns: cfg.nat_tcp_idle.as_nanos() as u64,
+        nat_udp_idle_ns: cfg.nat_udp_idle.as_nanos() as u64,
+        nat_closed_linger_ns: cfg.nat_closed_linger.as_nanos() as u64,
+        fullnat_src_v4: cfg.fullnat_src_v4.map_or([0; 4], |a| a.octets()),
+        fullnat_port_lo: cfg.fullnat_ports.0,
+        fullnat_port_span: ((u32::from(cfg.fullnat_ports.1) - u32::from(cfg.fullnat_ports.0) + 1)
+            / ncpus)
+            .min(u32::from(u16::MAX)) as u16,
+        fullnat_src_v6: cfg.fullnat_src_v6.map_or([0; 16], |a| a.octets()),
+    }
+}
+
+/// Every map's capacity, from the load-time settings.
+fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 22] {
+    let flows = cfg.flow_capacity_per_cpu.saturating_mul(ncpus);
+    [
+        (names::FLOWS, flows),
+        (names::VIPS, cfg.max_vips),
+        (names::VIP_ADDRS4, cfg.max_vips),
+        (names::VIP_ADDRS6, cfg.max_vips),
+        (names::VIP_STATS, cfg.max_vips + 1),
+        (names::BACKENDS, cfg.max_backends + 1),
+        (names::BACKEND_STATS, cfg.max_backends + 1),
+        (names::RINGS, cfg.ring_capacity),
+        (names::TX_PORTS, cfg.max_tx_ports),
+        (names::REASONS, Reason::COUNT),
+        (names::NAT, cfg.nat_capacity),
+        (names::NAT_STATE, 1),
+        (names::ICMP_PROGS, names::ICMP_PROGS_LEN),
+        (names::HANDSHAKES, cfg.max_backends + 1),
+        (names::NAT_SCRATCH, 1),
+        (names::NAT_SOURCES4, cfg.max_backends),
+        (names::NAT_SOURCES6, cfg.max_backends),
+        (names::FULLNAT_CURSOR, 1),
+        (names::PEER_FLOWS, flows),
+        (names::FLOW_EVENTS, FLOW_EVENTS_BYTES),
+        (names::CLUSTER_STATE, 1),
+        (names::CLUSTER_LOST, 1),
+    ]
+}
+
+fn capacity(cfg: &DataplaneConfig) -> Capacity {
+    Capacity {
+        max_vips: cfg.max_vips,
+        max_backends: cfg.max_backends,
+        ring_capacity: cfg.ring_capacity,
+    }
+}
+
+/// Refuses to reuse a pinned map whose capacity differs from the one asked
+/// for: aya would reuse it silently, and the program would then be sized
+/// differently from its maps.
+fn check_pinned_size(path: &Path, name: &'static str, wanted: u32) -> Result<(), DataplaneError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let info = aya::maps::MapInfo::from_pin(path).map_err(map_err(name))?;
+    let pinned = info.max_entries();
+    if pinned != wanted {
+        return Err(DataplaneError::PinnedSize {
+            path: PathBuf::from(path),
+            pinned,
+            wanted,
+        });
+    }
+    Ok(())
+}
+
+/// Removes everything `hola run` pinned under `pin_dir` (links first, so the
+/// program detaches, then maps). Returns what it removed.
+pub fn unpin_all(pin_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    if !pin_dir.exists() {
+        return Ok(removed);
+    }
+    for sub in ["links", "maps"] {
+        let dir = pin_dir.join(sub);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries {
+                let p = e?.path();
+                std::fs::remove_file(&p)?;
+                removed.push(p);
+            }
+            std::fs::remove_dir(&dir)?;
+        }
+    }
+    // Anything else there was not ours; leave it and say so by failing.
+    std::fs::remove_dir(pin_dir)?;
+    Ok(removed)
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::Program {
+            name,
+            source: ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| DataplaneError::Program { name, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_source_masks() {
+        assert_eq!(mask_of(24), 0xff);
+        assert_eq!(mask_of(32), 0);
+        assert_eq!(mask_of(0), u32::MAX);
+    }
+}

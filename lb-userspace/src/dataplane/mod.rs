@@ -1,0 +1,232 @@
+//! The one owner of the balancer's kernel state: it loads the program, holds
+//! every map handle, and is the only writer of the maps. What it writes to
+//! the VIP, backend and Maglev maps is decided by a [`Plan`] (the pure
+//! `reconcile` module); it executes plans in order and keeps their result.
+//!
+//! Split by map family:
+//! - [`load`]: loading, pinning, adoption of pinned maps, attaching;
+//! - [`tables`]: `VIPS`, `VIP_ADDRS*`, `BACKENDS`, `RINGS`, `TX_PORTS`,
+//!   `NAT_STATE`/`NAT_SOURCES*`, the counters zeroed for new ids: the
+//!   writes of a plan, and queries of the tables;
+//! - [`nat`]: the `NAT` table (sweeps, peers' translations);
+//! - [`flows`]: `FLOWS`, `PEER_FLOWS`, `FLOW_EVENTS` and the cluster switch;
+//! - [`counters`]: every per-CPU counter, summed.
+
+mod counters;
+mod flows;
+mod load;
+mod nat;
+mod tables;
+
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+
+use aya::{
+    Ebpf,
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, ProgramArray},
+    programs::ProgramError,
+};
+use lb_common::{
+    AddrVips, Backend, BackendStats, FlowKey, FlowValue, HandshakeStats, NatValue, ReasonStats,
+    VipKey, VipMeta, VipStats,
+};
+
+pub use self::{flows::monotonic_ns, load::unpin_all};
+pub use crate::model::{BackendSpec, Mode, Nexthop, Proto, VipAddr, VipSpec, addr_bytes};
+use crate::reconcile::{PlanError, Tables};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// Flow-table entries per possible CPU.
+    pub flow_capacity_per_cpu: u32,
+    /// Most VIPs at once.
+    pub max_vips: u32,
+    /// Most backends at once, over all VIPs.
+    pub max_backends: u32,
+    /// Maglev slots over all VIPs (each VIP takes its table size).
+    pub ring_capacity: u32,
+    /// Interfaces a backend may name as egress (size of the devmap).
+    pub max_tx_ports: u32,
+    /// Base of the IPv4 tunnel source addresses and the prefix length kept
+    /// from it; the host bits come from the flow hash.
+    pub tunnel_src_v4: (std::net::Ipv4Addr, u8),
+    /// As `tunnel_src_v4`, over the last 32 bits of an IPv6 address.
+    pub tunnel_src_v6: (std::net::Ipv6Addr, u8),
+    /// NAT mode: entries of the `NAT` table (one per translated flow).
+    pub nat_capacity: u32,
+    /// NAT mode: a TCP flow's entry expires after this long idle.
+    pub nat_tcp_idle: Duration,
+    /// NAT mode: a UDP flow's entry expires after this long idle.
+    pub nat_udp_idle: Duration,
+    /// NAT mode: a TCP flow's entry expires this long after its first FIN
+    /// or RST.
+    pub nat_closed_linger: Duration,
+    /// fullnat: the source addresses requests get.
+    pub fullnat_src_v4: Option<std::net::Ipv4Addr>,
+    pub fullnat_src_v6: Option<std::net::Ipv6Addr>,
+    /// fullnat: the source ports (inclusive), split evenly among the
+    /// possible CPUs.
+    pub fullnat_ports: (u16, u16),
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            flow_capacity_per_cpu: 1 << 20,
+            max_vips: 256,
+            max_backends: 4096,
+            ring_capacity: 16 * crate::maglev::DEFAULT_TABLE_SIZE,
+            max_tx_ports: 64,
+            tunnel_src_v4: ("198.18.255.0".parse().expect("literal"), 24),
+            tunnel_src_v6: ("2001:db8:ffff::".parse().expect("literal"), 112),
+            nat_capacity: 1 << 20,
+            nat_tcp_idle: Duration::from_secs(900),
+            nat_udp_idle: Duration::from_secs(60),
+            nat_closed_linger: Duration::from_secs(10),
+            fullnat_src_v4: None,
+            fullnat_src_v6: None,
+            fullnat_ports: (20000, 59999),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading the hola eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error(
+        "creating the pin directory {dir}: {source} (is bpffs mounted there? hola run mounts it at /sys/fs/bpf)"
+    )]
+    PinDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "pinned map {path} holds {pinned} entries but the configuration asks for {wanted}; capacities cannot change under a running data plane: run `hola down` first (this drops every flow) or restore the old setting"
+    )]
+    PinnedSize {
+        path: std::path::PathBuf,
+        pinned: u32,
+        wanted: u32,
+    },
+    #[error("attaching to {iface}: {message}")]
+    Attach { iface: String, message: String },
+    #[error("map TX_PORTS: {0}")]
+    TxPorts(aya::maps::xdp::XdpMapError),
+    #[error("map {0} is missing from the hola eBPF object (built from another version?)")]
+    MissingMap(&'static str),
+    #[error("reading the number of possible CPUs: {0}")]
+    Cpus(std::io::Error),
+    #[error("backend {backend} is not in VIP {vip}")]
+    NoSuchBackend { vip: VipAddr, backend: IpAddr },
+    /// A wanted state the tables cannot take (refused; nothing written).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+}
+
+impl DataplaneError {
+    /// Whether the request was refused (a value the tables cannot take)
+    /// rather than the kernel failing.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, DataplaneError::Plan(_))
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatSweep {
+    /// Entries not expired.
+    pub live: u64,
+    /// Expired entries deleted.
+    pub removed: u64,
+    /// SYNs left unanswered too long, per (VIP, backend).
+    pub unanswered: BTreeMap<(VipAddr, IpAddr), u64>,
+    /// The reply keys of the entries deleted (cluster peers delete them
+    /// too).
+    pub gone: Vec<FlowKey>,
+}
+
+/// Counters summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub reasons: BTreeMap<&'static str, ReasonStats>,
+    pub vips: BTreeMap<VipAddr, VipCounters>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VipCounters {
+    pub stats: VipStats,
+    pub backends: BTreeMap<IpAddr, BackendStats>,
+    /// NAT VIPs: what the program saw of each backend's TCP handshakes.
+    pub handshakes: BTreeMap<IpAddr, HandshakeStats>,
+}
+
+/// Size of the `FLOW_EVENTS` ring buffer: about 27,000 events of 152
+/// bytes, drained every 20 ms while a cluster is configured.
+pub const FLOW_EVENTS_BYTES: u32 = 4 << 20;
+
+/// The loaded balancer and every handle to its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    vips_map: HashMap<MapData, VipKey, VipMeta>,
+    addrs4: HashMap<MapData, u32, AddrVips>,
+    addrs6: HashMap<MapData, [u8; 16], AddrVips>,
+    backends_map: Array<MapData, Backend>,
+    rings: Array<MapData, u32>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    vip_stats: PerCpuArray<MapData, VipStats>,
+    backend_stats: PerCpuArray<MapData, BackendStats>,
+    handshakes: PerCpuArray<MapData, HandshakeStats>,
+    reasons: PerCpuArray<MapData, ReasonStats>,
+    tx_ports: DevMapHash<MapData>,
+    nat: HashMap<MapData, FlowKey, NatValue>,
+    nat_state: Array<MapData, u32>,
+    nat_sources4: HashMap<MapData, u32, u8>,
+    nat_sources6: HashMap<MapData, [u8; 16], u8>,
+    peer_flows: HashMap<MapData, FlowKey, FlowValue>,
+    flow_events: aya::maps::RingBuf<MapData>,
+    cluster_state: Array<MapData, u32>,
+    cluster_lost: PerCpuArray<MapData, u64>,
+    /// Held so that its slots stay filled while the data plane is not
+    /// pinned (a program array empties when its last user goes).
+    _icmp_progs: ProgramArray<MapData>,
+    cfg: DataplaneConfig,
+    ncpus: usize,
+    /// What the VIP, backend and Maglev maps hold.
+    tables: Tables,
+}
+
+impl Dataplane {
+    pub fn config(&self) -> &DataplaneConfig {
+        &self.cfg
+    }
+
+    /// Userspace's copy of the VIP, backend and Maglev maps.
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// Borrow of the underlying object, for tests that need another map.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}

@@ -1,0 +1,113 @@
+//! The `NAT` table: sweeps of expired translations, and the translations
+//! cluster peers hand over.
+
+use std::time::Duration;
+
+use lb_common::{FlowKey, NatValue, flow::NatTimeouts, maps as names};
+
+use super::{Dataplane, DataplaneError, NatSweep, flows::walk, map_err, monotonic_ns};
+
+impl Dataplane {
+    /// The idle and linger timeouts the program applies.
+    fn nat_timeouts(&self) -> NatTimeouts {
+        NatTimeouts {
+            tcp_idle_ns: self.cfg.nat_tcp_idle.as_nanos() as u64,
+            udp_idle_ns: self.cfg.nat_udp_idle.as_nanos() as u64,
+            closed_linger_ns: self.cfg.nat_closed_linger.as_nanos() as u64,
+        }
+    }
+
+    /// Deletes the NAT entries that have expired and counts the others, and
+    /// finds SYNs the backend left unanswered for `syn_timeout` (each is
+    /// counted once: its SYN time is cleared). Reads the whole table.
+    pub fn sweep_nat(&mut self, syn_timeout: Duration) -> Result<NatSweep, DataplaneError> {
+        let now = monotonic_ns();
+        let s = self.nat_timeouts();
+        let mut expired = Vec::new();
+        let mut unanswered = Vec::new();
+        let mut live = 0u64;
+        for entry in self.nat.iter() {
+            let (k, v) = match entry {
+                Ok(kv) => kv,
+                // An entry evicted while we walk: skip it.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(names::NAT)(e)),
+            };
+            if lb_common::flow::nat_expired(&v, k.proto, now, &s) {
+                expired.push(k);
+            } else {
+                live += 1;
+                if v.syn_ns != 0 && now.saturating_sub(v.syn_ns) > syn_timeout.as_nanos() as u64 {
+                    unanswered.push((k, v));
+                }
+            }
+        }
+        let mut out = NatSweep {
+            live,
+            ..NatSweep::default()
+        };
+        for (k, mut v) in unanswered {
+            let id = v.backend_id;
+            v.syn_ns = 0;
+            // Only if the entry is still there (BPF_EXIST): a flow that
+            // ended meanwhile is not brought back.
+            if self.nat.insert(k, v, 2).is_ok()
+                && let Some(addr) = self.tables.backend_by_id(id)
+            {
+                *out.unanswered.entry(addr).or_default() += 1;
+            }
+        }
+        for k in &expired {
+            match self.nat.remove(k) {
+                Ok(()) => {
+                    out.removed += 1;
+                    out.gone.push(*k);
+                }
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::NAT)(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a NAT translation (learned from a cluster peer).
+    pub fn install_nat(&mut self, reply: &FlowKey, value: &NatValue) -> Result<(), DataplaneError> {
+        self.nat
+            .insert(reply, value, 0)
+            .map_err(map_err(names::NAT))
+    }
+
+    /// Removes a NAT translation a peer removed, if it has expired here
+    /// too; `false` when it is kept (live here: a flow this node carries,
+    /// or refreshed by its replies) or absent. A peer's copy can expire
+    /// while the flow lives on another node: its removal must not end it.
+    pub fn remove_nat_if_expired(&mut self, reply: &FlowKey) -> Result<bool, DataplaneError> {
+        let Ok(v) = self.nat.get(reply, 0) else {
+            return Ok(false);
+        };
+        let t = self.nat_timeouts();
+        if !lb_common::flow::nat_expired(&v, reply.proto, monotonic_ns(), &t) {
+            return Ok(false);
+        }
+        self.remove_nat(reply)
+    }
+
+    /// Removes a NAT translation; `false` when there was none.
+    pub fn remove_nat(&mut self, reply: &FlowKey) -> Result<bool, DataplaneError> {
+        match self.nat.remove(reply) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(map_err(names::NAT)(e)),
+        }
+    }
+
+    /// Every `NAT` entry (a whole-table walk: for a peer's snapshot).
+    pub fn nat_entries(&self) -> Result<Vec<(FlowKey, NatValue)>, DataplaneError> {
+        walk(self.nat.iter(), names::NAT)
+    }
+
+    /// The NAT entry of a reply 5-tuple, if any.
+    pub fn nat_entry(&self, reply: &FlowKey) -> Option<NatValue> {
+        self.nat.get(reply, 0).ok()
+    }
+}

@@ -1,0 +1,106 @@
+//! Passive health: the outlier rule. A backend of a NAT VIP whose TCP
+//! handshakes failed (RST from the backend, or a SYN left unanswered, as
+//! the data plane counts them) `failures` times within `window` is taken
+//! out for `cooldown`. Pure state: the owner feeds it counters once a
+//! second and applies the changes it returns.
+
+use std::{collections::HashMap, collections::VecDeque, time::Instant};
+
+use super::state::Key;
+use crate::config::{Config, format_duration};
+
+/// Handshake failures of one backend of one VIP.
+#[derive(Default)]
+struct Passive {
+    /// SYNs left unanswered (from the NAT sweeps), since hola started.
+    timeouts: u64,
+    /// Failures (RSTs + timeouts) seen at the last sample.
+    last_total: u64,
+    /// Failures within the outlier window: (when, how many).
+    recent: VecDeque<(Instant, u64)>,
+    /// Taken out until then.
+    ejected_until: Option<Instant>,
+}
+
+/// A backend taken out (`out`) or let back, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub key: Key,
+    pub out: bool,
+    pub detail: String,
+}
+
+/// The outlier rule's state for every backend.
+#[derive(Default)]
+pub struct Outliers {
+    passive: HashMap<Key, Passive>,
+}
+
+impl Outliers {
+    /// Counts SYNs a NAT sweep found unanswered.
+    pub fn add_timeouts(&mut self, key: Key, n: u64) {
+        self.passive.entry(key).or_default().timeouts += n;
+    }
+
+    /// SYNs left unanswered since hola started.
+    pub fn timeouts(&self, key: &Key) -> u64 {
+        self.passive.get(key).map_or(0, |p| p.timeouts)
+    }
+
+    /// Applies the rule at `now`, given each backend's RST count: the
+    /// backends taken out and let back.
+    pub fn evaluate(
+        &mut self,
+        config: &Config,
+        rsts: impl Fn(&Key) -> u64,
+        now: Instant,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for v in &config.vips {
+            let Some(rule) = &v.outlier else { continue };
+            for b in &v.backends {
+                let key = (v.key(), b.address);
+                let total = rsts(&key) + self.timeouts(&key);
+                let p = self.passive.entry(key).or_default();
+                if total > p.last_total {
+                    p.recent.push_back((now, total - p.last_total));
+                }
+                p.last_total = total;
+                while p
+                    .recent
+                    .front()
+                    .is_some_and(|(t, _)| now.duration_since(*t) > rule.window)
+                {
+                    p.recent.pop_front();
+                }
+                match p.ejected_until {
+                    Some(until) if now >= until => {
+                        p.ejected_until = None;
+                        p.recent.clear();
+                        changes.push(Change {
+                            key,
+                            out: false,
+                            detail: format!("cool-down of {} over", format_duration(rule.cooldown)),
+                        });
+                    }
+                    None => {
+                        let failures: u64 = p.recent.iter().map(|(_, n)| n).sum();
+                        if failures >= u64::from(rule.failures) {
+                            p.ejected_until = Some(now + rule.cooldown);
+                            changes.push(Change {
+                                key,
+                                out: true,
+                                detail: format!(
+                                    "{failures} handshake failures (RST or no SYN-ACK) within {}",
+                                    format_duration(rule.window)
+                                ),
+                            });
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        changes
+    }
+}

@@ -1,0 +1,191 @@
+//! A change to the desired configuration as one transaction: checked in
+//! full, planned (refused before any write if the tables cannot take it),
+//! written, saved to the state file, and only then acknowledged; undone in
+//! the kernel when it cannot be saved. And reconcile: the kernel made to
+//! follow the configuration and the checks.
+
+use std::path::Path;
+
+use super::{ErrorKind, Owner, OwnerError, command::Command};
+use crate::{
+    config::Config,
+    dataplane::DataplaneError,
+    reconcile,
+    state::{persist, prev_path},
+};
+
+impl Owner {
+    pub(super) fn change(&mut self, command: Command) -> Result<(), OwnerError> {
+        let mut next = self.config.clone();
+        command.apply(&mut next)?;
+        next.validate("request")
+            .map_err(|e| OwnerError::new(ErrorKind::Invalid, describe(&next, &e)))?;
+        if next == self.config {
+            return Ok(());
+        }
+        let old = self.config.clone();
+        if let Err(e) = self.reconcile(&next) {
+            if e.kind == ErrorKind::Failed {
+                // Part of it may be written: put the kernel back the way
+                // the saved state says.
+                if let Err(e2) = self.reconcile(&old) {
+                    tracing::error!(error = %e2, "restoring the previous configuration failed");
+                }
+            }
+            return Err(e);
+        }
+        if let Err(e) = persist(&self.state_file, &next) {
+            // Unsaved, the change would be undone by the next restart:
+            // refuse it, and put the kernel back as the saved state says.
+            if let Err(e2) = self.reconcile(&old) {
+                tracing::error!(error = %e2, "restoring the previous configuration failed");
+            }
+            return Err(OwnerError::new(
+                ErrorKind::Failed,
+                format!(
+                    "saving the state file {} failed: {e}; the change is not made (check the \
+                     space and permissions of {}, and that {} is a file or absent)",
+                    self.state_file.display(),
+                    self.state_file.parent().unwrap_or(Path::new(".")).display(),
+                    prev_path(&self.state_file).display()
+                ),
+            ));
+        }
+        self.config = next;
+        self.publish_targets();
+        self.want_nexthops();
+        tracing::info!(
+            "configuration changed and saved to {}",
+            self.state_file.display()
+        );
+        Ok(())
+    }
+
+    /// Makes the kernel hold `config` as the checks and the next hops known
+    /// say. A plan the tables refuse writes nothing; a write the kernel
+    /// refuses stops the plan, and `old` is planned again in full.
+    pub(super) fn reconcile(&mut self, config: &Config) -> Result<(), OwnerError> {
+        let want = reconcile::desired(config, &self.checks, &self.nexthops);
+        let plan = reconcile::plan(self.dp.tables(), &want)
+            .map_err(|e| OwnerError::new(ErrorKind::Invalid, e.to_string()))?;
+        if plan.writes.is_empty() {
+            return Ok(());
+        }
+        self.dp.apply(plan).map_err(|e| {
+            let kind = match e {
+                DataplaneError::Plan(_) => ErrorKind::Invalid,
+                _ => ErrorKind::Failed,
+            };
+            OwnerError::new(kind, e.to_string())
+        })
+    }
+
+    /// Makes the data plane follow the checks' (or the next hops') state.
+    pub(super) fn apply_checks(&mut self, why: &str) {
+        let config = self.config.clone();
+        if let Err(e) = self.reconcile(&config) {
+            tracing::error!(error = %e, "applying {why}");
+        }
+    }
+}
+
+/// A refused configuration change, in the terms of the request: each error
+/// says which VIP and backend it is about (the field paths count VIPs and
+/// backends by position, which a caller of the API does not see).
+fn describe(config: &Config, errors: &crate::config::ConfigErrors) -> String {
+    let lines: Vec<String> = errors
+        .0
+        .iter()
+        .map(|e| match e.path().and_then(|p| subject(config, p)) {
+            Some(s) => format!("{s}: {}", e.message()),
+            None => e.message().to_string(),
+        })
+        .collect();
+    lines.join("\n")
+}
+
+/// "VIP 198.18.1.1:80/tcp" or "VIP 198.18.1.1:80/tcp, backend 198.18.0.11"
+/// for a field path under `vip[i]` or `vip[i].backend[j]`.
+fn subject(config: &Config, path: &str) -> Option<String> {
+    let index = |s: &str, key: &str| -> Option<(usize, usize)> {
+        let rest = s.strip_prefix(key)?.strip_prefix('[')?;
+        let end = rest.find(']')?;
+        Some((rest[..end].parse().ok()?, key.len() + end + 2))
+    };
+    let (i, used) = index(path, "vip")?;
+    let vip = config.vips.get(i)?;
+    let mut s = format!("VIP {}", vip.key());
+    if let Some((j, _)) = path[used..]
+        .strip_prefix('.')
+        .and_then(|rest| index(rest, "backend"))
+        && let Some(b) = vip.backends.get(j)
+    {
+        s += &format!(", backend {}", b.address);
+    }
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{
+        AgentConfig, BackendConfig, CheckKind, HashKind, HealthConfig, Protocol, VipConfig, VipMode,
+    };
+
+    fn vip(backends: &[(&str, u32, bool)]) -> VipConfig {
+        VipConfig {
+            address: "198.18.1.1".parse().expect("ip"),
+            port: 80,
+            protocol: Protocol::Tcp,
+            mode: VipMode::Dsr,
+            hash: HashKind::FiveTuple,
+            table_size: None,
+            health: Some(HealthConfig::new(CheckKind::Tcp)),
+            agent: Some(AgentConfig::new(9999)),
+            outlier: None,
+            backends: backends
+                .iter()
+                .map(|(a, w, backup)| BackendConfig {
+                    address: a.parse().expect("ip"),
+                    weight: *w,
+                    backup: *backup,
+                    interface: None,
+                    port: None,
+                    drain: false,
+                    health: None,
+                    agent: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn config_with(vips: Vec<VipConfig>) -> Config {
+        let mut c =
+            crate::config::parse("[global]\ninterfaces = [\"eth0\"]\n", "t").expect("config");
+        c.vips = vips;
+        c
+    }
+
+    #[test]
+    fn a_refused_change_names_the_vip_and_the_backend() {
+        let mut c = config_with(vec![vip(&[
+            ("198.18.0.11", 1, false),
+            ("198.18.0.12", 1, false),
+        ])]);
+        c.vips[0].backends[1].weight = 70_000;
+        c.vips[0].table_size = Some(1000);
+        let e = c.validate("request").expect_err("invalid");
+        let msg = describe(&c, &e);
+        assert!(
+            msg.contains(
+                "VIP 198.18.1.1:80/tcp, backend 198.18.0.12: vip[0].backend[1].weight = 70000: \
+                 must be 0..=10000"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("VIP 198.18.1.1:80/tcp: vip[0].table_size = 1000: not prime"),
+            "{msg}"
+        );
+    }
+}

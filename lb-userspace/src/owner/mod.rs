@@ -1,0 +1,336 @@
+//! The owner of the data plane: one thread holds the `Dataplane` (every map
+//! handle) and the desired configuration; everything else sends it events
+//! and requests on bounded channels, each producer its own type:
+//!
+//! - the control API: [`command::Request`] (typed commands and queries);
+//! - the health checker: [`CheckEvent`];
+//! - the next-hop resolver: [`NeighEvent`];
+//! - the cluster's tasks: [`ClusterEvent`].
+//!
+//! The loop ([`Owner::run`]) never waits on anything but its inputs and its
+//! timers. What it does with them lives beside it: changes and reconcile
+//! (`change`), health bookkeeping and events (`checks`), replication
+//! (`replicate`), stats (`report`), flow explanations (`flow`).
+
+mod change;
+mod checks;
+pub mod command;
+mod flow;
+mod replicate;
+mod report;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::{sync::mpsc, sync::oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use self::command::{Command, ErrorKind, OwnerError, Request};
+pub use crate::stats::{Event, FlowAnswer};
+use crate::{
+    cluster::{ClusterEvent, Shared as ClusterShared},
+    config::Config,
+    dataplane::{Dataplane, Stats},
+    health::{CheckEvent, Checks, Job, outlier::Outliers},
+    model::Nexthop,
+    neigh::{NeighEvent, Resolver},
+    stats::NatReport,
+};
+
+/// How many state changes `hola events` keeps (the oldest go first).
+pub const MAX_EVENTS: usize = 1000;
+
+/// How long a change that adds backends waits for their next hops before
+/// it is answered (unresolved ones are installed without, and follow).
+pub const NEXTHOP_WAIT: Duration = Duration::from_secs(2);
+
+/// Capacities of the owner's inbound channels. A full channel makes its
+/// producer wait: requests and events are never dropped, and memory stays
+/// bounded whatever the producers send.
+pub const REQUESTS: usize = 64;
+pub const CHECK_EVENTS: usize = 1024;
+pub const NEIGH_EVENTS: usize = 256;
+pub const CLUSTER_EVENTS: usize = 16;
+
+/// The owner's inbound channels.
+pub struct Inputs {
+    pub requests: mpsc::Receiver<Request>,
+    pub checks: mpsc::Receiver<CheckEvent>,
+    pub neigh: mpsc::Receiver<NeighEvent>,
+    pub cluster: mpsc::Receiver<ClusterEvent>,
+}
+
+/// The senders of [`Inputs`], for the producers.
+#[derive(Clone)]
+pub struct Senders {
+    pub requests: mpsc::Sender<Request>,
+    pub checks: mpsc::Sender<CheckEvent>,
+    pub neigh: mpsc::Sender<NeighEvent>,
+    pub cluster: mpsc::Sender<ClusterEvent>,
+}
+
+/// Makes the owner's bounded channels.
+pub fn channels() -> (Senders, Inputs) {
+    let (requests, r) = mpsc::channel(REQUESTS);
+    let (checks, c) = mpsc::channel(CHECK_EVENTS);
+    let (neigh, n) = mpsc::channel(NEIGH_EVENTS);
+    let (cluster, k) = mpsc::channel(CLUSTER_EVENTS);
+    (
+        Senders {
+            requests,
+            checks,
+            neigh,
+            cluster,
+        },
+        Inputs {
+            requests: r,
+            checks: c,
+            neigh: n,
+            cluster: k,
+        },
+    )
+}
+
+/// A reply held until the next hops it needs are known, or its deadline.
+struct Pending {
+    deadline: tokio::time::Instant,
+    backends: Vec<IpAddr>,
+    reply: Reply,
+}
+
+enum Reply {
+    Change(oneshot::Sender<Result<(), OwnerError>>),
+    Ready(oneshot::Sender<()>),
+}
+
+pub struct Owner {
+    dp: Dataplane,
+    config: Config,
+    state_file: PathBuf,
+    nexthops: HashMap<IpAddr, Nexthop>,
+    resolver: Option<Resolver>,
+    checks: Checks,
+    outliers: Outliers,
+    events: VecDeque<Event>,
+    targets: Option<tokio::sync::watch::Sender<Vec<Job>>>,
+    prev: Option<(Instant, Stats)>,
+    last: Option<(Instant, Stats)>,
+    nat: NatReport,
+    nat_swept: Option<Instant>,
+    pending: Vec<Pending>,
+    /// Cluster replication, and this node's MAC on the main interface
+    /// (the source of NAT replies it sends for peers' flows).
+    cluster: Option<(Arc<ClusterShared>, [u8; 6])>,
+    ingress_ifindex: u32,
+}
+
+impl Owner {
+    /// An owner of `dp` that is to make the kernel hold `config`, saving
+    /// every change to `state_file`.
+    pub fn new(dp: Dataplane, config: Config, state_file: PathBuf, ingress_ifindex: u32) -> Self {
+        Owner {
+            dp,
+            config,
+            state_file,
+            nexthops: HashMap::new(),
+            resolver: None,
+            checks: Checks::default(),
+            outliers: Outliers::default(),
+            events: VecDeque::new(),
+            targets: None,
+            prev: None,
+            last: None,
+            nat: NatReport::default(),
+            nat_swept: None,
+            pending: Vec::new(),
+            cluster: None,
+            ingress_ifindex,
+        }
+    }
+
+    /// Resolves next hops through `resolver` from now on.
+    pub fn resolve_with(&mut self, resolver: Resolver) {
+        self.resolver = Some(resolver);
+        self.want_nexthops();
+    }
+
+    /// Starts health checking: the targets of the current configuration now,
+    /// and again after every change.
+    pub fn check_with(&mut self, targets: tokio::sync::watch::Sender<Vec<Job>>) {
+        self.targets = Some(targets);
+        self.publish_targets();
+    }
+
+    /// Makes the kernel hold the configuration (at start: what the pinned
+    /// maps hold already is kept, only differences are written).
+    pub fn start(&mut self) -> Result<(), OwnerError> {
+        let config = self.config.clone();
+        self.reconcile(&config)
+    }
+
+    /// Serves its inputs until `shutdown`. Samples the counters once a
+    /// second (for rates), sweeps NAT entries, applies the outlier rule
+    /// and slow start; with a cluster, drains new entries every 20 ms.
+    pub async fn run(mut self, mut inputs: Inputs, shutdown: CancellationToken) {
+        let every = if self.cluster.is_some() {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_secs(1)
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.pending.iter().map(|p| p.deadline).min();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                Some(r) = inputs.requests.recv() => self.handle(r),
+                Some(e) = inputs.neigh.recv() => self.neigh_event(e),
+                Some(e) = inputs.checks.recv() => self.check_event(e),
+                Some(e) = inputs.cluster.recv() => self.cluster_event(e),
+                () = sleep_until(deadline), if deadline.is_some() => {}
+                _ = tick.tick() => {}
+            }
+            self.answer_pending();
+            self.replicate();
+            if self
+                .last
+                .as_ref()
+                .is_none_or(|(t, _)| t.elapsed() >= Duration::from_secs(1))
+            {
+                self.every_second();
+            }
+        }
+    }
+
+    /// Once a second: counters sampled, NAT swept, outliers, slow start.
+    fn every_second(&mut self) {
+        if let Ok(s) = self.dp.stats() {
+            self.prev = self.last.take();
+            self.last = Some((Instant::now(), s));
+        }
+        self.sweep_nat();
+        self.outliers();
+        if self.checks.ramping(&self.config) {
+            self.apply_checks("slow start");
+        }
+    }
+
+    fn handle(&mut self, req: Request) {
+        match req {
+            Request::Change(command, reply) => {
+                let wait_for = command.new_backends();
+                match self.change(command) {
+                    Ok(()) => self.hold(wait_for, Reply::Change(reply)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Request::Ready(reply) => {
+                let all = self.config.vips.iter().flat_map(|v| &v.backends);
+                let backends = all.map(|b| b.address).collect();
+                self.hold(backends, Reply::Ready(reply));
+            }
+            Request::Config(reply) => {
+                let _ = reply.send(self.config.clone());
+            }
+            Request::Events(reply) => {
+                let _ = reply.send(self.events.iter().cloned().collect());
+            }
+            Request::Stats(reply) => {
+                let _ = reply.send(self.report());
+            }
+            Request::Flow {
+                src,
+                dst,
+                proto,
+                reply,
+            } => {
+                let _ = reply.send(self.flow(src, dst, proto));
+            }
+        }
+    }
+
+    /// Holds `reply` until the next hops of `backends` are known, or
+    /// [`NEXTHOP_WAIT`].
+    fn hold(&mut self, backends: Vec<IpAddr>, reply: Reply) {
+        self.pending.push(Pending {
+            deadline: tokio::time::Instant::now() + NEXTHOP_WAIT,
+            backends,
+            reply,
+        });
+        self.answer_pending();
+    }
+
+    /// Answers the held replies whose next hops are known or whose time
+    /// is up.
+    fn answer_pending(&mut self) {
+        let now = tokio::time::Instant::now();
+        let (done, wait): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| {
+                p.deadline <= now || p.backends.iter().all(|b| self.nexthops.contains_key(b))
+            });
+        self.pending = wait;
+        for p in done {
+            for b in p.backends.iter().filter(|b| !self.nexthops.contains_key(b)) {
+                tracing::warn!(backend = %b, "next hop unresolved; its packets are dropped (drop_no_nexthop) until it answers");
+            }
+            match p.reply {
+                Reply::Change(r) => {
+                    let _ = r.send(Ok(()));
+                }
+                Reply::Ready(r) => {
+                    let _ = r.send(());
+                }
+            }
+        }
+    }
+
+    /// A next hop resolved, changed or lost: the backends behind it get it
+    /// in their entries (only the VIPs that have them are written).
+    fn neigh_event(&mut self, e: NeighEvent) {
+        let changed = match e {
+            NeighEvent::Resolved { backend, nexthop } => {
+                self.nexthops.insert(backend, nexthop) != Some(nexthop)
+            }
+            NeighEvent::Unresolved { backend, error } => {
+                tracing::debug!(backend = %backend, error = %error, "next hop unresolved");
+                self.nexthops.remove(&backend).is_some()
+            }
+        };
+        if changed {
+            self.apply_checks("a next-hop change");
+        }
+    }
+
+    /// Tells the resolver which backends' next hops are wanted.
+    fn want_nexthops(&mut self) {
+        let mut all: Vec<IpAddr> = self
+            .config
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.address))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        self.nexthops.retain(|a, _| all.binary_search(a).is_ok());
+        if let Some(r) = &self.resolver {
+            r.want(all);
+        }
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
