@@ -59,3 +59,28 @@ pub async fn ok(
         .unwrap_or(text);
     anyhow::bail!("{msg}")
 }
+
+/// GETs `path`: the body of the answer, or the daemon's error.
+pub async fn get(socket: &Path, path: &str) -> anyhow::Result<String> {
+    ok(socket, Method::GET, path, None).await
+}
+
+/// GETs `path` and reads the answer as JSON.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    path: &str,
+) -> anyhow::Result<T> {
+    Ok(serde_json::from_str(&get(socket, path).await?)?)
+}
+
+/// POSTs `body` as JSON to `path`; the daemon's error if it refuses.
+pub async fn post<T: serde::Serialize>(socket: &Path, path: &str, body: &T) -> anyhow::Result<()> {
+    ok(
+        socket,
+        Method::POST,
+        path,
+        Some(serde_json::to_string(body)?),
+    )
+    .await
+    .map(drop)
+}

@@ -1,0 +1,251 @@
+//! What each command does. `run`, `check-config`, `down`, `decap` and
+//! `veth-peer` work locally; the others send one request to the daemon's
+//! control socket through [`client`] and hand its answer to [`print`].
+
+use std::{future::Future, net::IpAddr, net::SocketAddr, path::Path, time::Duration};
+
+use lb_userspace::{
+    api::{BackendAdd, BackendDrain, BackendRef, BackendWeight, VipRef},
+    client,
+    config::{self, BackendConfig, Config, VipConfig},
+    daemon, helpers,
+    owner::{Event, FlowAnswer},
+    stats::StatsReport,
+};
+
+use super::{
+    AttachCmd, BackendCmd, Cli, Cmd, ConfigCmd, HashArg, ModeArg, ProtoArg, VipCmd, parse_vip,
+    print::{self, Changed},
+};
+
+/// Runs one command line to its end: `Ok` once its answer is printed.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let socket = cli.socket.as_path();
+    match cli.cmd {
+        Cmd::Run { config, interfaces } => daemon::run(daemon::RunOptions { config, interfaces }),
+        Cmd::CheckConfig { file } => {
+            let c = load_config(&file)?;
+            print!("{}", print::config_ok(&file, &c));
+            Ok(())
+        }
+        Cmd::Down { config, bpffs_dir } => {
+            let (dir, sock) = match config {
+                Some(p) => {
+                    let c = load_config(&p)?;
+                    (c.global.bpffs_dir, c.global.control_socket)
+                }
+                None => (bpffs_dir, cli.socket.clone()),
+            };
+            daemon::down(&dir, &sock)
+        }
+        Cmd::Decap {
+            cmd: AttachCmd::Attach { iface, pin },
+        } => helpers::decap_attach(&iface, &pin),
+        Cmd::VethPeer {
+            cmd: AttachCmd::Attach { iface, pin },
+        } => helpers::veth_peer_attach(&iface, &pin),
+        Cmd::Decap {
+            cmd: AttachCmd::Detach { pin },
+        }
+        | Cmd::VethPeer {
+            cmd: AttachCmd::Detach { pin },
+        } => helpers::detach(&pin),
+        Cmd::Vip { cmd } => on_daemon(vip(socket, cmd)),
+        Cmd::Backend { cmd } => on_daemon(backend(socket, cmd)),
+        Cmd::Stats { json, watch } => on_daemon(stats(socket, json, watch)),
+        Cmd::Flow { src, dst, proto } => on_daemon(flow(socket, src, dst, proto)),
+        Cmd::Events { json } => on_daemon(events(socket, json)),
+        Cmd::Config {
+            cmd: ConfigCmd::Dump,
+        } => on_daemon(config_dump(socket)),
+    }
+}
+
+/// A configuration file, or every error in it.
+fn load_config(file: &Path) -> anyhow::Result<Config> {
+    config::load(file).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Runs a command that talks to the daemon: one request at a time, so one
+/// thread does.
+fn on_daemon(cmd: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(cmd)
+}
+
+async fn vip(socket: &Path, cmd: VipCmd) -> anyhow::Result<()> {
+    let changed = match cmd {
+        VipCmd::Add {
+            vip,
+            mode,
+            hash,
+            table_size,
+        } => {
+            let r = parse_vip(&vip)?;
+            client::post(socket, "/v1/vips", &new_vip(r, mode, hash, table_size)).await?;
+            Changed::VipAdded(r)
+        }
+        VipCmd::Del { vip } => {
+            let r = parse_vip(&vip)?;
+            client::post(socket, "/v1/vips/delete", &r).await?;
+            Changed::VipRemoved(r)
+        }
+        VipCmd::List => {
+            let vips: Vec<VipConfig> = client::get_json(socket, "/v1/vips").await?;
+            print!("{}", print::vips(&vips));
+            return Ok(());
+        }
+    };
+    print!("{}", print::changed(&changed));
+    Ok(())
+}
+
+/// The VIP `hola vip add` asks for: no backends and no checks yet.
+fn new_vip(r: VipRef, mode: ModeArg, hash: HashArg, table_size: Option<u32>) -> VipConfig {
+    VipConfig {
+        address: r.address,
+        port: r.port,
+        protocol: r.protocol,
+        mode: mode.into(),
+        hash: hash.into(),
+        table_size,
+        health: None,
+        agent: None,
+        outlier: None,
+        backends: Vec::new(),
+    }
+}
+
+async fn backend(socket: &Path, cmd: BackendCmd) -> anyhow::Result<()> {
+    let changed = match cmd {
+        BackendCmd::Add {
+            vip,
+            address,
+            weight,
+            backup,
+            interface,
+            port,
+        } => {
+            let vip = parse_vip(&vip)?;
+            let backend = BackendConfig {
+                address,
+                weight,
+                backup,
+                interface,
+                port,
+                drain: false,
+                health: None,
+                agent: None,
+            };
+            client::post(socket, "/v1/backends", &BackendAdd { vip, backend }).await?;
+            Changed::BackendAdded {
+                vip,
+                backend: address,
+            }
+        }
+        BackendCmd::Del { vip, address } => {
+            let vip = parse_vip(&vip)?;
+            let body = BackendRef { vip, address };
+            client::post(socket, "/v1/backends/delete", &body).await?;
+            Changed::BackendRemoved {
+                vip,
+                backend: address,
+            }
+        }
+        BackendCmd::SetWeight {
+            vip,
+            address,
+            weight,
+        } => {
+            let vip = parse_vip(&vip)?;
+            let body = BackendWeight {
+                vip,
+                address,
+                weight,
+            };
+            client::post(socket, "/v1/backends/weight", &body).await?;
+            Changed::Weight {
+                vip,
+                backend: address,
+                weight,
+            }
+        }
+        BackendCmd::Drain { vip, address } => drain(socket, &vip, address, true).await?,
+        BackendCmd::Undrain { vip, address } => drain(socket, &vip, address, false).await?,
+        BackendCmd::List { vip } => {
+            let only = vip.as_deref().map(parse_vip).transpose()?;
+            let s: StatsReport = client::get_json(socket, "/v1/stats").await?;
+            print!("{}", print::backends(&s, only.as_ref()));
+            return Ok(());
+        }
+    };
+    print!("{}", print::changed(&changed));
+    Ok(())
+}
+
+/// `hola backend drain` (`drain`) and `undrain`.
+async fn drain(socket: &Path, vip: &str, address: IpAddr, drain: bool) -> anyhow::Result<Changed> {
+    let vip = parse_vip(vip)?;
+    let body = BackendDrain {
+        vip,
+        address,
+        drain,
+    };
+    client::post(socket, "/v1/backends/drain", &body).await?;
+    Ok(Changed::Drain {
+        vip,
+        backend: address,
+        drain,
+    })
+}
+
+/// `hola stats`: once, or every `watch` seconds (at least one) until
+/// interrupted or the daemon fails to answer.
+async fn stats(socket: &Path, json: bool, watch: Option<u64>) -> anyhow::Result<()> {
+    loop {
+        let text = client::get(socket, "/v1/stats").await?;
+        if json {
+            println!("{text}");
+        } else {
+            let s: StatsReport = serde_json::from_str(&text)?;
+            print!("{}", print::stats(&s));
+        }
+        match watch {
+            Some(secs) => tokio::time::sleep(Duration::from_secs(secs.max(1))).await,
+            None => return Ok(()),
+        }
+    }
+}
+
+async fn flow(
+    socket: &Path,
+    src: SocketAddr,
+    dst: SocketAddr,
+    proto: ProtoArg,
+) -> anyhow::Result<()> {
+    let q = format!("/v1/flow?src={src}&dst={dst}&proto={}", proto.name());
+    // IPv6 addresses' brackets are not allowed as such in a query.
+    let q = q.replace('[', "%5B").replace(']', "%5D");
+    let a: FlowAnswer = client::get_json(socket, &q).await?;
+    print!("{}", print::flow(src, &a));
+    Ok(())
+}
+
+async fn events(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let text = client::get(socket, "/v1/events").await?;
+    if json {
+        println!("{text}");
+    } else {
+        let events: Vec<Event> = serde_json::from_str(&text)?;
+        print!("{}", print::events(&events));
+    }
+    Ok(())
+}
+
+/// `hola config dump`: the daemon's TOML, as it sent it.
+async fn config_dump(socket: &Path) -> anyhow::Result<()> {
+    print!("{}", client::get(socket, "/v1/config").await?);
+    Ok(())
+}
