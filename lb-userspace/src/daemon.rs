@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::programs::xdp::XdpMode as AyaMode;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     api,
@@ -311,11 +312,12 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             let main = &cfg.global.interfaces[0];
             let mac = crate::neigh::link_mac(main)
                 .with_context(|| format!("cluster: reading the MAC address of {main}"))?;
-            let shared = crate::cluster::Shared::new(settings, tx.clone());
+            let (events_tx, events_rx) = tokio::sync::mpsc::channel(crate::cluster::EVENT_CAPACITY);
+            let shared = crate::cluster::Shared::new(settings, events_tx);
             owner
                 .with_cluster(shared.clone(), mac)
                 .context("switching cluster replication on in the data plane")?;
-            Some(shared)
+            Some((shared, events_rx))
         }
         None => None,
     };
@@ -333,9 +335,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         tracing::info!(socket = %sock.display(), "control API listening");
         let api = api::serve(listener, api::router(tx.clone()));
         tokio::spawn(keep_socket(sock.clone(), tx.clone()));
-        if let Some(shared) = cluster {
-            crate::cluster::start(shared).await?;
-        }
+        let (shutdown, tracker) = start_tasks(cluster, tx.clone()).await?;
         tokio::spawn(crate::health::supervise(targets_rx, tx.clone()));
         let metrics = match cfg.global.metrics_address {
             Some(addr) => {
@@ -367,6 +367,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         };
         let _ = std::fs::remove_file(&sock);
         tracing::info!("stopping; the data plane stays attached (hola down removes it)");
+        stop_tasks(&shutdown, &tracker).await;
         result
     })?;
     drop(rt);
@@ -374,6 +375,55 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     drop(tx);
     let _ = owner_thread.join();
     Ok(())
+}
+
+/// Starts the daemon's tracked tasks (the cluster's, if configured, with
+/// the bridge below) under a new shutdown token: the token and the tracker
+/// to give [`stop_tasks`] on exit.
+async fn start_tasks(
+    cluster: Option<(
+        std::sync::Arc<crate::cluster::Shared>,
+        tokio::sync::mpsc::Receiver<crate::cluster::ClusterEvent>,
+    )>,
+    to_owner: mpsc::Sender<owner::Request>,
+) -> anyhow::Result<(CancellationToken, TaskTracker)> {
+    let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+    if let Some((shared, events)) = cluster {
+        tracker.spawn(forward_cluster_events(events, to_owner, shutdown.clone()));
+        crate::cluster::start(shared, shutdown.clone(), &tracker).await?;
+    }
+    Ok((shutdown, tracker))
+}
+
+/// Stops every task started under `shutdown` and waits until each on
+/// `tracker` has ended.
+async fn stop_tasks(shutdown: &CancellationToken, tracker: &TaskTracker) {
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// TEMPORARY bridge, until the owner receives `ClusterEvent`s from the
+/// bounded channel itself (issue 14): hands each to the owner's channel as
+/// the `Request` it used to be. The owner's channel is unbounded, so while
+/// this bridge stands the bound gives no back-pressure yet.
+async fn forward_cluster_events(
+    mut events: tokio::sync::mpsc::Receiver<crate::cluster::ClusterEvent>,
+    to_owner: mpsc::Sender<owner::Request>,
+    shutdown: CancellationToken,
+) {
+    use crate::cluster::ClusterEvent;
+    while let Some(Some(event)) = shutdown.run_until_cancelled(events.recv()).await {
+        let request = match event {
+            ClusterEvent::Snapshot(reply) => owner::Request::ClusterSnapshot(reply),
+            ClusterEvent::PeerEntries { node, entries } => {
+                owner::Request::PeerEntries { node, entries }
+            }
+        };
+        if to_owner.send(request).is_err() {
+            return;
+        }
+    }
 }
 
 /// `hola down`: removes every pin (links first: the program detaches at
