@@ -299,7 +299,7 @@ async fn ask<T>(tx: &Tx, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Re
 }
 
 async fn change(tx: &Tx, c: Command) -> Result<Response, ApiError> {
-    ask(tx, |r| Request::Change(c, r)).await??;
+    ask(tx, |r| Request::Change(Box::new(c), r)).await??;
     Ok((StatusCode::OK, axum::Json(serde_json::json!({"ok": true}))).into_response())
 }
 

@@ -322,7 +322,7 @@ async fn serve(
         shutdown.clone(),
     ));
     if let Some(shared) = cluster {
-        crate::cluster::start(shared).await?;
+        crate::cluster::start(shared, shutdown.clone(), tracker).await?;
     }
     let sock = cfg.global.control_socket.clone();
     let listener = bind_control_socket(&sock)?;

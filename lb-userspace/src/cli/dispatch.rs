@@ -9,8 +9,8 @@ use lb_userspace::{
     client,
     config::{self, BackendConfig, Config, VipConfig},
     daemon, helpers,
-    owner::{Event, FlowAnswer},
     stats::StatsReport,
+    stats::{Event, FlowAnswer},
 };
 
 use super::{

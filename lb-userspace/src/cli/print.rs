@@ -13,8 +13,8 @@ use std::{
 use lb_userspace::{
     api::VipRef,
     config::{Config, VipConfig},
-    owner::{Event, FlowAnswer},
     stats::{BackendReport, StatsReport},
+    stats::{Event, FlowAnswer},
 };
 
 /// A change the daemon made, confirmed by one line.
@@ -243,9 +243,9 @@ pub fn format_ms(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use lb_userspace::{
-        agent::{AgentMode, AgentStatus},
         config::Protocol,
         health::Probe,
+        health::agent::{AgentMode, AgentStatus},
         stats::{PacketsBytes, Rates, VipReport},
     };
 

@@ -12,6 +12,7 @@ use std::{
 };
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
     Multicast, Shared, Source,
@@ -42,7 +43,15 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-pub async fn run(shared: Arc<Shared>, sock: tokio::net::UdpSocket, m: Multicast) {
+/// Announces this node and takes in its peers' announcements until
+/// `shutdown`; the senders of the peers it finds run on `tracker`.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    sock: tokio::net::UdpSocket,
+    m: Multicast,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
     let s = &shared.settings;
     let group = SocketAddr::V4(SocketAddrV4::new(m.group, m.port));
     let mut tick = tokio::time::interval(s.announce_interval);
@@ -53,6 +62,7 @@ pub async fn run(shared: Arc<Shared>, sock: tokio::net::UdpSocket, m: Multicast)
     tracing::info!(group = %group, interface = %m.interface, "cluster discovery: announcing");
     loop {
         tokio::select! {
+            () = shutdown.cancelled() => return,
             _ = tick.tick() => {
                 let a = Announce {
                     magic: wire::MAGIC,
@@ -113,7 +123,7 @@ pub async fn run(shared: Arc<Shared>, sock: tokio::net::UdpSocket, m: Multicast)
                             ));
                             shared.announcements_rejected.fetch_add(1, Ordering::Relaxed);
                         } else {
-                            shared.saw(a.replication, &a.node, Source::Multicast);
+                            shared.saw(a.replication, &a.node, Source::Multicast, &shutdown, &tracker);
                         }
                     }
                     Err(AnnounceError::NotOurs) => {

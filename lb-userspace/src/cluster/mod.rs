@@ -6,10 +6,12 @@
 //!
 //! The data-plane owner is the only writer of the maps: it drains the
 //! program's new-entry ring buffer and [`Shared::publish`]es what it finds
-//! to every peer's queue, answers snapshot requests, and installs what
-//! peers send ([`ClusterEvent::PeerEntries`]). The tasks here only move
-//! bytes: [`discovery`] keeps the peer list, [`peers`] dials each peer and
-//! streams its queue (after a snapshot), and accepts the peers' streams.
+//! to every peer's queue, and answers the [`ClusterEvent`]s the tasks here
+//! send it (snapshots for peers that connect, peers' entries to install);
+//! this module never names the owner. The tasks only move bytes:
+//! [`discovery`] keeps the peer list, [`peers`] dials each peer and streams
+//! its queue (after a snapshot), and accepts the peers' streams. Every task
+//! runs under the daemon's shutdown token, on its task tracker ([`start`]).
 
 pub mod discovery;
 pub mod local;
@@ -27,6 +29,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use wire::Entry;
 
@@ -34,10 +37,20 @@ use wire::Entry;
 #[derive(Debug)]
 pub enum ClusterEvent {
     /// A peer connected: every entry this node holds, for its snapshot.
-    Snapshot(tokio::sync::oneshot::Sender<Vec<Entry>>),
+    Snapshot(tokio::sync::oneshot::Sender<Vec<wire::Entry>>),
     /// Entries a peer sent, to install.
-    PeerEntries { node: String, entries: Vec<Entry> },
+    PeerEntries {
+        node: String,
+        entries: Vec<wire::Entry>,
+    },
 }
+
+/// A capacity for the channel of [`ClusterEvent`]s (the caller makes it).
+/// A `PeerEntries` holds at most [`wire::BATCH`] entries, so at most about
+/// 64 Ki entries (some 10 MiB) wait for the owner; when it is full, a
+/// peer's receiver waits, its TCP stream stops being read, and the
+/// sending node's bounded queue drops (and counts) its oldest entries.
+pub const EVENT_CAPACITY: usize = 64;
 
 /// The cluster section of the configuration, checked.
 #[derive(Clone, Debug)]
@@ -139,7 +152,8 @@ struct Peer {
     source: Source,
     last_seen: Instant,
     queue: Arc<Queue>,
-    stop: Arc<AtomicBool>,
+    /// Stops its sender: a child of the daemon's shutdown token.
+    stop: CancellationToken,
     out: Arc<OutStats>,
 }
 
@@ -175,11 +189,15 @@ pub struct Shared {
     connections_rejected: AtomicU64,
     installed: AtomicU64,
     unknown: AtomicU64,
-    owner: tokio::sync::mpsc::Sender<ClusterEvent>,
+    /// To the data-plane owner; bounded, so a slow owner slows the
+    /// peers' streams instead of growing memory.
+    events: tokio::sync::mpsc::Sender<ClusterEvent>,
 }
 
 impl Shared {
-    pub fn new(settings: Settings, owner: tokio::sync::mpsc::Sender<ClusterEvent>) -> Arc<Self> {
+    /// `events` goes to the data-plane owner; its capacity is the
+    /// caller's ([`EVENT_CAPACITY`] is one).
+    pub fn new(settings: Settings, events: tokio::sync::mpsc::Sender<ClusterEvent>) -> Arc<Self> {
         Arc::new(Shared {
             settings,
             peers: Mutex::new(BTreeMap::new()),
@@ -188,7 +206,7 @@ impl Shared {
             connections_rejected: AtomicU64::new(0),
             installed: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
-            owner,
+            events,
         })
     }
 
@@ -210,8 +228,16 @@ impl Shared {
     }
 
     /// A peer was heard from (or is configured): known peers are refreshed,
-    /// new ones get a queue and a sender.
-    fn saw(self: &Arc<Self>, addr: SocketAddr, node: &str, source: Source) {
+    /// new ones get a queue and a sender (on `tracker`, stopped by
+    /// `shutdown` or when the peer expires).
+    fn saw(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        node: &str,
+        source: Source,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) {
         let mut peers = self.peers.lock().expect("peers lock");
         if let Some(p) = peers.get_mut(&addr) {
             p.last_seen = Instant::now();
@@ -226,11 +252,11 @@ impl Shared {
             source,
             last_seen: Instant::now(),
             queue: Arc::new(Queue::new(self.settings.queue)),
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: shutdown.child_token(),
             out: Arc::new(OutStats::default()),
         };
         if self.settings.replicate {
-            tokio::spawn(peers::send_to(
+            tracker.spawn(peers::send_to(
                 self.clone(),
                 addr,
                 p.queue.clone(),
@@ -248,8 +274,7 @@ impl Shared {
             let keep = p.source == Source::Static || p.last_seen.elapsed() < timeout;
             if !keep {
                 tracing::warn!(peer = %p.node, address = %addr, after = ?timeout, "peer stopped announcing; dropped");
-                p.stop.store(true, Ordering::Relaxed);
-                p.queue.notify.notify_one();
+                p.stop.cancel();
             }
             keep
         });
@@ -388,8 +413,14 @@ pub struct PeerReport {
 }
 
 /// Starts discovery, the replication listener and the static peers' senders
-/// on the current tokio runtime.
-pub async fn start(shared: Arc<Shared>) -> anyhow::Result<()> {
+/// on the current tokio runtime, every task (and every task they start) on
+/// `tracker` and ending soon after `shutdown` is cancelled: cancel it, then
+/// `tracker.close()` and `tracker.wait().await` to stop them all.
+pub async fn start(
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
     if shared.settings.replicate {
         let listener = tokio::net::TcpListener::bind(shared.settings.replication)
             .await
@@ -401,14 +432,19 @@ pub async fn start(shared: Arc<Shared>) -> anyhow::Result<()> {
                 )
             })?;
         tracing::info!(address = %shared.settings.replication, "cluster replication listening");
-        tokio::spawn(peers::accept(shared.clone(), listener));
+        tracker.spawn(peers::accept(
+            shared.clone(),
+            listener,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
     } else {
         tracing::warn!(
             "cluster.replicate = false: peers are discovered but no entry is sent or installed"
         );
     }
     for addr in shared.settings.static_peers.clone() {
-        shared.saw(addr, "", Source::Static);
+        shared.saw(addr, "", Source::Static, &shutdown, tracker);
     }
     if let Some(m) = shared.settings.multicast.clone() {
         let sock = discovery::socket(&m).map_err(|e| {
@@ -420,7 +456,13 @@ pub async fn start(shared: Arc<Shared>) -> anyhow::Result<()> {
                 m.port
             )
         })?;
-        tokio::spawn(discovery::run(shared.clone(), sock, m));
+        tracker.spawn(discovery::run(
+            shared.clone(),
+            sock,
+            m,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
     }
     Ok(())
 }
@@ -561,5 +603,141 @@ mod tests {
         assert_eq!(got, vec![gone(3), gone(4), gone(5)]);
         assert_eq!(oldest, Some(t));
         assert_eq!(q.take(10).0, vec![]);
+    }
+
+    const KEY: &[u8] = b"a loopback test key";
+
+    /// A node on loopback that replicates to `peers`, and its channel to
+    /// the owner (capacity 1: the tests play the owner).
+    fn node(
+        name: &str,
+        replication: SocketAddr,
+        peers: Vec<SocketAddr>,
+    ) -> (Arc<Shared>, tokio::sync::mpsc::Receiver<ClusterEvent>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let settings = Settings {
+            id: "lab".into(),
+            key: KEY.to_vec(),
+            node: name.into(),
+            replication,
+            multicast: None,
+            static_peers: peers,
+            announce_interval: Duration::from_millis(200),
+            peer_timeout: Duration::from_secs(1),
+            queue: 16,
+            replicate: true,
+        };
+        (Shared::new(settings, tx), rx)
+    }
+
+    /// A loopback address with a port that was free a moment ago.
+    fn free_addr() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        l.local_addr().expect("local address")
+    }
+
+    async fn next(rx: &mut tokio::sync::mpsc::Receiver<ClusterEvent>) -> ClusterEvent {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an event within 10 s")
+            .expect("the channel is open")
+    }
+
+    /// Two nodes on loopback: a dials b, sends its snapshot, then what is
+    /// published; cancelling the shutdown token ends every task.
+    #[tokio::test]
+    async fn a_peer_gets_the_snapshot_then_the_queue_and_every_task_stops() {
+        let (b_addr, a_addr) = (free_addr(), free_addr());
+        let (b, mut b_events) = node("b", b_addr, vec![]);
+        let (a, mut a_events) = node("a", a_addr, vec![b_addr]);
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        start(b.clone(), shutdown.clone(), &tracker)
+            .await
+            .expect("b starts");
+        start(a.clone(), shutdown.clone(), &tracker)
+            .await
+            .expect("a starts");
+
+        let ClusterEvent::Snapshot(reply) = next(&mut a_events).await else {
+            panic!("a's first event is not a snapshot request");
+        };
+        reply
+            .send(vec![gone(1), gone(2)])
+            .expect("a waits for its snapshot");
+        let ClusterEvent::PeerEntries { node, entries } = next(&mut b_events).await else {
+            panic!("b's first event is not entries");
+        };
+        assert_eq!((node.as_str(), entries), ("a", vec![gone(1), gone(2)]));
+        a.publish(&[gone(3)]);
+        let ClusterEvent::PeerEntries { entries, .. } = next(&mut b_events).await else {
+            panic!("b's second event is not entries");
+        };
+        assert_eq!(entries, vec![gone(3)]);
+        let sending = a.report().peers;
+        assert_eq!(sending.len(), 1, "{sending:#?}");
+        assert!(sending[0].sending && sending[0].node == "b", "{sending:#?}");
+        assert_eq!(sending[0].snapshots_sent, 1);
+        let receiving = b.report().peers;
+        assert!(receiving[0].receiving, "{receiving:#?}");
+        assert_eq!(receiving[0].snapshot_received, Some(2));
+
+        shutdown.cancel();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .expect("every cluster task ends within 5 s of the shutdown");
+        assert!(!a.report().peers[0].sending);
+        assert!(!b.report().peers[0].receiving);
+    }
+
+    /// A peer that proves the key but sends a batch over `wire::BATCH`
+    /// entries is cut off before anything reaches the owner.
+    #[tokio::test]
+    async fn a_batch_over_the_limit_ends_the_stream_and_reaches_no_owner() {
+        use futures_util::{SinkExt as _, StreamExt as _};
+        let b_addr = free_addr();
+        let (b, mut b_events) = node("b", b_addr, vec![]);
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        start(b.clone(), shutdown.clone(), &tracker)
+            .await
+            .expect("b starts");
+
+        let stream = tokio::net::TcpStream::connect(b_addr)
+            .await
+            .expect("connect to b");
+        let mut conn = tokio_util::codec::Framed::new(stream, wire::MsgCodec::new());
+        let Some(Ok(wire::Msg::Challenge { nonce, .. })) = conn.next().await else {
+            panic!("b did not send a challenge");
+        };
+        let hello = wire::Msg::Hello {
+            version: wire::VERSION,
+            cluster: "lab".into(),
+            node: "x".into(),
+            proof: wire::proof(KEY, &nonce, "lab", "x"),
+            nonce: wire::nonce(),
+        };
+        conn.send(&hello).await.expect("send hello");
+        let Some(Ok(wire::Msg::Welcome { .. })) = conn.next().await else {
+            panic!("b did not welcome a node with the key");
+        };
+        let batch = wire::Msg::Batch {
+            sent_ms: 0,
+            entries: vec![gone(1); wire::BATCH + 1],
+        };
+        conn.send(&batch).await.expect("send the batch");
+        let end = tokio::time::timeout(Duration::from_secs(5), conn.next())
+            .await
+            .expect("b closes the stream within 5 s");
+        assert!(!matches!(end, Some(Ok(_))), "b answered {end:?}");
+        assert!(b_events.try_recv().is_err(), "the batch reached the owner");
+        assert_eq!(b.report().peers[0].entries_received, 0);
+
+        shutdown.cancel();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .expect("every cluster task ends within 5 s of the shutdown");
     }
 }

@@ -5,7 +5,8 @@
 //! Announcement (UDP): `postcard(Announce) ‖ HMAC(key, postcard(Announce))`.
 //!
 //! Replication (TCP), each frame a big-endian u32 length and a postcard
-//! `Msg`. The listening side speaks first: `Challenge { nonce }`; the
+//! `Msg` ([`MsgCodec`], at most [`MAX_FRAME`] bytes; a `Batch` holds at
+//! most [`BATCH`] entries). The listening side speaks first: `Challenge { nonce }`; the
 //! dialling side answers `Hello { cluster, node, proof }` where `proof` is
 //! the HMAC of the nonce, the cluster id and the node name, and a nonce of
 //! its own; the listener answers `Welcome` with its proof for that nonce
@@ -17,10 +18,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use bytes::{Bytes, BytesMut};
 use hmac::{Hmac, KeyInit, Mac};
 use lb_common::FlowKey;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec, LengthDelimitedCodecError};
 
 use crate::dataplane::{Proto, VipAddr};
 
@@ -30,8 +33,15 @@ pub const MAGIC: u32 = 0x686f_6c61; // "hola"
 /// Bumped when messages change incompatibly; peers of another version are
 /// ignored (and logged).
 pub const VERSION: u8 = 1;
-/// Largest frame accepted on a replication connection.
-pub const MAX_FRAME: usize = 16 << 20;
+/// Most entries in one `Batch`: the sender splits into batches of this
+/// many, and a receiver refuses a larger one, so that what waits for the
+/// data-plane owner is bounded by batches, not bytes.
+pub const BATCH: usize = 1024;
+/// Largest frame sent or accepted on a replication connection (before the
+/// handshake too: what an unauthenticated dialler can make a node buffer).
+/// A `Batch` of [`BATCH`] of the largest entries takes about 140 KiB
+/// (`tests::a_full_batch_of_the_largest_entries_fits_a_frame`).
+pub const MAX_FRAME: usize = 1 << 20;
 /// Length of an HMAC-SHA256 tag.
 pub const TAG_LEN: usize = 32;
 
@@ -274,17 +284,71 @@ pub fn check_proof(
         .is_ok()
 }
 
-/// A frame: length and body.
-pub fn encode(msg: &Msg) -> Vec<u8> {
-    let body = postcard::to_allocvec(msg).expect("a message always encodes");
-    let mut out = Vec::with_capacity(4 + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+/// Why a replication frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The length a frame announced, or a message's encoding, is over
+    /// [`MAX_FRAME`].
+    #[error("a frame over the limit of {MAX_FRAME} bytes")]
+    TooLong,
+    #[error("a frame that is not a replication message: {0}")]
+    Decode(#[from] postcard::Error),
 }
 
-pub fn decode(body: &[u8]) -> Result<Msg, postcard::Error> {
-    postcard::from_bytes(body)
+/// The replication stream's frames (`LengthDelimitedCodec`'s default: a
+/// big-endian u32 length, then that many bytes) carrying postcard
+/// [`Msg`]s, at most [`MAX_FRAME`] bytes each.
+pub struct MsgCodec(LengthDelimitedCodec);
+
+impl MsgCodec {
+    pub fn new() -> Self {
+        MsgCodec(
+            LengthDelimitedCodec::builder()
+                .max_frame_length(MAX_FRAME)
+                .new_codec(),
+        )
+    }
+}
+
+impl Default for MsgCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The codec reports an oversized frame as an `io::Error` around its own
+/// error type; it gets its own variant here, to say what happened.
+fn frame_error(e: std::io::Error) -> FrameError {
+    if e.get_ref()
+        .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>())
+    {
+        FrameError::TooLong
+    } else {
+        FrameError::Io(e)
+    }
+}
+
+impl Decoder for MsgCodec {
+    type Item = Msg;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Msg>, FrameError> {
+        match self.0.decode(src).map_err(frame_error)? {
+            Some(body) => Ok(Some(postcard::from_bytes(&body)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Encoder<&Msg> for MsgCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, msg: &Msg, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let body = postcard::to_allocvec(msg).expect("a message always encodes");
+        self.0.encode(Bytes::from(body), dst).map_err(frame_error)
+    }
 }
 
 /// 32 random bytes from the kernel.
@@ -379,9 +443,103 @@ mod tests {
                 },
             ],
         };
-        let f = encode(&m);
+        let mut f = BytesMut::new();
+        MsgCodec::new().encode(&m, &mut f).expect("encodes");
         let len = u32::from_be_bytes(f[..4].try_into().expect("4 bytes")) as usize;
         assert_eq!(len, f.len() - 4);
-        assert_eq!(decode(&f[4..]).expect("decodes"), m);
+        assert_eq!(postcard::from_bytes::<Msg>(&f[4..]).expect("decodes"), m);
+        // Through the decoder, arriving in two pieces: nothing until the
+        // whole frame is there, then the message, and nothing left over.
+        let mut dec = MsgCodec::new();
+        let rest = f.split_off(f.len() / 2);
+        assert!(dec.decode(&mut f).expect("half a frame").is_none());
+        f.unsplit(rest);
+        assert_eq!(dec.decode(&mut f).expect("a frame"), Some(m));
+        assert!(f.is_empty());
+    }
+
+    /// The largest entry there is: IPv6 everywhere, every number at its
+    /// longest encoding.
+    fn largest_nat() -> Entry {
+        let key = WireKey {
+            src: [0xff; 16],
+            dst: [0xff; 16],
+            sport: u16::MAX,
+            dport: u16::MAX,
+            proto: u8::MAX,
+            family: u8::MAX,
+        };
+        let vip = WireVip {
+            addr: "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
+                .parse()
+                .expect("literal"),
+            port: u16::MAX,
+            proto: u8::MAX,
+        };
+        Entry::Nat {
+            vip,
+            reply: key,
+            backend: vip.addr,
+            nat: WireNat {
+                vip_addr: [0xff; 16],
+                vip_port: u16::MAX,
+                flags: u16::MAX,
+                dmac: [0xff; 6],
+                idle_ms: u64::MAX,
+                closed: true,
+                client_addr: [0xff; 16],
+                client_port: u16::MAX,
+            },
+        }
+    }
+
+    #[test]
+    fn a_full_batch_of_the_largest_entries_fits_a_frame() {
+        let m = Msg::Batch {
+            sent_ms: u64::MAX,
+            entries: vec![largest_nat(); BATCH],
+        };
+        let mut f = BytesMut::new();
+        MsgCodec::new()
+            .encode(&m, &mut f)
+            .expect("a full batch encodes");
+        // A margin of more than 4 times, should entries grow.
+        assert!(
+            f.len() * 4 < MAX_FRAME,
+            "a full batch takes {} bytes",
+            f.len()
+        );
+    }
+
+    #[test]
+    fn frames_over_the_limit_are_refused_both_ways() {
+        let mut head = BytesMut::from(&((MAX_FRAME + 1) as u32).to_be_bytes()[..]);
+        assert!(matches!(
+            MsgCodec::new().decode(&mut head),
+            Err(FrameError::TooLong)
+        ));
+        let mut at_limit = BytesMut::from(&(MAX_FRAME as u32).to_be_bytes()[..]);
+        assert!(
+            MsgCodec::new()
+                .decode(&mut at_limit)
+                .expect("a frame of MAX_FRAME bytes is allowed")
+                .is_none()
+        );
+        let huge = Msg::Reject {
+            reason: "x".repeat(MAX_FRAME),
+        };
+        assert!(matches!(
+            MsgCodec::new().encode(&huge, &mut BytesMut::new()),
+            Err(FrameError::TooLong)
+        ));
+    }
+
+    #[test]
+    fn a_frame_that_is_not_a_message_is_refused() {
+        let mut f = BytesMut::from(&[0, 0, 0, 1, 0xff][..]);
+        assert!(matches!(
+            MsgCodec::new().decode(&mut f),
+            Err(FrameError::Decode(_))
+        ));
     }
 }

@@ -155,7 +155,7 @@ fn find_backend(
 /// A request to the owner, with where its answer goes.
 #[derive(Debug)]
 pub enum Request {
-    Change(Command, oneshot::Sender<Result<(), OwnerError>>),
+    Change(Box<Command>, oneshot::Sender<Result<(), OwnerError>>),
     Config(oneshot::Sender<Config>),
     Stats(oneshot::Sender<Result<StatsReport, OwnerError>>),
     Events(oneshot::Sender<Vec<Event>>),

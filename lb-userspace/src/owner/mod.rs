@@ -55,7 +55,6 @@ pub const NEXTHOP_WAIT: Duration = Duration::from_secs(2);
 pub const REQUESTS: usize = 64;
 pub const CHECK_EVENTS: usize = 1024;
 pub const NEIGH_EVENTS: usize = 256;
-pub const CLUSTER_EVENTS: usize = 16;
 
 /// The owner's inbound channels.
 pub struct Inputs {
@@ -79,7 +78,7 @@ pub fn channels() -> (Senders, Inputs) {
     let (requests, r) = mpsc::channel(REQUESTS);
     let (checks, c) = mpsc::channel(CHECK_EVENTS);
     let (neigh, n) = mpsc::channel(NEIGH_EVENTS);
-    let (cluster, k) = mpsc::channel(CLUSTER_EVENTS);
+    let (cluster, k) = mpsc::channel(crate::cluster::EVENT_CAPACITY);
     (
         Senders {
             requests,
@@ -225,7 +224,7 @@ impl Owner {
         match req {
             Request::Change(command, reply) => {
                 let wait_for = command.new_backends();
-                match self.change(command) {
+                match self.change(*command) {
                     Ok(()) => self.hold(wait_for, Reply::Change(reply)),
                     Err(e) => {
                         let _ = reply.send(Err(e));
