@@ -5,6 +5,7 @@
 mod bench;
 mod fuzz;
 mod lab;
+mod modgraph;
 mod run;
 mod test;
 mod toolchain;
@@ -67,6 +68,8 @@ enum Cmd {
         #[command(subcommand)]
         which: Option<bench::Bench>,
     },
+    /// Print the import graph of lb-userspace's modules, bottom up, and check it has no cycle.
+    Modgraph,
     /// Fuzz the balancer: generated and mangled frames through BPF_PROG_TEST_RUN,
     /// each checked against the design (needs root).
     Fuzz {
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Cmd::Lab { cmd } => lab::lab(cmd),
         Cmd::Bench { which, report } => bench::bench(which, report),
         Cmd::Fuzz { cases } => fuzz::fuzz(cases),
+        Cmd::Modgraph => modgraph::print(repo_root()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -124,11 +124,15 @@ pub(crate) fn test(extra: &[String]) -> Result<()> {
         ("privileged tests", privileged),
     ];
 
-    let total = steps.len() + 1;
+    let total = steps.len() + 2;
     println!("==> [1/{total}] setup");
     toolchain::setup(false).context("step `setup` failed")?;
+    // The library's modules must not import each other in a cycle
+    // (docs/architecture.md); cheap, so before the builds.
+    println!("==> [2/{total}] module graph: cargo xtask modgraph");
+    crate::modgraph::check(crate::repo_root()).context("step `module graph` failed")?;
     for (i, (name, mut cmd)) in steps.into_iter().enumerate() {
-        println!("==> [{}/{total}] {name}: {}", i + 2, show(&cmd));
+        println!("==> [{}/{total}] {name}: {}", i + 3, show(&cmd));
         run_status(&mut cmd).with_context(|| format!("step `{name}` failed"))?;
     }
     Ok(())

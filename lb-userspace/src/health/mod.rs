@@ -219,7 +219,7 @@ mod tests {
             vip: VipAddr {
                 addr: "198.18.1.1".parse().expect("ip"),
                 port: 80,
-                proto: crate::dataplane::Proto::Tcp,
+                proto: crate::model::Proto::Tcp,
             },
             backend: "127.0.0.1".parse().expect("ip"),
             port,
