@@ -1,6 +1,8 @@
 //! The hola controller library: Maglev tables, the one owner of the data
 //! plane's maps, next-hop resolution, the daemon, its API and stats.
 
+#![warn(clippy::too_many_lines)]
+
 pub mod api;
 pub mod client;
 pub mod cluster;

@@ -1,5 +1,7 @@
 //! `hola`: the daemon and its CLI.
 
+#![warn(clippy::too_many_lines)]
+
 mod cli;
 
 use std::process::ExitCode;

@@ -225,68 +225,44 @@ pub fn prometheus(report: &StatsReport) -> String {
         reason_packets,
     );
     reg.register("reason_bytes", "Bytes by verdict reason", reason_bytes);
+    vip_metrics(&mut reg, report);
+    backend_metrics(&mut reg, report);
+    handshake_metrics(&mut reg, report);
+    nat_metrics(&mut reg, &report.nat);
+    if let Some(c) = &report.cluster {
+        cluster_metrics(&mut reg, c);
+    }
+    let mut out = String::new();
+    encode(&mut out, &reg).expect("writing to a String cannot fail");
+    out
+}
 
+/// Every backend of every VIP with its labels.
+fn backends(
+    report: &StatsReport,
+) -> impl Iterator<Item = (BackendLabels, &VipReport, &BackendReport)> {
+    report.vips.iter().flat_map(|v| {
+        v.backends.iter().map(move |b| {
+            let l = BackendLabels {
+                vip: v.vip.clone(),
+                backend: b.address.clone(),
+            };
+            (l, v, b)
+        })
+    })
+}
+
+fn vip_metrics(reg: &mut Registry, report: &StatsReport) {
     let vip_packets = Family::<VipLabels, Counter>::default();
     let vip_bytes = Family::<VipLabels, Counter>::default();
     let vip_new = Family::<VipLabels, Counter>::default();
     let vip_nb = Family::<VipLabels, Counter>::default();
-    let be_packets = Family::<BackendLabels, Counter>::default();
-    let be_bytes = Family::<BackendLabels, Counter>::default();
-    let be_new = Family::<BackendLabels, Counter>::default();
-    let be_weight = Family::<BackendLabels, Gauge>::default();
-    let be_eff = Family::<BackendLabels, Gauge>::default();
-    let be_state = Family::<BackendStateLabels, Gauge>::default();
-    let be_up = Family::<BackendLabels, Gauge>::default();
-    let be_latency = Family::<BackendLabels, Gauge>::default();
-    let be_agent = Family::<BackendLabels, Gauge>::default();
-    let hs_p50 = Family::<BackendLabels, Gauge>::default();
-    let hs_p99 = Family::<BackendLabels, Gauge>::default();
-    let hs_ok = Family::<BackendLabels, Counter>::default();
-    let hs_rst = Family::<BackendLabels, Counter>::default();
-    let hs_timeout = Family::<BackendLabels, Counter>::default();
-    let be_change = Family::<BackendLabels, Gauge>::default();
     for v in &report.vips {
         let l = VipLabels { vip: v.vip.clone() };
         vip_packets.get_or_create(&l).inc_by(v.packets);
         vip_bytes.get_or_create(&l).inc_by(v.bytes);
         vip_new.get_or_create(&l).inc_by(v.new_flows);
         vip_nb.get_or_create(&l).inc_by(v.no_backend);
-        for b in &v.backends {
-            let l = BackendLabels {
-                vip: v.vip.clone(),
-                backend: b.address.clone(),
-            };
-            be_packets.get_or_create(&l).inc_by(b.packets);
-            be_bytes.get_or_create(&l).inc_by(b.bytes);
-            be_new.get_or_create(&l).inc_by(b.new_flows);
-            be_weight.get_or_create(&l).set(i64::from(b.weight));
-            be_eff.get_or_create(&l).set(i64::from(b.effective_weight));
-            let s = BackendStateLabels {
-                vip: v.vip.clone(),
-                backend: b.address.clone(),
-                state: b.state.clone(),
-            };
-            be_state.get_or_create(&s).set(1);
-            if b.health != "unchecked" {
-                be_up.get_or_create(&l).set(i64::from(b.health == "up"));
-            }
-            if let Some(p) = &b.last_check {
-                be_latency.get_or_create(&l).set(p.latency_ms as i64);
-            }
-            if let Some(ms) = b.last_change_ms {
-                be_change.get_or_create(&l).set((ms / 1000) as i64);
-            }
-            if let Some(a) = &b.agent {
-                be_agent.get_or_create(&l).set(i64::from(a.percent));
-            }
-            if let Some(h) = &b.handshake {
-                hs_p50.get_or_create(&l).set(h.p50_us as i64);
-                hs_p99.get_or_create(&l).set(h.p99_us as i64);
-                hs_ok.get_or_create(&l).inc_by(h.syn_acks);
-                hs_rst.get_or_create(&l).inc_by(h.rsts);
-                hs_timeout.get_or_create(&l).inc_by(h.timeouts);
-            }
-        }
     }
     reg.register("vip_packets", "Packets to the VIP", vip_packets);
     reg.register("vip_bytes", "Bytes to the VIP", vip_bytes);
@@ -296,6 +272,44 @@ pub fn prometheus(report: &StatsReport) -> String {
         "Packets dropped: no backend for a new flow",
         vip_nb,
     );
+}
+
+fn backend_metrics(reg: &mut Registry, report: &StatsReport) {
+    let be_packets = Family::<BackendLabels, Counter>::default();
+    let be_bytes = Family::<BackendLabels, Counter>::default();
+    let be_new = Family::<BackendLabels, Counter>::default();
+    let be_weight = Family::<BackendLabels, Gauge>::default();
+    let be_eff = Family::<BackendLabels, Gauge>::default();
+    let be_state = Family::<BackendStateLabels, Gauge>::default();
+    let be_up = Family::<BackendLabels, Gauge>::default();
+    let be_latency = Family::<BackendLabels, Gauge>::default();
+    let be_agent = Family::<BackendLabels, Gauge>::default();
+    let be_change = Family::<BackendLabels, Gauge>::default();
+    for (l, v, b) in backends(report) {
+        be_packets.get_or_create(&l).inc_by(b.packets);
+        be_bytes.get_or_create(&l).inc_by(b.bytes);
+        be_new.get_or_create(&l).inc_by(b.new_flows);
+        be_weight.get_or_create(&l).set(i64::from(b.weight));
+        be_eff.get_or_create(&l).set(i64::from(b.effective_weight));
+        let s = BackendStateLabels {
+            vip: v.vip.clone(),
+            backend: b.address.clone(),
+            state: b.state.clone(),
+        };
+        be_state.get_or_create(&s).set(1);
+        if b.health != "unchecked" {
+            be_up.get_or_create(&l).set(i64::from(b.health == "up"));
+        }
+        if let Some(p) = &b.last_check {
+            be_latency.get_or_create(&l).set(p.latency_ms as i64);
+        }
+        if let Some(ms) = b.last_change_ms {
+            be_change.get_or_create(&l).set((ms / 1000) as i64);
+        }
+        if let Some(a) = &b.agent {
+            be_agent.get_or_create(&l).set(i64::from(a.percent));
+        }
+    }
     reg.register(
         "backend_packets",
         "Packets forwarded to the backend",
@@ -334,6 +348,23 @@ pub fn prometheus(report: &StatsReport) -> String {
         "Percentage of the configured weight applied from the agent check",
         be_agent,
     );
+}
+
+fn handshake_metrics(reg: &mut Registry, report: &StatsReport) {
+    let hs_p50 = Family::<BackendLabels, Gauge>::default();
+    let hs_p99 = Family::<BackendLabels, Gauge>::default();
+    let hs_ok = Family::<BackendLabels, Counter>::default();
+    let hs_rst = Family::<BackendLabels, Counter>::default();
+    let hs_timeout = Family::<BackendLabels, Counter>::default();
+    for (l, _, b) in backends(report) {
+        if let Some(h) = &b.handshake {
+            hs_p50.get_or_create(&l).set(h.p50_us as i64);
+            hs_p99.get_or_create(&l).set(h.p99_us as i64);
+            hs_ok.get_or_create(&l).inc_by(h.syn_acks);
+            hs_rst.get_or_create(&l).inc_by(h.rsts);
+            hs_timeout.get_or_create(&l).inc_by(h.timeouts);
+        }
+    }
     reg.register(
         "backend_handshake_p50_us",
         "NAT mode: median SYN to SYN-ACK latency (bucket upper bound, microseconds)",
@@ -359,29 +390,26 @@ pub fn prometheus(report: &StatsReport) -> String {
         "NAT mode: SYNs not answered in time",
         hs_timeout,
     );
+}
+
+fn nat_metrics(reg: &mut Registry, nat: &NatReport) {
     let nat_entries = Gauge::<i64>::default();
-    nat_entries.set(report.nat.entries as i64);
+    nat_entries.set(nat.entries as i64);
     reg.register(
         "nat_entries",
         "Live entries of the NAT table at the last sweep",
         nat_entries,
     );
     let nat_capacity = Gauge::<i64>::default();
-    nat_capacity.set(i64::from(report.nat.capacity));
+    nat_capacity.set(i64::from(nat.capacity));
     reg.register("nat_capacity", "Capacity of the NAT table", nat_capacity);
     let nat_removed = Counter::<u64>::default();
-    nat_removed.inc_by(report.nat.expired_removed);
+    nat_removed.inc_by(nat.expired_removed);
     reg.register(
         "nat_expired_removed",
         "Expired NAT entries deleted by sweeps",
         nat_removed,
     );
-    if let Some(c) = &report.cluster {
-        cluster_metrics(&mut reg, c);
-    }
-    let mut out = String::new();
-    encode(&mut out, &reg).expect("writing to a String cannot fail");
-    out
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
