@@ -8,6 +8,11 @@
 //! any path `crate::NAME` in its source, tests included (`use` lines, paths
 //! in code, and `crate::{a, b::c}` groups). The binary (`main.rs`, `cli/`)
 //! is a crate of its own on top of the library and is left out.
+//!
+//! The same check holds every file of `lb-userspace/src` (the binary's
+//! too) to [`MAX_FILE_LINES`] lines of code outside its tests (a
+//! `#[cfg(test)] mod tests` at its end, or a `tests.rs`); clippy's
+//! `too_many_lines` holds functions to 120.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,6 +21,36 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+
+/// The most lines of non-test code a file of lb-userspace may have.
+pub(crate) const MAX_FILE_LINES: usize = 700;
+
+/// Lines of `text` before its test module.
+fn code_lines(text: &str) -> usize {
+    let code = match text.find("#[cfg(test)]\nmod tests") {
+        Some(i) => &text[..i],
+        None => text,
+    };
+    code.lines().count()
+}
+
+/// The files over [`MAX_FILE_LINES`], with their counts.
+fn oversized(src: &Path) -> Result<Vec<(PathBuf, usize)>> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files)?;
+    let mut out = Vec::new();
+    for f in files {
+        if f.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let text = fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let n = code_lines(&text);
+        if n > MAX_FILE_LINES {
+            out.push((f, n));
+        }
+    }
+    Ok(out)
+}
 
 /// Module → the modules it imports, with one place for each import.
 pub(crate) type Graph = BTreeMap<String, BTreeMap<String, String>>;
@@ -238,11 +273,24 @@ fn layers(g: &Graph) -> Vec<Vec<String>> {
 /// library's modules import each other in a cycle.
 pub(crate) fn check(root: &Path) -> Result<()> {
     let src = root.join("lb-userspace/src");
+    let big = oversized(&src)?;
+    if !big.is_empty() {
+        let list: Vec<String> = big
+            .iter()
+            .map(|(f, n)| format!("  {} has {n} lines of non-test code", f.display()))
+            .collect();
+        bail!(
+            "files of lb-userspace over {MAX_FILE_LINES} lines of non-test code:\n{}\nSplit each by \
+             concept (docs/architecture.md lists what lives where).",
+            list.join("\n")
+        );
+    }
     let g = graph(&src)?;
     let found = cycles(&g);
     if found.is_empty() {
         println!(
-            "module graph: {} modules of lb-userspace, no import cycle",
+            "module graph: {} modules of lb-userspace, no import cycle; no file over {MAX_FILE_LINES} \
+             lines of non-test code",
             g.len()
         );
         return Ok(());
@@ -295,6 +343,12 @@ mod tests {
                 (7, "health".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn test_modules_do_not_count() {
+        assert_eq!(code_lines("a\nb\n#[cfg(test)]\nmod tests {\n x\n}\n"), 2);
+        assert_eq!(code_lines("a\nb\nc\n"), 3);
     }
 
     #[test]
