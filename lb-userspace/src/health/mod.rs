@@ -210,41 +210,11 @@ impl Jitter {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        probe::tests::{check, local_target},
+        *,
+    };
     use crate::config::{CheckKind, HealthConfig};
-
-    /// A target on 127.0.0.1:`port` for VIP 198.18.1.1:80/tcp.
-    fn local_target(port: u16, check: HealthConfig) -> Target {
-        Target {
-            vip: VipAddr {
-                addr: "198.18.1.1".parse().expect("ip"),
-                port: 80,
-                proto: crate::model::Proto::Tcp,
-            },
-            backend: "127.0.0.1".parse().expect("ip"),
-            port,
-            check,
-        }
-    }
-
-    fn check(kind: CheckKind, interval_ms: u64, timeout_ms: u64) -> HealthConfig {
-        HealthConfig {
-            kind,
-            interval: Duration::from_millis(interval_ms),
-            timeout: Duration::from_millis(timeout_ms),
-            rise: 2,
-            fall: 3,
-            port: None,
-            path: "/".into(),
-            host: None,
-            expect_status: 200,
-            expect_body: None,
-            send: "hola-health".into(),
-            expect: None,
-            command: Vec::new(),
-            slow_start: None,
-        }
-    }
 
     /// Feeds the job's results to `m` until it changes to `want`: the
     /// probes it took and the (virtual) time since `start`.

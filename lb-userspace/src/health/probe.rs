@@ -269,13 +269,13 @@ pub async fn http_get(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
 
     /// A target on 127.0.0.1:`port` for VIP 198.18.1.1:80/tcp.
-    fn local_target(port: u16, check: HealthConfig) -> Target {
+    pub(crate) fn local_target(port: u16, check: HealthConfig) -> Target {
         Target {
             vip: VipAddr {
                 addr: "198.18.1.1".parse().expect("ip"),
@@ -288,7 +288,7 @@ mod tests {
         }
     }
 
-    fn check(kind: CheckKind, interval_ms: u64, timeout_ms: u64) -> HealthConfig {
+    pub(crate) fn check(kind: CheckKind, interval_ms: u64, timeout_ms: u64) -> HealthConfig {
         HealthConfig {
             kind,
             interval: Duration::from_millis(interval_ms),
