@@ -132,11 +132,19 @@ impl Owner {
     /// An owner of `dp` that is to make the kernel hold `config`, saving
     /// every change to `state_file`.
     pub fn new(dp: Dataplane, config: Config, state_file: PathBuf, ingress_ifindex: u32) -> Self {
+        // Next hops a previous daemon left in the maps stay in use until the
+        // resolver says otherwise: a restart must not drop a packet.
+        let nexthops = dp
+            .tables()
+            .vips()
+            .flat_map(|v| &v.backends)
+            .filter_map(|b| Some((b.spec.addr, b.spec.nexthop?)))
+            .collect();
         Owner {
             dp,
             config,
             state_file,
-            nexthops: HashMap::new(),
+            nexthops,
             resolver: None,
             checks: Checks::default(),
             outliers: Outliers::default(),
