@@ -20,9 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    command::{Command, ErrorKind, OwnerError, Request},
     config::{BackendConfig, Protocol, VipConfig},
     model::VipAddr,
-    owner::command::{Command, ErrorKind, OwnerError, Request},
 };
 
 /// The largest request body accepted (a VIP with thousands of backends fits).

@@ -6,7 +6,8 @@
 
 use std::path::Path;
 
-use super::{ErrorKind, Owner, OwnerError, command::Command};
+use super::{ErrorKind, Owner, OwnerError};
+use crate::command::Command;
 use crate::{
     config::Config,
     dataplane::DataplaneError,

@@ -2,7 +2,9 @@
 //! handle) and the desired configuration; everything else sends it events
 //! and requests on bounded channels, each producer its own type:
 //!
-//! - the control API: [`command::Request`] (typed commands and queries);
+//! - the control API: [`Request`] (typed commands and queries, in
+//!   `command.rs` beside this folder: the API depends on that contract,
+//!   never on the owner);
 //! - the health checker: [`CheckEvent`];
 //! - the next-hop resolver: [`NeighEvent`];
 //! - the cluster's tasks: [`ClusterEvent`].
@@ -14,7 +16,6 @@
 
 mod change;
 mod checks;
-pub mod command;
 mod flow;
 mod replicate;
 mod report;
@@ -30,7 +31,7 @@ use std::{
 use tokio::{sync::mpsc, sync::oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use self::command::{Command, ErrorKind, OwnerError, Request};
+pub use crate::command::{Command, ErrorKind, OwnerError, Request};
 pub use crate::stats::{Event, FlowAnswer};
 use crate::{
     cluster::{ClusterEvent, Shared as ClusterShared},

@@ -1,6 +1,7 @@
-//! What the control API asks of the owner: typed commands that change the
-//! desired configuration, queries, and the owner's typed errors. The API
-//! imports this contract, never the owner itself.
+//! What the control API asks of the data-plane owner: typed commands that
+//! change the desired configuration, queries, and the owner's typed
+//! errors. The contract between the two: the API imports it, the owner
+//! implements it, and neither imports the other.
 
 use std::net::{IpAddr, SocketAddr};
 
