@@ -13,19 +13,36 @@
 //! files there, and `lab down` stops only those, and only while
 //! `/proc/PID/cmdline` is still the program it started. `lab down` works
 //! after a crash and twice in a row.
+//!
+//! - this file: the entry points (`up`, `down`, `status`, `cargo xtask run`)
+//!   and where things live;
+//! - [`topology`]: the namespaces, veths, bridge, addresses and routes
+//!   (netlab's lab, plus the NAT subnet);
+//! - [`processes`]: hola, hola-backend and the XDP programs it attaches,
+//!   their PID files, and stopping only what the lab started;
+//! - [`config`]: the hola.toml files the lab writes;
+//! - [`cluster`]: `lab up --nodes 2|3`, hola nodes behind an ECMP router.
+
+mod cluster;
+mod config;
+mod processes;
+mod topology;
 
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    process::Command,
+    time::Instant,
 };
 
 use anyhow::{Context as _, Result, bail};
 use clap::Subcommand;
 
-use crate::{command, is_root, repo_root, run_output, run_status, show, toolchain};
+use self::{
+    config::{config_path, socket_path},
+    processes::{Proc, procs},
+};
+use crate::{command, is_root, repo_root, run_output, run_status, toolchain};
 
 #[derive(Subcommand)]
 pub(crate) enum Lab {
@@ -44,45 +61,8 @@ pub(crate) enum Lab {
     Status,
 }
 
-/// Prefix of every namespace the lab makes.
-const PREFIX: &str = "hola-lab-";
 /// Where the lab pins its XDP programs; the balancer pins under `lb/`.
 const BPFFS: &str = "/sys/fs/bpf/hola-lab";
-/// How long hola may take to answer `stats` after it starts.
-const HOLA_START_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a process may take to exit after SIGTERM before it gets SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The hosts on the bridge: name, IPv4 address, IPv6 address.
-const HOSTS: &[(&str, &str, &str)] = &[
-    ("client", "198.18.0.1", "2001:db8::1"),
-    ("lb", "198.18.0.2", "2001:db8::2"),
-    ("b1", "198.18.0.11", "2001:db8::11"),
-    ("b2", "198.18.0.12", "2001:db8::12"),
-    ("b3", "198.18.0.13", "2001:db8::13"),
-];
-const BACKENDS: &[&str] = &["b1", "b2", "b3"];
-/// Backend weights in every VIP: b3 gets half of the new flows.
-const WEIGHTS: &[u32] = &[1, 1, 2];
-const LB_V4: &str = "198.18.0.2";
-const LB_V6: &str = "2001:db8::2";
-const VIP_NET_V4: &str = "198.18.1.0/24";
-const VIP_NET_V6: &str = "2001:db8:1::/64";
-/// NAT mode: the backends' own subnet, with the balancer as their gateway.
-const NAT_GW_V4: &str = "198.18.2.1";
-/// The backends' addresses there, b1..b3.
-const NAT_BACKENDS: &[&str] = &["198.18.2.11", "198.18.2.12", "198.18.2.13"];
-/// The VIP in NAT mode (routed to the balancer with the others).
-const NAT_VIP: &str = "198.18.1.3";
-/// The VIP in fullnat mode: backends see the balancer's 198.18.2.1.
-const FULLNAT_VIP: &str = "198.18.1.4";
-/// Held by every backend on lo.
-const VIPS_ON_LO: &[&str] = &[
-    "198.18.1.1/32",
-    "198.18.1.2/32",
-    "2001:db8:1::1/128",
-    "2001:db8:1::2/128",
-];
 
 pub(crate) fn lab(cmd: Lab) -> Result<()> {
     match cmd {
@@ -92,17 +72,14 @@ pub(crate) fn lab(cmd: Lab) -> Result<()> {
             Ok(())
         }
         Lab::Up { nodes } => {
-            up_cluster(usize::from(nodes))?;
-            print_cluster_steps(usize::from(nodes));
+            let nodes = usize::from(nodes);
+            up_with(|| cluster::start(nodes))?;
+            cluster::print_steps(nodes);
             Ok(())
         }
         Lab::Down => down(),
         Lab::Status => status(),
     }
-}
-
-fn ns(host: &str) -> String {
-    format!("{PREFIX}{host}")
 }
 
 /// `target/`, or `$CARGO_TARGET_DIR` when set.
@@ -132,12 +109,12 @@ fn backend_bin() -> PathBuf {
     target_dir().join("debug/hola-backend")
 }
 
-fn config_path() -> PathBuf {
-    lab_dir().join("hola.toml")
-}
-
-fn socket_path() -> PathBuf {
-    lab_dir().join("hola.sock")
+/// `path` relative to the workspace root when it is inside it.
+fn relative(path: &Path) -> String {
+    path.strip_prefix(repo_root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 fn require_root(what: &str) -> Result<()> {
@@ -149,193 +126,21 @@ fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
-/// A process the lab starts: its PID file's stem, and how to recognise it in
-/// `/proc/PID/cmdline` (program file name and one argument).
-struct Proc {
-    stem: String,
-    program: &'static str,
-    arg: String,
-}
-
-fn procs() -> Vec<Proc> {
-    // hola first: `lab down` stops it before its backends.
-    let mut v = vec![Proc {
-        stem: "hola".into(),
-        program: "hola",
-        arg: "run".into(),
-    }];
-    // The cluster lab's nodes, each told apart by its configuration.
-    v.extend((1..=MAX_NODES).map(|i| Proc {
-        stem: format!("hola-n{i}"),
-        program: "hola",
-        arg: node_config(i).display().to_string(),
-    }));
-    v.extend(BACKENDS.iter().map(|b| Proc {
-        stem: (*b).into(),
-        program: "hola-backend",
-        arg: (*b).into(),
-    }));
-    v
-}
-
-impl Proc {
-    fn pid_file(&self) -> PathBuf {
-        lab_dir().join(format!("{}.pid", self.stem))
-    }
-
-    fn log_file(&self) -> PathBuf {
-        lab_dir().join(format!("{}.log", self.stem))
-    }
-
-    /// The PID in the PID file, if there is one.
-    fn recorded_pid(&self) -> Option<i32> {
-        fs::read_to_string(self.pid_file())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// Whether `pid` is alive and still runs what we started (after
-    /// nsenter has exec'd it): a recycled PID is left alone.
-    fn is_ours(&self, pid: i32) -> bool {
-        let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            return false;
-        };
-        let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
-        let program_ok = args.first().is_some_and(|a0| {
-            Path::new(std::str::from_utf8(a0).unwrap_or(""))
-                .file_name()
-                .is_some_and(|n| n == self.program)
-        });
-        program_ok && args.contains(&self.arg.as_bytes()) && !is_zombie(pid)
-    }
-
-    /// Starts `cmd` (already `nsenter ... PROGRAM ...`) in its own
-    /// process group, so that a Ctrl-C meant for `cargo xtask run` reaches
-    /// only xtask, with output to the log file; records its PID.
-    fn spawn(&self, mut cmd: Command) -> Result<i32> {
-        use std::os::unix::process::CommandExt as _;
-        let log = fs::File::create(self.log_file())
-            .with_context(|| format!("creating {}", self.log_file().display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting `{}`", show(&cmd)))?;
-        let pid = i32::try_from(child.id()).context("PID out of range")?;
-        fs::write(self.pid_file(), format!("{pid}\n"))
-            .with_context(|| format!("writing {}", self.pid_file().display()))?;
-        Ok(pid)
-    }
-
-    /// Stops the recorded process if it is still ours, and removes the PID file.
-    /// Returns what it did, for the summary.
-    fn stop(&self) -> Option<String> {
-        let pid = match self.recorded_pid() {
-            Some(pid) => pid,
-            None if self.pid_file().exists() => {
-                let _ = fs::remove_file(self.pid_file());
-                return Some(format!("removed unreadable {}", self.pid_file().display()));
-            }
-            None => return None,
-        };
-        let said = if !self.is_ours(pid) {
-            format!(
-                "{} had exited (PID {pid} is not {} any more); removed its stale PID file",
-                self.stem, self.program
-            )
-        } else {
-            signal(pid, libc::SIGTERM);
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while self.is_ours(pid) && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(50));
-            }
-            if self.is_ours(pid) {
-                signal(pid, libc::SIGKILL);
-                format!(
-                    "{} (PID {pid}) ignored SIGTERM for {}s: killed",
-                    self.stem,
-                    STOP_TIMEOUT.as_secs()
-                )
-            } else {
-                format!("stopped {} (PID {pid})", self.stem)
-            }
-        };
-        let _ = fs::remove_file(self.pid_file());
-        Some(said)
-    }
-}
-
-fn signal(pid: i32, sig: libc::c_int) {
-    // SAFETY: kill(2) has no memory effects; pid was checked to be our process.
-    unsafe {
-        libc::kill(pid, sig);
-    }
-}
-
-/// A process that has exited but not been reaped (our own child under
-/// `cargo xtask run`) counts as stopped.
-fn is_zombie(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
-}
-
-/// The `hola-lab-*` namespaces that exist.
-fn lab_namespaces() -> Result<Vec<String>> {
-    let out = run_output(Command::new("ip").args(["netns", "list"]))?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(PREFIX))
-        .map(str::to_string)
-        .collect())
-}
-
 /// Whether anything of a previous lab is left.
 fn leftovers() -> Result<bool> {
-    Ok(!lab_namespaces()?.is_empty()
+    Ok(!topology::namespaces()?.is_empty()
         || Path::new(BPFFS).exists()
         || procs().iter().any(|p| p.pid_file().exists()))
 }
 
-/// `ip ARGS`, failing with the command and its stderr.
-fn ip(args: &[&str]) -> Result<()> {
-    run_output(Command::new("ip").args(args)).map(drop)
-}
-
-/// A command that runs `program` in the network namespace of `host`.
-///
-/// nsenter enters only the network namespace: `ip netns exec` also gives its
-/// command a private mount namespace whose /sys has no bpffs, so pins made
-/// there would vanish with the command (and detach what they hold). nsenter
-/// execs `program`, so a spawned child's PID is the program's.
-fn in_ns(host: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", ns(host)))
-        .arg("--")
-        .arg(program);
-    cmd
-}
-
-/// `program args` in the network namespace of `host`, failing with the
-/// command and its stderr.
-fn ns_exec(host: &str, program: &str, args: &[&str]) -> Result<String> {
-    run_output(in_ns(host, program).args(args))
-}
-
-fn sysctl(host: &str, kv: &str) -> Result<()> {
-    ns_exec(host, "sysctl", &["-qw", kv]).map(drop)
-}
-
 pub(crate) fn up() -> Result<()> {
+    up_with(start)
+}
+
+/// Builds hola and hola-backend, takes down what a previous lab left, and
+/// runs `start`; a failure half-way leaves nothing behind (logs in
+/// target/lab/ stay).
+fn up_with(start: impl FnOnce() -> Result<()>) -> Result<()> {
     require_root("up")?;
     toolchain::setup(false)?;
     for (pkg, bin) in [("lb-userspace", "hola"), ("lab-backend", "hola-backend")] {
@@ -345,8 +150,7 @@ pub(crate) fn up() -> Result<()> {
         println!("lab: a previous lab is left over; taking it down first");
         down()?;
     }
-    // A failure half-way leaves nothing behind (logs in target/lab/ stay).
-    if let Err(e) = build_and_start() {
+    if let Err(e) = start() {
         eprintln!("lab up failed; taking down what it made");
         if let Err(d) = down() {
             eprintln!("lab down after the failure also failed: {d:#}");
@@ -356,245 +160,32 @@ pub(crate) fn up() -> Result<()> {
     Ok(())
 }
 
-fn build_and_start() -> Result<()> {
+/// The single-balancer lab: the topology, the backends with hola-decap,
+/// the XDP program on the balancer's bridge port, and hola.
+fn start() -> Result<()> {
     fs::create_dir_all(lab_dir()).with_context(|| format!("creating {}", lab_dir().display()))?;
-    topology().context("building the lab topology")?;
+    topology::build().context("building the lab topology")?;
     fs::create_dir_all(BPFFS)
         .with_context(|| format!("creating {BPFFS} (is bpffs mounted on /sys/fs/bpf?)"))?;
-    let hola = hola_bin();
-    let hola = hola.to_str().context("target dir is not UTF-8")?;
-    let backend = backend_bin();
-
-    for b in BACKENDS {
-        let p = procs().into_iter().find(|p| p.stem == *b).expect("listed");
-        let mut cmd = in_ns(b, &backend);
-        cmd.args([
-            "--name",
-            b,
-            "--listen",
-            "0.0.0.0:80",
-            "--listen",
-            "[::]:80",
-            "--verbose",
-        ]);
-        let pid = p.spawn(cmd)?;
-        println!(
-            "lab: started hola-backend {b} (PID {pid}, log {})",
-            p.log_file().display()
-        );
-        let pin = format!("{BPFFS}/decap-{b}");
-        ns_exec(
-            b,
-            hola,
-            &["decap", "attach", "--iface", "eth0", "--pin", &pin],
-        )
-        .with_context(|| format!("attaching hola-decap to eth0 of {}", ns(b)))?;
-    }
-    // Frames the balancer sends back out with XDP_TX reach the bridge only if
-    // its veth peer runs an XDP program (the peer's NAPI); GRO is not enough.
-    let pin = format!("{BPFFS}/peer-p-lb");
-    ns_exec(
-        "sw",
-        hola,
-        &["veth-peer", "attach", "--iface", "p-lb", "--pin", &pin],
-    )
-    .context("attaching the XDP_PASS program to p-lb")?;
+    processes::start_backends(&["0.0.0.0:80", "[::]:80"], true)?;
+    processes::attach_peer("lb")?;
 
     let config = config_path();
-    fs::write(&config, config_toml()).with_context(|| format!("writing {}", config.display()))?;
+    fs::write(&config, config::balancer())
+        .with_context(|| format!("writing {}", config.display()))?;
     let _ = fs::remove_file(socket_path());
     // hola prefers its state file to the config: a fresh lab starts from the config.
     let _ = fs::remove_file(lab_dir().join("state.toml"));
-    let p = procs()
-        .into_iter()
-        .find(|p| p.stem == "hola")
-        .expect("listed");
-    let mut cmd = in_ns("lb", hola);
-    // Its log is a file: no colour escapes in it.
-    cmd.env("NO_COLOR", "1")
-        .args(["run", "--config"])
-        .arg(&config);
-    let pid = p.spawn(cmd)?;
+    let p = Proc::named("hola");
+    let pid = processes::start_hola(&p, "lb", &config)?;
     println!(
         "lab: started hola run (PID {pid}, log {})",
         p.log_file().display()
     );
-    wait_for_hola(&p, pid)
-}
-
-/// Waits until `hola stats` answers on the lab's socket.
-fn wait_for_hola(p: &Proc, pid: i32) -> Result<()> {
-    let deadline = Instant::now() + HOLA_START_TIMEOUT;
-    loop {
-        let last = match hola_stats() {
-            Ok(_) => {
-                println!("lab: hola answers on {}", socket_path().display());
-                return Ok(());
-            }
-            Err(e) => e,
-        };
-        let gone = !p.is_ours(pid);
-        if gone || Instant::now() > deadline {
-            let why = if gone {
-                "hola exited".to_string()
-            } else {
-                format!(
-                    "hola did not answer `stats` within {}s (last error: {last:#})",
-                    HOLA_START_TIMEOUT.as_secs()
-                )
-            };
-            bail!(
-                "{why}; the end of {}:\n{}",
-                p.log_file().display(),
-                log_tail(&p.log_file(), 30)
-            );
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn log_tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn hola_stats() -> Result<String> {
-    run_output(
-        Command::new(hola_bin())
-            .arg("--socket")
-            .arg(socket_path())
-            .args(["stats", "--json"]),
-    )
-}
-
-/// The namespaces, the bridge, the veths, addresses, routes and sysctls.
-fn topology() -> Result<()> {
-    for h in ["sw"].iter().chain(HOSTS.iter().map(|(h, _, _)| h)) {
-        ip(&["netns", "add", &ns(h)])?;
-        ip(&["-n", &ns(h), "link", "set", "lo", "up"])?;
-    }
-    let sw = ns("sw");
-    ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
-    ip(&["-n", &sw, "link", "set", "br0", "up"])?;
-    for (h, v4, v6) in HOSTS {
-        let (n, port) = (ns(h), format!("p-{h}"));
-        ip(&[
-            "link", "add", "eth0", "netns", &n, "type", "veth", "peer", "name", &port, "netns", &sw,
-        ])?;
-        ip(&["-n", &sw, "link", "set", &port, "master", "br0"])?;
-        ip(&["-n", &sw, "link", "set", &port, "up"])?;
-        ip(&["-n", &n, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &n, "addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
-        // nodad: usable at once, no duplicate-address detection wait.
-        ip(&[
-            "-n",
-            &n,
-            "addr",
-            "add",
-            &format!("{v6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        for kv in [
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.default.rp_filter=0",
-            "net.ipv4.conf.eth0.rp_filter=0",
-            "net.ipv4.conf.lo.rp_filter=0",
-        ] {
-            sysctl(h, kv)?;
-        }
-    }
-    let client = ns("client");
-    ip(&["-n", &client, "route", "add", VIP_NET_V4, "via", LB_V4])?;
-    ip(&[
-        "-n", &client, "-6", "route", "add", VIP_NET_V6, "via", LB_V6,
-    ])?;
-    // A veth leaves TCP/UDP checksums to "hardware" that does not exist once
-    // XDP has moved the frame on: the client's kernel must fill them in, as a
-    // real NIC would before the frame reached the balancer.
-    ns_exec("client", "ethtool", &["-K", "eth0", "tx", "off"])?;
-    for b in BACKENDS {
-        for vip in VIPS_ON_LO {
-            ip(&["-n", &ns(b), "addr", "add", vip, "dev", "lo"])?;
-        }
-    }
-    // NAT mode: the backends also sit in 198.18.2.0/24 behind the balancer
-    // and answer from there through it; their replies get the same checksum
-    // treatment as the client's requests.
-    ip(&[
-        "-n",
-        &ns("lb"),
-        "addr",
-        "add",
-        &format!("{NAT_GW_V4}/24"),
-        "dev",
-        "eth0",
-    ])?;
-    for (b, addr) in BACKENDS.iter().zip(NAT_BACKENDS) {
-        let n = ns(b);
-        ip(&[
-            "-n",
-            &n,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        // Only what leaves from this address (NAT replies) goes through
-        // the balancer: dsr and tunnel replies, from the VIPs, still go
-        // straight to the client.
-        ip(&["-n", &n, "rule", "add", "from", addr, "table", "100"])?;
-        ip(&[
-            "-n", &n, "route", "add", "default", "via", NAT_GW_V4, "table", "100",
-        ])?;
-        ns_exec(b, "ethtool", &["-K", "eth0", "tx", "off"])?;
-    }
+    let deadline = Instant::now() + processes::HOLA_START_TIMEOUT;
+    processes::wait_for_hola("hola", &p, pid, &socket_path(), deadline)?;
+    println!("lab: hola answers on {}", socket_path().display());
     Ok(())
-}
-
-/// The balancer's configuration (docs/configuration.md).
-fn config_toml() -> String {
-    let lab = lab_dir();
-    let mut s = format!(
-        "# Written by `cargo xtask lab up`; the lab's balancer.\n\
-         [global]\n\
-         interfaces = [\"eth0\"]\n\
-         control_socket = \"{}\"\n\
-         state_file = \"{}\"\n\
-         bpffs_dir = \"{BPFFS}/lb\"\n\
-         metrics_address = \"127.0.0.1:9464\"\n\
-         flow_capacity_per_cpu = 65536\n\
-         fullnat_source_v4 = \"{NAT_GW_V4}\"\n",
-        lab.join("hola.sock").display(),
-        lab.join("state.toml").display(),
-    );
-    let v4: Vec<&str> = HOSTS[2..].iter().map(|(_, a, _)| *a).collect();
-    let v6: Vec<&str> = HOSTS[2..].iter().map(|(_, _, a)| *a).collect();
-    let nat: Vec<&str> = NAT_BACKENDS.to_vec();
-    for (vip, proto, mode, backends) in [
-        ("198.18.1.1", "tcp", "dsr", &v4),
-        (NAT_VIP, "tcp", "nat", &nat),
-        (FULLNAT_VIP, "tcp", "fullnat", &nat),
-        ("198.18.1.2", "tcp", "tunnel", &v4),
-        ("2001:db8:1::1", "tcp", "dsr", &v6),
-        ("198.18.1.1", "udp", "dsr", &v4),
-    ] {
-        s += &format!(
-            "\n[[vip]]\naddress = \"{vip}\"\nport = 80\nprotocol = \"{proto}\"\nmode = \"{mode}\"\n"
-        );
-        // hola-backend answers HTTP on tcp/80 and any datagram on udp/80.
-        let check = if proto == "udp" { "udp" } else { "http" };
-        s += &format!(
-            "\n[vip.health]\ntype = \"{check}\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n"
-        );
-        for (addr, weight) in backends.iter().zip(WEIGHTS) {
-            s += &format!("\n[[vip.backend]]\naddress = \"{addr}\"\nweight = {weight}\n");
-        }
-    }
-    s
 }
 
 fn print_next_steps() {
@@ -620,14 +211,6 @@ fn print_next_steps() {
     );
 }
 
-/// `path` relative to the workspace root when it is inside it.
-fn relative(path: &Path) -> String {
-    path.strip_prefix(repo_root())
-        .unwrap_or(path)
-        .display()
-        .to_string()
-}
-
 pub(crate) fn down() -> Result<()> {
     require_root("down")?;
     let mut did: Vec<String> = Vec::new();
@@ -645,10 +228,10 @@ pub(crate) fn down() -> Result<()> {
             Err(e) => problems.push(format!("hola down: {e:#}")),
         }
     }
-    for i in 1..=MAX_NODES {
+    for i in 1..=cluster::MAX_NODES {
         let pins = Path::new(BPFFS).join(format!("n{i}"));
         if pins.exists() {
-            match hola_down(&pins, &format!("n{i}"), &node_config(i)) {
+            match hola_down(&pins, &format!("n{i}"), &config::node_config(i)) {
                 Ok(()) => did.push(format!("ran hola down (node n{i}'s pins)")),
                 Err(e) => problems.push(format!("hola down on n{i}: {e:#}")),
             }
@@ -664,8 +247,8 @@ pub(crate) fn down() -> Result<()> {
             Err(e) => problems.push(format!("removing {BPFFS}: {e}")),
         }
     }
-    for n in lab_namespaces()? {
-        match ip(&["netns", "del", &n]) {
+    for n in topology::namespaces()? {
+        match netlab::netns::delete(&n) {
             Ok(()) => did.push(format!("deleted namespace {n}")),
             Err(e) => problems.push(format!("{e:#}")),
         }
@@ -698,8 +281,8 @@ fn hola_down(pins: &Path, host: &str, config: &Path) -> Result<()> {
             pins.display()
         );
     }
-    let mut cmd = if lab_namespaces()?.contains(&ns(host)) {
-        in_ns(host, hola_bin())
+    let mut cmd = if topology::namespaces()?.contains(&topology::ns(host)) {
+        topology::in_ns(host, hola_bin())
     } else {
         Command::new(hola_bin())
     };
@@ -713,7 +296,7 @@ fn hola_down(pins: &Path, host: &str, config: &Path) -> Result<()> {
 }
 
 fn status() -> Result<()> {
-    let namespaces = lab_namespaces()?;
+    let namespaces = topology::namespaces()?;
     if namespaces.is_empty() {
         println!("namespaces: none (the lab is down; `cargo xtask lab up` brings it up)");
     } else {
@@ -748,13 +331,7 @@ fn status() -> Result<()> {
         }
     }
     if hola_up {
-        let stats = run_output(
-            Command::new(hola_bin())
-                .arg("--socket")
-                .arg(socket_path())
-                .arg("stats"),
-        );
-        match stats {
+        match processes::hola_stats(&socket_path(), false) {
             Ok(stats) => println!("hola stats:\n{}", stats.trim_end()),
             Err(e) => println!("hola stats: {e:#}"),
         }
@@ -803,298 +380,4 @@ fn wait_for_interrupt() -> Result<()> {
         }
     }
     Ok(())
-}
-
-// ---------------------------------------------------------------------------
-// The cluster lab: `lab up --nodes 2|3`.
-//
-//   hola-lab-client 198.18.100.2 ── hola-lab-rt 198.18.100.1 | 198.18.0.1 ─┐
-//   hola-lab-n1..n3 198.18.0.2..4 (hola, [cluster])                        ├ hola-lab-sw: br0
-//   hola-lab-b1..b3 198.18.0.11..13, VIP 198.18.1.1 on lo                  ┘
-//
-// The router reaches the VIP through every node (a multipath route hashed
-// on the 5-tuple); the backends answer the client through the router.
-
-/// Most nodes `lab up --nodes` makes.
-const MAX_NODES: usize = 3;
-const CLUSTER_CLIENT: &str = "198.18.100.2";
-const CLUSTER_ROUTER_FRONT: &str = "198.18.100.1";
-const CLUSTER_ROUTER_BACK: &str = "198.18.0.1";
-const CLUSTER_VIP: &str = "198.18.1.1";
-
-fn node_addr(i: usize) -> String {
-    format!("198.18.0.{}", 1 + i)
-}
-
-fn node_dir(i: usize) -> PathBuf {
-    lab_dir().join(format!("n{i}"))
-}
-
-fn node_config(i: usize) -> PathBuf {
-    node_dir(i).join("hola.toml")
-}
-
-fn node_socket(i: usize) -> PathBuf {
-    node_dir(i).join("hola.sock")
-}
-
-fn up_cluster(nodes: usize) -> Result<()> {
-    require_root("up")?;
-    toolchain::setup(false)?;
-    for (pkg, bin) in [("lb-userspace", "hola"), ("lab-backend", "hola-backend")] {
-        run_status(command("cargo").args(["build", "-p", pkg, "--bin", bin]))?;
-    }
-    if leftovers()? {
-        println!("lab: a previous lab is left over; taking it down first");
-        down()?;
-    }
-    if let Err(e) = start_cluster(nodes) {
-        eprintln!("lab up failed; taking down what it made");
-        if let Err(d) = down() {
-            eprintln!("lab down after the failure also failed: {d:#}");
-        }
-        return Err(e);
-    }
-    Ok(())
-}
-
-fn start_cluster(nodes: usize) -> Result<()> {
-    fs::create_dir_all(lab_dir()).with_context(|| format!("creating {}", lab_dir().display()))?;
-    cluster_topology(nodes).context("building the cluster lab's topology")?;
-    fs::create_dir_all(BPFFS)
-        .with_context(|| format!("creating {BPFFS} (is bpffs mounted on /sys/fs/bpf?)"))?;
-    let hola = hola_bin();
-    let hola = hola.to_str().context("target dir is not UTF-8")?;
-    for b in BACKENDS {
-        let p = procs().into_iter().find(|p| p.stem == *b).expect("listed");
-        let mut cmd = in_ns(b, backend_bin());
-        cmd.args(["--name", b, "--listen", "0.0.0.0:80", "--verbose"]);
-        let pid = p.spawn(cmd)?;
-        println!("lab: started hola-backend {b} (PID {pid})");
-    }
-    // The key every node shares, fresh for each lab.
-    let key_file = lab_dir().join("cluster.key");
-    let mut key = [0u8; 24];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))
-        .context("reading /dev/urandom for the cluster key")?;
-    let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    fs::write(&key_file, format!("{key}\n"))
-        .with_context(|| format!("writing {}", key_file.display()))?;
-    for i in 1..=nodes {
-        let n = format!("n{i}");
-        let pin = format!("{BPFFS}/peer-p-{n}");
-        ns_exec(
-            "sw",
-            hola,
-            &[
-                "veth-peer",
-                "attach",
-                "--iface",
-                &format!("p-{n}"),
-                "--pin",
-                &pin,
-            ],
-        )
-        .with_context(|| format!("attaching the XDP_PASS program to p-{n}"))?;
-        fs::create_dir_all(node_dir(i))?;
-        let _ = fs::remove_file(node_dir(i).join("state.toml"));
-        fs::write(node_config(i), node_config_toml(i, &key_file))
-            .with_context(|| format!("writing {}", node_config(i).display()))?;
-        let p = procs()
-            .into_iter()
-            .find(|p| p.stem == format!("hola-{n}"))
-            .expect("listed");
-        let mut cmd = in_ns(&n, hola);
-        cmd.env("NO_COLOR", "1")
-            .args(["run", "--config"])
-            .arg(node_config(i));
-        let pid = p.spawn(cmd)?;
-        println!(
-            "lab: started hola run on {n} (PID {pid}, log {})",
-            relative(&p.log_file())
-        );
-    }
-    let deadline = Instant::now() + HOLA_START_TIMEOUT;
-    for i in 1..=nodes {
-        loop {
-            let ok = Command::new(hola_bin())
-                .arg("--socket")
-                .arg(node_socket(i))
-                .args(["stats", "--json"])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ok {
-                break;
-            }
-            if Instant::now() > deadline {
-                let p = procs()
-                    .into_iter()
-                    .find(|p| p.stem == format!("hola-n{i}"))
-                    .expect("listed");
-                bail!(
-                    "hola on n{i} did not answer within {}s; the end of {}:\n{}",
-                    HOLA_START_TIMEOUT.as_secs(),
-                    p.log_file().display(),
-                    log_tail(&p.log_file(), 30)
-                );
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
-    }
-    println!("lab: every node answers");
-    Ok(())
-}
-
-fn cluster_topology(nodes: usize) -> Result<()> {
-    let mut hosts: Vec<(String, String)> = vec![("rt".into(), CLUSTER_ROUTER_BACK.into())];
-    hosts.extend((1..=nodes).map(|i| (format!("n{i}"), node_addr(i))));
-    hosts.extend(
-        BACKENDS
-            .iter()
-            .zip(&HOSTS[2..])
-            .map(|(b, (_, a, _))| ((*b).to_string(), (*a).to_string())),
-    );
-    for h in ["sw", "client"]
-        .into_iter()
-        .chain(hosts.iter().map(|(h, _)| h.as_str()))
-    {
-        ip(&["netns", "add", &ns(h)])?;
-        ip(&["-n", &ns(h), "link", "set", "lo", "up"])?;
-    }
-    let sw = ns("sw");
-    ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
-    // Announcements reach every port without waiting for IGMP snooping.
-    ip(&[
-        "-n",
-        &sw,
-        "link",
-        "set",
-        "br0",
-        "type",
-        "bridge",
-        "mcast_snooping",
-        "0",
-    ])?;
-    ip(&["-n", &sw, "link", "set", "br0", "up"])?;
-    let (client, rt) = (ns("client"), ns("rt"));
-    ip(&[
-        "link", "add", "eth0", "netns", &client, "type", "veth", "peer", "name", "eth0", "netns",
-        &rt,
-    ])?;
-    for (n, addr) in [(&client, CLUSTER_CLIENT), (&rt, CLUSTER_ROUTER_FRONT)] {
-        ip(&["-n", n, "link", "set", "eth0", "up"])?;
-        ip(&["-n", n, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
-    }
-    ip(&[
-        "-n",
-        &client,
-        "route",
-        "add",
-        "default",
-        "via",
-        CLUSTER_ROUTER_FRONT,
-    ])?;
-    ns_exec("client", "ethtool", &["-K", "eth0", "tx", "off"])?;
-    ns_exec("rt", "ethtool", &["-K", "eth0", "tx", "off"])?;
-    for (h, addr) in &hosts {
-        let (n, port) = (ns(h), format!("p-{h}"));
-        let dev = if h == "rt" { "eth1" } else { "eth0" };
-        ip(&[
-            "link", "add", dev, "netns", &n, "type", "veth", "peer", "name", &port, "netns", &sw,
-        ])?;
-        ip(&["-n", &sw, "link", "set", &port, "master", "br0"])?;
-        ip(&["-n", &sw, "link", "set", &port, "up"])?;
-        ip(&["-n", &n, "link", "set", dev, "up"])?;
-        ip(&["-n", &n, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
-        for kv in [
-            "net.ipv4.conf.all.rp_filter=0".to_string(),
-            format!("net.ipv4.conf.{dev}.rp_filter=0"),
-        ] {
-            sysctl(h, &kv)?;
-        }
-        ns_exec(h, "ethtool", &["-K", dev, "tx", "off"])?;
-    }
-    sysctl("rt", "net.ipv4.ip_forward=1")?;
-    sysctl("rt", "net.ipv4.fib_multipath_hash_policy=1")?;
-    let mut route = vec![
-        "-n".to_string(),
-        rt.clone(),
-        "route".into(),
-        "add".into(),
-        format!("{CLUSTER_VIP}/32"),
-    ];
-    for i in 1..=nodes {
-        route.extend(["nexthop".into(), "via".into(), node_addr(i)]);
-    }
-    ip(&route.iter().map(String::as_str).collect::<Vec<_>>())?;
-    for b in BACKENDS {
-        ip(&[
-            "-n",
-            &ns(b),
-            "addr",
-            "add",
-            &format!("{CLUSTER_VIP}/32"),
-            "dev",
-            "lo",
-        ])?;
-        sysctl(b, "net.ipv4.conf.lo.rp_filter=0")?;
-        ip(&[
-            "-n",
-            &ns(b),
-            "route",
-            "add",
-            "198.18.100.0/24",
-            "via",
-            CLUSTER_ROUTER_BACK,
-        ])?;
-    }
-    Ok(())
-}
-
-fn node_config_toml(i: usize, key_file: &Path) -> String {
-    let d = node_dir(i);
-    let mut s = format!(
-        "# Written by `cargo xtask lab up --nodes N`; node n{i} of the lab's cluster.\n\
-         [global]\n\
-         interfaces = [\"eth0\"]\n\
-         control_socket = \"{}\"\n\
-         state_file = \"{}\"\n\
-         bpffs_dir = \"{BPFFS}/n{i}\"\n\
-         metrics_address = \"\"\n\
-         flow_capacity_per_cpu = 65536\n\
-         \n[cluster]\n\
-         id = \"hola-lab\"\n\
-         key_file = \"{}\"\n\
-         node = \"n{i}\"\n\
-         \n[[vip]]\naddress = \"{CLUSTER_VIP}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"dsr\"\n\
-         \n[vip.health]\ntype = \"http\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n",
-        d.join("hola.sock").display(),
-        d.join("state.toml").display(),
-        key_file.display(),
-    );
-    for (_, addr, _) in &HOSTS[2..] {
-        s += &format!("\n[[vip.backend]]\naddress = \"{addr}\"\n");
-    }
-    s
-}
-
-fn print_cluster_steps(nodes: usize) {
-    let hola = relative(&hola_bin());
-    let sock = |i| relative(&node_socket(i));
-    let last = node_addr(nodes);
-    println!(
-        "\nThe cluster lab is up: {nodes} hola nodes (n1..n{nodes}, 198.18.0.2..) behind the router
-hola-lab-rt, which spreads 198.18.1.1:80 over them by 5-tuple; b1, b2, b3 behind them (dsr).
-The nodes find each other by multicast and replicate their flows. Try:
-
-  for i in $(seq 8); do ip netns exec hola-lab-client curl -s http://198.18.1.1/; done
-  {hola} --socket {} stats --json     # \"cluster\": peers, entries sent and received, lag
-  # node n1 fails: the router sends everything to n{nodes}, which knows n1's flows
-  ip netns exec hola-lab-rt ip route replace 198.18.1.1/32 via {last}
-  cargo xtask lab status
-  cargo xtask lab down
-",
-        sock(1)
-    );
 }
