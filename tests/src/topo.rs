@@ -1,9 +1,9 @@
-//! The lab topology in test form: a switch namespace with a bridge, a
-//! client, the balancer's namespace and N backends, each on the bridge;
-//! VIPs on the backends' loopback; `hola-decap` on the backends; the
-//! balancer's bridge-side peer given an XDP program (see `peer_pass`). And
-//! small HTTP servers on the backends that answer with their own name and
-//! count what they served.
+//! The lab topology in test form: netlab's lab (a switch namespace with a
+//! bridge, a client, the balancer's namespace and N backends, each on the
+//! bridge; VIPs on the backends' loopback), `hola-decap` on the backends,
+//! and the balancer's bridge-side peer given an XDP program. And small HTTP
+//! servers on the backends that answer with their own name and count what
+//! they served.
 
 use std::{
     collections::BTreeMap,
@@ -22,18 +22,12 @@ use aya::{
     programs::{Xdp, xdp::XdpMode},
 };
 use lb_userspace::programs;
+use netlab::lab::{BALANCER, Family, LabSpec, SWITCH, port};
+pub use netlab::lab::{
+    CLIENT_V4 as CLIENT, DSR_VIP_V4 as DSR_VIP, LB_V4 as LB, TUNNEL_VIP_V4 as TUN_VIP, backend,
+};
 
-use crate::netns::{Topology, in_ns, ns_cmd, spawn_in_ns};
-
-pub const CLIENT: &str = "198.18.0.1";
-pub const LB: &str = "198.18.0.2";
-pub const DSR_VIP: &str = "198.18.1.1";
-pub const TUN_VIP: &str = "198.18.1.2";
-
-/// Backend `i` (1-based): name and address.
-pub fn backend(i: usize) -> (String, String) {
-    (format!("b{i}"), format!("198.18.0.{}", 10 + i))
-}
+use crate::netns::{Topology, in_ns, must, spawn_in_ns};
 
 pub struct Lab {
     pub t: Topology,
@@ -59,45 +53,34 @@ pub fn attach(ns: &str, object: &'static [u8], prog: &'static str, iface: &'stat
 }
 
 impl Lab {
+    /// The IPv4 lab with `backends` backends, the client named `cl`, and
+    /// the dsr and tunnel VIPs on the backends' lo.
     pub fn new(prefix: &str, backends: usize) -> Self {
-        let mut hosts = vec!["sw".to_string(), "cl".to_string(), "lb".to_string()];
-        hosts.extend((1..=backends).map(|i| backend(i).0));
-        let host_refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
-        let t = Topology::new(prefix, &host_refs);
-        t.ip("sw", &["link", "add", "br0", "type", "bridge"]);
-        t.ip("sw", &["link", "set", "br0", "up"]);
-        let mut addrs = vec![
-            ("cl".to_string(), CLIENT.to_string()),
-            ("lb".to_string(), LB.to_string()),
-        ];
-        addrs.extend((1..=backends).map(backend));
-        for (h, addr) in &addrs {
-            let port = format!("p-{h}");
-            t.link(h, "eth0", "sw", &port);
-            t.ip("sw", &["link", "set", &port, "master", "br0"]);
-            t.ip(h, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
-            t.sysctl(h, "net.ipv4.conf.all.rp_filter=0");
-            t.sysctl(h, "net.ipv4.conf.eth0.rp_filter=0");
-        }
-        t.ip("cl", &["route", "add", "198.18.1.0/24", "via", LB]);
-        // Checksum offload on a veth leaves the checksum to hardware that
-        // does not exist once XDP has moved the frame on.
-        ns_cmd(&t.ns("cl"), "ethtool", &["-K", "eth0", "tx", "off"]);
+        Self::build(&LabSpec {
+            prefix,
+            client: "cl",
+            backends,
+            families: &[Family::V4],
+            vips: &[DSR_VIP, TUN_VIP],
+        })
+    }
+
+    /// netlab's lab topology, with `hola-decap` on every backend's eth0
+    /// and an XDP program on the balancer's bridge port.
+    pub fn build(spec: &LabSpec<'_>) -> Self {
+        let t: Topology = must(netlab::lab::build(spec)).into();
         let mut progs = Vec::new();
-        for i in 1..=backends {
+        for i in 1..=spec.backends {
             let (b, _) = backend(i);
-            for vip in [DSR_VIP, TUN_VIP] {
-                t.ip(&b, &["addr", "add", &format!("{vip}/32"), "dev", "lo"]);
-            }
-            t.sysctl(&b, "net.ipv4.conf.lo.rp_filter=0");
             progs.push(attach(&t.ns(&b), programs::DECAP, "hola_decap", "eth0"));
         }
         // A veth takes the frames its peer sends with XDP_TX only while it
         // has an XDP program itself.
-        progs.push(attach(&t.ns("sw"), programs::BENCH, "bench_pass", "p-lb"));
+        let peer: &'static str = port(BALANCER).leak();
+        progs.push(attach(&t.ns(SWITCH), programs::BENCH, "bench_pass", peer));
         Lab {
             t,
-            backends,
+            backends: spec.backends,
             _programs: progs,
         }
     }

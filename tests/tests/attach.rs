@@ -24,31 +24,26 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::{
-    Ebpf,
-    programs::{Xdp, xdp::XdpMode},
-};
+use aya::programs::xdp::XdpMode;
 use hola_tests::{
     fixture::require_root,
     netns::{Topology, in_ns, spawn_in_ns},
+    topo::Lab,
 };
 use lb_userspace::{
     dataplane::{BackendSpec, Dataplane, DataplaneConfig, Mode, Proto, VipAddr, VipSpec},
-    neigh, programs,
+    neigh,
 };
+use netlab::lab::{Family, LabSpec};
 
 /// The addresses of one address family's topology.
 struct Net {
     prefix: &'static str,
-    client: &'static str,
-    lb: &'static str,
+    family: Family,
+    /// Backends b1 and b2 and their addresses (netlab's lab gives them).
     backends: [(&'static str, &'static str); 2],
     dsr_vip: &'static str,
     tun_vip: &'static str,
-    /// Prefix length of the shared link, and of a host route.
-    link_len: u8,
-    host_len: u8,
-    vip_net: &'static str,
     /// The wildcard address to bind to.
     any: &'static str,
     /// nftables' name of the family ("ip" or "ip6").
@@ -57,28 +52,20 @@ struct Net {
 
 const V4: Net = Net {
     prefix: "hat4",
-    client: "198.18.0.1",
-    lb: "198.18.0.2",
+    family: Family::V4,
     backends: [("b1", "198.18.0.11"), ("b2", "198.18.0.12")],
     dsr_vip: "198.18.1.1",
     tun_vip: "198.18.1.2",
-    link_len: 24,
-    host_len: 32,
-    vip_net: "198.18.1.0/24",
     any: "0.0.0.0",
     nft: "ip",
 };
 
 const V6: Net = Net {
     prefix: "hat6",
-    client: "2001:db8::1",
-    lb: "2001:db8::2",
+    family: Family::V6,
     backends: [("b1", "2001:db8::11"), ("b2", "2001:db8::12")],
     dsr_vip: "2001:db8:1::1",
     tun_vip: "2001:db8:1::2",
-    link_len: 64,
-    host_len: 128,
-    vip_net: "2001:db8:1::/64",
     any: "::",
     nft: "ip6",
 };
@@ -87,21 +74,6 @@ const UDP_FLOWS: usize = 40;
 
 /// What each backend served, per (VIP, protocol).
 type Served = Arc<Mutex<BTreeMap<(String, IpAddr, &'static str), u64>>>;
-
-fn attach(ns: &str, object: &'static [u8], prog: &'static str, iface: &'static str) -> Ebpf {
-    in_ns(ns, move || {
-        let mut ebpf = Ebpf::load(object).expect("load object");
-        let p: &mut Xdp = ebpf
-            .program_mut(prog)
-            .expect("program")
-            .try_into()
-            .expect("XDP");
-        p.load().expect("verifier");
-        p.attach(iface, XdpMode::Driver)
-            .unwrap_or_else(|e| panic!("attaching {prog} to {iface} in driver mode: {e}"));
-        ebpf
-    })
-}
 
 /// TCP and UDP servers on a backend that answer with the backend's name,
 /// until `stop` is set.
@@ -209,49 +181,19 @@ fn ipv6_dsr_and_tunnel_with_real_tcp_and_udp() {
 
 fn run(net: &'static Net) {
     require_root();
-    let t = Topology::new(net.prefix, &["sw", "cl", "lb", "b1", "b2"]);
-    t.ip("sw", &["link", "add", "br0", "type", "bridge"]);
-    t.ip("sw", &["link", "set", "br0", "up"]);
-    let hosts = [
-        ("cl", net.client),
-        ("lb", net.lb),
-        net.backends[0],
-        net.backends[1],
-    ];
-    for (h, addr) in hosts {
-        let port = format!("p-{h}");
-        t.link(h, "eth0", "sw", &port);
-        t.ip("sw", &["link", "set", &port, "master", "br0"]);
-        // nodad: usable at once, no duplicate-address detection wait.
-        let cidr = format!("{addr}/{}", net.link_len);
-        if net.host_len == 128 {
-            t.ip(h, &["addr", "add", &cidr, "dev", "eth0", "nodad"]);
-        } else {
-            t.ip(h, &["addr", "add", &cidr, "dev", "eth0"]);
-        }
-        t.sysctl(h, "net.ipv4.conf.all.rp_filter=0");
-        t.sysctl(h, "net.ipv4.conf.eth0.rp_filter=0");
-    }
-    t.ip("cl", &["route", "add", net.vip_net, "via", net.lb]);
-    // A veth leaves TCP/UDP checksums to "hardware" that does not exist once
-    // XDP has moved the frame on: the client's kernel must fill them in, as a
-    // real NIC would before the frame reached the balancer.
-    hola_tests::netns::ns_cmd(&t.ns("cl"), "ethtool", &["-K", "eth0", "tx", "off"]);
-    for (b, _) in net.backends {
-        for vip in [net.dsr_vip, net.tun_vip] {
-            let cidr = format!("{vip}/{}", net.host_len);
-            t.ip(b, &["addr", "add", &cidr, "dev", "lo"]);
-        }
-        t.sysctl(b, "net.ipv4.conf.lo.rp_filter=0");
-    }
-    // Frames the balancer sends with XDP_TX arrive at its peer through the
-    // peer's NAPI, which a veth only runs while it has an XDP program.
-    let _peer = attach(&t.ns("sw"), programs::BENCH, "bench_pass", "p-lb");
-    let _decap: Vec<Ebpf> = net
-        .backends
-        .iter()
-        .map(|(b, _)| attach(&t.ns(b), programs::DECAP, "hola_decap", "eth0"))
-        .collect();
+    // netlab's lab: the bridge, the addresses, the client's route to the
+    // VIPs through the balancer, the VIPs on the backends' lo; hola-decap
+    // on the backends, and an XDP program on the balancer's bridge port
+    // (frames the balancer sends with XDP_TX arrive there through the
+    // peer's NAPI, which a veth only runs while it has an XDP program).
+    let lab = Lab::build(&LabSpec {
+        prefix: net.prefix,
+        client: "cl",
+        backends: net.backends.len(),
+        families: &[net.family],
+        vips: &[net.dsr_vip, net.tun_vip],
+    });
+    let t = &lab.t;
 
     // The balancer, provisioned as the daemon does, next hops from the
     // lb namespace's neighbour table.
@@ -329,7 +271,7 @@ fn run(net: &'static Net) {
     for (b, _) in net.backends {
         servers.extend(serve(net, &t.ns(b), b, served.clone(), stop.clone()));
     }
-    client_counters(net, &t);
+    client_counters(net, t);
     std::thread::sleep(Duration::from_millis(200));
 
     // The client: real connections and exchanges, bounded in count and time.
@@ -432,7 +374,7 @@ fn run(net: &'static Net) {
     }
 
     // The balancer's counters equal what the client sent and the backends saw.
-    let client = read_client_counters(&t);
+    let client = read_client_counters(t);
     assert_eq!(client.len(), 4, "four nftables counters");
     let stats = dp.stats().expect("stats");
     for (i, (v, _)) in vips.iter().enumerate() {
