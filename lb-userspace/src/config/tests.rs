@@ -945,3 +945,63 @@ fn missing_file() {
     assert!(e.starts_with("/nonexistent/hola.toml: cannot read"), "{e}");
     assert!(e.contains("No such file"), "{e}");
 }
+
+#[test]
+fn fullnat_ports_are_read_once() {
+    let c = parse(BASE, "x").unwrap();
+    assert_eq!(c.global.fullnat_ports, "20000-59999");
+    assert_eq!(c.global.fullnat_port_range(), defaults::FULLNAT_PORTS);
+    let c = parse(&format!("{BASE}fullnat_ports = \" 30000 - 40000\"\n"), "x").unwrap();
+    assert_eq!(c.global.fullnat_port_range(), (30000, 40000));
+    // Not validated: the default.
+    let mut g = c.global;
+    g.fullnat_ports = "nope".into();
+    assert_eq!(g.fullnat_port_range(), defaults::FULLNAT_PORTS);
+    assert_eq!(parse_port_range("1024-1025"), Some((1024, 1025)));
+    for bad in [
+        "1023-2000",
+        "2000-2000",
+        "3000-2000",
+        "1024-65536",
+        "1024",
+        "a-b",
+    ] {
+        assert_eq!(parse_port_range(bad), None, "{bad}");
+    }
+}
+
+/// The API's JSON of a check table: unwritten keys and `null` take their
+/// defaults; an unwritten timeout is the interval when that is shorter.
+#[test]
+fn check_tables_from_json_fill_defaults() {
+    let h: HealthConfig = serde_json::from_str(
+        r#"{"type":"http","interval":null,"rise":null,"path":null,"command":null}"#,
+    )
+    .unwrap();
+    assert_eq!(h, HealthConfig::new(CheckKind::Http));
+    let h: HealthConfig = serde_json::from_str(r#"{"type":"udp","interval":"1.5s"}"#).unwrap();
+    assert_eq!(
+        (h.interval, h.timeout),
+        (Duration::from_millis(1500), Duration::from_secs(1))
+    );
+    let a: AgentConfig = serde_json::from_str(r#"{"port":1,"interval":"20ms"}"#).unwrap();
+    assert_eq!(
+        (a.interval, a.timeout),
+        (Duration::from_millis(20), Duration::from_millis(20))
+    );
+    let a: AgentConfig =
+        serde_json::from_str(r#"{"port":1,"min_percent":null,"timeout":"5ms"}"#).unwrap();
+    assert_eq!(
+        a,
+        AgentConfig {
+            timeout: Duration::from_millis(5),
+            ..AgentConfig::new(1)
+        }
+    );
+    let e = serde_json::from_str::<HealthConfig>(r#"{"type":"tcp","rise":-1}"#).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("invalid value: integer `-1`, expected u32"),
+        "{e}"
+    );
+}
