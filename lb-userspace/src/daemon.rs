@@ -28,27 +28,6 @@ pub struct RunOptions {
     pub interfaces: Vec<String>,
 }
 
-/// The data-plane settings a configuration asks for.
-pub fn dataplane_config(c: &Config) -> DataplaneConfig {
-    let g = &c.global;
-    DataplaneConfig {
-        flow_capacity_per_cpu: g.flow_capacity_per_cpu,
-        max_vips: g.max_vips,
-        max_backends: g.max_backends,
-        ring_capacity: g.ring_capacity,
-        tunnel_src_v4: (g.tunnel_source_v4.addr, g.tunnel_source_v4.prefix),
-        tunnel_src_v6: (g.tunnel_source_v6.addr, g.tunnel_source_v6.prefix),
-        nat_capacity: g.nat_capacity,
-        nat_tcp_idle: g.nat_tcp_timeout,
-        nat_udp_idle: g.nat_udp_timeout,
-        nat_closed_linger: g.nat_closed_timeout,
-        fullnat_src_v4: g.fullnat_source_v4,
-        fullnat_src_v6: g.fullnat_source_v6,
-        fullnat_ports: crate::config::parse_port_range(&g.fullnat_ports).unwrap_or((20000, 59999)),
-        ..DataplaneConfig::default()
-    }
-}
-
 /// Mounts bpffs at /sys/fs/bpf unless it is mounted there already.
 ///
 /// Pins must outlive this process, so they must live in a bpffs that other
@@ -196,7 +175,7 @@ async fn keep_socket(
 fn start_owner(cfg: &Config, ifindexes: &[u32]) -> anyhow::Result<Owner> {
     ensure_bpffs()?;
     let bpffs = cfg.global.bpffs_dir.clone();
-    let mut dp = Dataplane::load_pinned(dataplane_config(cfg), &bpffs)
+    let mut dp = Dataplane::load_pinned(DataplaneConfig::from_global(&cfg.global), &bpffs)
         .with_context(|| format!("loading the data plane (pins under {})", bpffs.display()))?;
     let modes: &[AyaMode] = match cfg.global.xdp_mode {
         XdpMode::Auto => &[AyaMode::Driver, AyaMode::Skb],

@@ -513,9 +513,10 @@ pub fn settings(cfg: &crate::config::Config) -> anyhow::Result<Option<Settings>>
             while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                 k.pop();
             }
+            let min = crate::config::defaults::CLUSTER_KEY_MIN_LEN;
             anyhow::ensure!(
-                k.len() >= 16,
-                "cluster: the key in {} is {} bytes; use at least 16 random characters",
+                k.len() >= min,
+                "cluster: the key in {} is {} bytes; use at least {min} random characters",
                 f.display(),
                 k.len()
             );

@@ -69,25 +69,53 @@ pub struct DataplaneConfig {
 }
 
 impl Default for DataplaneConfig {
+    /// The configuration file's defaults (`config::defaults`).
     fn default() -> Self {
+        use crate::config::defaults as d;
         Self {
-            flow_capacity_per_cpu: 1 << 20,
-            max_vips: 256,
-            max_backends: 4096,
-            ring_capacity: 16 * crate::maglev::DEFAULT_TABLE_SIZE,
-            max_tx_ports: 64,
-            tunnel_src_v4: ("198.18.255.0".parse().expect("literal"), 24),
-            tunnel_src_v6: ("2001:db8:ffff::".parse().expect("literal"), 112),
-            nat_capacity: 1 << 20,
-            nat_tcp_idle: Duration::from_secs(900),
-            nat_udp_idle: Duration::from_secs(60),
-            nat_closed_linger: Duration::from_secs(10),
+            flow_capacity_per_cpu: d::FLOW_CAPACITY_PER_CPU,
+            max_vips: d::MAX_VIPS,
+            max_backends: d::MAX_BACKENDS,
+            ring_capacity: d::RING_CAPACITY,
+            max_tx_ports: MAX_TX_PORTS,
+            tunnel_src_v4: (d::TUNNEL_SOURCE_V4.addr, d::TUNNEL_SOURCE_V4.prefix),
+            tunnel_src_v6: (d::TUNNEL_SOURCE_V6.addr, d::TUNNEL_SOURCE_V6.prefix),
+            nat_capacity: d::NAT_CAPACITY,
+            nat_tcp_idle: d::NAT_TCP_TIMEOUT,
+            nat_udp_idle: d::NAT_UDP_TIMEOUT,
+            nat_closed_linger: d::NAT_CLOSED_TIMEOUT,
             fullnat_src_v4: None,
             fullnat_src_v6: None,
-            fullnat_ports: (20000, 59999),
+            fullnat_ports: d::FULLNAT_PORTS,
         }
     }
 }
+
+impl DataplaneConfig {
+    /// The data-plane settings of a configuration's `[global]` table.
+    pub fn from_global(g: &crate::config::Global) -> Self {
+        DataplaneConfig {
+            flow_capacity_per_cpu: g.flow_capacity_per_cpu,
+            max_vips: g.max_vips,
+            max_backends: g.max_backends,
+            ring_capacity: g.ring_capacity,
+            max_tx_ports: MAX_TX_PORTS,
+            tunnel_src_v4: (g.tunnel_source_v4.addr, g.tunnel_source_v4.prefix),
+            tunnel_src_v6: (g.tunnel_source_v6.addr, g.tunnel_source_v6.prefix),
+            nat_capacity: g.nat_capacity,
+            nat_tcp_idle: g.nat_tcp_timeout,
+            nat_udp_idle: g.nat_udp_timeout,
+            nat_closed_linger: g.nat_closed_timeout,
+            fullnat_src_v4: g.fullnat_source_v4,
+            fullnat_src_v6: g.fullnat_source_v6,
+            fullnat_ports: g.fullnat_port_range(),
+        }
+    }
+}
+
+/// Interfaces a backend may name as egress (the size of `TX_PORTS`); not a
+/// setting.
+pub const MAX_TX_PORTS: u32 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {

@@ -9,7 +9,7 @@ use std::path::Path;
 use super::{ErrorKind, Owner, OwnerError};
 use crate::command::Command;
 use crate::{
-    config::Config,
+    config::{Config, ConfigErrors, Subject},
     dataplane::DataplaneError,
     reconcile,
     state::{persist, prev_path},
@@ -93,11 +93,11 @@ impl Owner {
 /// A refused configuration change, in the terms of the request: each error
 /// says which VIP and backend it is about (the field paths count VIPs and
 /// backends by position, which a caller of the API does not see).
-fn describe(config: &Config, errors: &crate::config::ConfigErrors) -> String {
+fn describe(config: &Config, errors: &ConfigErrors) -> String {
     let lines: Vec<String> = errors
         .0
         .iter()
-        .map(|e| match e.path().and_then(|p| subject(config, p)) {
+        .map(|e| match e.subject().and_then(|s| subject(config, s)) {
             Some(s) => format!("{s}: {}", e.message()),
             None => e.message().to_string(),
         })
@@ -105,25 +105,14 @@ fn describe(config: &Config, errors: &crate::config::ConfigErrors) -> String {
     lines.join("\n")
 }
 
-/// "VIP 198.18.1.1:80/tcp" or "VIP 198.18.1.1:80/tcp, backend 198.18.0.11"
-/// for a field path under `vip[i]` or `vip[i].backend[j]`.
-fn subject(config: &Config, path: &str) -> Option<String> {
-    let index = |s: &str, key: &str| -> Option<(usize, usize)> {
-        let rest = s.strip_prefix(key)?.strip_prefix('[')?;
-        let end = rest.find(']')?;
-        Some((rest[..end].parse().ok()?, key.len() + end + 2))
-    };
-    let (i, used) = index(path, "vip")?;
-    let vip = config.vips.get(i)?;
-    let mut s = format!("VIP {}", vip.key());
-    if let Some((j, _)) = path[used..]
-        .strip_prefix('.')
-        .and_then(|rest| index(rest, "backend"))
-        && let Some(b) = vip.backends.get(j)
-    {
-        s += &format!(", backend {}", b.address);
+/// "VIP 198.18.1.1:80/tcp" or "VIP 198.18.1.1:80/tcp, backend 198.18.0.11".
+fn subject(config: &Config, s: Subject) -> Option<String> {
+    let vip = config.vips.get(s.vip)?;
+    let mut out = format!("VIP {}", vip.key());
+    if let Some(b) = s.backend.and_then(|j| vip.backends.get(j)) {
+        out += &format!(", backend {}", b.address);
     }
-    Some(s)
+    Some(out)
 }
 
 #[cfg(test)]
