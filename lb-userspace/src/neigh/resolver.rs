@@ -18,9 +18,9 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    NeighError, NeighEvent, REFRESH, RETRY,
+    Mac, NeighError, NeighEvent, REFRESH, RETRY,
     netlink::{connect, look, neigh_of, provoke},
-    track::{Outcome, Track, log_event},
+    track::{Outcome, Told, Track},
 };
 
 /// The owner's handle on the resolver: says which backends it wants.
@@ -218,7 +218,10 @@ impl State {
             })
             .collect();
         for (b, outcome) in hits {
-            if let Outcome::Missing(_) = outcome
+            // A flushed or failed entry of a host that is still there comes
+            // back at once; one that is gone is provoked in vain, as at each
+            // retry.
+            if !matches!(outcome, Outcome::Found(_))
                 && let Some(hop) = n.dst
             {
                 provoke(hop);
@@ -240,6 +243,43 @@ impl State {
         tokio::select! {
             sent = self.events.send(event) => sent.map_err(|_| Stop::Done),
             _ = self.shutdown.cancelled() => Err(Stop::Done),
+        }
+    }
+}
+
+/// The log line of a change the owner is told of, `old` being what it had
+/// been told before.
+fn log_event(old: Told, event: &NeighEvent) {
+    match (old, event) {
+        (
+            Told::Resolved(o),
+            NeighEvent::Resolved {
+                backend,
+                nexthop: n,
+            },
+        ) if o.dmac != n.dmac => {
+            tracing::info!(backend = %backend, old_mac = %Mac(o.dmac), new_mac = %Mac(n.dmac), ifindex = n.ifindex, "next hop MAC changed");
+        }
+        (
+            Told::Resolved(o),
+            NeighEvent::Resolved {
+                backend,
+                nexthop: n,
+            },
+        ) => {
+            tracing::info!(backend = %backend, mac = %Mac(n.dmac), old_ifindex = o.ifindex, ifindex = n.ifindex, "next hop interface changed");
+        }
+        (
+            _,
+            NeighEvent::Resolved {
+                backend,
+                nexthop: n,
+            },
+        ) => {
+            tracing::info!(backend = %backend, mac = %Mac(n.dmac), ifindex = n.ifindex, "next hop resolved");
+        }
+        (_, NeighEvent::Unresolved { backend, error }) => {
+            tracing::warn!(backend = %backend, error = %error, "next hop unresolved; its packets are dropped (drop_no_nexthop) until it answers");
         }
     }
 }

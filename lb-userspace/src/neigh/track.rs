@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use tokio::time::Instant;
 
-use super::{GRACE, Mac, NeighEvent, netlink::Egress};
+use super::{GRACE, NeighEvent, netlink::Egress};
 use crate::dataplane::Nexthop;
 
 /// The result of one look at a backend's next hop.
@@ -81,43 +81,6 @@ impl Track {
             self.told = Told::Unresolved;
             NeighEvent::Unresolved { backend, error }
         })
-    }
-}
-
-/// The log line of a change the owner is told of, `old` being what it had
-/// been told before.
-pub(super) fn log_event(old: Told, event: &NeighEvent) {
-    match (old, event) {
-        (
-            Told::Resolved(o),
-            NeighEvent::Resolved {
-                backend,
-                nexthop: n,
-            },
-        ) if o.dmac != n.dmac => {
-            tracing::info!(backend = %backend, old_mac = %Mac(o.dmac), new_mac = %Mac(n.dmac), ifindex = n.ifindex, "next hop MAC changed");
-        }
-        (
-            Told::Resolved(o),
-            NeighEvent::Resolved {
-                backend,
-                nexthop: n,
-            },
-        ) => {
-            tracing::info!(backend = %backend, mac = %Mac(n.dmac), old_ifindex = o.ifindex, ifindex = n.ifindex, "next hop interface changed");
-        }
-        (
-            _,
-            NeighEvent::Resolved {
-                backend,
-                nexthop: n,
-            },
-        ) => {
-            tracing::info!(backend = %backend, mac = %Mac(n.dmac), ifindex = n.ifindex, "next hop resolved");
-        }
-        (_, NeighEvent::Unresolved { backend, error }) => {
-            tracing::warn!(backend = %backend, error = %error, "next hop unresolved; its packets are dropped (drop_no_nexthop) until it answers");
-        }
     }
 }
 
