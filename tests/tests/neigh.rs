@@ -1,9 +1,9 @@
 //! Next hops follow the kernel: the resolver, started in the balancer's
 //! namespace, resolves a backend's MAC; when the backend's address moves
 //! to another host, which announces it with a gratuitous ARP, the owner
-//! gets the new MAC within a second, with a log line naming both MACs; and
+//! gets the new MAC within a second, with a log line naming both MACs;
 //! when nobody answers for the address any more, the owner is told it is
-//! unresolved.
+//! unresolved; and when a host answers again, resolved.
 //!
 //! ```text
 //!   lb 198.18.0.2  ─┐
@@ -287,6 +287,23 @@ fn a_moved_address_gets_the_new_mac_within_a_second() {
     assert!(
         r.events.recv_timeout(Duration::from_secs(3)).is_err(),
         "an unresolved backend is told once"
+    );
+
+    // Host a takes the address back without announcing it: the resolver,
+    // provoking ARP at each retry (the kernel's entry is FAILED by now and
+    // would stay so), finds it again.
+    t.ip(
+        "a",
+        &["addr", "add", &format!("{BACKEND}/24"), "dev", "eth0"],
+    );
+    let ev = r.next(Duration::from_secs(3), "after the address came back");
+    assert_eq!(
+        ev,
+        NeighEvent::Resolved {
+            backend,
+            nexthop: on_ingress(mac_a)
+        },
+        "host a's MAC again"
     );
     r.stop();
 }

@@ -332,7 +332,9 @@ pub(super) async fn look(
         Ok(Err(e)) => Ok((None, Outcome::Failed(e.to_string()))),
         Ok(Ok((eg, n))) => {
             let outcome = eg.outcome(backend, hop_state(n.as_ref()), ingress_ifindex);
-            if matches!(outcome, Outcome::Missing(_)) {
+            // A FAILED entry stays so until traffic through the kernel
+            // (which frames sent by XDP are not) makes it probe again.
+            if !matches!(outcome, Outcome::Found(_)) {
                 provoke(eg.hop);
             }
             Ok((Some(eg), outcome))

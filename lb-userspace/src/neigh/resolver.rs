@@ -24,7 +24,7 @@ use super::{
 };
 
 /// The owner's handle on the resolver: says which backends it wants.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Resolver {
     wanted: watch::Sender<BTreeSet<IpAddr>>,
 }
