@@ -45,6 +45,8 @@ pub mod defaults;
 mod error;
 mod raw;
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 mod toml;
 mod validate;

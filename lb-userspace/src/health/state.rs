@@ -291,9 +291,7 @@ impl Checks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{
-        AgentConfig, BackendConfig, CheckKind, HashKind, HealthConfig, Protocol, VipMode,
-    };
+    use crate::config::{AgentConfig, CheckKind, HealthConfig, testing::vip};
 
     #[test]
     fn exactly_fall_failures_take_down_and_rise_successes_bring_back() {
@@ -333,33 +331,6 @@ mod tests {
         assert_eq!(slow_start_weight(100, Duration::from_secs(31), ramp), 100);
         assert_eq!(slow_start_weight(3, Duration::ZERO, ramp), 1, "at least 1");
         assert_eq!(slow_start_weight(100, Duration::ZERO, None), 100);
-    }
-
-    fn vip(backends: &[(&str, u32, bool)]) -> VipConfig {
-        VipConfig {
-            address: "198.18.1.1".parse().expect("ip"),
-            port: 80,
-            protocol: Protocol::Tcp,
-            mode: VipMode::Dsr,
-            hash: HashKind::FiveTuple,
-            table_size: None,
-            health: Some(HealthConfig::new(CheckKind::Tcp)),
-            agent: Some(AgentConfig::new(9999)),
-            outlier: None,
-            backends: backends
-                .iter()
-                .map(|(a, w, backup)| BackendConfig {
-                    address: a.parse().expect("ip"),
-                    weight: *w,
-                    backup: *backup,
-                    interface: None,
-                    port: None,
-                    drain: false,
-                    health: None,
-                    agent: None,
-                })
-                .collect(),
-        }
     }
 
     fn checks(v: &VipConfig) -> Checks {

@@ -118,43 +118,7 @@ fn subject(config: &Config, s: Subject) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{
-        AgentConfig, BackendConfig, CheckKind, HashKind, HealthConfig, Protocol, VipConfig, VipMode,
-    };
-
-    fn vip(backends: &[(&str, u32, bool)]) -> VipConfig {
-        VipConfig {
-            address: "198.18.1.1".parse().expect("ip"),
-            port: 80,
-            protocol: Protocol::Tcp,
-            mode: VipMode::Dsr,
-            hash: HashKind::FiveTuple,
-            table_size: None,
-            health: Some(HealthConfig::new(CheckKind::Tcp)),
-            agent: Some(AgentConfig::new(9999)),
-            outlier: None,
-            backends: backends
-                .iter()
-                .map(|(a, w, backup)| BackendConfig {
-                    address: a.parse().expect("ip"),
-                    weight: *w,
-                    backup: *backup,
-                    interface: None,
-                    port: None,
-                    drain: false,
-                    health: None,
-                    agent: None,
-                })
-                .collect(),
-        }
-    }
-
-    fn config_with(vips: Vec<VipConfig>) -> Config {
-        let mut c =
-            crate::config::parse("[global]\ninterfaces = [\"eth0\"]\n", "t").expect("config");
-        c.vips = vips;
-        c
-    }
+    use crate::config::testing::{config_with, vip};
 
     #[test]
     fn a_refused_change_names_the_vip_and_the_backend() {
