@@ -26,6 +26,20 @@ use crate::{
 };
 
 /// The largest request body accepted (a VIP with thousands of backends fits).
+/// The control API's paths, shared by the router and the CLI.
+pub mod paths {
+    pub const CONFIG: &str = "/v1/config";
+    pub const VIPS: &str = "/v1/vips";
+    pub const VIPS_DELETE: &str = "/v1/vips/delete";
+    pub const BACKENDS: &str = "/v1/backends";
+    pub const BACKENDS_DELETE: &str = "/v1/backends/delete";
+    pub const BACKENDS_WEIGHT: &str = "/v1/backends/weight";
+    pub const BACKENDS_DRAIN: &str = "/v1/backends/drain";
+    pub const STATS: &str = "/v1/stats";
+    pub const FLOW: &str = "/v1/flow";
+    pub const EVENTS: &str = "/v1/events";
+}
+
 pub const BODY_LIMIT: usize = 1 << 20;
 /// How long a client has to send a request's headers, and then its body.
 /// The CLI sends both at once; a client that stalls is cut off so that it
@@ -423,7 +437,7 @@ async fn fallback(method: Method, uri: Uri) -> ApiError {
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     let path = uri.path();
     let allowed = match path {
-        "/v1/vips" => "GET lists VIPs, POST adds one",
+        paths::VIPS => "GET lists VIPs, POST adds one",
         p if p.starts_with("/v1/vips/") || p.starts_with("/v1/backends") => "POST",
         _ => "GET",
     };
@@ -436,16 +450,16 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 /// The control API's routes.
 pub fn router(tx: Tx) -> Router {
     Router::new()
-        .route("/v1/config", get(config))
-        .route("/v1/vips", get(vips).post(vip_add))
-        .route("/v1/vips/delete", post(vip_del))
-        .route("/v1/backends", post(backend_add))
-        .route("/v1/backends/delete", post(backend_del))
-        .route("/v1/backends/weight", post(backend_weight))
-        .route("/v1/backends/drain", post(backend_drain))
-        .route("/v1/stats", get(stats))
-        .route("/v1/flow", get(flow))
-        .route("/v1/events", get(events))
+        .route(paths::CONFIG, get(config))
+        .route(paths::VIPS, get(vips).post(vip_add))
+        .route(paths::VIPS_DELETE, post(vip_del))
+        .route(paths::BACKENDS, post(backend_add))
+        .route(paths::BACKENDS_DELETE, post(backend_del))
+        .route(paths::BACKENDS_WEIGHT, post(backend_weight))
+        .route(paths::BACKENDS_DRAIN, post(backend_drain))
+        .route(paths::STATS, get(stats))
+        .route(paths::FLOW, get(flow))
+        .route(paths::EVENTS, get(events))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(tx)

@@ -5,7 +5,7 @@
 use std::{future::Future, net::IpAddr, net::SocketAddr, path::Path, time::Duration};
 
 use lb_userspace::{
-    api::{BackendAdd, BackendDrain, BackendRef, BackendWeight, VipRef},
+    api::{BackendAdd, BackendDrain, BackendRef, BackendWeight, VipRef, paths},
     client,
     config::{self, BackendConfig, Config, VipConfig},
     daemon, helpers,
@@ -84,16 +84,16 @@ async fn vip(socket: &Path, cmd: VipCmd) -> anyhow::Result<()> {
             table_size,
         } => {
             let r = parse_vip(&vip)?;
-            client::post(socket, "/v1/vips", &new_vip(r, mode, hash, table_size)).await?;
+            client::post(socket, paths::VIPS, &new_vip(r, mode, hash, table_size)).await?;
             Changed::VipAdded(r)
         }
         VipCmd::Del { vip } => {
             let r = parse_vip(&vip)?;
-            client::post(socket, "/v1/vips/delete", &r).await?;
+            client::post(socket, paths::VIPS_DELETE, &r).await?;
             Changed::VipRemoved(r)
         }
         VipCmd::List => {
-            let vips: Vec<VipConfig> = client::get_json(socket, "/v1/vips").await?;
+            let vips: Vec<VipConfig> = client::get_json(socket, paths::VIPS).await?;
             print!("{}", print::vips(&vips));
             return Ok(());
         }
@@ -139,7 +139,7 @@ async fn backend(socket: &Path, cmd: BackendCmd) -> anyhow::Result<()> {
                 health: None,
                 agent: None,
             };
-            client::post(socket, "/v1/backends", &BackendAdd { vip, backend }).await?;
+            client::post(socket, paths::BACKENDS, &BackendAdd { vip, backend }).await?;
             Changed::BackendAdded {
                 vip,
                 backend: address,
@@ -148,7 +148,7 @@ async fn backend(socket: &Path, cmd: BackendCmd) -> anyhow::Result<()> {
         BackendCmd::Del { vip, address } => {
             let vip = parse_vip(&vip)?;
             let body = BackendRef { vip, address };
-            client::post(socket, "/v1/backends/delete", &body).await?;
+            client::post(socket, paths::BACKENDS_DELETE, &body).await?;
             Changed::BackendRemoved {
                 vip,
                 backend: address,
@@ -165,7 +165,7 @@ async fn backend(socket: &Path, cmd: BackendCmd) -> anyhow::Result<()> {
                 address,
                 weight,
             };
-            client::post(socket, "/v1/backends/weight", &body).await?;
+            client::post(socket, paths::BACKENDS_WEIGHT, &body).await?;
             Changed::Weight {
                 vip,
                 backend: address,
@@ -176,7 +176,7 @@ async fn backend(socket: &Path, cmd: BackendCmd) -> anyhow::Result<()> {
         BackendCmd::Undrain { vip, address } => drain(socket, &vip, address, false).await?,
         BackendCmd::List { vip } => {
             let only = vip.as_deref().map(parse_vip).transpose()?;
-            let s: StatsReport = client::get_json(socket, "/v1/stats").await?;
+            let s: StatsReport = client::get_json(socket, paths::STATS).await?;
             print!("{}", print::backends(&s, only.as_ref()));
             return Ok(());
         }
@@ -193,7 +193,7 @@ async fn drain(socket: &Path, vip: &str, address: IpAddr, drain: bool) -> anyhow
         address,
         drain,
     };
-    client::post(socket, "/v1/backends/drain", &body).await?;
+    client::post(socket, paths::BACKENDS_DRAIN, &body).await?;
     Ok(Changed::Drain {
         vip,
         backend: address,
@@ -205,7 +205,7 @@ async fn drain(socket: &Path, vip: &str, address: IpAddr, drain: bool) -> anyhow
 /// interrupted or the daemon fails to answer.
 async fn stats(socket: &Path, json: bool, watch: Option<u64>) -> anyhow::Result<()> {
     loop {
-        let text = client::get(socket, "/v1/stats").await?;
+        let text = client::get(socket, paths::STATS).await?;
         if json {
             println!("{text}");
         } else {
@@ -225,7 +225,7 @@ async fn flow(
     dst: SocketAddr,
     proto: ProtoArg,
 ) -> anyhow::Result<()> {
-    let q = format!("/v1/flow?src={src}&dst={dst}&proto={}", proto.name());
+    let q = format!("{}?src={src}&dst={dst}&proto={}", paths::FLOW, proto.name());
     // IPv6 addresses' brackets are not allowed as such in a query.
     let q = q.replace('[', "%5B").replace(']', "%5D");
     let a: FlowAnswer = client::get_json(socket, &q).await?;
@@ -234,7 +234,7 @@ async fn flow(
 }
 
 async fn events(socket: &Path, json: bool) -> anyhow::Result<()> {
-    let text = client::get(socket, "/v1/events").await?;
+    let text = client::get(socket, paths::EVENTS).await?;
     if json {
         println!("{text}");
     } else {
@@ -246,6 +246,6 @@ async fn events(socket: &Path, json: bool) -> anyhow::Result<()> {
 
 /// `hola config dump`: the daemon's TOML, as it sent it.
 async fn config_dump(socket: &Path) -> anyhow::Result<()> {
-    print!("{}", client::get(socket, "/v1/config").await?);
+    print!("{}", client::get(socket, paths::CONFIG).await?);
     Ok(())
 }
