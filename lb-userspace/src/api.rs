@@ -182,7 +182,7 @@ impl From<OwnerError> for ApiError {
             ErrorKind::Invalid => StatusCode::BAD_REQUEST,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::Conflict => StatusCode::CONFLICT,
-            ErrorKind::Failed | ErrorKind::Unavailable => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::with_status(status, e.message)
     }

@@ -26,8 +26,6 @@ pub enum ErrorKind {
     /// The kernel refused a map write, or the state file could not be
     /// saved (500): the change is not made.
     Failed,
-    /// The owner has stopped (500).
-    Unavailable,
 }
 
 /// Why a request was not done, for the caller.
