@@ -42,6 +42,54 @@ pub fn spawn_in_ns<R: Send + 'static>(
     })
 }
 
+/// Sends one Ethernet `frame` (header included) out of `dev` in namespace
+/// `ns` through a packet socket, as the host there would.
+pub fn send_frame(ns: &str, dev: &'static str, frame: Vec<u8>) {
+    in_ns(ns, move || {
+        assert!(frame.len() >= 14, "an Ethernet frame: {frame:02x?}");
+        // The frame's own EtherType, network order as the socket wants it.
+        let proto = u16::from_ne_bytes([frame[12], frame[13]]);
+        let name = std::ffi::CString::new(dev).expect("name");
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(ifindex, 0, "{dev}: {}", std::io::Error::last_os_error());
+        // SAFETY: plain socket creation; the fd is closed below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a zeroed sockaddr_ll is valid; the fields set below are
+        // the ones a packet socket's sendto reads.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_protocol = proto;
+        to.sll_ifindex = ifindex as i32;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: frame and to are valid for the lengths given; fd is ours.
+        let sent = unsafe {
+            let n = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const to).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            libc::close(fd);
+            n
+        };
+        assert_eq!(
+            sent,
+            frame.len() as isize,
+            "sending a frame out of {dev}: {}",
+            std::io::Error::last_os_error()
+        );
+    });
+}
+
 /// Moves the calling thread into the network namespace at `path`.
 pub fn enter(path: &str) {
     let f = File::open(path).unwrap_or_else(|e| panic!("opening {path}: {e}"));

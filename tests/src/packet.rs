@@ -302,3 +302,25 @@ pub fn l4_checksums_ok(frame: &[u8]) -> bool {
     }
     fold(pseudo + u32::from(proto) + l4.len() as u32 + sum16(l4)) == 0
 }
+
+/// A gratuitous ARP frame: a broadcast request from `mac` saying "`ip` is
+/// at `mac`", as a host that takes over an address announces it.
+pub fn gratuitous_arp(ip: Ipv4Addr, mac: [u8; 6]) -> Vec<u8> {
+    const ETH_P_ARP: u16 = 0x0806;
+    let mut frame = vec![0xff; 6]; // to everyone
+    frame.extend(mac);
+    frame.extend(ETH_P_ARP.to_be_bytes());
+    // Ethernet, IPv4, 6-byte and 4-byte addresses, a request.
+    frame.extend([0, 1, 8, 0, 6, 4, 0, 1]);
+    frame.extend(mac);
+    frame.extend(ip.octets());
+    frame.extend([0; 6]);
+    frame.extend(ip.octets());
+    frame
+}
+
+/// A MAC address as `ip` and the daemon's log lines write it:
+/// `02:00:00:00:00:01`.
+pub fn mac_text(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}

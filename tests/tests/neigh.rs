@@ -10,16 +10,31 @@
 //!   a  198.18.0.11 ─┤ br0 (ns sw)      198.18.0.11 moves from a to b
 //!   b              ─┘
 //! ```
+//!
+//! And the same end to end: `hola run` in the lab, a dsr VIP in front of
+//! 198.18.0.11, the address moving from b1 to b2 under it; the pinned
+//! `BACKENDS` entry takes b2's MAC within a second and the client's
+//! requests are answered by b2.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    path::Path,
     sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
+use aya::maps::{Array, Map, MapData};
 use hola_tests::{
+    daemon::{Daemon, GLOBAL},
     fixture::require_root,
-    netns::{Topology, in_ns, spawn_in_ns},
+    netns::{Topology, in_ns, send_frame, spawn_in_ns},
+    packet::{gratuitous_arp, mac_text},
+    topo::{DSR_VIP, Lab, Servers, http_get},
+};
+use lb_common::{
+    Backend, FAMILY_V4,
+    backend::{BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP},
 };
 use lb_userspace::{
     dataplane::Nexthop,
@@ -109,71 +124,6 @@ impl Running {
     }
 }
 
-/// Sends a gratuitous ARP from `dev` in namespace `ns`: "`ip` is at `mac`",
-/// as a host that takes over an address announces it.
-fn gratuitous_arp(ns: &str, dev: &'static str, ip: Ipv4Addr, mac: [u8; 6]) {
-    in_ns(ns, move || {
-        const ETH_P_ARP: u16 = 0x0806;
-        let mut frame = vec![0xff; 6]; // to everyone
-        frame.extend(mac);
-        frame.extend(ETH_P_ARP.to_be_bytes());
-        // Ethernet, IPv4, 6-byte and 4-byte addresses, a request.
-        frame.extend([0, 1, 8, 0, 6, 4, 0, 1]);
-        frame.extend(mac);
-        frame.extend(ip.octets());
-        frame.extend([0; 6]);
-        frame.extend(ip.octets());
-        let name = std::ffi::CString::new(dev).expect("name");
-        // SAFETY: a valid NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert_ne!(ifindex, 0, "{dev} in {}", std::io::Error::last_os_error());
-        // SAFETY: plain socket creation; the fd is closed below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                i32::from(ETH_P_ARP.to_be()),
-            )
-        };
-        assert!(
-            fd >= 0,
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: a zeroed sockaddr_ll is valid; the fields set below are
-        // the ones a packet socket's sendto reads.
-        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        to.sll_family = libc::AF_PACKET as u16;
-        to.sll_protocol = ETH_P_ARP.to_be();
-        to.sll_ifindex = ifindex as i32;
-        to.sll_halen = 6;
-        to.sll_addr[..6].fill(0xff);
-        // SAFETY: frame and to are valid for the lengths given; fd is ours.
-        let sent = unsafe {
-            let n = libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const to).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            libc::close(fd);
-            n
-        };
-        assert_eq!(
-            sent,
-            frame.len() as isize,
-            "gratuitous ARP: {}",
-            std::io::Error::last_os_error()
-        );
-    });
-}
-
-fn mac_text(m: [u8; 6]) -> String {
-    m.map(|b| format!("{b:02x}")).join(":")
-}
-
 #[test]
 fn a_moved_address_gets_the_new_mac_within_a_second() {
     require_root();
@@ -243,7 +193,7 @@ fn a_moved_address_gets_the_new_mac_within_a_second() {
         &["addr", "add", &format!("{BACKEND}/24"), "dev", "eth0"],
     );
     let sent = Instant::now();
-    gratuitous_arp(&t.ns("b"), "eth0", BACKEND, mac_b);
+    send_frame(&t.ns("b"), "eth0", gratuitous_arp(BACKEND, mac_b));
     let ev = r.next(
         Duration::from_secs(1).saturating_sub(sent.elapsed()),
         "after the gratuitous ARP",
@@ -306,4 +256,152 @@ fn a_moved_address_gets_the_new_mac_within_a_second() {
         "host a's MAC again"
     );
     r.stop();
+}
+
+/// The daemon's `BACKENDS` map, opened from its pin under `bpffs`.
+fn pinned_backends(bpffs: &Path) -> Array<MapData, Backend> {
+    let path = bpffs.join("maps").join(lb_common::maps::BACKENDS);
+    let data = MapData::from_pin(&path)
+        .unwrap_or_else(|e| panic!("opening the pinned map {}: {e}", path.display()));
+    let map = Map::from_map_data(data).expect("a map type aya knows");
+    Array::try_from(map).expect("BACKENDS is an array of Backend")
+}
+
+/// The live entry of IPv4 backend `addr` in `backends`, if there is one.
+fn entry_of(backends: &Array<MapData, Backend>, addr: Ipv4Addr) -> Option<Backend> {
+    backends
+        .iter()
+        .map(|e| e.expect("reading a BACKENDS entry"))
+        .find(|b| {
+            b.family == FAMILY_V4 && b.addr[..4] == addr.octets() && b.flags & BACKEND_F_ACTIVE != 0
+        })
+}
+
+/// Polls `backends` every 50 ms until the entry of `addr` has next-hop MAC
+/// `mac`, which must be within `limit` from `since`; returns the entry and
+/// the time from `since` to the end of the read that saw it (an upper
+/// bound on when the change was made).
+fn wait_dmac(
+    backends: &Array<MapData, Backend>,
+    addr: Ipv4Addr,
+    mac: [u8; 6],
+    since: Instant,
+    limit: Duration,
+) -> (Backend, Duration) {
+    loop {
+        let entry = entry_of(backends, addr);
+        let took = since.elapsed();
+        let seen = entry.filter(|b| b.flags & BACKEND_F_NEXTHOP != 0 && b.dmac == mac);
+        assert!(
+            took <= limit,
+            "BACKENDS entry of {addr}: next hop {} not there within {limit:?} (read at {took:?}): {entry:?}",
+            mac_text(mac)
+        );
+        if let Some(b) = seen {
+            return (b, took);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `n` requests through the dsr VIP from the client, each on a new
+/// connection: how many each backend answered (failures by their error).
+fn answers(lab: &Lab, n: usize) -> BTreeMap<String, usize> {
+    in_ns(&lab.t.ns("cl"), move || {
+        let vip: SocketAddr = format!("{DSR_VIP}:80").parse().expect("vip");
+        let mut by = BTreeMap::new();
+        for _ in 0..n {
+            let r = TcpStream::connect_timeout(&vip, Duration::from_secs(1)).and_then(|mut c| {
+                c.set_read_timeout(Some(Duration::from_secs(1)))?;
+                http_get(&mut c)
+            });
+            *by.entry(r.unwrap_or_else(|e| format!("error: {e}")))
+                .or_default() += 1;
+        }
+        by
+    })
+}
+
+/// Issue 14's neighbour-change test, end to end: the daemon subscribes to
+/// neighbour changes, so when backend 198.18.0.11 moves from host b1 to
+/// host b2 (another MAC), which announces it with a gratuitous ARP, the
+/// backend's entry in the pinned `BACKENDS` map holds b2's MAC within one
+/// second (the rest of the entry unchanged), requests through the VIP are
+/// answered by b2, and the daemon's log has the resolver's "next hop MAC
+/// changed" line naming the backend and both MACs.
+#[test]
+fn the_daemon_sends_a_moved_backend_to_its_new_mac_within_a_second() {
+    require_root();
+    // b1 and b2 both hold the VIP on lo and answer with their own name;
+    // only b1 holds 198.18.0.11 at first.
+    let lab = Lab::new("hnd", 2);
+    // As in the test above: no IPv6 address or route notifications in the
+    // balancer's namespace to make the resolver look at every backend
+    // again, so only the neighbour notification can carry the change.
+    for key in ["all", "default"] {
+        lab.t
+            .sysctl("lb", &format!("net.ipv6.conf.{key}.disable_ipv6=1"));
+    }
+    let _servers = Servers::start(&lab);
+    let config = format!(
+        r#"{GLOBAL}
+[[vip]]
+address = "{DSR_VIP}"
+port = 80
+protocol = "tcp"
+mode = "dsr"
+
+[[vip.backend]]
+address = "{BACKEND}"
+weight = 1
+"#
+    );
+    let d = Daemon::start("neigh-move", &lab.t.ns("lb"), &config);
+    let (mac_b1, mac_b2) = (lab.t.mac("b1", "eth0"), lab.t.mac("b2", "eth0"));
+    let backends = pinned_backends(&d.bpffs);
+    let (before, _) = wait_dmac(
+        &backends,
+        BACKEND,
+        mac_b1,
+        Instant::now(),
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        answers(&lab, 20),
+        BTreeMap::from([("b1".to_string(), 20)]),
+        "b1 holds {BACKEND}"
+    );
+
+    // The address moves to b2, which announces it.
+    let cidr = format!("{BACKEND}/24");
+    lab.t.ip("b1", &["addr", "del", &cidr, "dev", "eth0"]);
+    lab.t.ip("b2", &["addr", "add", &cidr, "dev", "eth0"]);
+    let sent = Instant::now();
+    send_frame(&lab.t.ns("b2"), "eth0", gratuitous_arp(BACKEND, mac_b2));
+    let (after, took) = wait_dmac(&backends, BACKEND, mac_b2, sent, Duration::from_secs(1));
+    println!("BACKENDS held b2's MAC {took:?} after the gratuitous ARP (polled every 50 ms)");
+    assert_eq!(
+        after,
+        Backend {
+            dmac: mac_b2,
+            ..before
+        },
+        "only the next hop's MAC changed"
+    );
+    assert_eq!(
+        answers(&lab, 20),
+        BTreeMap::from([("b2".to_string(), 20)]),
+        "b2 holds {BACKEND} now"
+    );
+
+    // The owner writes the map after the resolver's event, which is sent
+    // after its log line.
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("next hop MAC changed"))
+        .unwrap_or_else(|| panic!("no log line of the change in:\n{log}"));
+    for want in [BACKEND.to_string(), mac_text(mac_b1), mac_text(mac_b2)] {
+        assert!(line.contains(&want), "{want} missing from: {line}");
+    }
 }
