@@ -115,10 +115,10 @@ impl Dataplane {
                 .vips_map
                 .insert(vip_key(vip), *meta, 0)
                 .map_err(map_err(names::VIPS)),
-            Write::RemoveVip { vip } => self
-                .vips_map
-                .remove(&vip_key(vip))
-                .map_err(map_err(names::VIPS)),
+            // Gone already (a retry after a failed plan): nothing to do.
+            Write::RemoveVip { vip } => {
+                ignore_missing(self.vips_map.remove(&vip_key(vip))).map_err(map_err(names::VIPS))
+            }
             Write::AddrVips { addr, entry } => self.write_addr_vips(*addr, entry.as_ref()),
             Write::Nat(state) => self.write_nat_state(state),
         }

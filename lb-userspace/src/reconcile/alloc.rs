@@ -106,6 +106,15 @@ impl IdPool {
         }
     }
 
+    /// Marks every id `other` has in use as in use here too.
+    pub fn keep_used(&mut self, other: &IdPool) {
+        for id in 1..=self.capacity.min(other.capacity) {
+            if other.used[id as usize] {
+                self.mark(id);
+            }
+        }
+    }
+
     pub fn free(&mut self, id: u32) {
         if std::mem::replace(&mut self.used[id as usize], false) {
             self.in_use -= 1;

@@ -5,21 +5,24 @@
 //!   known → each VIP's spec and its backends' weights, health and next hops;
 //! - [`plan`](plan::plan): userspace's copy of the kernel tables + that →
 //!   the ordered writes, VIP by VIP, touching only what differs;
+//! - [`tables`]: that copy of the kernel tables, and how entries are
+//!   encoded;
 //! - [`alloc`]: the id and ring-space allocators the plan uses.
 //!
 //! The data plane executes a plan; nothing else decides what it writes.
 
 pub mod alloc;
 pub mod plan;
+pub mod tables;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
 };
 
-pub use self::plan::{
-    BackendState, Capacity, DesiredVip, NatState, Plan, PlanError, Planner, Tables, VipState,
-    Write, backend_entry, plan,
+pub use self::{
+    plan::{DesiredVip, NatState, Plan, PlanError, Planner, Write, plan},
+    tables::{BackendState, Capacity, Tables, VipState, backend_entry},
 };
 use crate::{
     config::{Config, HashKind, VipConfig},
@@ -66,6 +69,17 @@ pub fn desired(
             (spec.vip, DesiredVip { spec, backends })
         })
         .collect()
+}
+
+/// Backends in `held` (just added, next hop being resolved) that have no
+/// next hop yet take no new flow: their entries are written, their weight
+/// is 0. A packet sent to a backend without a next hop would be dropped.
+pub fn hold_unresolved(want: &mut BTreeMap<VipAddr, DesiredVip>, held: &HashSet<IpAddr>) {
+    for b in want.values_mut().flat_map(|d| &mut d.backends) {
+        if b.nexthop.is_none() && held.contains(&b.addr) {
+            b.weight = 0;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,10 +6,12 @@
 //!
 //! The order of the writes is what keeps a packet from ever seeing a
 //! half-written state: a backend's entry is written before any Maglev slot
-//! names it and cleared only after no slot does; a VIP's table is complete
-//! before the VIP entry points to it; a table change writes only the slots
-//! whose owner changed (each slot is one atomic 32-bit store). A VIP whose
-//! wanted state equals its copy gets no write at all.
+//! names it and cleared only after no slot does; a new VIP's table is
+//! zeroed before the VIP entry points to it (its new flows are dropped and
+//! counted until its slots are written, right after); a table change
+//! writes only the slots whose owner changed (each slot is one atomic
+//! 32-bit store). A VIP whose wanted state equals its copy gets no write
+//! at all.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,17 +20,16 @@ use std::{
 
 use lb_common::{
     AddrVips, Backend, VipMeta, VipSlot,
-    backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
-    vip::{
-        ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_DSR, VIP_MODE_FULLNAT, VIP_MODE_MASK,
-        VIP_MODE_NAT, VIP_MODE_TUNNEL,
-    },
+    vip::{ADDR_F_OVERFLOW, ADDR_SLOTS},
 };
 
-use super::alloc::{IdPool, RingSpace};
+use super::{
+    alloc::{IdPool, RingSpace},
+    tables::{BackendState, Tables, VipState, backend_entry},
+};
 use crate::{
     maglev::{self, MaglevBackend, MaglevError},
-    model::{BackendSpec, Mode, Nexthop, VipAddr, VipSpec, addr_bytes, addr_from_bytes},
+    model::{BackendSpec, VipAddr, VipSpec},
 };
 
 /// A wanted change the tables cannot take: refused before anything is
@@ -96,239 +97,15 @@ pub struct NatState {
     pub sources: BTreeSet<IpAddr>,
 }
 
-/// Sizes of the shared index spaces, from the load-time configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Capacity {
-    pub max_vips: u32,
-    pub max_backends: u32,
-    pub ring_capacity: u32,
-}
-
-/// A backend as the kernel holds it, with its id.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BackendState {
-    pub id: u32,
-    pub spec: BackendSpec,
-}
-
-/// A VIP as the kernel holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VipState {
-    pub spec: VipSpec,
-    pub id: u32,
-    pub ring_base: u32,
-    /// What the kernel's slots hold: diffed against on every change.
-    pub ring: Vec<u32>,
-    pub backends: Vec<BackendState>,
-    /// A plan for this VIP failed part-way: the kernel may hold anything
-    /// between the old and the new state, so every entry and slot is
-    /// written again next time.
-    pub dirty: bool,
-}
-
-impl VipState {
-    pub fn meta(&self) -> VipMeta {
-        let mode = match self.spec.mode {
-            Mode::Dsr => VIP_MODE_DSR,
-            Mode::Tunnel => VIP_MODE_TUNNEL,
-            Mode::Nat => VIP_MODE_NAT,
-            Mode::FullNat => VIP_MODE_FULLNAT,
-        };
-        let flags = mode
-            | if self.spec.src_hash {
-                VIP_F_SRC_HASH
-            } else {
-                0
-            };
-        VipMeta {
-            vip_id: self.id,
-            flags,
-            ring_base: self.ring_base,
-            ring_size: self.spec.table_size,
-        }
-    }
-
-    /// The address of backend `id`, if it is one of this VIP's.
-    pub fn backend_addr(&self, id: u32) -> Option<IpAddr> {
-        self.backends
-            .iter()
-            .find(|b| b.id == id)
-            .map(|b| b.spec.addr)
-    }
-}
-
-/// The mode a VIP entry's flags carry.
-pub fn mode_of(meta: &VipMeta) -> Mode {
-    match meta.flags & VIP_MODE_MASK {
-        VIP_MODE_TUNNEL => Mode::Tunnel,
-        VIP_MODE_NAT => Mode::Nat,
-        VIP_MODE_FULLNAT => Mode::FullNat,
-        _ => Mode::Dsr,
-    }
-}
-
-/// The `BACKENDS` entry of a backend of VIP `vip_id`. The weight is not in
-/// it: weights live only in the Maglev table they shape.
-pub fn backend_entry(spec: &BackendSpec, vip_id: u32) -> Backend {
-    let (addr, family) = addr_bytes(spec.addr);
-    let mut b = Backend {
-        addr,
-        vip_id,
-        flags: BACKEND_F_ACTIVE,
-        family,
-        ..Default::default()
-    };
-    if !spec.up {
-        b.flags |= BACKEND_F_DOWN;
-    }
-    b.port = spec.port.to_be();
-    if let Some(nh) = spec.nexthop {
-        b.dmac = nh.dmac;
-        b.smac = nh.smac;
-        b.ifindex = nh.ifindex;
-        b.flags |= BACKEND_F_NEXTHOP;
-    }
-    b
-}
-
-/// What a `BACKENDS` entry says of its backend (weight 0: not in the
-/// kernel; the owner's first plan applies the configured weights, which
-/// rebuild the same table).
-pub fn spec_of_entry(b: &Backend) -> BackendSpec {
-    BackendSpec {
-        addr: addr_from_bytes(b.addr, b.family),
-        weight: 0,
-        nexthop: (b.flags & BACKEND_F_NEXTHOP != 0).then_some(Nexthop {
-            dmac: b.dmac,
-            smac: b.smac,
-            ifindex: b.ifindex,
-        }),
-        up: b.flags & BACKEND_F_DOWN == 0,
-        port: u16::from_be(b.port),
-    }
-}
-
-/// Userspace's copy of the kernel's VIP, backend and Maglev maps, with the
-/// allocators of their index spaces.
-#[derive(Clone, Debug)]
-pub struct Tables {
-    vips: BTreeMap<VipAddr, VipState>,
-    vip_ids: IdPool,
-    backend_ids: IdPool,
-    ring_space: RingSpace,
-    capacity: Capacity,
-    /// The NAT state last written; `None` when not known (adopted maps).
-    nat: Option<NatState>,
-}
-
-impl Tables {
-    /// The copy of freshly created, empty maps.
-    pub fn new(capacity: Capacity) -> Self {
-        Tables {
-            vips: BTreeMap::new(),
-            vip_ids: IdPool::new(capacity.max_vips),
-            backend_ids: IdPool::new(capacity.max_backends),
-            ring_space: RingSpace::new(capacity.ring_capacity),
-            capacity,
-            nat: Some(NatState::default()),
-        }
-    }
-
-    /// The copy of maps a previous daemon left: its VIPs (with their
-    /// slots, read back) and its active backend entries by id.
-    pub fn adopt(
-        capacity: Capacity,
-        vips: Vec<(VipAddr, VipMeta, Vec<u32>)>,
-        backends: &[(u32, Backend)],
-    ) -> Self {
-        let mut t = Tables::new(capacity);
-        t.nat = None;
-        for (vip, meta, ring) in vips {
-            t.vip_ids.mark(meta.vip_id);
-            t.ring_space.reserve(meta.ring_base, meta.ring_size);
-            let mut state = VipState {
-                spec: VipSpec {
-                    vip,
-                    mode: mode_of(&meta),
-                    src_hash: meta.flags & VIP_F_SRC_HASH != 0,
-                    table_size: meta.ring_size,
-                },
-                id: meta.vip_id,
-                ring_base: meta.ring_base,
-                ring,
-                backends: Vec::new(),
-                dirty: false,
-            };
-            for (id, b) in backends.iter().filter(|(_, b)| b.vip_id == meta.vip_id) {
-                t.backend_ids.mark(*id);
-                state.backends.push(BackendState {
-                    id: *id,
-                    spec: spec_of_entry(b),
-                });
-            }
-            t.vips.insert(vip, state);
-        }
-        t
-    }
-
-    pub fn capacity(&self) -> Capacity {
-        self.capacity
-    }
-
-    pub fn vip(&self, vip: &VipAddr) -> Option<&VipState> {
-        self.vips.get(vip)
-    }
-
-    pub fn vips(&self) -> impl Iterator<Item = &VipState> {
-        self.vips.values()
-    }
-
-    /// The VIP and address of the backend with id `id`.
-    pub fn backend_by_id(&self, id: u32) -> Option<(VipAddr, IpAddr)> {
-        self.vips
-            .iter()
-            .find_map(|(vip, v)| v.backend_addr(id).map(|a| (*vip, a)))
-    }
-
-    /// Takes a plan that was written in full.
-    pub fn commit(&mut self, plan: Plan) {
-        self.take(plan, false);
-    }
-
-    /// Takes a plan whose writes stopped part-way: the VIPs it touched are
-    /// written in full by the next plan, whatever it wants of them.
-    pub fn commit_failed(&mut self, plan: Plan) {
-        self.take(plan, true);
-    }
-
-    fn take(&mut self, plan: Plan, failed: bool) {
-        for (vip, state) in plan.changed {
-            match state {
-                Some(mut s) => {
-                    s.dirty |= failed;
-                    self.vips.insert(vip, s);
-                }
-                None => {
-                    self.vips.remove(&vip);
-                }
-            }
-        }
-        self.vip_ids = plan.vip_ids;
-        self.backend_ids = plan.backend_ids;
-        self.ring_space = plan.ring_space;
-        self.nat = if failed { None } else { plan.nat };
-    }
-}
-
 /// Writes to make, and the copy of the tables once they are made.
 #[derive(Debug)]
 pub struct Plan {
     pub writes: Vec<Write>,
-    changed: BTreeMap<VipAddr, Option<VipState>>,
-    vip_ids: IdPool,
-    backend_ids: IdPool,
-    ring_space: RingSpace,
-    nat: Option<NatState>,
+    pub(super) changed: BTreeMap<VipAddr, Option<VipState>>,
+    pub(super) vip_ids: IdPool,
+    pub(super) backend_ids: IdPool,
+    pub(super) ring_space: RingSpace,
+    pub(super) nat: Option<NatState>,
 }
 
 impl Plan {
@@ -599,7 +376,13 @@ impl<'a> Planner<'a> {
         state.backends = next;
         state.dirty = false;
         let is_nat = state.spec.mode.is_nat();
+        let meta = state.meta();
         self.writes.extend(slots);
+        if dirty {
+            // The VIP's own entries may be missing too.
+            self.writes.push(Write::Vip { vip: *vip, meta });
+            self.write_addr_vips(vip.addr);
+        }
         // 3. Removed backends: no slot names them any more.
         let kept: Vec<u32> = self
             .vip(vip)

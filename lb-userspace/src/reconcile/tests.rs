@@ -626,6 +626,12 @@ fn after_a_failed_write_every_entry_and_slot_is_written_again() {
         w.contains(&Write::Nat(NatState::default())),
         "NAT state unknown"
     );
+    assert!(
+        w.iter().any(|x| matches!(x, Write::Vip { .. }))
+            && w.iter().any(|x| matches!(x, Write::AddrVips { .. })),
+        "the VIP's own entries are written again too: {w:?}"
+    );
+    assert!(!t.has_dirty());
     assert_eq!(step(&mut t, &c, &Checks::default()), [], "clean again");
     assert!(!t.vip(&vip).expect("vip").dirty);
 }
@@ -650,4 +656,64 @@ fn adopted_tables_rebuild_the_same_table_without_writes() {
         "only the NAT state, unknown after adoption"
     );
     assert_eq!(ring(&adopted, vip), state.ring);
+}
+
+#[test]
+fn a_backend_whose_next_hop_is_being_resolved_takes_no_flow_until_it_is() {
+    let c = one_vip("", &[("198.18.0.11", 1), ("198.18.0.12", 1)]);
+    let vip = key(&c, 0);
+    let hop = |last: u8| Nexthop {
+        dmac: [2, 0, 0, 0, 0, last],
+        smac: [2, 0, 0, 0, 0, 2],
+        ifindex: 0,
+    };
+    let mut hops = HashMap::from([(ip("198.18.0.11"), hop(0x11))]);
+    let held = std::collections::HashSet::from([ip("198.18.0.12")]);
+    let mut t = Tables::new(CAP);
+    let mut want = desired(&c, &Checks::default(), &hops);
+    hold_unresolved(&mut want, &held);
+    let p = plan(&t, &want).expect("plan");
+    t.commit(p);
+    assert_eq!(ring(&t, vip), vec![1; 7], "the held backend has no slot");
+    let held_entry = &t.vip(&vip).expect("vip").backends[1];
+    assert_eq!(
+        (held_entry.spec.weight, held_entry.spec.nexthop),
+        (0, None),
+        "its entry is there, without a next hop, at weight 0"
+    );
+    // Resolved: its entry gets the next hop, then it takes its slots.
+    hops.insert(ip("198.18.0.12"), hop(0x12));
+    let mut want = desired(&c, &Checks::default(), &hops);
+    hold_unresolved(&mut want, &held);
+    assert_eq!(
+        want[&vip].backends[1].weight, 1,
+        "a resolved one is not held"
+    );
+    let w = step_with(&mut t, &c, &Checks::default(), &hops);
+    let after = maglev(&[(1, "198.18.0.11", 1), (2, "198.18.0.12", 1)], 7);
+    let mut resolved = spec("198.18.0.12", true);
+    resolved.weight = 1;
+    resolved.nexthop = Some(hop(0x12));
+    let mut expected = vec![Write::Backend {
+        id: 2,
+        entry: backend_entry(&resolved, 1),
+    }];
+    expected.extend(slot_writes(0, &[1; 7], &after));
+    assert_eq!(w, expected);
+}
+
+#[test]
+fn ids_a_failed_plan_freed_stay_out_of_use() {
+    let c = one_vip("", &[("198.18.0.11", 1), ("198.18.0.12", 1)]);
+    let mut t = Tables::new(CAP);
+    step(&mut t, &c, &Checks::default());
+    // Removing backend 2 fails part-way: its id may still be in a slot.
+    let fewer = one_vip("", &[("198.18.0.11", 1)]);
+    let p = plan(&t, &desired(&fewer, &Checks::default(), &HashMap::new())).expect("plan");
+    assert!(p.writes.contains(&Write::ClearBackend { id: 2 }));
+    t.commit_failed(p);
+    // A new backend gets a fresh id, not 2.
+    let other = one_vip("", &[("198.18.0.11", 1), ("198.18.0.13", 1)]);
+    step(&mut t, &other, &Checks::default());
+    assert_eq!(id_of(&t, key(&c, 0), "198.18.0.13"), 3);
 }
