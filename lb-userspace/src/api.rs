@@ -25,7 +25,6 @@ use crate::{
     model::VipAddr,
 };
 
-/// The largest request body accepted (a VIP with thousands of backends fits).
 /// The control API's paths, shared by the router and the CLI.
 pub mod paths {
     pub const CONFIG: &str = "/v1/config";
@@ -40,6 +39,7 @@ pub mod paths {
     pub const EVENTS: &str = "/v1/events";
 }
 
+/// The largest request body accepted (a VIP with thousands of backends fits).
 pub const BODY_LIMIT: usize = 1 << 20;
 /// How long a client has to send a request's headers, and then its body.
 /// The CLI sends both at once; a client that stalls is cut off so that it
@@ -481,8 +481,9 @@ fn refusal(uid: Option<u32>) -> Router {
     })
 }
 
-/// How long connections still open at shutdown get to finish.
-const DRAIN: Duration = Duration::from_secs(1);
+/// How long connections still open at shutdown get to finish (a change
+/// waits up to `owner::NEXTHOP_WAIT` for next hops before it is answered).
+const DRAIN: Duration = Duration::from_secs(3);
 
 /// Serves `router` on `listener` until `shutdown`: one task per connection,
 /// so a slow client delays no other; a client that has not sent a request's

@@ -210,6 +210,9 @@ fn start_owner(cfg: &Config, ifindexes: &[u32]) -> anyhow::Result<Owner> {
     Ok(owner)
 }
 
+/// How long tasks get to stop once the daemon is told to.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut cfg = state::effective_config(&opts.config)?;
     if !opts.interfaces.is_empty() {
@@ -271,8 +274,19 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     rt.block_on(async {
         shutdown.cancel();
         tracker.close();
-        tracker.wait().await;
-        let _ = neigh_task.await;
+        // Every task stops at the token; a client that holds a connection
+        // open without finishing its request must not hold up the exit.
+        if tokio::time::timeout(STOP_WAIT, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = tracker.len(),
+                "tasks still running {} s after the stop; leaving them",
+                STOP_WAIT.as_secs()
+            );
+        }
+        let _ = tokio::time::timeout(STOP_WAIT, neigh_task).await;
     });
     owner_stop.cancel();
     let _ = owner_thread.join();

@@ -25,6 +25,7 @@ impl Owner {
             return Ok(());
         }
         let old = self.config.clone();
+        self.hold_new(&next);
         if let Err(e) = self.reconcile(&next) {
             if e.kind == ErrorKind::Failed {
                 // Part of it may be written: put the kernel back the way
@@ -66,7 +67,8 @@ impl Owner {
     /// say. A plan the tables refuse writes nothing; a write the kernel
     /// refuses stops the plan, and `old` is planned again in full.
     pub(super) fn reconcile(&mut self, config: &Config) -> Result<(), OwnerError> {
-        let want = reconcile::desired(config, &self.checks, &self.nexthops);
+        let mut want = reconcile::desired(config, &self.checks, &self.nexthops);
+        reconcile::hold_unresolved(&mut want, &self.held());
         let plan = reconcile::plan(self.dp.tables(), &want)
             .map_err(|e| OwnerError::new(ErrorKind::Invalid, e.to_string()))?;
         if plan.writes.is_empty() {

@@ -21,7 +21,7 @@ mod replicate;
 mod report;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     net::IpAddr,
     path::PathBuf,
     sync::Arc,
@@ -113,6 +113,9 @@ pub struct Owner {
     config: Config,
     state_file: PathBuf,
     nexthops: HashMap<IpAddr, Nexthop>,
+    /// Backends just added whose next hop is being resolved, until when:
+    /// they take no new flow before it is known (or the time is up).
+    held: HashMap<IpAddr, tokio::time::Instant>,
     resolver: Option<Resolver>,
     checks: Checks,
     outliers: Outliers,
@@ -146,6 +149,7 @@ impl Owner {
             config,
             state_file,
             nexthops,
+            held: HashMap::new(),
             resolver: None,
             checks: Checks::default(),
             outliers: Outliers::default(),
@@ -178,42 +182,77 @@ impl Owner {
     /// maps hold already is kept, only differences are written).
     pub fn start(&mut self) -> Result<(), OwnerError> {
         let config = self.config.clone();
+        self.hold_new(&config);
         self.reconcile(&config)
+    }
+
+    /// The backends of `config` whose next hops are not known yet take no
+    /// new flow until they are, for up to [`NEXTHOP_WAIT`] (a packet sent
+    /// to a backend without one is dropped).
+    pub(super) fn hold_new(&mut self, config: &Config) {
+        let until = tokio::time::Instant::now() + NEXTHOP_WAIT;
+        for b in config.vips.iter().flat_map(|v| &v.backends) {
+            if !self.nexthops.contains_key(&b.address) {
+                self.held.entry(b.address).or_insert(until);
+            }
+        }
+    }
+
+    /// Lets held backends take flows once their next hop is known or their
+    /// time is up.
+    fn release_held(&mut self) {
+        let now = tokio::time::Instant::now();
+        let before = self.held.len();
+        let nexthops = &self.nexthops;
+        self.held
+            .retain(|a, until| *until > now && !nexthops.contains_key(a));
+        if self.held.len() != before {
+            self.apply_checks("backends whose next hop is known or overdue");
+        }
+    }
+
+    /// The held backends, for `reconcile::hold_unresolved`.
+    pub(super) fn held(&self) -> HashSet<IpAddr> {
+        self.held.keys().copied().collect()
     }
 
     /// Serves its inputs until `shutdown`. Samples the counters once a
     /// second (for rates), sweeps NAT entries, applies the outlier rule
     /// and slow start; with a cluster, drains new entries every 20 ms.
     pub async fn run(mut self, mut inputs: Inputs, shutdown: CancellationToken) {
-        let every = if self.cluster.is_some() {
-            Duration::from_millis(20)
-        } else {
-            Duration::from_secs(1)
-        };
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut second = tokio::time::interval(Duration::from_secs(1));
+        second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // With peers, new entries leave within this.
+        let mut drain = tokio::time::interval(Duration::from_millis(20));
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let replicating = self.cluster.is_some();
         loop {
-            let deadline = self.pending.iter().map(|p| p.deadline).min();
+            let deadline = self
+                .pending
+                .iter()
+                .map(|p| p.deadline)
+                .chain(self.held.values().copied())
+                .min();
             tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
                 Some(r) = inputs.requests.recv() => self.handle(r),
                 Some(e) = inputs.neigh.recv() => self.neigh_event(e),
                 Some(e) = inputs.checks.recv() => self.check_event(e),
                 Some(e) = inputs.cluster.recv() => self.cluster_event(e),
                 () = sleep_until(deadline), if deadline.is_some() => {}
-                _ = tick.tick() => {}
+                _ = second.tick() => self.every_second(),
+                _ = drain.tick(), if replicating => {}
             }
+            self.release_held();
             self.answer_pending();
             self.replicate();
-            if self
-                .last
-                .as_ref()
-                .is_none_or(|(t, _)| t.elapsed() >= Duration::from_secs(1))
-            {
-                self.every_second();
-            }
         }
+        // Changes held for their next hops are made and saved: say so.
+        self.held.clear();
+        for p in self.pending.iter_mut() {
+            p.deadline = tokio::time::Instant::now();
+        }
+        self.answer_pending();
     }
 
     /// Once a second: counters sampled, NAT swept, outliers, slow start.
@@ -226,6 +265,8 @@ impl Owner {
         self.outliers();
         if self.checks.ramping(&self.config) {
             self.apply_checks("slow start");
+        } else if self.dp.tables().has_dirty() {
+            self.apply_checks("a retry of map writes that failed");
         }
     }
 
@@ -304,21 +345,26 @@ impl Owner {
     /// A next hop resolved, changed or lost: the backends behind it get it
     /// in their entries (only the VIPs that have them are written).
     fn neigh_event(&mut self, e: NeighEvent) {
-        let changed = match e {
+        match e {
             NeighEvent::Resolved { backend, nexthop } => {
-                self.nexthops.insert(backend, nexthop) != Some(nexthop)
+                self.held.remove(&backend);
+                if self.nexthops.insert(backend, nexthop) != Some(nexthop) {
+                    self.apply_checks("a next-hop change");
+                }
             }
+            // A next hop once known stays in use (as a restart keeps the
+            // pinned one): a neighbour that stops answering for a while
+            // does not cut its established flows; a new MAC replaces it.
             NeighEvent::Unresolved { backend, error } => {
                 tracing::debug!(backend = %backend, error = %error, "next hop unresolved");
-                self.nexthops.remove(&backend).is_some()
             }
-        };
-        if changed {
-            self.apply_checks("a next-hop change");
         }
     }
 
-    /// Tells the resolver which backends' next hops are wanted.
+    /// Tells the resolver which backends' next hops are wanted. Next hops
+    /// of backends no longer configured are kept: the resolver reports
+    /// only changes, and one removed and added back before it looked would
+    /// otherwise never get its next hop again.
     fn want_nexthops(&mut self) {
         let mut all: Vec<IpAddr> = self
             .config
@@ -328,7 +374,6 @@ impl Owner {
             .collect();
         all.sort_unstable();
         all.dedup();
-        self.nexthops.retain(|a, _| all.binary_search(a).is_ok());
         if let Some(r) = &self.resolver {
             r.want(all);
         }
