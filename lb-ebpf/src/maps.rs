@@ -53,7 +53,10 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
 /// Cluster: flows learned from peers (5-tuple → this node's backend id and
 /// the flow hash), consulted on a `FLOWS` miss before the Maglev table; a
 /// hit is copied into `FLOWS`. Written by userspace from what peers send,
-/// read by the program. As large as `FLOWS`, LRU like it.
+/// read by the program. LRU like `FLOWS`, one list for all CPUs; sized at
+/// load from `[cluster]` (`peer_flow_capacity`, by default as large as
+/// `FLOWS`), and one entry without a cluster: an LRU hash is always
+/// preallocated.
 #[map]
 pub static PEER_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65536, 0);
 

@@ -175,7 +175,7 @@ async fn keep_socket(
 fn start_owner(cfg: &Config, ifindexes: &[u32]) -> anyhow::Result<Owner> {
     ensure_bpffs()?;
     let bpffs = cfg.global.bpffs_dir.clone();
-    let mut dp = Dataplane::load_pinned(DataplaneConfig::from_global(&cfg.global), &bpffs)
+    let mut dp = Dataplane::load_pinned(DataplaneConfig::from_config(cfg)?, &bpffs)
         .with_context(|| format!("loading the data plane (pins under {})", bpffs.display()))?;
     let modes: &[AyaMode] = match cfg.global.xdp_mode {
         XdpMode::Auto => &[AyaMode::Driver, AyaMode::Skb],

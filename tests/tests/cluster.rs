@@ -4,22 +4,25 @@
 //! that carried them, in `dsr` and in `nat` mode; without replication they
 //! break (so these tests can fail); a node that joins late gets a
 //! snapshot; a node with the wrong key is ignored; nodes with the same
-//! configuration have the same Maglev tables.
+//! configuration have the same Maglev tables; `PEER_FLOWS` is sized from
+//! `[cluster]` (one entry without it).
 
 use std::{
     collections::BTreeMap,
     net::{SocketAddr, TcpStream},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use hola_tests::{
     cluster::{ClusterLab, KEY, Mode, VIP, node},
-    daemon::Daemon,
+    daemon::{Daemon, hola_bin},
     fixture::require_root,
     netns::in_ns,
     topo::{Servers, backend, http_get},
 };
-use lb_userspace::cluster::ClusterReport;
+use lb_common::maps as names;
+use lb_userspace::{cluster::ClusterReport, dataplane::possible_cpus};
 
 fn cluster(d: &Daemon) -> ClusterReport {
     d.stats()
@@ -389,4 +392,94 @@ fn a_node_with_the_wrong_key_is_ignored() {
     assert!(c3.peers.is_empty(), "n3 must see no peer: {:#?}", c3.peers);
     assert!(c3.announcements_rejected > 0);
     let _ = node(3);
+}
+
+/// The capacity of the map `name` that `d` pinned.
+fn pinned_max_entries(d: &Daemon, name: &str) -> u32 {
+    let path = d.bpffs.join("maps").join(name);
+    aya::maps::MapInfo::from_pin(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .max_entries()
+}
+
+/// `config` (one of [`ClusterLab::config`]) without its `[cluster]` table.
+fn without_cluster(config: &str) -> String {
+    let (head, rest) = config
+        .split_once("[cluster]\n")
+        .expect("the lab's configuration has a [cluster] table");
+    let (_, tail) = rest
+        .split_once("\n\n")
+        .expect("a blank line ends the [cluster] table");
+    format!("{head}{tail}")
+}
+
+/// `PEER_FLOWS` is preallocated (an LRU hash): a node with `[cluster]` has
+/// as many entries as `FLOWS` by default or `peer_flow_capacity`, a node
+/// without one a single entry. A data plane pinned with another size is
+/// refused, naming the map and `hola down`.
+#[test]
+fn peer_flows_is_sized_from_the_cluster() {
+    require_root();
+    let lab = ClusterLab::new("hcf", 1, 1, Mode::Dsr);
+    let ncpus = possible_cpus().expect("possible CPUs");
+    let flows = 65_536 * ncpus;
+    let config = lab.config(1, 1, KEY, true);
+
+    let mut d = lab.start("hcf-default", 1, &config);
+    assert_eq!(pinned_max_entries(&d, names::FLOWS), flows);
+    assert_eq!(pinned_max_entries(&d, names::PEER_FLOWS), flows);
+    let o = d.down();
+    assert!(o.status.success(), "hola down: {o:?}");
+
+    let sized = config.replace("[cluster]\n", "[cluster]\npeer_flow_capacity = 5000\n");
+    let mut d = lab.start("hcf-sized", 1, &sized);
+    assert_eq!(pinned_max_entries(&d, names::FLOWS), flows);
+    assert_eq!(pinned_max_entries(&d, names::PEER_FLOWS), 5000);
+    let o = d.down();
+    assert!(o.status.success(), "hola down: {o:?}");
+
+    let mut d = lab.start("hcf-alone", 1, &without_cluster(&config));
+    assert_eq!(pinned_max_entries(&d, names::FLOWS), flows);
+    assert_eq!(pinned_max_entries(&d, names::PEER_FLOWS), 1);
+
+    // The same pins under a configuration with [cluster]: refused.
+    d.kill(libc::SIGTERM);
+    let text = config
+        .replace("@DIR@", &d.dir.display().to_string())
+        .replace("@BPFFS@", &d.bpffs.display().to_string());
+    std::fs::write(&d.config, text).expect("writing the configuration");
+    let log_path = d.dir.join("refused.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", d.ns))
+        .arg(hola_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&d.config)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starting hola run");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for hola run") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: kill on a PID we started and have not reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+            panic!("hola run adopted a PEER_FLOWS of 1 entry under a [cluster] configuration");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(!status.success(), "hola run: {status}\n{said}");
+    assert!(
+        said.contains(&format!(
+            "PEER_FLOWS holds 1 entries but the configuration asks for {flows}"
+        )) && said.contains("hola down"),
+        "{said}"
+    );
 }

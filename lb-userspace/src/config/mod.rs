@@ -127,6 +127,11 @@ pub struct ClusterConfig {
     /// Entries queued per peer before the oldest are dropped.
     #[serde(default = "d::cluster_queue")]
     pub queue: u32,
+    /// Entries of `PEER_FLOWS`, the flows peers send (preallocated: each
+    /// costs kernel memory whether used or not); `None`: as many as the
+    /// flow table (`global.flow_capacity_per_cpu` × possible CPUs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_flow_capacity: Option<u32>,
     /// Send and install entries; `false` only discovers peers (for tests
     /// and for comparing behaviour without replication).
     #[serde(default = "d::cluster_replicate")]

@@ -194,6 +194,7 @@ struct RawCluster {
     announce_interval: Option<String>,
     peer_timeout: Option<String>,
     queue: Option<i64>,
+    peer_flow_capacity: Option<i64>,
     replicate: Option<bool>,
 }
 
@@ -439,6 +440,16 @@ impl RawCluster {
             CLUSTER_QUEUE,
             CLUSTER_QUEUE_RANGE,
         );
+        // A value no `u32` holds is reported here and replaced by one in
+        // range, so it is not reported twice.
+        let peer_flow_capacity = self.peer_flow_capacity.map(|v| {
+            sink.int(
+                "cluster.peer_flow_capacity",
+                Some(v),
+                PEER_FLOW_CAPACITY_RANGE.lo,
+                PEER_FLOW_CAPACITY_RANGE,
+            )
+        });
         ClusterConfig {
             id,
             key: self.key,
@@ -453,6 +464,7 @@ impl RawCluster {
             announce_interval,
             peer_timeout,
             queue,
+            peer_flow_capacity,
             replicate: self.replicate.unwrap_or(CLUSTER_REPLICATE),
         }
     }

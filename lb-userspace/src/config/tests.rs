@@ -149,6 +149,7 @@ fn cluster_parses_with_defaults_and_is_never_written_back() {
     assert_eq!(k.announce_interval, defaults::ANNOUNCE_INTERVAL);
     assert_eq!(k.peer_timeout, defaults::PEER_TIMEOUT);
     assert!(k.multicast && k.replicate);
+    assert_eq!(k.peer_flow_capacity, None, "default: as large as FLOWS");
     assert_eq!(
         k.peers
             .iter()
@@ -205,12 +206,54 @@ fn cluster_errors_name_the_key_and_the_fix() {
             "id = \"a\"\nkey = \"0123456789abcdef\"\nport = 0\n",
             "cluster.port = 0",
         ),
+        (
+            "id = \"a\"\nkey = \"0123456789abcdef\"\npeer_flow_capacity = 0\n",
+            "cluster.peer_flow_capacity = 0: must be 1..=1073741824",
+        ),
+        (
+            "id = \"a\"\nkey = \"0123456789abcdef\"\npeer_flow_capacity = 1073741825\n",
+            "cluster.peer_flow_capacity = 1073741825: must be 1..=1073741824",
+        ),
+        (
+            "id = \"a\"\nkey = \"0123456789abcdef\"\npeer_flow_capacity = 99999999999\n",
+            "cluster.peer_flow_capacity = 99999999999: must be 1..=1073741824",
+        ),
     ];
     for (body, want) in cases {
         let errs = errors(&format!("{BASE}[cluster]\n{body}"));
         assert!(
             errs.iter().any(|e| e.contains(want)),
             "{body:?}: {want:?} not in {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn cluster_peer_flow_capacity() {
+    let cluster = format!("{BASE}[cluster]\nid = \"a\"\nkey = \"0123456789abcdef\"\n");
+    let c = parse(
+        &format!("{cluster}peer_flow_capacity = 5000\n"),
+        "hola.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.cluster.expect("cluster").peer_flow_capacity, Some(5000));
+    let top = defaults::PEER_FLOW_CAPACITY_RANGE.hi;
+    let c = parse(
+        &format!("{cluster}peer_flow_capacity = {top}\n"),
+        "hola.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.cluster.expect("cluster").peer_flow_capacity, Some(top));
+    // Out of range: one error, at the key's line, with the range.
+    for bad in ["0", "1073741825", "-1", "99999999999"] {
+        let e = one_error(
+            &format!("{cluster}peer_flow_capacity = {bad}\n"),
+            6,
+            "cluster.peer_flow_capacity",
+        );
+        assert_eq!(
+            e,
+            format!("hola.toml:6: cluster.peer_flow_capacity = {bad}: must be 1..=1073741824")
         );
     }
 }

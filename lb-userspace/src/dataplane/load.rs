@@ -42,11 +42,11 @@ impl Dataplane {
     }
 
     fn load_with(cfg: DataplaneConfig, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
-        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
-        let settings = settings(&cfg, ncpus as u32);
+        let ncpus = super::possible_cpus()?;
+        let settings = settings(&cfg, ncpus);
         let mut loader = EbpfLoader::new();
         let mut pins = Vec::new();
-        for (name, size) in map_sizes(&cfg, ncpus as u32) {
+        for (name, size) in map_sizes(&cfg, ncpus) {
             loader.map_max_entries(name, size);
             if let Some(dir) = pin_dir {
                 let path = dir.join("maps").join(name);
@@ -134,7 +134,7 @@ impl Dataplane {
             ebpf,
             tables: Tables::new(capacity(&cfg)),
             cfg,
-            ncpus,
+            ncpus: ncpus as usize,
         })
     }
 
@@ -305,9 +305,11 @@ fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
 
 /// Every map's capacity, from the load-time settings.
 fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 22] {
-    let flows = cfg.flow_capacity_per_cpu.saturating_mul(ncpus);
     [
-        (names::FLOWS, flows),
+        (
+            names::FLOWS,
+            cfg.flow_capacity_per_cpu.saturating_mul(ncpus),
+        ),
         (names::VIPS, cfg.max_vips),
         (names::VIP_ADDRS4, cfg.max_vips),
         (names::VIP_ADDRS6, cfg.max_vips),
@@ -325,7 +327,7 @@ fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 22] {
         (names::NAT_SOURCES4, cfg.max_backends),
         (names::NAT_SOURCES6, cfg.max_backends),
         (names::FULLNAT_CURSOR, 1),
-        (names::PEER_FLOWS, flows),
+        (names::PEER_FLOWS, cfg.peer_flows),
         (names::FLOW_EVENTS, FLOW_EVENTS_BYTES),
         (names::CLUSTER_STATE, 1),
         (names::CLUSTER_LOST, 1),
@@ -401,5 +403,56 @@ mod tests {
         assert_eq!(mask_of(24), 0xff);
         assert_eq!(mask_of(32), 0);
         assert_eq!(mask_of(0), u32::MAX);
+    }
+
+    fn size_of(sizes: &[(&'static str, u32)], name: &str) -> u32 {
+        sizes
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("{name} is not in map_sizes"))
+            .1
+    }
+
+    /// `PEER_FLOWS` takes one entry without `[cluster]`; with one, as many
+    /// as `FLOWS` (per-CPU capacity × possible CPUs) or `peer_flow_capacity`.
+    #[test]
+    fn peer_flows_sized_from_the_cluster() {
+        let global = "[global]\ninterfaces = [\"eth0\"]\nflow_capacity_per_cpu = 1000\n";
+        let cluster = "[cluster]\nid = \"a\"\nkey = \"0123456789abcdef\"\n";
+        let sizes = |text: &str, ncpus: u32| {
+            let c = crate::config::parse(text, "hola.toml").unwrap_or_else(|e| panic!("{e}"));
+            map_sizes(&DataplaneConfig::for_cpus(&c, ncpus), ncpus)
+        };
+
+        let alone = sizes(global, 4);
+        assert_eq!(size_of(&alone, names::FLOWS), 4000);
+        assert_eq!(size_of(&alone, names::PEER_FLOWS), 1);
+
+        let default = sizes(&format!("{global}{cluster}"), 4);
+        assert_eq!(size_of(&default, names::FLOWS), 4000);
+        assert_eq!(size_of(&default, names::PEER_FLOWS), 4000);
+        assert_eq!(
+            size_of(&sizes(&format!("{global}{cluster}"), 2), names::PEER_FLOWS),
+            2000
+        );
+
+        let set = sizes(&format!("{global}{cluster}peer_flow_capacity = 5000\n"), 4);
+        assert_eq!(size_of(&set, names::FLOWS), 4000);
+        assert_eq!(size_of(&set, names::PEER_FLOWS), 5000);
+
+        // The defaults of the configuration file, and Dataplane's own.
+        let d = DataplaneConfig::default();
+        assert_eq!(d.peer_flows, super::super::PEER_FLOWS_OFF);
+        assert_eq!(size_of(&map_sizes(&d, 2), names::PEER_FLOWS), 1);
+        assert_eq!(
+            size_of(&map_sizes(&d, 2), names::FLOWS),
+            2 * crate::config::defaults::FLOW_CAPACITY_PER_CPU
+        );
+        // Every other map is sized the same with or without a cluster.
+        for ((name, a), (_, b)) in alone.iter().zip(&set) {
+            if *name != names::PEER_FLOWS {
+                assert_eq!(a, b, "{name}");
+            }
+        }
     }
 }

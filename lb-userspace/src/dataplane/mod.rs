@@ -66,6 +66,9 @@ pub struct DataplaneConfig {
     /// fullnat: the source ports (inclusive), split evenly among the
     /// possible CPUs.
     pub fullnat_ports: (u16, u16),
+    /// Entries of `PEER_FLOWS` (cluster peers' flows, in total):
+    /// [`PEER_FLOWS_OFF`] without a `[cluster]`.
+    pub peer_flows: u32,
 }
 
 impl Default for DataplaneConfig {
@@ -87,12 +90,34 @@ impl Default for DataplaneConfig {
             fullnat_src_v4: None,
             fullnat_src_v6: None,
             fullnat_ports: d::FULLNAT_PORTS,
+            peer_flows: PEER_FLOWS_OFF,
         }
     }
 }
 
 impl DataplaneConfig {
-    /// The data-plane settings of a configuration's `[global]` table.
+    /// The data-plane settings of a whole configuration: `[global]`'s, and
+    /// `PEER_FLOWS` sized from `[cluster]` (`peer_flow_capacity`, by
+    /// default as many entries as `FLOWS` on this machine's possible CPUs).
+    pub fn from_config(c: &crate::config::Config) -> Result<Self, DataplaneError> {
+        Ok(Self::for_cpus(c, possible_cpus()?))
+    }
+
+    /// [`DataplaneConfig::from_config`] on a machine of `ncpus` possible
+    /// CPUs.
+    fn for_cpus(c: &crate::config::Config, ncpus: u32) -> Self {
+        let mut dp = Self::from_global(&c.global);
+        if let Some(cluster) = &c.cluster {
+            dp.peer_flows = cluster
+                .peer_flow_capacity
+                .unwrap_or_else(|| dp.flow_capacity_per_cpu.saturating_mul(ncpus));
+        }
+        dp
+    }
+
+    /// The data-plane settings of a configuration's `[global]` table, as
+    /// for a node without `[cluster]` (`PEER_FLOWS` of [`PEER_FLOWS_OFF`]
+    /// entries).
     pub fn from_global(g: &crate::config::Global) -> Self {
         DataplaneConfig {
             flow_capacity_per_cpu: g.flow_capacity_per_cpu,
@@ -109,8 +134,23 @@ impl DataplaneConfig {
             fullnat_src_v4: g.fullnat_source_v4,
             fullnat_src_v6: g.fullnat_source_v6,
             fullnat_ports: g.fullnat_port_range(),
+            peer_flows: PEER_FLOWS_OFF,
         }
     }
+}
+
+/// `PEER_FLOWS`'s entries without a `[cluster]`: the fewest the kernel
+/// allows. The program names the map, so it must exist, but nothing writes
+/// it and the program reads it only while `CLUSTER_STATE` is on. (An LRU
+/// hash is always preallocated: at `FLOWS`' size it would cost as much
+/// kernel memory as the flow table, for nothing.)
+pub const PEER_FLOWS_OFF: u32 = 1;
+
+/// The number of possible CPUs (what per-CPU maps and per-CPU LRU lists
+/// are sized for).
+pub fn possible_cpus() -> Result<u32, DataplaneError> {
+    let n = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 /// Interfaces a backend may name as egress (the size of `TX_PORTS`); not a

@@ -226,6 +226,14 @@ fn check_cluster(sink: &mut Sink<'_>, c: &ClusterConfig) {
         );
     }
     check_range(sink, "cluster.queue", c.queue, CLUSTER_QUEUE_RANGE);
+    if let Some(n) = c.peer_flow_capacity {
+        check_range(
+            sink,
+            "cluster.peer_flow_capacity",
+            n,
+            PEER_FLOW_CAPACITY_RANGE,
+        );
+    }
 }
 
 fn check_global(sink: &mut Sink<'_>, g: &Global) {
