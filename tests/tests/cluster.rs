@@ -10,13 +10,12 @@
 use std::{
     collections::BTreeMap,
     net::{SocketAddr, TcpStream},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use hola_tests::{
     cluster::{ClusterLab, KEY, Mode, VIP, node},
-    daemon::{Daemon, hola_bin},
+    daemon::Daemon,
     fixture::require_root,
     netns::in_ns,
     topo::{Servers, backend, http_get},
@@ -402,6 +401,13 @@ fn pinned_max_entries(d: &Daemon, name: &str) -> u32 {
         .max_entries()
 }
 
+fn pinned_id(d: &Daemon, name: &str) -> u32 {
+    let path = d.bpffs.join("maps").join(name);
+    aya::maps::MapInfo::from_pin(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .id()
+}
+
 /// `config` (one of [`ClusterLab::config`]) without its `[cluster]` table.
 fn without_cluster(config: &str) -> String {
     let (head, rest) = config
@@ -415,8 +421,9 @@ fn without_cluster(config: &str) -> String {
 
 /// `PEER_FLOWS` is preallocated (an LRU hash): a node with `[cluster]` has
 /// as many entries as `FLOWS` by default or `peer_flow_capacity`, a node
-/// without one a single entry. A data plane pinned with another size is
-/// refused, naming the map and `hola down`.
+/// without one a single entry. A data plane pinned with another size gets
+/// a new `PEER_FLOWS` (peers send their flows again when they reconnect);
+/// every other map is adopted.
 #[test]
 fn peer_flows_is_sized_from_the_cluster() {
     require_root();
@@ -442,44 +449,26 @@ fn peer_flows_is_sized_from_the_cluster() {
     assert_eq!(pinned_max_entries(&d, names::FLOWS), flows);
     assert_eq!(pinned_max_entries(&d, names::PEER_FLOWS), 1);
 
-    // The same pins under a configuration with [cluster]: refused.
+    // The same pins under a configuration with [cluster]: PEER_FLOWS is
+    // replaced by one of the configured size, every other map adopted.
+    let flows_id = pinned_id(&d, names::FLOWS);
     d.kill(libc::SIGTERM);
     let text = config
         .replace("@DIR@", &d.dir.display().to_string())
         .replace("@BPFFS@", &d.bpffs.display().to_string());
     std::fs::write(&d.config, text).expect("writing the configuration");
-    let log_path = d.dir.join("refused.log");
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", d.ns))
-        .arg(hola_bin())
-        .arg("run")
-        .arg("--config")
-        .arg(&d.config)
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting hola run");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for hola run") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            // SAFETY: kill on a PID we started and have not reaped.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
-            panic!("hola run adopted a PEER_FLOWS of 1 entry under a [cluster] configuration");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let said = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert!(!status.success(), "hola run: {status}\n{said}");
+    d.spawn();
+    assert_eq!(pinned_max_entries(&d, names::PEER_FLOWS), flows);
+    assert_eq!(
+        pinned_id(&d, names::FLOWS),
+        flows_id,
+        "FLOWS is adopted, not made anew"
+    );
+    let said = d.log();
     assert!(
-        said.contains(&format!(
-            "PEER_FLOWS holds 1 entries but the configuration asks for {flows}"
-        )) && said.contains("hola down"),
+        said.contains("a new PEER_FLOWS of the configured size replaces the pinned one"),
         "{said}"
     );
+    let o = d.down();
+    assert!(o.status.success(), "hola down: {o:?}");
 }

@@ -50,7 +50,26 @@ impl Dataplane {
             loader.map_max_entries(name, size);
             if let Some(dir) = pin_dir {
                 let path = dir.join("maps").join(name);
-                check_pinned_size(&path, name, size)?;
+                match check_pinned_size(&path, name, size) {
+                    // Only peers' flows: unused without [cluster], and sent
+                    // again by every peer in the snapshot that starts each
+                    // of its connections (which a restart makes anew), so
+                    // a new map of the new size loses nothing for good.
+                    Err(DataplaneError::PinnedSize { pinned, .. }) if name == names::PEER_FLOWS => {
+                        std::fs::remove_file(&path).map_err(|source| DataplaneError::Unpin {
+                            path: path.clone(),
+                            source,
+                        })?;
+                        tracing::info!(
+                            map = name,
+                            pinned,
+                            wanted = size,
+                            "a new PEER_FLOWS of the configured size replaces the pinned one; \
+                             cluster peers send their flows again when they reconnect"
+                        );
+                    }
+                    r => r?,
+                }
                 pins.push((name, path));
             }
         }

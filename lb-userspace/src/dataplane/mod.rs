@@ -171,6 +171,11 @@ pub enum DataplaneError {
         name: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("removing the pinned map {path} to resize it: {source}")]
+    Unpin {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "creating the pin directory {dir}: {source} (is bpffs mounted there? hola run mounts it at /sys/fs/bpf)"
     )]
