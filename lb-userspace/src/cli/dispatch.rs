@@ -4,18 +4,20 @@
 
 use std::{future::Future, net::IpAddr, net::SocketAddr, path::Path, time::Duration};
 
+use anyhow::{Context as _, bail};
 use lb_userspace::{
     api::{BackendAdd, BackendDrain, BackendRef, BackendWeight, VipRef, paths},
     client,
     config::{self, BackendConfig, Config, VipConfig},
     daemon, helpers,
-    stats::StatsReport,
-    stats::{Event, FlowAnswer},
+    stats::{BackendReport, Event, FlowAnswer, StatsReport},
 };
 
 use super::{
-    AttachCmd, BackendCmd, Cli, Cmd, ConfigCmd, HashArg, ModeArg, ProtoArg, VipCmd, parse_vip,
-    print::{self, Changed},
+    AttachCmd, BackendCmd, Cli, Cmd, ConfigCmd, HashArg, ModeArg, ProtoArg, VipCmd,
+    drain::{self, Sample, Status, Watch},
+    parse_vip,
+    print::{self, Changed, DrainWait},
 };
 
 /// Runs one command line to its end: `Ok` once its answer is printed.
@@ -172,7 +174,22 @@ async fn backend(socket: &Path, cmd: BackendCmd) -> anyhow::Result<()> {
                 weight,
             }
         }
-        BackendCmd::Drain { vip, address } => drain(socket, &vip, address, true).await?,
+        BackendCmd::Drain { vip, address, wait } => {
+            // The durations are checked before the drain is made.
+            let wait = wait.wait()?;
+            let changed = drain(socket, &vip, address, true).await?;
+            print!("{}", print::changed(&changed));
+            let Some((quiet_for, timeout)) = wait else {
+                return Ok(());
+            };
+            let w = DrainWait {
+                vip: parse_vip(&vip)?,
+                backend: address,
+                quiet_for,
+                timeout,
+            };
+            return wait_drained(socket, &w).await;
+        }
         BackendCmd::Undrain { vip, address } => drain(socket, &vip, address, false).await?,
         BackendCmd::List { vip } => {
             let only = vip.as_deref().map(parse_vip).transpose()?;
@@ -199,6 +216,80 @@ async fn drain(socket: &Path, vip: &str, address: IpAddr, drain: bool) -> anyhow
         backend: address,
         drain,
     })
+}
+
+/// `hola backend drain --wait`: reads the backend's counters every
+/// [`drain::POLL`] until it has been quiet for `w.quiet_for` (`Ok`) or
+/// `w.timeout` has passed (the error says what it still saw).
+async fn wait_drained(socket: &Path, w: &DrainWait) -> anyhow::Result<()> {
+    print!("{}", print::drain_waiting(w));
+    let start = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval(drain::POLL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = Watch::new(w.quiet_for);
+    let mut line_at = Duration::ZERO;
+    loop {
+        // Samples are timed by the schedule, not by when each answer came:
+        // exactly a second apart, so a slower answer does not make a quiet
+        // period look a few milliseconds short and cost another second.
+        let at = ticks.tick().await.saturating_duration_since(start);
+        let s: StatsReport = client::get_json(socket, paths::STATS)
+            .await
+            .with_context(|| {
+                format!(
+                    "reading the counters of backend {} of {} while waiting for it to drain",
+                    w.backend, w.vip
+                )
+            })?;
+        let b = drained_backend(&s, w)?;
+        let status = watch.observe(Sample {
+            at,
+            packets: b.packets,
+            new_flows: b.new_flows,
+        });
+        if status == Status::Done {
+            print!("{}", print::drain_done(w, at, watch.total()));
+            return Ok(());
+        }
+        if at >= w.timeout {
+            bail!(
+                "{}",
+                print::drain_timed_out(w, at, watch.total(), watch.quiet())
+            );
+        }
+        if at - line_at >= drain::REPORT_EVERY {
+            let seen = watch.take_since_line();
+            print!(
+                "{}",
+                print::drain_progress(w, at - line_at, seen, watch.quiet())
+            );
+            line_at = at;
+        }
+    }
+}
+
+/// The backend `w` waits for in a stats report; an error if it is gone or
+/// takes new flows again (the wait would be meaningless).
+fn drained_backend<'a>(s: &'a StatsReport, w: &DrainWait) -> anyhow::Result<&'a BackendReport> {
+    let (vip, backend) = (w.vip.to_string(), w.backend.to_string());
+    let b = s
+        .vips
+        .iter()
+        .find(|v| v.vip == vip)
+        .and_then(|v| v.backends.iter().find(|b| b.address == backend))
+        .with_context(|| {
+            format!(
+                "backend {backend} of {vip} is gone while waiting for it to drain (it or its \
+                 VIP was removed): stopped waiting"
+            )
+        })?;
+    if b.state == "active" {
+        bail!(
+            "backend {backend} of {vip} takes new flows again (undrained while waiting): \
+             stopped waiting"
+        );
+    }
+    Ok(b)
 }
 
 /// `hola stats`: once, or every `watch` seconds (at least one) until

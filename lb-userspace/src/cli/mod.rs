@@ -3,15 +3,16 @@
 //! [`dispatch`] runs a command; [`print`] renders the answers as text.
 
 mod dispatch;
+mod drain;
 mod print;
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use lb_userspace::{
     api::VipRef,
-    config::{HashKind, Protocol, VipMode, defaults},
+    config::{HashKind, Protocol, VipMode, defaults, format_duration, parse_duration},
 };
 
 pub use dispatch::run;
@@ -257,10 +258,13 @@ enum BackendCmd {
         #[arg(allow_negative_numbers = true)]
         weight: u32,
     },
-    /// No new flows; established flows stay.
+    /// No new flows; established flows stay. With --wait, returns once no
+    /// packet has reached the backend for --quiet-for.
     Drain {
         vip: String,
         address: std::net::IpAddr,
+        #[command(flatten)]
+        wait: DrainWaitArgs,
     },
     /// Undo drain.
     Undrain {
@@ -269,6 +273,59 @@ enum BackendCmd {
     },
     /// List the backends of one VIP or all.
     List { vip: Option<String> },
+}
+
+/// `hola backend drain --wait [--quiet-for D] [--timeout D]`.
+#[derive(Args)]
+struct DrainWaitArgs {
+    /// After draining, wait until the backend is empty: no packet has
+    /// reached it (its packet counter) for --quiet-for. Prints every few
+    /// seconds the packets and new flows it still sees; exits non-zero
+    /// after --timeout if it still sees packets (it stays drained).
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: how long no packet may reach the backend ("10s",
+    /// "1.5s"; at least 1s, the time between two readings).
+    #[arg(long, requires = "wait", value_parser = duration_arg, default_value = drain::QUIET_FOR)]
+    quiet_for: Duration,
+    /// With --wait: how long to wait at most (longer than --quiet-for).
+    #[arg(long, requires = "wait", value_parser = duration_arg, default_value = drain::TIMEOUT)]
+    timeout: Duration,
+}
+
+impl DrainWaitArgs {
+    /// The wait asked for, if any; an error if the durations cannot work.
+    fn wait(&self) -> anyhow::Result<Option<(Duration, Duration)>> {
+        if !self.wait {
+            return Ok(None);
+        }
+        let (q, t) = (self.quiet_for, self.timeout);
+        if q < drain::POLL {
+            bail!(
+                "--quiet-for {} is shorter than the {} between two readings of the backend's \
+                 counters; give at least {}",
+                format_duration(q),
+                format_duration(drain::POLL),
+                format_duration(drain::POLL)
+            );
+        }
+        if t <= q {
+            bail!(
+                "--timeout {} must be longer than --quiet-for {}: the backend must be seen \
+                 quiet for --quiet-for before the wait can end",
+                format_duration(t),
+                format_duration(q)
+            );
+        }
+        Ok(Some((q, t)))
+    }
+}
+
+/// A duration on the command line, written as in the configuration.
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s).ok_or_else(|| {
+        format!("{s:?} is not a duration; write a number of seconds or milliseconds such as \"10s\", \"1.5s\" or \"500ms\"")
+    })
 }
 
 /// Parses "198.18.1.1:80/tcp" or "[2001:db8::1]:443/udp" (without a

@@ -8,14 +8,17 @@ use std::{
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
     path::Path,
+    time::Duration,
 };
 
 use lb_userspace::{
     api::VipRef,
-    config::{Config, VipConfig},
+    config::{Config, VipConfig, format_duration},
     stats::{BackendReport, StatsReport},
     stats::{Event, FlowAnswer},
 };
+
+use super::drain::Seen;
 
 /// A change the daemon made, confirmed by one line.
 pub enum Changed {
@@ -67,6 +70,84 @@ pub fn changed(c: &Changed) -> String {
         } => format!("backend {backend} of {vip}: taking new flows again"),
     };
     line + "\n"
+}
+
+/// What a `hola backend drain --wait` waits for, for its lines.
+pub struct DrainWait {
+    pub vip: VipRef,
+    pub backend: IpAddr,
+    pub quiet_for: Duration,
+    pub timeout: Duration,
+}
+
+/// The first line of `drain --wait`, once the drain is made.
+pub fn drain_waiting(w: &DrainWait) -> String {
+    format!(
+        "waiting until no packet reaches {} of {} for {} (at most {})\n",
+        w.backend,
+        w.vip,
+        format_duration(w.quiet_for),
+        format_duration(w.timeout)
+    )
+}
+
+/// Every few seconds of `drain --wait`: what reached the backend over the
+/// last `over`, and how long it has been quiet.
+pub fn drain_progress(w: &DrainWait, over: Duration, seen: Seen, quiet: Duration) -> String {
+    format!(
+        "{}: {} and {} in the last {}; quiet for {} of {}\n",
+        w.backend,
+        count(seen.packets, "packet"),
+        count(seen.new_flows, "new flow"),
+        secs(over),
+        secs(quiet),
+        format_duration(w.quiet_for)
+    )
+}
+
+/// The last line of a `drain --wait` that saw the backend empty.
+pub fn drain_done(w: &DrainWait, waited: Duration, total: Seen) -> String {
+    format!(
+        "backend {} of {} is drained: no packet for {} (waited {}; {} and {} reached it \
+         while waiting)\n",
+        w.backend,
+        w.vip,
+        format_duration(w.quiet_for),
+        secs(waited),
+        count(total.packets, "packet"),
+        count(total.new_flows, "new flow")
+    )
+}
+
+/// Why a `drain --wait` gave up, and how to go on (an error: no newline).
+pub fn drain_timed_out(w: &DrainWait, waited: Duration, total: Seen, quiet: Duration) -> String {
+    format!(
+        "backend {b} of {v} is still busy after waiting {}: {} and {} reached it while \
+         waiting, the last one {} ago (it must see none for {}). It stays drained (no \
+         new flows). To go on, wait longer (a longer --timeout), or remove it to re-balance \
+         the flows it still has: hola backend del {v} {b}",
+        secs(waited),
+        count(total.packets, "packet"),
+        count(total.new_flows, "new flow"),
+        secs(quiet),
+        format_duration(w.quiet_for),
+        b = w.backend,
+        v = w.vip,
+    )
+}
+
+/// A measured duration in whole seconds, rounded: `"4s"`.
+fn secs(d: Duration) -> String {
+    format!("{}s", (d.as_millis() + 500) / 1000)
+}
+
+/// `"1 packet"`, `"3 packets"`.
+fn count(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 /// `hola check-config`: the file is valid, and what it holds.
@@ -497,5 +578,56 @@ mod tests {
         assert_eq!(format_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_ms(1_795_889_508_330), "2026-11-28T18:11:48.330Z");
         assert_eq!(format_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    fn drain_wait() -> DrainWait {
+        DrainWait {
+            vip: vip_ref("198.18.1.1:80"),
+            backend: "198.18.0.11".parse().unwrap(),
+            quiet_for: Duration::from_secs(10),
+            timeout: Duration::from_millis(300_500),
+        }
+    }
+
+    #[test]
+    fn drain_wait_lines_say_what_the_backend_still_sees() {
+        let w = drain_wait();
+        assert_eq!(
+            drain_waiting(&w),
+            "waiting until no packet reaches 198.18.0.11 of 198.18.1.1:80/tcp for 10s \
+             (at most 300500ms)\n"
+        );
+        let seen = |packets, new_flows| Seen { packets, new_flows };
+        assert_eq!(
+            drain_progress(
+                &w,
+                Duration::from_millis(5_002),
+                seen(12, 1),
+                Duration::from_millis(1_600)
+            ),
+            "198.18.0.11: 12 packets and 1 new flow in the last 5s; quiet for 2s of 10s\n"
+        );
+        assert_eq!(
+            drain_progress(&w, Duration::from_secs(5), seen(1, 0), Duration::ZERO),
+            "198.18.0.11: 1 packet and 0 new flows in the last 5s; quiet for 0s of 10s\n"
+        );
+        assert_eq!(
+            drain_done(&w, Duration::from_millis(23_400), seen(1234, 3)),
+            "backend 198.18.0.11 of 198.18.1.1:80/tcp is drained: no packet for 10s \
+             (waited 23s; 1234 packets and 3 new flows reached it while waiting)\n"
+        );
+        assert_eq!(
+            drain_timed_out(
+                &w,
+                Duration::from_millis(300_900),
+                seen(37, 0),
+                Duration::from_millis(400)
+            ),
+            "backend 198.18.0.11 of 198.18.1.1:80/tcp is still busy after waiting 301s: \
+             37 packets and 0 new flows reached it while waiting, the last one 0s ago (it \
+             must see none for 10s). It stays drained (no new flows). To go on, wait longer \
+             (a longer --timeout), or remove it to re-balance the flows it still has: \
+             hola backend del 198.18.1.1:80/tcp 198.18.0.11"
+        );
     }
 }
