@@ -4,9 +4,11 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipStats {
+    /// Every packet for the VIP, whatever its fate (drops included).
     pub packets: u64,
     pub bytes: u64,
-    /// Flow-table misses that were assigned a backend.
+    /// Flow-table misses placed by the Maglev table and forwarded (a
+    /// packet the NAT program drops is not counted).
     pub new_flows: u64,
     /// Packets dropped because the VIP had no usable backend.
     pub no_backend: u64,
@@ -17,6 +19,8 @@ const _: () = assert!(core::mem::size_of::<VipStats>() == 32);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendStats {
+    /// Packets forwarded to the backend (credited once the packet's action
+    /// is chosen: a packet dropped on the way is not counted).
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,

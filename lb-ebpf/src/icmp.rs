@@ -22,7 +22,7 @@ use lb_common::{
 
 use crate::{
     csum, forward,
-    maps::{BACKENDS, FLOWS, NAT},
+    maps::{BACKENDS, FLOWS},
     nat::{self, Layout},
     parse::ptr_at,
     verdict::Verdict,
@@ -215,11 +215,12 @@ fn to_client(
         family: at.family,
         _pad: [0; 2],
     };
-    let v = match NAT.get_ptr(&key) {
-        // SAFETY: a pointer into the map value, valid while the program runs.
-        Some(v) => unsafe { &*v },
+    // A copy, not a pointer into the LRU entry (see `nat::nat_copy`).
+    let v = match nat::nat_copy(&key) {
+        Some(v) => v,
         None => return Err(Reason::PassNotVip),
     };
+    let v = &v;
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if nat_expired(v, q.proto, now, &forward::nat_timeouts()) {
@@ -307,7 +308,8 @@ fn to_backend(
         family: at.family,
         _pad: [0; 2],
     };
-    // SAFETY: the value is copied out at once.
+    // SAFETY: the value is copied out at once and the pointer not kept (an
+    // LRU element is reused as soon as it is evicted: see `nat::nat_copy`).
     let (backend_id, port) = match unsafe { FLOWS.get(&req) } {
         Some(f) => (f.backend_id, f.hash as u16),
         None => return Err(Reason::PassNotVip),
@@ -336,16 +338,14 @@ fn to_backend(
     };
     let ours = |v: &lb_common::NatValue| v.vip_addr == q.src && v.vip_port == q.sport;
     let mut fullnat = false;
-    // SAFETY: the value is read at once.
-    let nat =
-        matches!(unsafe { NAT.get(&rev) }, Some(v) if ours(v) && v.flags & NAT_F_FULLNAT == 0);
+    // Copies, not pointers into the LRU entries (see `nat::nat_copy`).
+    let nat = matches!(nat::nat_copy(&rev), Some(v) if ours(&v) && v.flags & NAT_F_FULLNAT == 0);
     if !nat {
         rev.dst = nat::snat_addr(at.family);
         rev.dport = port;
-        // SAFETY: the value is read at once.
-        match unsafe { NAT.get(&rev) } {
+        match nat::nat_copy(&rev) {
             Some(v)
-                if ours(v)
+                if ours(&v)
                     && v.flags & NAT_F_FULLNAT != 0
                     && v.client_addr == q.dst
                     && v.client_port == q.dport =>

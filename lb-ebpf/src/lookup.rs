@@ -20,15 +20,15 @@ use crate::{
     forward::{self, Inner},
     icmp,
     maps::{
-        BACKEND_STATS, BACKENDS, FLOWS, ICMP_PROGS, NAT_SCRATCH, NAT_SOURCES4, NAT_SOURCES6,
-        PEER_FLOWS, RINGS, VIP_ADDRS4, VIP_ADDRS6, VIP_STATS, VIPS,
+        BACKENDS, FLOWS, ICMP_PROGS, NAT_SCRATCH, NAT_SOURCES4, NAT_SOURCES6, PEER_FLOWS, RINGS,
+        VIP_ADDRS4, VIP_ADDRS6, VIP_STATS, VIPS,
     },
     nat::{self, Layout},
     parse::{
         eth::{self, ETH_P_IP, ETH_P_IPV6},
         ipv4, ipv6, l4,
     },
-    verdict::Verdict,
+    verdict::{self, Verdict},
 };
 
 pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
@@ -129,10 +129,12 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     // counts). Else, while a cluster is on, a flow a peer created (it moved
     // here), under the same conditions.
     let mut reason = Reason::FwdEstablished;
-    // SAFETY: the value is copied out at once.
+    // SAFETY: the value is copied out at once, before this program inserts
+    // into the map (an LRU element is reused as soon as it is evicted, not
+    // freed: see `nat::nat_copy`).
     let mut chosen = unsafe { FLOWS.get(&key) }.and_then(|f| usable(*f, vip.vip_id));
     if chosen.is_none() && cluster::active() {
-        // SAFETY: the value is copied out at once.
+        // SAFETY: as for `FLOWS` above.
         chosen = unsafe { PEER_FLOWS.get(&key) }.and_then(|f| usable(*f, vip.vip_id));
         if chosen.is_some() {
             reason = Reason::FwdPeerFlow;
@@ -166,25 +168,9 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
         // packet; the next one finds the same backend again.
         let _ = FLOWS.insert(&key, &FlowValue { backend_id, hash }, 0);
     }
-    if reason == Reason::FwdNewFlow {
-        // Peers learn the flows made here (they know their own already).
-        if cluster::active() {
-            cluster::flow_created(&key, backend_id, hash);
-        }
-        if let Some(s) = vip_stats {
-            // SAFETY: per-CPU element, written only by this CPU.
-            unsafe { (*s).new_flows += 1 };
-        }
-    }
-    if let Some(s) = BACKEND_STATS.get_ptr_mut(backend_id) {
-        // SAFETY: per-CPU element, written only by this CPU.
-        unsafe {
-            (*s).packets += 1;
-            (*s).bytes += bytes;
-            if reason == Reason::FwdNewFlow {
-                (*s).new_flows += 1;
-            }
-        }
+    // Peers learn the flows made here (they know their own already).
+    if reason == Reason::FwdNewFlow && cluster::active() {
+        cluster::flow_created(&key, backend_id, hash);
     }
 
     let mode = vip.flags & VIP_MODE_MASK;
@@ -193,7 +179,9 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     } else {
         if mode == VIP_MODE_NAT || mode == VIP_MODE_FULLNAT {
             // The NAT work runs in a program of its own (its stack would
-            // not fit beside this one's), told what we know.
+            // not fit beside this one's), told what we know. It credits the
+            // backend's counters (and the new flow) once it has decided to
+            // forward: it may still drop the packet.
             if let Some(s) = NAT_SCRATCH.get_ptr_mut(0) {
                 // SAFETY: per-CPU element, used only by this CPU, and the
                 // tail-called program runs on this CPU right after.
@@ -219,6 +207,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
         forward::rewrite_macs(ctx, backend)?;
     }
     let action = forward::egress(ctx, backend)?;
+    verdict::credit_forward(vip.vip_id, backend_id, bytes, reason == Reason::FwdNewFlow);
     Ok(Verdict { reason, action })
 }
 

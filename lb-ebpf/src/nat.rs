@@ -5,7 +5,7 @@
 //! holds what the reply needs.
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_EXIST, xdp_action},
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     programs::XdpContext,
 };
@@ -43,6 +43,34 @@ pub struct Layout {
     pub proto: u8,
 }
 
+/// A copy of the `NAT` entry of `key`, taken at once. `NAT` is an LRU
+/// hash: an entry evicted by an insert (this program's or another CPU's) is
+/// reused for another key at once, not after a grace period, so no pointer
+/// into it is kept or written through: the copy is worked on, and a change
+/// is written back with [`write_back`].
+#[inline(always)]
+pub fn nat_copy(key: &FlowKey) -> Option<NatValue> {
+    let p = NAT.get_ptr(key)?;
+    // SAFETY: the pointer is into the map's preallocated elements (an LRU
+    // element is recycled, never freed, while the map exists, and this
+    // program holds the map), so the read is in bounds and aligned; it is
+    // read once, here, and not kept. A reuse racing the read can at worst
+    // hand back another key's value: the request and ICMP paths check the
+    // copy against the packet (`vip_addr`, `vip_port`); the reply path
+    // cannot, and would translate that one packet with it.
+    Some(unsafe { p.read() })
+}
+
+/// Writes a changed copy of the entry of `key` back, only if the entry
+/// still exists (BPF_EXIST): an entry expired and deleted, or evicted,
+/// since the copy was taken stays gone. The whole value is written: a
+/// change another CPU made to the same entry in between is overwritten
+/// (the next packet makes a lost touch or close again).
+#[inline(always)]
+fn write_back(key: &FlowKey, v: &NatValue) {
+    let _ = NAT.insert(key, v, u64::from(BPF_EXIST));
+}
+
 /// Whether any VIP is in NAT mode (so that other traffic is looked up in
 /// `NAT` at all).
 #[inline(always)]
@@ -52,7 +80,7 @@ pub fn active() -> bool {
 
 /// The entry of the NAT request program (`hola_nat_request`, tail-called
 /// by `hola_lb` for a packet of a nat or fullnat VIP once its backend is
-/// chosen and counted, with what it knows in `NAT_SCRATCH`).
+/// chosen, with what it knows in `NAT_SCRATCH`).
 #[inline(always)]
 pub fn request_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
     let s = match NAT_SCRATCH.get_ptr_mut(0) {
@@ -73,6 +101,13 @@ pub fn request_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
     request(ctx, &at, s, b)?;
     forward::rewrite_macs(ctx, b)?;
     let action = forward::egress(ctx, b)?;
+    // Forwarded: now (not in `hola_lb`, before this program could still
+    // drop it) the backend and the new flow are credited. The frame's size
+    // is the one `hola_lb` saw: the rewrite changes no length. The VIP is
+    // the backend's own: `hola_lb` checked a flow-table hit against it, and
+    // a Maglev pick comes from that VIP's table (which holds only its own).
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    crate::verdict::credit_forward(b.vip_id, s.backend_id, bytes, s.new_flow == NEW_FLOW_MAGLEV);
     Ok(Verdict {
         reason: match s.new_flow {
             NEW_FLOW_MAGLEV => Reason::FwdNewFlow,
@@ -111,23 +146,28 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
     let t = nat_timeouts();
     let mut fresh = true;
     if !(fullnat && s.new_flow == NEW_FLOW_MAGLEV)
-        && let Some(v) = NAT.get_ptr_mut(&s.rev)
+        && let Some(p) = NAT.get_ptr(&s.rev)
     {
-        // SAFETY: a pointer into the map value; LRU entries stay valid while
-        // the program runs (freed after an RCU grace period).
-        let v = unsafe { &mut *v };
+        // The entry is copied into the scratch value (the stack has no room
+        // for it), worked on there and written back if touched: see
+        // `nat_copy` for why no pointer into it is kept.
+        // SAFETY: as in `nat_copy`.
+        s.value = unsafe { p.read() };
+        let v = &mut s.value;
         let ours = v.vip_addr == s.key.dst
             && v.vip_port == s.key.dport
             && (!fullnat || (v.client_addr == s.key.src && v.client_port == s.key.sport));
         if ours && !nat_expired(v, proto, now, &t) {
-            touch(v, now, closing);
+            if touch(v, now, closing) {
+                write_back(&s.rev, &s.value);
+            }
             fresh = false;
         }
     }
     if fresh && fullnat {
         // A new flow (or one whose entry is gone): a port of this CPU's
         // range that no live flow holds.
-        let port = alloc_port(&mut s.rev, now, &t)?;
+        let port = alloc_port(&mut s.rev, &mut s.value, now, &t)?;
         s.rev.dport = port;
         let _ = FLOWS.insert(
             &s.key,
@@ -200,8 +240,15 @@ pub fn snat_addr(family: u8) -> [u8; 16] {
 /// fullnat: the next port of this CPU's range whose reply key (`rev`, its
 /// `dport` the candidate) holds no live flow. At most 16 candidates are
 /// tried; then the flow is dropped and counted, never given a live port.
+/// `tmp` is room for a copy of a candidate's entry (the caller fills it in
+/// afterwards).
 #[inline(always)]
-fn alloc_port(rev: &mut FlowKey, now: u64, t: &NatTimeouts) -> Result<u16, Reason> {
+fn alloc_port(
+    rev: &mut FlowKey,
+    tmp: &mut NatValue,
+    now: u64,
+    t: &NatTimeouts,
+) -> Result<u16, Reason> {
     let lo: u16 = setting!(fullnat_port_lo);
     let span: u16 = setting!(fullnat_port_span);
     if span == 0 {
@@ -222,8 +269,11 @@ fn alloc_port(rev: &mut FlowKey, now: u64, t: &NatTimeouts) -> Result<u16, Reaso
         rev.dport = port.to_be();
         let free = match NAT.get_ptr(&*rev) {
             None => true,
-            // SAFETY: as in `request`.
-            Some(v) => nat_expired(unsafe { &*v }, rev.proto, now, t),
+            Some(p) => {
+                // SAFETY: as in `nat_copy`.
+                *tmp = unsafe { p.read() };
+                nat_expired(tmp, rev.proto, now, t)
+            }
         };
         if free {
             return Ok(port.to_be());
@@ -298,11 +348,12 @@ pub fn reply_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
 /// client) and it goes back where the request came from.
 #[inline(always)]
 fn reply(ctx: &XdpContext, at: &Layout, key: &FlowKey, ports: &Ports) -> Result<Verdict, Reason> {
-    let v = match NAT.get_ptr_mut(key) {
-        // SAFETY: as in `request`.
-        Some(v) => unsafe { &mut *v },
+    // A copy: see `nat_copy`.
+    let mut v = match nat_copy(key) {
+        Some(v) => v,
         None => return Err(Reason::PassNotVip),
     };
+    let v = &mut v;
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if nat_expired(v, key.proto, now, &nat_timeouts()) {
@@ -310,9 +361,12 @@ fn reply(ctx: &XdpContext, at: &Layout, key: &FlowKey, ports: &Ports) -> Result<
         return Err(Reason::DropNatExpired);
     }
     let closing = key.proto == PROTO_TCP && ports.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    touch(v, now, closing);
+    let mut changed = touch(v, now, closing);
     if v.syn_ns != 0 && key.proto == PROTO_TCP {
-        handshake(v, now, ports.tcp_flags);
+        changed |= handshake(v, now, ports.tcp_flags);
+    }
+    if changed {
+        write_back(key, v);
     }
     let (vip_addr, vip_port) = (v.vip_addr, v.vip_port);
     let fullnat = v.flags & NAT_F_FULLNAT != 0;
@@ -360,9 +414,10 @@ pub fn send_back(ctx: &XdpContext, v: &NatValue) -> Result<u32, Reason> {
 }
 
 /// The backend's answer to a flow's SYN: a SYN-ACK's latency goes into
-/// the backend's histogram, a RST is counted.
+/// the backend's histogram, a RST is counted. Returns whether `v` changed
+/// (the SYN's time is cleared once answered).
 #[inline(always)]
-fn handshake(v: &mut NatValue, now: u64, flags: u8) {
+fn handshake(v: &mut NatValue, now: u64, flags: u8) -> bool {
     let answered = if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
         1
     } else if flags & TCP_RST != 0 {
@@ -371,7 +426,7 @@ fn handshake(v: &mut NatValue, now: u64, flags: u8) {
         0
     };
     if answered == 0 {
-        return;
+        return false;
     }
     if let Some(h) = HANDSHAKES.get_ptr_mut(v.backend_id) {
         // SAFETY: per-CPU element, written only by this CPU.
@@ -388,16 +443,24 @@ fn handshake(v: &mut NatValue, now: u64, flags: u8) {
         }
     }
     v.syn_ns = 0;
+    true
 }
 
+/// Refreshes the last-seen time (at most once per `NAT_TOUCH_NS`, so that
+/// an entry is written back about once a second, not per packet) and
+/// records the first FIN or RST. Returns whether `v` changed.
 #[inline(always)]
-fn touch(v: &mut NatValue, now: u64, closing: bool) {
+fn touch(v: &mut NatValue, now: u64, closing: bool) -> bool {
+    let mut changed = false;
     if now.saturating_sub(v.last_ns) >= NAT_TOUCH_NS {
         v.last_ns = now;
+        changed = true;
     }
     if closing && v.closed_ns == 0 {
         v.closed_ns = now;
+        changed = true;
     }
+    changed
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use aya_ebpf::bindings::xdp_action;
 use lb_common::Reason;
 
-use crate::maps::REASONS;
+use crate::maps::{BACKEND_STATS, REASONS, VIP_STATS};
 
 /// The XDP action together with the reason it was chosen.
 #[derive(Clone, Copy)]
@@ -51,6 +51,32 @@ pub fn count(reason: Reason, bytes: u64) {
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
+        }
+    }
+}
+
+/// Credits a packet of `bytes` forwarded to `backend_id` of VIP `vip_id`:
+/// the backend's packets and bytes and, for the first packet of a flow the
+/// Maglev table placed (`new_flow`), the VIP's and the backend's new flows.
+/// Called only once the packet is on its way (its action chosen), so that
+/// a packet dropped later (a NAT program's drop, a failed encapsulation or
+/// redirect) is counted under its reason alone. (The VIP's packets and
+/// bytes count every packet for the VIP, whatever its fate: `hola_lb`
+/// credits them as soon as the VIP is found.)
+#[inline(always)]
+pub fn credit_forward(vip_id: u32, backend_id: u32, bytes: u64, new_flow: bool) {
+    if new_flow && let Some(s) = VIP_STATS.get_ptr_mut(vip_id) {
+        // SAFETY: per-CPU element, written only by this CPU.
+        unsafe { (*s).new_flows += 1 };
+    }
+    if let Some(s) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU element, written only by this CPU.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += bytes;
+            if new_flow {
+                (*s).new_flows += 1;
+            }
         }
     }
 }

@@ -100,9 +100,11 @@ pub fn expected_deltas(
     let mut d = BTreeMap::new();
     d.insert(format!("reason.{}.packets", reason.name()), 1);
     d.insert(format!("reason.{}.bytes", reason.name()), len);
-    // A fullnat flow that finds no source port was chosen a backend (and
-    // counted) before the port ran out.
-    let new = reason == Reason::FwdNewFlow || reason == Reason::DropNatNoPort;
+    // A VIP's packets and bytes count every packet for it, whatever its
+    // fate; its new flows and the backend's counters only packets forwarded
+    // (a fullnat flow that finds no source port was chosen a backend, but
+    // the NAT program dropped it: it credits neither).
+    let new = reason == Reason::FwdNewFlow;
     if let Some(v) = vip {
         d.insert(format!("vip.{v}.packets"), 1);
         d.insert(format!("vip.{v}.bytes"), len);

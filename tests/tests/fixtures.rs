@@ -669,6 +669,57 @@ fn packet_fixtures() {
         ],
     );
 
+    // The UDP length field: below the 8-byte header, or past the IP
+    // payload, the datagram is malformed and dropped (as a bad TCP data
+    // offset is); shorter than the payload, the rest is padding and the
+    // datagram is forwarded as it came.
+    let udp4 = Pkt::new(client, "198.18.1.1", L4::udp(5399, 53, b"abcd"));
+    let udp6 = Pkt::new(client6, "2001:db8:1::1", L4::udp(5353, 53, b"abcd"));
+    let with_ulen = |p: &Pkt, l4: usize, len: u16| {
+        let mut b = p.bytes();
+        assert_eq!(
+            u16::from_be_bytes([b[l4 + 4], b[l4 + 5]]),
+            12,
+            "the UDP length field is where this test writes it"
+        );
+        set_u16(&mut b, l4 + 4, len);
+        b
+    };
+    let padded = with_ulen(&udp4, 14 + 20, 10);
+    run_rows(
+        &mut dp,
+        &mut rows,
+        vec![
+            cut(
+                "malformed: IPv4 UDP length 7, below its header",
+                with_ulen(&udp4, 14 + 20, 7),
+            ),
+            cut("malformed: IPv4 UDP length 0", with_ulen(&udp4, 14 + 20, 0)),
+            cut(
+                "malformed: IPv4 UDP length one past the IP payload",
+                with_ulen(&udp4, 14 + 20, 13),
+            ),
+            cut(
+                "malformed: IPv6 UDP length 7, below its header",
+                with_ulen(&udp6, 14 + 40, 7),
+            ),
+            cut(
+                "malformed: IPv6 UDP length one past the IP payload",
+                with_ulen(&udp6, 14 + 40, 13),
+            ),
+            Row {
+                name: "dsr: IPv4 UDP length shorter than the IP payload (padding) is forwarded"
+                    .into(),
+                output: with_macs(&padded, bmac(ip("198.18.2.4")), LB_MAC),
+                input: padded,
+                action: XDP_TX,
+                reason: Reason::FwdNewFlow,
+                vip: Some(dsr4u),
+                backend: Some(ip("198.18.2.4")),
+            },
+        ],
+    );
+
     // A flow keeps its backend after the table changes.
     let f_syn = Pkt::new(client, "198.18.1.7", L4::tcp(41000, 80, TCP_SYN));
     let f_ack = Pkt::new(client, "198.18.1.7", L4::tcp(41000, 80, TCP_ACK));
