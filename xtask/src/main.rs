@@ -6,6 +6,7 @@ mod bench;
 mod fuzz;
 mod lab;
 mod modgraph;
+mod package;
 mod run;
 mod test;
 mod toolchain;
@@ -68,6 +69,13 @@ enum Cmd {
         #[command(subcommand)]
         which: Option<bench::Bench>,
     },
+    /// Build the Debian package (target/debian/hola_*.deb) from a release build: hola, its
+    /// systemd unit, /etc/hola/hola.toml, man pages and shell completions.
+    Package {
+        /// Then check it: `dpkg-deb -c` lists every file, `systemd-analyze verify` accepts the unit.
+        #[arg(long)]
+        check: bool,
+    },
     /// Print the import graph of lb-userspace's modules, bottom up, and check it has no cycle.
     Modgraph,
     /// Fuzz the balancer: generated and mangled frames through BPF_PROG_TEST_RUN,
@@ -88,6 +96,9 @@ fn main() -> ExitCode {
         Cmd::Lab { cmd } => lab::lab(cmd),
         Cmd::Bench { which, report } => bench::bench(which, report),
         Cmd::Fuzz { cases } => fuzz::fuzz(cases),
+        Cmd::Package { check } => toolchain::setup(false)
+            .and_then(|()| package::package())
+            .and_then(|deb| if check { package::check(&deb) } else { Ok(()) }),
         Cmd::Modgraph => modgraph::print(repo_root()),
     };
     match result {

@@ -121,6 +121,12 @@ pub(crate) fn test(extra: &[String]) -> Result<()> {
                 "target/bench/report-smoke/benchmarks.png",
             ]),
         ),
+        // The Debian package builds from the release binary, holds its
+        // files, and systemd accepts its unit (xtask/src/package.rs).
+        (
+            "package",
+            cargo(&["run", "-q", "-p", "xtask", "--", "package", "--check"]),
+        ),
         ("privileged tests", privileged),
     ];
 

@@ -31,6 +31,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "haproxy",
     // cargo xtask bench --report: the font the plot's labels are drawn in.
     "fonts-dejavu-core",
+    // cargo xtask package: systemd-analyze verifies the unit; dpkg-dev's
+    // dpkg-shlibdeps gives cargo-deb the package's dependencies.
+    "systemd",
+    "dpkg-dev",
 ];
 
 /// The nightly toolchain aya-build compiles lb-ebpf with (`rustup run nightly`).
@@ -64,6 +68,7 @@ pub(crate) fn setup(dry_run: bool) -> Result<()> {
         s.component(&active, c, "cargo xtask test runs it")?;
     }
     s.bpf_linker()?;
+    s.cargo_deb()?;
 
     match (s.installed.is_empty(), dry_run) {
         (true, _) => println!("setup: nothing to install"),
@@ -215,6 +220,35 @@ impl Setup {
         }
         println!("ok: bpf-linker {v} ({})", path.display());
         self.installed.push(format!("bpf-linker {v}"));
+        Ok(())
+    }
+}
+
+impl Setup {
+    /// cargo-deb, which `cargo xtask package` builds the Debian package with.
+    fn cargo_deb(&mut self) -> Result<()> {
+        let found = find_program("cargo-deb");
+        if let Some(path) = &found
+            && let Ok(v) = run_output(command(&path.to_string_lossy()).args(["deb", "--version"]))
+        {
+            println!("ok: {} ({})", v.trim(), path.display());
+            return Ok(());
+        }
+        let mut install = command("cargo");
+        install.args(["install", "cargo-deb", "--locked"]);
+        println!("missing: cargo-deb (cargo xtask package builds the Debian package with it)");
+        if self.dry_run {
+            println!("would install: {}", show(&install));
+        } else {
+            println!(
+                "installing: cargo-deb from crates.io; this compiles it and takes a few minutes: {}",
+                show(&install)
+            );
+            run_status(&mut install).context("building cargo-deb failed")?;
+            find_program("cargo-deb")
+                .context("cargo install finished but cargo-deb is still not found")?;
+        }
+        self.installed.push("cargo-deb".into());
         Ok(())
     }
 }

@@ -18,6 +18,7 @@ use super::{
     drain::{self, Sample, Status, Watch},
     parse_vip,
     print::{self, Changed, DrainWait},
+    tools,
 };
 
 /// Runs one command line to its end: `Ok` once its answer is printed.
@@ -60,6 +61,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Config {
             cmd: ConfigCmd::Dump,
         } => on_daemon(config_dump(socket)),
+        Cmd::Doctor(args) => tools::doctor(&args),
+        Cmd::Top { filter } => lb_userspace::top::term::run(socket, filter),
+        Cmd::Generate { out } => tools::generate(&out),
     }
 }
 

@@ -5,6 +5,7 @@
 mod dispatch;
 mod drain;
 mod print;
+mod tools;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -108,6 +109,25 @@ enum Cmd {
     VethPeer {
         #[command(subcommand)]
         cmd: AttachCmd,
+    },
+    /// Check this balancer's set-up (with --backend: a backend's): each
+    /// check prints ok, warn or fail, what it saw and the fix. Exits 0 (all
+    /// ok), 1 (a warning) or 2 (a failure).
+    Doctor(tools::DoctorArgs),
+    /// A live view of VIPs and backends: rates, each backend's share of new
+    /// flows against its weight's, health, last event. Keys: s sort, r
+    /// reverse, / filter, q quit.
+    Top {
+        /// Show only VIPs whose address or a backend's contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Write the man pages and shell completions into a directory (for
+    /// packaging).
+    #[command(hide = true)]
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 

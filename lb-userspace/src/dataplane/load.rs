@@ -301,7 +301,7 @@ impl Dataplane {
 }
 
 /// The `SETTINGS` global the program is loaded with.
-fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
+pub(super) fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
     let (v4, p4) = cfg.tunnel_src_v4;
     let (v6, p6) = cfg.tunnel_src_v6;
     Settings {
@@ -323,7 +323,7 @@ fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
 }
 
 /// Every map's capacity, from the load-time settings.
-fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 22] {
+pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 22] {
     [
         (
             names::FLOWS,
@@ -403,7 +403,10 @@ pub fn unpin_all(pin_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
+pub(super) fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut Xdp, DataplaneError> {
     ebpf.program_mut(name)
         .ok_or(DataplaneError::Program {
             name,

@@ -14,6 +14,7 @@
 
 mod counters;
 mod flows;
+mod inspect;
 mod load;
 mod nat;
 mod tables;
@@ -30,7 +31,11 @@ use lb_common::{
     VipKey, VipMeta, VipStats,
 };
 
-pub use self::{flows::monotonic_ns, load::unpin_all};
+pub use self::{
+    flows::monotonic_ns,
+    inspect::{PinnedMap, build_tag, pinned_maps},
+    load::unpin_all,
+};
 pub use crate::model::{BackendSpec, Mode, Nexthop, Proto, VipAddr, VipSpec, addr_bytes};
 use crate::reconcile::{PlanError, Tables};
 

@@ -1,0 +1,166 @@
+//! `cargo xtask package`: the Debian package of hola (cargo-deb, from the
+//! release binary): `hola`, its systemd unit, a commented
+//! /etc/hola/hola.toml, a man page per command and shell completions,
+//! which `hola generate` writes. [`check`] is what `cargo xtask test` asks
+//! of it: the files listed by `dpkg-deb -c`, the unit accepted by
+//! `systemd-analyze verify`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{command, repo_root, run_output, run_status, show};
+
+/// Where `hola generate` writes for the package (the assets in
+/// lb-userspace/Cargo.toml name this directory).
+const GENERATED: &str = "target/release/package";
+/// Where the .deb goes.
+const OUT: &str = "target/debian";
+/// The unit inside the package.
+const UNIT: &str = "lib/systemd/system/hola.service";
+
+/// Paths `dpkg-deb -c` must list (man pages may be gzipped).
+const EXPECTED: &[&str] = &[
+    "usr/bin/hola",
+    UNIT,
+    "etc/hola/hola.toml",
+    "usr/share/man/man1/hola.1",
+    "usr/share/man/man1/hola-run.1",
+    "usr/share/man/man1/hola-doctor.1",
+    "usr/share/man/man1/hola-top.1",
+    "usr/share/man/man1/hola-vip-add.1",
+    "usr/share/bash-completion/completions/hola",
+    "usr/share/zsh/vendor-completions/_hola",
+    "usr/share/fish/vendor_completions.d/hola.fish",
+    "usr/share/doc/hola/README.md",
+];
+
+/// Builds the package; returns the .deb's path.
+pub(crate) fn package() -> Result<PathBuf> {
+    let root = repo_root();
+    // Cargo rebuilds only what changed: nothing when the binary is current.
+    run_status(command("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "lb-userspace",
+        "--bin",
+        "hola",
+    ]))
+    .context("building the release binary of hola")?;
+    let generated = root.join(GENERATED);
+    let _ = std::fs::remove_dir_all(&generated);
+    run_status(
+        command(&root.join("target/release/hola").to_string_lossy())
+            .arg("generate")
+            .arg("--out")
+            .arg(&generated),
+    )
+    .context("writing the man pages and completions")?;
+    let out_dir = root.join(OUT);
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    // --no-build: the binary built above, not cargo-deb's own build.
+    let mut deb = command("cargo");
+    deb.args(["deb", "-p", "lb-userspace", "--no-build", "--output"])
+        .arg(&out_dir);
+    let printed = run_output(&mut deb).with_context(|| {
+        format!(
+            "`{}` failed; `cargo xtask setup` installs cargo-deb",
+            show(&deb)
+        )
+    })?;
+    // cargo-deb prints the package's path as its last line.
+    let path = printed
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.ends_with(".deb"))
+        .map(PathBuf::from)
+        .with_context(|| format!("cargo deb printed no .deb path: {printed:?}"))?;
+    println!("package: {}", path.display());
+    Ok(path)
+}
+
+/// The paths in `dpkg-deb -c` output (its last column), without "./".
+fn listed(contents: &str) -> Vec<&str> {
+    contents
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .map(|p| p.trim_start_matches("./"))
+        .collect()
+}
+
+/// The expected paths `contents` lacks (a man page may be `NAME.gz`).
+fn missing(contents: &str) -> Vec<&'static str> {
+    let files = listed(contents);
+    EXPECTED
+        .iter()
+        .copied()
+        .filter(|want| {
+            !files
+                .iter()
+                .any(|f| f == want || f.strip_suffix(".gz") == Some(want))
+        })
+        .collect()
+}
+
+/// `dpkg-deb -c` lists every expected file; `systemd-analyze verify`
+/// accepts the unit, with the package unpacked as its root (so that the
+/// binary it starts is there).
+pub(crate) fn check(deb: &Path) -> Result<()> {
+    let contents = run_output(command("dpkg-deb").arg("-c").arg(deb))?;
+    let lacking = missing(&contents);
+    if !lacking.is_empty() {
+        bail!(
+            "{} lacks {}; it holds:\n{contents}",
+            deb.display(),
+            lacking.join(", ")
+        );
+    }
+    println!(
+        "ok: dpkg-deb -c {} lists {} files, every expected one",
+        deb.display(),
+        listed(&contents).len()
+    );
+    let unpacked = repo_root().join(OUT).join("root");
+    let _ = std::fs::remove_dir_all(&unpacked);
+    run_status(command("dpkg-deb").arg("-x").arg(deb).arg(&unpacked))?;
+    let unit = unpacked.join(UNIT);
+    let mut verify = command("systemd-analyze");
+    verify
+        .arg("verify")
+        .arg(format!("--root={}", unpacked.display()))
+        .arg(&unit);
+    let out = verify
+        .output()
+        .with_context(|| format!("running `{}`", show(&verify)))?;
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    let _ = std::fs::remove_dir_all(&unpacked);
+    if !out.status.success() || !said.trim().is_empty() {
+        bail!(
+            "`{}` did not accept the unit ({}): {said}",
+            show(&verify),
+            out.status
+        );
+    }
+    println!("ok: systemd-analyze verify accepts {UNIT}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpkg_listings_are_read_by_their_last_column() {
+        let mut c = String::new();
+        for f in EXPECTED {
+            c += &format!("-rw-r--r-- root/root 100 2026-01-01 00:00 ./{f}\n");
+        }
+        assert_eq!(missing(&c), Vec::<&str>::new());
+        let c = c.replace("hola-top.1\n", "hola-top.1.gz\n");
+        assert_eq!(missing(&c), Vec::<&str>::new());
+        let c = c.replace("./usr/bin/hola\n", "./usr/bin/other\n");
+        assert_eq!(missing(&c), vec!["usr/bin/hola"]);
+    }
+}
