@@ -23,6 +23,7 @@ fn link(name: &str, loopback: bool, prog: Option<&str>) -> Iface {
             id: 9,
             name: n.into(),
             tag: 1,
+            jited: true,
         }),
     }
 }

@@ -71,7 +71,7 @@ pub const PROG: &str = lb_common::maps::PROG_LB;
 pub fn checks(s: &Seen) -> Vec<Check> {
     let mut c = vec![
         host::kernel(&s.release),
-        host::jit(s.jit.as_deref()),
+        host::jit(s.jit.as_deref(), attached_jited(s)),
         host::btf(s.btf),
         host::bpffs(&s.mounts),
     ];
@@ -104,6 +104,14 @@ pub fn checks(s: &Seen) -> Vec<Check> {
     c.extend(tunnel_headroom(s));
     c.push(state(s));
     c
+}
+
+/// Whether the program on the first interface that has one is JIT-compiled.
+fn attached_jited(s: &Seen) -> Option<bool> {
+    s.interfaces
+        .iter()
+        .find_map(|(_, i)| i.as_ref()?.prog.as_ref())
+        .map(|p| p.jited)
 }
 
 /// The pinned maps: all there, with the capacities the configuration asks.

@@ -21,6 +21,7 @@ fn eth0(mtu: u32) -> Iface {
             id: 41,
             name: PROG.into(),
             tag: 0xabc,
+            jited: true,
         }),
     }
 }

@@ -41,30 +41,42 @@ pub fn kernel(release: &str) -> Check {
     }
 }
 
-/// `/proc/sys/net/core/bpf_jit_enable` (`None`: the file is missing).
-pub fn jit(value: Option<&str>) -> Check {
+/// The BPF JIT: `/proc/sys/net/core/bpf_jit_enable` (`None`: missing; a
+/// network namespace other than the host's has no such file), and whether
+/// the program hola attached was JIT-compiled (`None`: none seen).
+pub fn jit(value: Option<&str>, attached_jited: Option<bool>) -> Check {
     let name = "bpf jit";
     let fix = "sysctl -w net.core.bpf_jit_enable=1 (and net.core.bpf_jit_enable = 1 in \
                /etc/sysctl.d/ to keep it)";
-    match value.map(str::trim) {
-        Some("1") => Check::ok(name, "net.core.bpf_jit_enable = 1"),
-        Some("2") => Check::warn(
+    match (value.map(str::trim), attached_jited) {
+        (Some("1"), _) => Check::ok(name, "net.core.bpf_jit_enable = 1"),
+        (Some("2"), _) => Check::warn(
             name,
             "net.core.bpf_jit_enable = 2: the JIT writes every program to the kernel log",
             fix,
         ),
-        Some(v) => Check::warn(
+        (Some(v), _) => Check::warn(
             name,
             format!(
                 "net.core.bpf_jit_enable = {v}: programs run interpreted, several times slower"
             ),
             fix,
         ),
-        None => Check::warn(
+        (None, Some(true)) => Check::ok(
             name,
-            "/proc/sys/net/core/bpf_jit_enable is missing: a kernel without the BPF JIT runs \
-             programs interpreted",
-            "use a kernel built with CONFIG_BPF_JIT=y",
+            "the attached program is JIT-compiled (net.core.bpf_jit_enable is only readable \
+             from the host's network namespace)",
+        ),
+        (None, Some(false)) => Check::warn(
+            name,
+            "the attached program is not JIT-compiled: it runs interpreted, several times slower",
+            format!("{fix} in the host's network namespace, then restart hola"),
+        ),
+        (None, None) => Check::warn(
+            name,
+            "/proc/sys/net/core/bpf_jit_enable is missing (this is not the host's network \
+             namespace, or the kernel has no BPF JIT) and no attached program shows it",
+            "run doctor once hola runs, or check net.core.bpf_jit_enable on the host",
         ),
     }
 }
@@ -126,12 +138,15 @@ mod tests {
 
     #[test]
     fn jit_settings() {
-        assert_eq!(jit(Some("1\n")).status, Status::Ok);
-        assert_eq!(jit(Some("2\n")).status, Status::Warn);
-        let off = jit(Some("0\n"));
+        assert_eq!(jit(Some("1\n"), None).status, Status::Ok);
+        assert_eq!(jit(Some("2\n"), Some(true)).status, Status::Warn);
+        let off = jit(Some("0\n"), None);
         assert_eq!(off.status, Status::Warn);
         assert!(off.fix.unwrap().contains("bpf_jit_enable=1"));
-        assert_eq!(jit(None).status, Status::Warn);
+        // In a network namespace: the attached program tells.
+        assert_eq!(jit(None, Some(true)).status, Status::Ok);
+        assert_eq!(jit(None, Some(false)).status, Status::Warn);
+        assert_eq!(jit(None, None).status, Status::Warn);
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct Prog {
     pub name: String,
     /// The SHA of its instructions: the same for the same build.
     pub tag: u64,
+    /// Whether it was JIT-compiled.
+    pub jited: bool,
 }
 
 /// One network interface.
@@ -187,6 +189,7 @@ mod tests {
                 id: 7,
                 name: n.into(),
                 tag: 1,
+                jited: true,
             }),
         }
     }

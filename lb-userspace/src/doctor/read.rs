@@ -64,6 +64,7 @@ fn progs(ids: &[u32]) -> BTreeMap<u32, Prog> {
                     id: p.id(),
                     name: p.name_as_str().unwrap_or("").to_owned(),
                     tag: p.tag(),
+                    jited: p.size_jitted() > 0,
                 },
             );
         }
@@ -123,6 +124,7 @@ pub async fn interfaces() -> anyhow::Result<Vec<Iface>> {
                     id,
                     name: String::new(),
                     tag: 0,
+                    jited: false,
                 })
             });
             i
