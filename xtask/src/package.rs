@@ -104,9 +104,17 @@ fn missing(contents: &str) -> Vec<&'static str> {
         .collect()
 }
 
+/// Where Debian keeps the system's units, and the program the unit's
+/// ExecReload runs (procps, which the package depends on).
+const SYSTEM_UNITS: &str = "/usr/lib/systemd/system";
+const KILL: &str = "/bin/kill";
+
 /// `dpkg-deb -c` lists every expected file; `systemd-analyze verify`
-/// accepts the unit, with the package unpacked as its root (so that the
-/// binary it starts is there).
+/// accepts the unit in a root made of the unpacked package, this system's
+/// units (the targets it is ordered against) and `/bin/kill`: what the
+/// unit sees once installed. Any warning it prints counts as a refusal
+/// (it exits 0 on unknown keys). Man pages are checked by the listing,
+/// not by `--man` (which asks the host's `man`, outside the root).
 pub(crate) fn check(deb: &Path) -> Result<()> {
     let contents = run_output(command("dpkg-deb").arg("-c").arg(deb))?;
     let lacking = missing(&contents);
@@ -122,20 +130,31 @@ pub(crate) fn check(deb: &Path) -> Result<()> {
         deb.display(),
         listed(&contents).len()
     );
-    let unpacked = repo_root().join(OUT).join("root");
-    let _ = std::fs::remove_dir_all(&unpacked);
-    run_status(command("dpkg-deb").arg("-x").arg(deb).arg(&unpacked))?;
-    let unit = unpacked.join(UNIT);
+    let root = repo_root().join(OUT).join("root");
+    let _ = std::fs::remove_dir_all(&root);
+    run_status(command("dpkg-deb").arg("-x").arg(deb).arg(&root))?;
+    let units = root.join(SYSTEM_UNITS.trim_start_matches('/'));
+    std::fs::create_dir_all(&units).with_context(|| format!("creating {}", units.display()))?;
+    run_status(
+        command("cp")
+            .arg("-a")
+            .arg(format!("{SYSTEM_UNITS}/."))
+            .arg(&units),
+    )?;
+    let kill = root.join(KILL.trim_start_matches('/'));
+    std::fs::create_dir_all(kill.parent().expect("/bin/kill has a parent"))?;
+    std::fs::copy(KILL, &kill).with_context(|| format!("copying {KILL}"))?;
+    let unit = root.join(UNIT);
     let mut verify = command("systemd-analyze");
     verify
-        .arg("verify")
-        .arg(format!("--root={}", unpacked.display()))
+        .args(["verify", "--man=no"])
+        .arg(format!("--root={}", root.display()))
         .arg(&unit);
     let out = verify
         .output()
         .with_context(|| format!("running `{}`", show(&verify)))?;
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
-    let _ = std::fs::remove_dir_all(&unpacked);
+    let _ = std::fs::remove_dir_all(&root);
     if !out.status.success() || !said.trim().is_empty() {
         bail!(
             "`{}` did not accept the unit ({}): {said}",
