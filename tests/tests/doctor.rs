@@ -28,7 +28,7 @@ use hola_tests::{
 use lb_userspace::{
     doctor::{Report, Status},
     programs,
-    stats::StatsReport,
+    stats::{Event, StatsReport},
     top::{self, Keys, view},
 };
 use netlab::lab::{BALANCER, Family, LabSpec, SWITCH, backend, port};
@@ -185,6 +185,21 @@ fn doctor_finds_each_fault_of_the_lab_and_its_fix() {
     all_ok(&b1, dsr_b1);
     all_ok(&b2, tun_b2);
 
+    // No configuration to go by: the host is still checked (in a network
+    // namespace without a program to go by, the JIT is unknown: a warning),
+    // the file named, exit 2.
+    let missing = d.dir.join("missing.toml").display().to_string();
+    let (code, r) = doctor(&lb, &["--config", &missing]);
+    let names: Vec<&str> = r.checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["kernel", "bpf jit", "btf", "bpffs", "configuration"]
+    );
+    let c = &r.checks[4];
+    assert_eq!(c.status, Status::Fail);
+    assert!(c.saw.starts_with(&missing), "{c:?}");
+    assert_eq!((code, r.status), (2, Status::Fail));
+
     // The VIP removed from a backend's loopback.
     lab.t
         .ip("b1", &["addr", "del", "198.18.1.1/32", "dev", "lo"]);
@@ -243,9 +258,9 @@ fn doctor_finds_each_fault_of_the_lab_and_its_fix() {
 }
 
 /// Every row of a drawn table, as its words.
-fn drawn(stats: &StatsReport) -> Vec<Vec<String>> {
+fn drawn(stats: &StatsReport, events: &[Event]) -> Vec<Vec<String>> {
     let mut t = Terminal::new(TestBackend::new(160, 20)).expect("test terminal");
-    let s = top::term::screen(stats, &[], &Keys::default());
+    let s = top::term::screen(stats, events, &Keys::default());
     t.draw(|f| view::draw(f, &s)).expect("draw");
     let buf = t.backend().buffer().clone();
     (0..buf.area.height)
@@ -331,19 +346,19 @@ fn top_shows_what_stats_says() {
     // CLI's agree when both fall between the same two samples, which the
     // interval shows.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let (seen, cli) = loop {
+    let (seen, events, cli) = loop {
         assert!(
             Instant::now() < deadline,
             "no two readings with the same rates"
         );
         std::thread::sleep(Duration::from_millis(300));
-        let (s, _) = tokio
+        let (s, ev) = tokio
             .block_on(top::term::fetch(&d.socket))
             .expect("top's reading");
         let cli = d.stats();
         let busy = s.vips.iter().any(|v| v.rates.new_flows_per_second > 0.0);
         if busy && s.interval_seconds == cli.interval_seconds {
-            break (s, cli);
+            break (s, ev, cli);
         }
     };
     stop.store(true, Ordering::Relaxed);
@@ -351,7 +366,9 @@ fn top_shows_what_stats_says() {
         load.join().expect("load thread") > 0,
         "no request was answered"
     );
-    let rows = drawn(&seen);
+    // No health check in this lab: no event, every last event is "-".
+    assert_eq!(events, vec![]);
+    let rows = drawn(&seen, &events);
     assert_eq!(
         rows[2],
         view::HEADER

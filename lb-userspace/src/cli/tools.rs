@@ -41,6 +41,13 @@ pub struct DoctorArgs {
 
 /// Runs the checks, prints them and exits with 0, 1 or 2 (ok, warn, fail).
 pub fn doctor(a: &DoctorArgs) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "hola doctor reads BPF programs, pins and the control socket, which takes root: run \
+             it as root (sudo hola doctor ...)"
+        );
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -50,12 +57,9 @@ pub fn doctor(a: &DoctorArgs) -> anyhow::Result<()> {
             let seen = rt.block_on(doctor::read::backend(vip, a.mode.into()))?;
             doctor::backend::checks(&seen)
         }
-        None => {
-            let seen = rt
-                .block_on(doctor::read::balancer(&a.config, a.client_mtu))
-                .with_context(|| format!("reading the set-up of {}", a.config.display()))?;
-            doctor::balancer::checks(&seen)
-        }
+        None => rt
+            .block_on(doctor::read::balancer_checks(&a.config, a.client_mtu))
+            .with_context(|| format!("reading the set-up of {}", a.config.display()))?,
     };
     let report = Report::new(checks);
     let mut out = std::io::stdout().lock();

@@ -106,6 +106,27 @@ pub fn checks(s: &Seen) -> Vec<Check> {
     c
 }
 
+/// The checks that need no configuration, and the configuration's failure:
+/// what doctor says when it cannot read the configuration hola runs with.
+pub fn unconfigured(s: &Seen, config: &std::path::Path, error: &str) -> Vec<Check> {
+    let mut c = vec![
+        host::kernel(&s.release),
+        host::jit(s.jit.as_deref(), None),
+        host::btf(s.btf),
+        host::bpffs(&s.mounts),
+    ];
+    c.push(Check::fail(
+        "configuration",
+        format!("{}: {error}", config.display()),
+        format!(
+            "name the configuration hola runs with (--config FILE); `hola check-config {}` \
+             lists every error in it",
+            config.display()
+        ),
+    ));
+    c
+}
+
 /// Whether the program on the first interface that has one is JIT-compiled.
 fn attached_jited(s: &Seen) -> Option<bool> {
     s.interfaces

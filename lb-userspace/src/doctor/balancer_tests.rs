@@ -213,3 +213,19 @@ fn strict_rp_filter_and_a_missing_interface() {
         "no interface eth9 in this network namespace"
     );
 }
+
+#[test]
+fn without_a_configuration_the_host_is_still_checked() {
+    let c = unconfigured(
+        &seen(),
+        std::path::Path::new("/etc/hola/hola.toml"),
+        "not found",
+    );
+    let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["kernel", "bpf jit", "btf", "bpffs", "configuration"]
+    );
+    assert_eq!(c[4].status, Status::Fail);
+    assert_eq!(c[4].saw, "/etc/hola/hola.toml: not found");
+}

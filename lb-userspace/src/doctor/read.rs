@@ -19,7 +19,7 @@ use netlink_packet_route::{
 };
 
 use super::{
-    backend,
+    Check, backend,
     balancer::{self, LinkPin, SocketSeen, StateSeen},
     iface::{Conf, Iface, Prog, XdpMode},
 };
@@ -247,13 +247,54 @@ fn state_seen(config_path: &Path, state_path: &Path) -> StateSeen {
     }
 }
 
-/// What `hola doctor` reads on a balancer run with the configuration at
+/// The balancer's checks with the configuration at `config_path`, or, when
+/// it cannot be read, the checks that need none and its failure.
+pub async fn balancer_checks(config_path: &Path, client_mtu: u32) -> anyhow::Result<Vec<Check>> {
+    match config::load(config_path) {
+        Ok(cfg) => Ok(balancer::checks(
+            &balancer(config_path, &cfg, client_mtu).await?,
+        )),
+        Err(e) => Ok(balancer::unconfigured(
+            &unconfigured(),
+            config_path,
+            &e.to_string(),
+        )),
+    }
+}
+
+/// A [`balancer::Seen`] of the host alone (no configuration to go by).
+fn unconfigured() -> balancer::Seen {
+    balancer::Seen {
+        release: release(),
+        jit: read("/proc/sys/net/core/bpf_jit_enable"),
+        btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
+        mounts: read("/proc/self/mounts").unwrap_or_default(),
+        interfaces: Vec::new(),
+        conf_all: Conf::default(),
+        conf: BTreeMap::new(),
+        pin_dir: Default::default(),
+        maps: Vec::new(),
+        links: Vec::new(),
+        build_tag: Err("no configuration".into()),
+        socket_path: Default::default(),
+        socket: SocketSeen::Missing,
+        stats: Err("no configuration".into()),
+        state_path: Default::default(),
+        state: StateSeen::Missing,
+        client_mtu: 0,
+    }
+}
+
+/// What `hola doctor` reads on a balancer run with `cfg`, read from
 /// `config_path`.
-pub async fn balancer(config_path: &Path, client_mtu: u32) -> anyhow::Result<balancer::Seen> {
-    let cfg = config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+pub async fn balancer(
+    config_path: &Path,
+    cfg: &config::Config,
+    client_mtu: u32,
+) -> anyhow::Result<balancer::Seen> {
     let g = &cfg.global;
     let all = interfaces().await?;
-    let dp = dataplane::DataplaneConfig::from_config(&cfg)?;
+    let dp = dataplane::DataplaneConfig::from_config(cfg)?;
     let links = g
         .interfaces
         .iter()
