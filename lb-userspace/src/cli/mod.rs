@@ -110,13 +110,17 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AttachCmd,
     },
-    /// Check this balancer's set-up (with --backend: a backend's): each
-    /// check prints ok, warn or fail, what it saw and the fix. Exits 0 (all
-    /// ok), 1 (a warning) or 2 (a failure).
+    /// Check this balancer's set-up, or with --backend a backend's.
+    ///
+    /// Each check prints ok, warn or fail, what it saw and the fix. Exits 0
+    /// (all ok), 1 (a warning) or 2 (a failure). Needs root.
     Doctor(tools::DoctorArgs),
-    /// A live view of VIPs and backends: rates, each backend's share of new
-    /// flows against its weight's, health, last event. Keys: s sort, r
-    /// reverse, / filter, q quit.
+    /// A live view of VIPs and backends.
+    ///
+    /// Packets, bytes and new flows per second, each backend's share of new
+    /// flows against the share its effective weight intends, health, last
+    /// event; refreshed every second. Keys: s sort, r reverse, / filter, q
+    /// quit.
     Top {
         /// Show only VIPs whose address or a backend's contains this text.
         #[arg(long)]

@@ -115,3 +115,63 @@ pub fn generate(out: &Path) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PACKAGING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging");
+
+    /// The package's /etc/hola/hola.toml is valid as shipped: it attaches
+    /// to the interface it names and serves no VIP until one is added.
+    #[test]
+    fn the_packaged_configuration_is_valid() {
+        let c = lb_userspace::config::load(&Path::new(PACKAGING).join("hola.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.global.interfaces, ["eth0"]);
+        assert!(c.vips.is_empty());
+    }
+
+    /// The unit starts hola with the file doctor reads by default, and
+    /// reloads it with SIGHUP.
+    #[test]
+    fn the_unit_runs_the_packaged_configuration() {
+        let unit = std::fs::read_to_string(Path::new(PACKAGING).join("hola.service")).unwrap();
+        let line = |key: &str| {
+            unit.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in the unit"))
+                .to_owned()
+        };
+        assert_eq!(
+            line("ExecStart="),
+            format!("/usr/bin/hola run --config {CONFIG_FILE}")
+        );
+        assert_eq!(line("ExecReload="), "/bin/kill -HUP $MAINPID");
+        assert_eq!(
+            line("CapabilityBoundingSet="),
+            "CAP_BPF CAP_PERFMON CAP_NET_ADMIN"
+        );
+    }
+
+    #[test]
+    fn man_pages_and_completions_are_generated() {
+        let dir = std::env::temp_dir().join(format!("hola-generate-{}", std::process::id()));
+        generate(&dir).unwrap();
+        let page = std::fs::read_to_string(dir.join("man/hola-doctor.1")).unwrap();
+        assert!(page.contains("\\-\\-backend"), "{page}");
+        for f in [
+            "man/hola.1",
+            "man/hola-vip-add.1",
+            "man/hola-top.1",
+            "completions/hola.bash",
+            "completions/_hola",
+            "completions/hola.fish",
+        ] {
+            assert!(dir.join(f).exists(), "{f}");
+        }
+        // The hidden command has no page.
+        assert!(!dir.join("man/hola-generate.1").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
