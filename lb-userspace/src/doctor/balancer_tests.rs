@@ -54,7 +54,7 @@ fn seen() -> Seen {
         ..StatsReport::default()
     };
     Seen {
-        release: "6.1.0".into(),
+        release: "6.12.0".into(),
         jit: Some("1\n".into()),
         btf: true,
         mounts: "bpf /sys/fs/bpf bpf rw 0 0\n".into(),

@@ -6,6 +6,10 @@ use super::Check;
 /// what lets the data plane outlive `hola run` with its link pinned.
 pub const MIN_KERNEL: (u32, u32) = (5, 9);
 
+/// The oldest kernel hola is supported on (the README's requirements):
+/// older ones may lack verifier features the balancer relies on.
+pub const SUPPORTED_KERNEL: (u32, u32) = (6, 6);
+
 /// `major.minor` of a kernel release string such as "6.1.0-18-amd64".
 pub fn parse_release(release: &str) -> Option<(u32, u32)> {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
@@ -18,7 +22,18 @@ pub fn parse_release(release: &str) -> Option<(u32, u32)> {
 pub fn kernel(release: &str) -> Check {
     let name = "kernel";
     match parse_release(release) {
-        Some(v) if v >= MIN_KERNEL => Check::ok(name, release.to_string()),
+        Some(v) if v >= SUPPORTED_KERNEL => Check::ok(name, release.to_string()),
+        Some(v) if v >= MIN_KERNEL => Check::warn(
+            name,
+            format!(
+                "{release}: older than {}.{}, the oldest kernel hola is supported on",
+                SUPPORTED_KERNEL.0, SUPPORTED_KERNEL.1
+            ),
+            format!(
+                "run hola on a kernel {}.{} or newer; if hola run loads here, the data plane works",
+                SUPPORTED_KERNEL.0, SUPPORTED_KERNEL.1
+            ),
+        ),
         Some(_) => Check::fail(
             name,
             format!(
@@ -129,7 +144,9 @@ mod tests {
         assert_eq!(parse_release("5.10"), Some((5, 10)));
         assert_eq!(parse_release("x"), None);
         assert_eq!(kernel("6.18.44-fc").status, Status::Ok);
-        assert_eq!(kernel("5.9.0").status, Status::Ok);
+        assert_eq!(kernel("6.6.0").status, Status::Ok);
+        assert_eq!(kernel("5.9.0").status, Status::Warn);
+        assert_eq!(kernel("6.1.0-18-amd64").status, Status::Warn);
         let old = kernel("5.4.0-150-generic");
         assert_eq!(old.status, Status::Fail);
         assert!(old.saw.contains("older than 5.9"), "{}", old.saw);
