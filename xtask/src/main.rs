@@ -75,6 +75,10 @@ enum Cmd {
         /// Then check it: `dpkg-deb -c` lists every file, `systemd-analyze verify` accepts the unit.
         #[arg(long)]
         check: bool,
+        /// The cargo profile whose binary is packaged (`cargo xtask test` checks a package of
+        /// the dev build it already has).
+        #[arg(long, default_value = "release")]
+        profile: String,
     },
     /// Print the import graph of lb-userspace's modules, bottom up, and check it has no cycle.
     Modgraph,
@@ -96,8 +100,8 @@ fn main() -> ExitCode {
         Cmd::Lab { cmd } => lab::lab(cmd),
         Cmd::Bench { which, report } => bench::bench(which, report),
         Cmd::Fuzz { cases } => fuzz::fuzz(cases),
-        Cmd::Package { check } => toolchain::setup(false)
-            .and_then(|()| package::package())
+        Cmd::Package { check, profile } => toolchain::setup(false)
+            .and_then(|()| package::package(&profile))
             .and_then(|deb| if check { package::check(&deb) } else { Ok(()) }),
         Cmd::Modgraph => modgraph::print(repo_root()),
     };

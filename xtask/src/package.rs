@@ -11,9 +11,11 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{command, repo_root, run_output, run_status, show};
 
-/// Where `hola generate` writes for the package (the assets in
-/// lb-userspace/Cargo.toml name this directory).
-const GENERATED: &str = "target/release/package";
+/// Where `hola generate` writes for the package, under the profile's
+/// directory (the assets in lb-userspace/Cargo.toml name
+/// target/release/package; cargo-deb reads `target/release/` as the
+/// directory of the profile it is given).
+const GENERATED: &str = "package";
 /// Where the .deb goes.
 const OUT: &str = "target/debian";
 /// The unit inside the package.
@@ -35,23 +37,33 @@ const EXPECTED: &[&str] = &[
     "usr/share/doc/hola/README.md",
 ];
 
-/// Builds the package; returns the .deb's path.
-pub(crate) fn package() -> Result<PathBuf> {
+/// The directory under target/ of a cargo profile's output.
+fn profile_dir(profile: &str) -> &str {
+    if profile == "dev" { "debug" } else { profile }
+}
+
+/// Builds the package from `profile`'s binary ("release" for a package to
+/// ship; `cargo xtask test` checks one made from the "dev" build it has
+/// already, which holds the same files and unit, and spares CI a second,
+/// optimised build of every dependency); returns the .deb's path.
+pub(crate) fn package(profile: &str) -> Result<PathBuf> {
     let root = repo_root();
+    let bin_dir = root.join("target").join(profile_dir(profile));
     // Cargo rebuilds only what changed: nothing when the binary is current.
     run_status(command("cargo").args([
         "build",
-        "--release",
+        "--profile",
+        profile,
         "-p",
         "lb-userspace",
         "--bin",
         "hola",
     ]))
-    .context("building the release binary of hola")?;
-    let generated = root.join(GENERATED);
+    .with_context(|| format!("building hola with the {profile} profile"))?;
+    let generated = bin_dir.join(GENERATED);
     let _ = std::fs::remove_dir_all(&generated);
     run_status(
-        command(&root.join("target/release/hola").to_string_lossy())
+        command(&bin_dir.join("hola").to_string_lossy())
             .arg("generate")
             .arg("--out")
             .arg(&generated),
@@ -61,8 +73,16 @@ pub(crate) fn package() -> Result<PathBuf> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     // --no-build: the binary built above, not cargo-deb's own build.
     let mut deb = command("cargo");
-    deb.args(["deb", "-p", "lb-userspace", "--no-build", "--output"])
-        .arg(&out_dir);
+    deb.args([
+        "deb",
+        "-p",
+        "lb-userspace",
+        "--no-build",
+        "--profile",
+        profile,
+    ])
+    .arg("--output")
+    .arg(&out_dir);
     let printed = run_output(&mut deb).with_context(|| {
         format!(
             "`{}` failed; `cargo xtask setup` installs cargo-deb",

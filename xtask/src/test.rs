@@ -121,11 +121,23 @@ pub(crate) fn test(extra: &[String]) -> Result<()> {
                 "target/bench/report-smoke/benchmarks.png",
             ]),
         ),
-        // The Debian package builds from the release binary, holds its
-        // files, and systemd accepts its unit (xtask/src/package.rs).
+        // The Debian package builds (from the dev binary built above: the
+        // same files, without a second, optimised build of everything),
+        // holds its files, and systemd accepts its unit
+        // (xtask/src/package.rs).
         (
             "package",
-            cargo(&["run", "-q", "-p", "xtask", "--", "package", "--check"]),
+            cargo(&[
+                "run",
+                "-q",
+                "-p",
+                "xtask",
+                "--",
+                "package",
+                "--check",
+                "--profile",
+                "dev",
+            ]),
         ),
         ("privileged tests", privileged),
     ];
