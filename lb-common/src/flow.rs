@@ -98,6 +98,40 @@ pub const NEW_FLOW_MAGLEV: u8 = 1;
 /// [`NatScratch::new_flow`]: the backend came from `PEER_FLOWS`.
 pub const NEW_FLOW_PEER: u8 = 2;
 
+/// [`NatScratch::new_flow`]: a new flow over the CPU's insert rate limit:
+/// translated and forwarded, not recorded.
+pub const NEW_FLOW_FLOOD: u8 = 3;
+
+/// One per-CPU element of `FLOOD`: the program's count of the flows it
+/// recorded in the current one-second window, for the insert rate limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodState {
+    /// `bpf_ktime_get_ns` when the window began.
+    pub window_ns: u64,
+    /// Flows recorded (or refused) since then.
+    pub inserts: u64,
+}
+const _: () = assert!(core::mem::size_of::<FloodState>() == 16);
+
+/// The length of the insert rate limit's window.
+pub const FLOOD_WINDOW_NS: u64 = 1_000_000_000;
+
+/// TCP flag bits the data plane looks at.
+pub const TCP_FIN: u8 = 0x01;
+/// See [`TCP_FIN`].
+pub const TCP_SYN: u8 = 0x02;
+/// See [`TCP_FIN`].
+pub const TCP_RST: u8 = 0x04;
+/// See [`TCP_FIN`].
+pub const TCP_ACK: u8 = 0x10;
+
+/// Whether TCP flags `f` open a connection: SYN set, ACK clear.
+#[inline(always)]
+pub fn is_syn(f: u8) -> bool {
+    f & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
 /// [`FlowEvent::kind`]: a new `FLOWS` entry (a flow-table miss given a
 /// backend by Maglev).
 pub const FLOW_EVENT_FLOW: u32 = 1;
@@ -214,5 +248,6 @@ crate::pod!(
     NatValue,
     HandshakeStats,
     NatScratch,
-    FlowEvent
+    FlowEvent,
+    FloodState
 );

@@ -9,7 +9,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     AddrVips, Backend, BackendStats, FlowKey, FlowValue, HandshakeStats, NatValue, Reason,
-    ReasonStats, VipKey, VipMeta, VipStats, flow::NatScratch,
+    ReasonStats, VipKey, VipMeta, VipStats,
+    flow::{FloodState, NatScratch},
 };
 
 /// (address, port, protocol) → VIP, for every VIP. Written by userspace
@@ -41,6 +42,27 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(4096, 0);
 /// userspace (only changed slots), read by the program on a flow-table miss.
 #[map]
 pub static RINGS: Array<u32> = Array::with_max_entries(65537, 0);
+
+/// Each VIP's previous Maglev table, in the same slots as its table in
+/// `RINGS`: the backend a slot named before the VIP's last table change,
+/// or 0 where that change left the slot as it was. Consulted only for a
+/// non-SYN TCP packet that misses the flow table while the VIP's
+/// `PREV_UNTIL` has not passed. Written by userspace (only the slots
+/// whose previous owner changes), read by the program.
+#[map]
+pub static PREV_RINGS: Array<u32> = Array::with_max_entries(65537, 0);
+
+/// VIP id → until when (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) its
+/// `PREV_RINGS` slots hold: the table change's time plus the grace period
+/// (0: no previous table). Written by userspace with each table change,
+/// read by the program on a non-SYN TCP miss.
+#[map]
+pub static PREV_UNTIL: Array<u64> = Array::with_max_entries(1024, 0);
+
+/// Per CPU: the flows recorded in the current second, for the insert rate
+/// limit (`SETTINGS.new_flow_rate`). Written and read by the program only.
+#[map]
+pub static FLOOD: PerCpuArray<FloodState> = PerCpuArray::with_max_entries(1, 0);
 
 /// 5-tuple → backend id and flow hash. An LRU hash with per-CPU LRU lists
 /// (no common LRU), so CPUs do not contend on eviction while a flow that

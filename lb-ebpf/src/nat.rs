@@ -10,17 +10,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, NatValue, PROTO_TCP, PROTO_UDP, Reason,
+    Backend, FAMILY_V4, FAMILY_V6, FlowKey, NatValue, PROTO_TCP, PROTO_UDP, Reason,
     flow::{
-        NAT_F_FULLNAT, NAT_TOUCH_NS, NEW_FLOW_MAGLEV, NEW_FLOW_PEER, NatScratch, NatTimeouts,
-        handshake_bucket, nat_expired,
+        NAT_F_FULLNAT, NAT_TOUCH_NS, NEW_FLOW_FLOOD, NEW_FLOW_MAGLEV, NEW_FLOW_PEER, NatScratch,
+        NatTimeouts, handshake_bucket, nat_expired,
     },
 };
 
 use crate::{
     csum,
     forward::{self, nat_timeouts},
-    maps::{BACKENDS, FLOWS, FULLNAT_CURSOR, HANDSHAKES, NAT, NAT_SCRATCH, NAT_STATE, TX_PORTS},
+    maps::{BACKENDS, FULLNAT_CURSOR, HANDSHAKES, NAT, NAT_SCRATCH, NAT_STATE, TX_PORTS},
     parse::{
         eth::{self, ETH_P_IP, ETH_P_IPV6},
         ipv4, ipv6,
@@ -112,6 +112,7 @@ pub fn request_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
         reason: match s.new_flow {
             NEW_FLOW_MAGLEV => Reason::FwdNewFlow,
             NEW_FLOW_PEER => Reason::FwdPeerFlow,
+            NEW_FLOW_FLOOD => Reason::FwdFlood,
             _ => Reason::FwdEstablished,
         },
         action,
@@ -145,7 +146,10 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
     let syn = proto == PROTO_TCP && s.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let t = nat_timeouts();
     let mut fresh = true;
-    if !(fullnat && s.new_flow == NEW_FLOW_MAGLEV)
+    // Over the insert rate limit: translated, not recorded.
+    let unrecorded = s.new_flow == NEW_FLOW_FLOOD;
+    // A fullnat miss knows no source port to look its entry up by.
+    if !(fullnat && (s.new_flow == NEW_FLOW_MAGLEV || unrecorded))
         && let Some(p) = NAT.get_ptr(&s.rev)
     {
         // The entry is copied into the scratch value (the stack has no room
@@ -169,16 +173,11 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
         // range that no live flow holds.
         let port = alloc_port(&mut s.rev, &mut s.value, now, &t)?;
         s.rev.dport = port;
-        let _ = FLOWS.insert(
-            &s.key,
-            &FlowValue {
-                backend_id: s.backend_id,
-                hash: u32::from(port),
-            },
-            0,
-        );
+        if !unrecorded {
+            crate::flows::record(&s.key, s.backend_id, u32::from(port));
+        }
     }
-    if fresh {
+    if fresh && !unrecorded {
         let macs: *const [u8; 12] = ptr_at(ctx, 0)?;
         // SAFETY: ptr_at checked the bounds.
         let macs = unsafe { macs.read_unaligned() };

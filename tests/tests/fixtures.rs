@@ -400,16 +400,16 @@ fn packet_fixtures() {
         ),
         // Balanced.
         Row::dsr(
-            "dsr: IPv4 TCP SYN, new flow, MACs rewritten, XDP_TX",
+            "dsr: IPv4 TCP SYN goes where the table says, MACs rewritten, XDP_TX, not recorded",
             &syn4,
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             dsr4,
             to_syn4,
         ),
         Row::dsr(
-            "dsr: the same flow's ACK hits the flow table",
+            "dsr: the same flow's ACK records the SYN's backend",
             &ack4,
-            Reason::FwdEstablished,
+            Reason::FwdNewFlow,
             dsr4,
             to_syn4,
         ),
@@ -423,14 +423,14 @@ fn packet_fixtures() {
         Row::dsr(
             "dsr: IPv6 TCP SYN",
             &Pkt::new(client6, "2001:db8:1::1", L4::tcp(40000, 80, TCP_SYN)),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             dsr6,
             ip("2001:db8:2::1"),
         ),
         Row::dsr(
             "dsr: 802.1Q-tagged TCP keeps its tag",
             &Pkt::new(client, "198.18.1.1", L4::tcp(40001, 80, TCP_SYN)).vlan(100),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             dsr4,
             maglev(
                 &dp,
@@ -442,7 +442,7 @@ fn packet_fixtures() {
             "dsr: IPv4 with 8 bytes of options",
             &Pkt::new(client, "198.18.1.1", L4::tcp(40002, 80, TCP_SYN))
                 .options(&[1, 1, 1, 1, 0x44, 4, 5, 0]),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             dsr4,
             maglev(
                 &dp,
@@ -453,6 +453,13 @@ fn packet_fixtures() {
         Row::tunnel(
             "tunnel: IPv4-in-IPv4 to an all-ports VIP, exact outer header",
             &Pkt::new(client, "198.18.1.2", L4::tcp(40000, 8080, TCP_SYN)),
+            Reason::FwdSyn,
+            tun4,
+            ip("198.18.3.1"),
+        ),
+        Row::tunnel(
+            "tunnel: the SYN's ACK is recorded",
+            &Pkt::new(client, "198.18.1.2", L4::tcp(40000, 8080, TCP_ACK)),
             Reason::FwdNewFlow,
             tun4,
             ip("198.18.3.1"),
@@ -469,14 +476,14 @@ fn packet_fixtures() {
             &Pkt::new(client, "198.18.1.2", L4::tcp(40003, 7777, TCP_SYN))
                 .vlan(7)
                 .options(&[1, 1, 1, 0]),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             tun4,
             ip("198.18.3.1"),
         ),
         Row::tunnel(
             "tunnel: IPv6-in-IPv6, exact outer header",
             &Pkt::new(client6, "2001:db8:1::2", L4::tcp(40000, 443, TCP_SYN)),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             tun6,
             ip("2001:db8:3::1"),
         ),
@@ -562,7 +569,7 @@ fn packet_fixtures() {
     let mut r = Row::dsr(
         "dsr: backend behind another interface, XDP_REDIRECT",
         &to_dummy,
-        Reason::FwdNewFlow,
+        Reason::FwdSyn,
         redir,
         ip("198.18.2.10"),
     );
@@ -602,7 +609,7 @@ fn packet_fixtures() {
     let mut sticky_rows = Vec::new();
     for (i, c) in conns.iter().enumerate() {
         let name = format!("client affinity: connection {i} of one client goes to its backend");
-        sticky_rows.push(Row::dsr(&name, c, Reason::FwdNewFlow, sticky, home));
+        sticky_rows.push(Row::dsr(&name, c, Reason::FwdSyn, sticky, home));
     }
     // The full 5-tuple hashes of these connections all differ: the rows above
     // pass because the VIP ignores the ports, not by chance.
@@ -728,12 +735,17 @@ fn packet_fixtures() {
         &mut dp,
         &mut rows,
         vec![Row::dsr(
-            "change: new flow F",
+            "change: F's SYN goes where the table says, not recorded",
             &f_syn,
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             change,
             x,
         )],
+    );
+    assert_eq!(
+        dp.flow_entry(&f_syn.flow_key()),
+        None,
+        "a SYN leaves no flow entry"
     );
     let y = ip("198.18.2.29");
     set(
@@ -749,13 +761,22 @@ fn packet_fixtures() {
     run_rows(
         &mut dp,
         &mut rows,
-        vec![Row::dsr(
-            "change: F keeps its backend although Maglev now says otherwise",
-            &f_ack,
-            Reason::FwdEstablished,
-            change,
-            x,
-        )],
+        vec![
+            Row::dsr(
+                "change: SYN, table change, ACK: the ACK records the SYN's backend (previous table)",
+                &f_ack,
+                Reason::FwdNewFlow,
+                change,
+                x,
+            ),
+            Row::dsr(
+                "change: F keeps its backend although Maglev now says otherwise",
+                &f_ack,
+                Reason::FwdEstablished,
+                change,
+                x,
+            ),
+        ],
     );
     set(&mut dp, &change, &[backend("198.18.2.29", 1000)]);
     run_rows(
@@ -777,12 +798,14 @@ fn packet_fixtures() {
         .map(|port| Pkt::new(client, "198.18.1.6", L4::tcp(port, 80, TCP_SYN)))
         .find(|h| maglev(&dp, &drain, h) == p_backend)
         .expect("some port maps to the backend about to drain");
+    let mut g_ack = g.clone();
+    g_ack.l4 = L4::tcp(42000, 80, TCP_ACK);
     run_rows(
         &mut dp,
         &mut rows,
         vec![Row::dsr(
             "drain: flow G before draining",
-            &g,
+            &g_ack,
             Reason::FwdNewFlow,
             drain,
             p_backend,
@@ -798,8 +821,6 @@ fn packet_fixtures() {
         &drain,
         &[backend(&p_backend.to_string(), 0), backend(q_backend, 1)],
     );
-    let mut g_ack = g.clone();
-    g_ack.l4 = L4::tcp(42000, 80, TCP_ACK);
     run_rows(
         &mut dp,
         &mut rows,
@@ -814,7 +835,7 @@ fn packet_fixtures() {
             Row::dsr(
                 "drain: a new flow that Maglev gave the drained backend goes elsewhere",
                 &h,
-                Reason::FwdNewFlow,
+                Reason::FwdSyn,
                 drain,
                 ip(q_backend),
             ),

@@ -135,6 +135,8 @@ impl Dataplane {
             addrs6: take!(names::VIP_ADDRS6),
             backends_map: take!(names::BACKENDS),
             rings: take!(names::RINGS),
+            prev_rings: take!(names::PREV_RINGS),
+            prev_until: take!(names::PREV_UNTIL),
             flows: take!(names::FLOWS),
             vip_stats: take!(names::VIP_STATS),
             backend_stats: take!(names::BACKEND_STATS),
@@ -151,7 +153,7 @@ impl Dataplane {
             cluster_lost: take!(names::CLUSTER_LOST),
             _icmp_progs: icmp_progs,
             ebpf,
-            tables: Tables::new(capacity(&cfg)),
+            tables: Tables::new(capacity(&cfg)).with_grace(cfg.table_grace),
             cfg,
             ncpus: ncpus as usize,
         })
@@ -196,7 +198,8 @@ impl Dataplane {
             }
             adopted.push((vip, meta, ring));
         }
-        self.tables = Tables::adopt(capacity(&self.cfg), adopted, &backends);
+        self.tables =
+            Tables::adopt(capacity(&self.cfg), adopted, &backends).with_grace(self.cfg.table_grace);
         Ok(())
     }
 
@@ -309,7 +312,7 @@ fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
         tunnel_src_v4_mask: mask_of(p4),
         tunnel_src_v6: v6.octets(),
         tunnel_src_v6_mask: mask_of(p6.saturating_sub(96)),
-        _pad: 0,
+        new_flow_rate: cfg.new_flow_rate,
         nat_tcp_idle_ns: cfg.nat_tcp_idle.as_nanos() as u64,
         nat_udp_idle_ns: cfg.nat_udp_idle.as_nanos() as u64,
         nat_closed_linger_ns: cfg.nat_closed_linger.as_nanos() as u64,
@@ -323,7 +326,7 @@ fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
 }
 
 /// Every map's capacity, from the load-time settings.
-fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 22] {
+fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 25] {
     [
         (
             names::FLOWS,
@@ -336,6 +339,9 @@ fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 22] {
         (names::BACKENDS, cfg.max_backends + 1),
         (names::BACKEND_STATS, cfg.max_backends + 1),
         (names::RINGS, cfg.ring_capacity),
+        (names::PREV_RINGS, cfg.ring_capacity),
+        (names::PREV_UNTIL, cfg.max_vips + 1),
+        (names::FLOOD, 1),
         (names::TX_PORTS, cfg.max_tx_ports),
         (names::REASONS, Reason::COUNT),
         (names::NAT, cfg.nat_capacity),

@@ -10,7 +10,7 @@ use lb_common::{
     AddrVips, Backend, BackendStats, FlowKey, HandshakeStats, VipKey, VipStats, maps as names,
 };
 
-use super::{Dataplane, DataplaneError, ignore_missing, map_err};
+use super::{Dataplane, DataplaneError, ignore_missing, map_err, monotonic_ns};
 use crate::{
     model::{BackendSpec, VipAddr, VipSpec, addr_bytes},
     reconcile::{NatState, Plan, PlanError, Planner, Write},
@@ -87,6 +87,22 @@ impl Dataplane {
                 .rings
                 .set(*index, *id, 0)
                 .map_err(map_err(names::RINGS)),
+            Write::PrevSlot { index, id } => self
+                .prev_rings
+                .set(*index, *id, 0)
+                .map_err(map_err(names::PREV_RINGS)),
+            Write::PrevUntil { vip_id, grace } => {
+                // The program compares it with bpf_ktime_get_ns, which is
+                // CLOCK_MONOTONIC.
+                let until = if grace.is_zero() {
+                    0
+                } else {
+                    monotonic_ns().saturating_add(grace.as_nanos() as u64)
+                };
+                self.prev_until
+                    .set(*vip_id, until, 0)
+                    .map_err(map_err(names::PREV_UNTIL))
+            }
             Write::ZeroVipStats { id } => self
                 .vip_stats
                 .set(*id, self.zeroed::<VipStats>(), 0)
