@@ -1590,3 +1590,253 @@ fn packet_fixtures() {
         "the fixture table must have at least 25 rows"
     );
 }
+
+/// `v`'s Maglev table as the kernel holds it now (a VIP of 1021 slots
+/// hashing the 5-tuple), as a function of the flow.
+fn table_now(dp: &Dataplane, v: &VipAddr) -> impl Fn(&lb_common::FlowKey) -> IpAddr + use<> {
+    let t = dp.kernel_table(v).expect("reading RINGS");
+    move |k| t[(flow_hash(k, false) % 1021) as usize].expect("every slot has a backend")
+}
+
+/// The first port from `from` whose ACK from `client` to `to`:80 the
+/// predicate accepts.
+fn port_where(from: u16, client: &str, to: &str, mut ok: impl FnMut(&Pkt) -> bool) -> Pkt {
+    (from..from + 5000)
+        .map(|port| Pkt::new(client, to, L4::tcp(port, 80, TCP_ACK)))
+        .find(|p| ok(p))
+        .expect("some port among 5000 fits")
+}
+
+/// New flows after a table change (the previous table during the grace
+/// period, the current one when its backend is gone or the period is
+/// over), and the insert rate limit: each on a data plane of its own, with
+/// a short grace period and a small rate.
+#[test]
+fn grace_period_and_rate_limit_fixtures() {
+    require_root();
+    pin_to_cpu0();
+    let grace = std::time::Duration::from_millis(400);
+    let mut dp = Dataplane::load(DataplaneConfig {
+        flow_capacity_per_cpu: 4096,
+        nat_capacity: 4096,
+        table_grace: grace,
+        new_flow_rate: 0,
+        ..Default::default()
+    })
+    .expect("loading the balancer (the verifier must accept it)");
+    let v = vip("198.18.6.1", 80, Proto::Tcp);
+    dp.add_vip(VipSpec {
+        vip: v,
+        mode: Mode::Dsr,
+        src_hash: false,
+        table_size: 1021,
+    })
+    .expect("add VIP");
+    let (a, b, c, d, e) = (
+        "198.18.7.1",
+        "198.18.7.2",
+        "198.18.7.3",
+        "198.18.7.4",
+        "198.18.7.5",
+    );
+    let set = |dp: &mut Dataplane, bs: &[(&str, u32)]| {
+        let specs: Vec<BackendSpec> = bs.iter().map(|&(a, w)| backend(a, w)).collect();
+        dp.set_backends(&v, &specs).expect("set backends");
+    };
+    let to = |dp: &Dataplane, p: &Pkt| -> IpAddr {
+        dp.maglev_backend(&v, &p.flow_key()).expect("a backend")
+    };
+    let client = "198.18.0.2";
+    let mut failures = Vec::new();
+    let mut run_rows = |dp: &mut Dataplane, rows: Vec<Row>| {
+        for r in rows {
+            if let Some(f) = check(dp, &r) {
+                failures.push(f);
+            }
+        }
+    };
+
+    set(&mut dp, &[(a, 1), (b, 1), (c, 1)]);
+    let t0 = table_now(&dp, &v);
+    set(&mut dp, &[(a, 1), (b, 1), (c, 1), (d, 3)]);
+    // P: never seen, its slot moved in the change.
+    let p = port_where(43000, client, "198.18.6.1", |p| {
+        t0(&p.flow_key()) != to(&dp, p)
+    });
+    let p_old = t0(&p.flow_key());
+    run_rows(
+        &mut dp,
+        vec![
+            Row::dsr(
+                "grace: a non-SYN miss after a change goes to the previous table's backend",
+                &p,
+                Reason::FwdNewFlow,
+                v,
+                p_old,
+            ),
+            Row::dsr(
+                "grace: and is recorded there",
+                &p,
+                Reason::FwdEstablished,
+                v,
+                p_old,
+            ),
+        ],
+    );
+    // R: a slot of `a` now, which the next change (removing `a`) moves.
+    let t1 = table_now(&dp, &v);
+    let r = port_where(44000, client, "198.18.6.1", |p| {
+        to(&dp, p) == a.parse::<IpAddr>().expect("literal")
+    });
+    set(&mut dp, &[(b, 1), (c, 1), (d, 3)]);
+    assert_eq!(t1(&r.flow_key()).to_string(), a);
+    let r_to = to(&dp, &r);
+    run_rows(
+        &mut dp,
+        vec![Row::dsr(
+            "grace: a non-SYN miss whose previous backend is gone goes by the current table",
+            &r,
+            Reason::FwdNewFlow,
+            v,
+            r_to,
+        )],
+    );
+    // S: its slot moves in the next change; its first packet comes after
+    // the grace period.
+    let t2 = table_now(&dp, &v);
+    set(&mut dp, &[(b, 1), (c, 1), (d, 3), (e, 5)]);
+    let s = port_where(45000, client, "198.18.6.1", |p| {
+        t2(&p.flow_key()) != to(&dp, p)
+    });
+    let s_to = to(&dp, &s);
+    std::thread::sleep(grace + std::time::Duration::from_millis(100));
+    run_rows(
+        &mut dp,
+        vec![Row::dsr(
+            "grace: after the period a non-SYN miss goes by the current table",
+            &s,
+            Reason::FwdNewFlow,
+            v,
+            s_to,
+        )],
+    );
+
+    // The insert rate limit: 3 new flows per second on this CPU.
+    let mut dp = Dataplane::load(DataplaneConfig {
+        flow_capacity_per_cpu: 4096,
+        nat_capacity: 4096,
+        table_grace: std::time::Duration::ZERO,
+        new_flow_rate: 3,
+        ..Default::default()
+    })
+    .expect("loading the balancer");
+    let u = vip("198.18.6.2", 53, Proto::Udp);
+    for (w, proto) in [(v, Proto::Tcp), (u, Proto::Udp)] {
+        dp.add_vip(VipSpec {
+            vip: VipAddr { proto, ..w },
+            mode: Mode::Dsr,
+            src_hash: false,
+            table_size: 1021,
+        })
+        .expect("add VIP");
+    }
+    let v = VipAddr {
+        addr: "198.18.6.1".parse().expect("literal"),
+        ..v
+    };
+    dp.set_backends(&v, &[backend(a, 1), backend(b, 1)])
+        .expect("set backends");
+    dp.set_backends(&u, &[backend(c, 1)]).expect("set backends");
+    let udp = |port: u16| Pkt::new(client, "198.18.6.2", L4::udp(port, 53, b"q"));
+    let ack = |port: u16| Pkt::new(client, "198.18.6.1", L4::tcp(port, 80, TCP_ACK));
+    let syn = Pkt::new(client, "198.18.6.1", L4::tcp(46100, 80, TCP_SYN));
+    let ip = |s: &str| -> IpAddr { s.parse().expect("literal") };
+    let over = ack(46004);
+    let over_to = to(&dp, &over);
+    let third_to = to(&dp, &ack(46003));
+    let syn_to = to(&dp, &syn);
+    run_rows(
+        &mut dp,
+        vec![
+            Row::dsr(
+                "rate: new flow 1 of 3",
+                &udp(46001),
+                Reason::FwdNewFlow,
+                u,
+                ip(c),
+            ),
+            Row::dsr(
+                "rate: new flow 2 of 3",
+                &udp(46002),
+                Reason::FwdNewFlow,
+                u,
+                ip(c),
+            ),
+            Row::dsr(
+                "rate: new flow 3 of 3",
+                &ack(46003),
+                Reason::FwdNewFlow,
+                v,
+                third_to,
+            ),
+            Row::dsr(
+                "rate: a 4th non-SYN miss goes by the table, unrecorded",
+                &over,
+                Reason::FwdFlood,
+                v,
+                over_to,
+            ),
+            Row::dsr(
+                "rate: a 5th, UDP, too",
+                &udp(46005),
+                Reason::FwdFlood,
+                u,
+                ip(c),
+            ),
+            Row::dsr(
+                "rate: a SYN is not an insert: forwarded as ever",
+                &syn,
+                Reason::FwdSyn,
+                v,
+                syn_to,
+            ),
+            Row::dsr(
+                "rate: a recorded flow is untouched by the limit",
+                &udp(46001),
+                Reason::FwdEstablished,
+                u,
+                ip(c),
+            ),
+        ],
+    );
+    assert_eq!(
+        dp.flow_entry(&over.flow_key()),
+        None,
+        "a flow over the rate limit is not recorded"
+    );
+    assert_eq!(dp.flow_entry(&udp(46005).flow_key()), None);
+    assert_eq!(
+        dp.flow_entry(&syn.flow_key()),
+        None,
+        "a SYN is not recorded"
+    );
+    assert!(dp.flow_entry(&ack(46003).flow_key()).is_some());
+    // The next second: recorded again.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    run_rows(
+        &mut dp,
+        vec![Row::dsr(
+            "rate: in the next second new flows are recorded again",
+            &over,
+            Reason::FwdNewFlow,
+            v,
+            over_to,
+        )],
+    );
+    assert!(
+        failures.is_empty(),
+        "{} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
