@@ -267,6 +267,7 @@ pub fn stats(s: &StatsReport) -> String {
         .map(|(r, c)| format!("{r}={}", c.packets))
         .collect();
     let _ = writeln!(out, "reasons: {}", reasons.join(" "));
+    let _ = writeln!(out, "{}", s.flood.line());
     out
 }
 
