@@ -59,7 +59,9 @@ pub struct NatValue {
     pub closed_ns: u64,
     /// The backend (id) the flow went to, for its handshake counters.
     pub backend_id: u32,
-    pub _pad: u32,
+    /// A fullnat SYN's forward entry ([`NAT_F_FORWARD`]): the source port
+    /// (network order) its request was given. 0 otherwise.
+    pub fwd_port: u32,
     /// When the client's SYN went to the backend, until the backend
     /// answered it (SYN-ACK or RST); 0 otherwise. Userspace counts entries
     /// whose SYN stays unanswered.
@@ -140,6 +142,14 @@ pub const FLOW_EVENT_NAT: u32 = 2;
 
 /// [`NatValue::flags`]: the entry is a fullnat flow's (source rewritten).
 pub const NAT_F_FULLNAT: u16 = 1 << 0;
+/// [`NatValue::flags`]: in `NAT_SYN`, a fullnat SYN's entry keyed by the
+/// client's 5-tuple (not the reply's): where its ACK finds the source port
+/// ([`NatValue::fwd_port`]) and backend its SYN was given.
+pub const NAT_F_FORWARD: u16 = 1 << 1;
+
+/// [`NatScratch::new_flow`]: a TCP SYN that missed the flow table: its
+/// translation goes to `NAT_SYN` until the handshake completes.
+pub const NEW_FLOW_SYN: u8 = 4;
 
 /// What `hola_lb` hands the NAT request program it tail-calls, in the
 /// per-CPU `NAT_SCRATCH` array (a tail call keeps only the packet).
@@ -231,7 +241,13 @@ pub struct NatTimeouts {
 /// Whether a NAT entry of protocol `proto` is expired at `now_ns`.
 #[inline(always)]
 pub fn nat_expired(v: &NatValue, proto: u8, now_ns: u64, t: &NatTimeouts) -> bool {
-    if v.closed_ns != 0 && now_ns.saturating_sub(v.closed_ns) > t.closed_linger_ns {
+    expired_at(v.last_ns, v.closed_ns, proto, now_ns, t)
+}
+
+/// [`nat_expired`] from the entry's two times alone.
+#[inline(always)]
+pub fn expired_at(last_ns: u64, closed_ns: u64, proto: u8, now_ns: u64, t: &NatTimeouts) -> bool {
+    if closed_ns != 0 && now_ns.saturating_sub(closed_ns) > t.closed_linger_ns {
         return true;
     }
     let idle = if proto == crate::PROTO_TCP {
@@ -239,7 +255,7 @@ pub fn nat_expired(v: &NatValue, proto: u8, now_ns: u64, t: &NatTimeouts) -> boo
     } else {
         t.udp_idle_ns
     };
-    now_ns.saturating_sub(v.last_ns) > idle
+    now_ns.saturating_sub(last_ns) > idle
 }
 
 crate::pod!(

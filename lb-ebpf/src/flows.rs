@@ -8,7 +8,7 @@ use lb_common::{
     flow::{FLOOD_WINDOW_NS, FloodState},
 };
 
-use crate::maps::{FLOOD, FLOWS, PREV_RINGS, PREV_UNTIL};
+use crate::maps::{FLOOD, FLOWS, FULLNAT_FLOWS, PREV_RINGS, PREV_UNTIL};
 
 /// The flow-table entry of `key`, copied out.
 #[inline(always)]
@@ -17,6 +17,26 @@ pub fn lookup(key: &FlowKey) -> Option<FlowValue> {
     // into the map (an LRU element is reused as soon as it is evicted, not
     // freed: see `nat::nat_copy`).
     unsafe { FLOWS.get(key) }.copied()
+}
+
+/// The fullnat flow-table entry of `key`: backend id and source port.
+#[inline(always)]
+pub fn lookup_fullnat(key: &FlowKey) -> Option<FlowValue> {
+    // SAFETY: copied out at once, as in `lookup`.
+    unsafe { FULLNAT_FLOWS.get(key) }.copied()
+}
+
+/// Records a fullnat flow's backend and source port (network order).
+#[inline(always)]
+pub fn record_fullnat(key: &FlowKey, backend_id: u32, port: u16) {
+    let _ = FULLNAT_FLOWS.insert(
+        key,
+        &FlowValue {
+            backend_id,
+            hash: u32::from(port),
+        },
+        0,
+    );
 }
 
 /// Records `key`'s backend. A failed insert (LRU under heavy contention)

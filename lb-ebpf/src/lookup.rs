@@ -6,12 +6,12 @@ use lb_common::{
     AddrVips, Backend, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, Reason,
     VipKey, VipMeta,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
-    flow::{NEW_FLOW_FLOOD, NEW_FLOW_MAGLEV, NEW_FLOW_PEER, is_syn},
+    flow::{NEW_FLOW_FLOOD, NEW_FLOW_MAGLEV, NEW_FLOW_PEER, NEW_FLOW_SYN, is_syn},
     hash::flow_hash,
     maps::{ICMP_TO_BACKEND, ICMP_TO_CLIENT, NAT_REPLY, NAT_REQUEST},
     vip::{
-        ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_DSR, VIP_MODE_FULLNAT, VIP_MODE_MASK,
-        VIP_MODE_NAT, VIP_MODE_TUNNEL,
+        ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_FULLNAT, VIP_MODE_MASK, VIP_MODE_NAT,
+        VIP_MODE_TUNNEL,
     },
 };
 
@@ -130,7 +130,13 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     // here), under the same conditions.
     let mut reason = Reason::FwdEstablished;
     let mode = vip.flags & VIP_MODE_MASK;
-    let mut chosen = flows::lookup(&key).and_then(|f| usable(f, vip.vip_id));
+    // fullnat keeps its flows apart (with the source port they were given).
+    let mut chosen = if mode == VIP_MODE_FULLNAT {
+        flows::lookup_fullnat(&key)
+    } else {
+        flows::lookup(&key)
+    }
+    .and_then(|f| usable(f, vip.vip_id));
     if chosen.is_none() && cluster::active() {
         // SAFETY: the value is copied out at once (see `flows::lookup`).
         chosen = unsafe { PEER_FLOWS.get(&key) }.and_then(|f| usable(*f, vip.vip_id));
@@ -161,7 +167,8 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     if backend.flags & BACKEND_F_NEXTHOP == 0 {
         return Err(Reason::DropNoNexthop);
     }
-    if reason == Reason::FwdNewFlow || reason == Reason::FwdPeerFlow {
+    // (A fullnat flow is recorded by the NAT program, with its port.)
+    if (reason == Reason::FwdNewFlow || reason == Reason::FwdPeerFlow) && mode != VIP_MODE_FULLNAT {
         flows::record(&key, backend_id, hash);
     }
     // Peers learn the flows made here (they know their own already).
@@ -191,6 +198,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
                         Reason::FwdNewFlow => NEW_FLOW_MAGLEV,
                         Reason::FwdPeerFlow => NEW_FLOW_PEER,
                         Reason::FwdFlood => NEW_FLOW_FLOOD,
+                        Reason::FwdSyn => NEW_FLOW_SYN,
                         _ => 0,
                     };
                     (*s).fullnat = u8::from(mode == VIP_MODE_FULLNAT);
@@ -210,9 +218,10 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
 /// A flow-table miss (not found among peers' flows either): why it goes
 /// where it goes, and the backend id (0: none).
 ///
-/// - `FwdSyn`: a SYN of a `dsr` or `tunnel` VIP, sent where the table
-///   says and not recorded (the flow is recorded at its first non-SYN
-///   packet), so that a SYN flood leaves no state;
+/// - `FwdSyn`: a SYN, sent where the table says and not recorded in the
+///   flow table (the flow is recorded at its first non-SYN packet), so
+///   that a SYN flood leaves no state there (a nat or fullnat SYN's
+///   translation waits in `NAT_SYN`);
 /// - `FwdFlood`: a flow over this CPU's insert rate limit, sent where the
 ///   current table says and not recorded;
 /// - `FwdNewFlow`, recorded: a non-SYN TCP packet is no connection's
@@ -222,9 +231,8 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
 ///   after the period, the current table.
 #[inline(always)]
 fn place(vip: &VipMeta, hash: u32, key: &FlowKey, tcp_flags: u8) -> (Reason, u32) {
-    let mode = vip.flags & VIP_MODE_MASK;
     let syn = key.proto == PROTO_TCP && is_syn(tcp_flags);
-    if syn && (mode == VIP_MODE_DSR || mode == VIP_MODE_TUNNEL) {
+    if syn {
         return (Reason::FwdSyn, pick(vip, hash));
     }
     let now = flows::now();

@@ -109,6 +109,30 @@ pub static CLUSTER_STATE: Array<u32> = Array::with_max_entries(1, 0);
 pub static NAT: LruHashMap<FlowKey, NatValue> =
     LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
 
+/// NAT mode: the translations of handshakes in progress (a TCP SYN that
+/// missed the flow table), keyed like `NAT` by the reply's 5-tuple, and
+/// for fullnat also by the client's ([`NAT_F_FORWARD`] entries: the port
+/// and backend the SYN was given). Its own bounded LRU, so that SYNs
+/// (a spoofed flood among them) evict only other unanswered SYNs, never an
+/// established translation. The client's first non-SYN packet moves the
+/// entry to `NAT` (and for fullnat its port to `FULLNAT_FLOWS`). Written
+/// and read by the program (the reply path translates a SYN-ACK from
+/// here); userspace sweeps it for unanswered SYNs.
+///
+/// [`NAT_F_FORWARD`]: lb_common::flow::NAT_F_FORWARD
+#[map]
+pub static NAT_SYN: LruHashMap<FlowKey, NatValue> =
+    LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU);
+
+/// fullnat: the client's 5-tuple → its backend id and the source port it
+/// was given (in `FlowValue::hash`): fullnat's own flow table, apart from
+/// `FLOWS`, so that no other mode's new flows evict it, and written once
+/// per flow, when its translation is recorded. Sized as `NAT`. Written by
+/// the NAT request program, read by `hola_lb` (and the ICMP programs).
+#[map]
+pub static FULLNAT_FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+
 /// The addresses of every backend of a `nat` or `fullnat` VIP (IPv4, as
 /// loaded from the packet): only packets from these are looked up as NAT
 /// replies. Written by userspace with the backend sets; read by the

@@ -993,9 +993,9 @@ fn packet_fixtures() {
     let n6 = "2001:db8:1::8";
     let mut nat_rows = vec![
         nat_row(
-            "nat: IPv4 TCP SYN to the backend's address and port",
+            "nat: IPv4 TCP SYN to the backend's address and port (its translation in NAT_SYN)",
             &Pkt::new(client, n4, L4::tcp(41000, 80, TCP_SYN)),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             nat4,
             "198.18.4.1",
             8080,
@@ -1007,13 +1007,13 @@ fn packet_fixtures() {
             80,
         ),
         nat_row(
-            "nat: IPv4 TCP data, established",
+            "nat: IPv4 TCP data, the client's first ACK: the handshake's translation moves to NAT",
             &Pkt::new(
                 client,
                 n4,
                 data(41000, 80, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n"),
             ),
-            Reason::FwdEstablished,
+            Reason::FwdNewFlow,
             nat4,
             "198.18.4.1",
             8080,
@@ -1034,7 +1034,7 @@ fn packet_fixtures() {
             &Pkt::new(client, n4, L4::tcp(41001, 80, TCP_SYN))
                 .options(&[1, 1, 1, 0])
                 .vlan(7),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             nat4,
             "198.18.4.1",
             8080,
@@ -1062,7 +1062,7 @@ fn packet_fixtures() {
         nat_row(
             "nat: IPv6 TCP SYN",
             &Pkt::new(client6, n6, L4::tcp(41003, 80, TCP_SYN)),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             nat6,
             "2001:db8:4::1",
             8080,
@@ -1077,6 +1077,14 @@ fn packet_fixtures() {
             ),
             n6,
             80,
+        ),
+        nat_row(
+            "nat: IPv6 the client's ACK completes the handshake",
+            &Pkt::new(client6, n6, L4::tcp(41003, 80, TCP_ACK)),
+            Reason::FwdNewFlow,
+            nat6,
+            "2001:db8:4::1",
+            8080,
         ),
         Row::untouched(
             "nat: a backend's packet of no NAT flow passes",
@@ -1132,6 +1140,14 @@ fn packet_fixtures() {
     nat_rows.push(nat_row(
         "nat: IPv4 TCP SYN of a flow ICMP errors will quote",
         &Pkt::new(client, n4, L4::tcp(41005, 80, TCP_SYN)),
+        Reason::FwdSyn,
+        nat4,
+        "198.18.4.1",
+        8080,
+    ));
+    nat_rows.push(nat_row(
+        "nat: and its ACK, recorded",
+        &Pkt::new(client, n4, L4::tcp(41005, 80, TCP_ACK)),
         Reason::FwdNewFlow,
         nat4,
         "198.18.4.1",
@@ -1277,6 +1293,53 @@ fn packet_fixtures() {
     ));
     run_rows(&mut dp, &mut rows, nat_rows);
 
+    // A flood of SYNs from random sources, five times the size of NAT_SYN
+    // (1,024 entries here) and more than NAT's (4,096 over all CPUs):
+    // each goes to the backend, no translation of it reaches NAT, and the
+    // established flow 41005 is translated both ways as before.
+    let established = dp.nat_entries().expect("reading NAT");
+    let before = snapshot(&dp);
+    let mut rng = hola_tests::fixture::Rng(0x5151_7a7a_0101_2323);
+    const SYN_FLOOD: u64 = 5_120;
+    for _ in 0..SYN_FLOOD {
+        let r = rng.next_u64();
+        let src = format!("198.19.{}.{}", (r >> 8) & 0xff, r & 0xff);
+        let p = Pkt::new(
+            &src,
+            n4,
+            L4::tcp(1024 + (r >> 16) as u16 % 60_000, 80, TCP_SYN),
+        );
+        let (action, _) = run(dp.program().expect("program"), &p.bytes()).expect("test run");
+        assert_eq!(action, XDP_TX, "flood SYN {p:?}");
+    }
+    let d = diff(&before, &snapshot(&dp));
+    assert_eq!(d["reason.fwd_syn.packets"], SYN_FLOOD, "{d:?}");
+    assert_eq!(
+        dp.nat_entries().expect("reading NAT"),
+        established,
+        "a SYN flood leaves NAT exactly as it was"
+    );
+    run_rows(
+        &mut dp,
+        &mut rows,
+        vec![
+            nat_row(
+                "nat: after a SYN flood the established flow's request is translated as before",
+                &Pkt::new(client, n4, L4::tcp(41005, 80, TCP_ACK)),
+                Reason::FwdEstablished,
+                nat4,
+                "198.18.4.1",
+                8080,
+            ),
+            reply_row(
+                "nat: and its reply",
+                &reply("198.18.4.1", client, L4::tcp(8080, 41005, TCP_ACK), None),
+                n4,
+                80,
+            ),
+        ],
+    );
+
     // fullnat: the source becomes the balancer's fullnat address and a port
     // of this CPU's range; the reply goes back to the client's own address
     // and port. Two ports on CPU 0: a third flow finds none and is dropped.
@@ -1354,7 +1417,7 @@ fn packet_fixtures() {
         full_row(
             "fullnat: IPv4 SYN from the balancer's address and port 40000",
             &syn_a,
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             fn4,
             "198.18.5.1",
             40000,
@@ -1370,6 +1433,15 @@ fn packet_fixtures() {
             backend: None,
         },
         full_row(
+            "fullnat: its ACK keeps the SYN's port and completes the handshake",
+            &Pkt::new(client, f4, L4::tcp(42000, 80, TCP_ACK)),
+            Reason::FwdNewFlow,
+            fn4,
+            "198.18.5.1",
+            40000,
+            "198.18.4.3",
+        ),
+        full_row(
             "fullnat: the flow keeps its port",
             &Pkt::new(client, f4, L4::tcp(42000, 80, TCP_ACK)),
             Reason::FwdEstablished,
@@ -1381,7 +1453,7 @@ fn packet_fixtures() {
         full_row(
             "fullnat: IPv6 SYN, the next port of the range",
             &syn6,
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             fn6,
             "2001:db8:5::1",
             40001,
@@ -1397,16 +1469,25 @@ fn packet_fixtures() {
             backend: None,
         },
         full_row(
+            "fullnat: IPv6 its ACK keeps the SYN's port",
+            &Pkt::new(client6, f6, L4::tcp(42003, 80, TCP_ACK)),
+            Reason::FwdNewFlow,
+            fn6,
+            "2001:db8:5::1",
+            40001,
+            "2001:db8:4::3",
+        ),
+        full_row(
             "fullnat: a second IPv4 flow skips the live port 40000",
             &Pkt::new(client, f4, L4::tcp(42001, 80, TCP_SYN)),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             fn4,
             "198.18.5.1",
             40001,
             "198.18.4.3",
         ),
         Row::vip_drop(
-            "fullnat: a third flow finds no free port: dropped, no live port reused",
+            "fullnat: a third flow finds no free port (one established, one in a handshake): dropped",
             Pkt::new(client, f4, L4::tcp(42002, 80, TCP_SYN)).bytes(),
             Reason::DropNatNoPort,
             fn4,

@@ -645,9 +645,9 @@ impl Judged {
 ///   port passes;
 /// - for a VIP: dropped if it has no backend or its backend's next hop is
 ///   unresolved; otherwise forwarded as a new or established flow (fullnat:
-///   dropped when no source port is free); a TCP SYN of a dsr or tunnel
-///   VIP that misses the flow table as an unrecorded SYN (`fwd_syn`); a
-///   new flow over the insert rate limit unrecorded (`fwd_flood`).
+///   dropped when no source port is free); a TCP SYN that misses the flow
+///   table as an unrecorded SYN (`fwd_syn`); a new flow over the insert
+///   rate limit unrecorded (`fwd_flood`).
 fn judge(p: &Plane, f: &[u8]) -> Judged {
     use Reason::*;
     let ip = match parse(f) {
@@ -701,14 +701,17 @@ fn judge(p: &Plane, f: &[u8]) -> Judged {
         return Judged::only(PassNotVip);
     };
     let def = &p.vips[vip];
-    // A TCP SYN (SYN set, ACK clear) of a dsr or tunnel VIP is never
-    // recorded; any other new flow is, unless over the insert rate limit.
+    // A TCP SYN (SYN set, ACK clear) is never recorded in the flow table
+    // (a nat or fullnat SYN's translation waits in NAT_SYN); any other new
+    // flow is, unless over the insert rate limit.
     let syn = ip.proto == TCP && f[ip.l4 + 13] & (SYN | ACK) == SYN;
     let allowed = if def.backends.is_empty() {
         vec![DropNoBackend]
     } else if def.backends.iter().all(|b| b.nexthop.is_none()) {
         vec![DropNoNexthop]
-    } else if syn && matches!(def.mode, Mode::Dsr | Mode::Tunnel) {
+    } else if syn && def.mode == Mode::FullNat {
+        vec![FwdSyn, FwdEstablished, DropNatNoPort]
+    } else if syn {
         vec![FwdSyn, FwdEstablished]
     } else if def.mode == Mode::FullNat {
         vec![FwdNewFlow, FwdEstablished, FwdFlood, DropNatNoPort]

@@ -377,11 +377,11 @@ fn non_syn_flood_over_the_rate_limit_and_established_flows_survive_a_change() {
     established_survive(&mut dp, &flows);
 }
 
-/// fullnat with 64 source ports on CPU 0 and one backend: 64 flows get 64
-/// distinct ports;
-/// further new flows are dropped and counted (`drop_nat_no_port`) while
-/// the 64 are live, never given a port in use; the live flows keep
-/// forwarding with their ports throughout.
+/// fullnat with 64 source ports on CPU 0 and one backend: 64 SYNs get 64
+/// distinct ports; further new flows are dropped and counted
+/// (`drop_nat_no_port`) while the 64 are live, as handshakes in progress
+/// and once established, never given a port in use; each flow's ACK keeps
+/// its SYN's port, and the flows keep forwarding with it.
 #[test]
 fn fullnat_port_exhaustion_is_counted_and_no_live_port_is_reused() {
     require_root();
@@ -436,23 +436,41 @@ fn fullnat_port_exhaustion_is_counted_and_no_live_port_is_reused() {
             panic!("port {port} given to flow {n} while flow {other} holds it");
         }
     }
-    const MORE: u32 = 50;
-    for n in u32::from(PER_CPU)..u32::from(PER_CPU) + MORE {
-        let (action, _) = run(prog, &syn(n, TCP_SYN).bytes()).expect("test run");
-        assert_eq!(
-            action, XDP_DROP,
-            "flow {n}: every port is live, it must be dropped"
-        );
-    }
-    // The live flows still forward, each with its own port.
-    for (port, n) in &ports {
-        let (action, out) = run(prog, &syn(*n, TCP_ACK).bytes()).expect("test run");
-        assert_eq!(action, XDP_TX);
-        assert_eq!(snat(&out).1, *port, "flow {n} changed its source port");
+    // Every port is held: by a handshake in progress (its SYN's
+    // translation in NAT_SYN), then by an established flow; either way a
+    // new flow is dropped, never given a port in use.
+    const MORE: u32 = 25;
+    let mut next = u32::from(PER_CPU);
+    let mut more = |prog: &Xdp| {
+        for n in next..next + MORE {
+            let (action, _) = run(prog, &syn(n, TCP_SYN).bytes()).expect("test run");
+            assert_eq!(
+                action, XDP_DROP,
+                "flow {n}: every port is live, it must be dropped"
+            );
+        }
+        next += MORE;
+    };
+    more(prog);
+    // The flows' ACKs complete their handshakes with their SYN's port, then
+    // keep forwarding with it.
+    for round in 0..2 {
+        if round == 1 {
+            more(prog);
+        }
+        for (port, n) in &ports {
+            let (action, out) = run(prog, &syn(*n, TCP_ACK).bytes()).expect("test run");
+            assert_eq!(action, XDP_TX);
+            assert_eq!(snat(&out).1, *port, "flow {n} changed its source port");
+        }
     }
     let d = diff(&before, &snapshot(&dp));
+    assert_eq!(reason_packets(&d, Reason::FwdSyn), u64::from(PER_CPU));
     assert_eq!(reason_packets(&d, Reason::FwdNewFlow), u64::from(PER_CPU));
-    assert_eq!(reason_packets(&d, Reason::DropNatNoPort), u64::from(MORE));
+    assert_eq!(
+        reason_packets(&d, Reason::DropNatNoPort),
+        u64::from(2 * MORE)
+    );
     assert_eq!(
         reason_packets(&d, Reason::FwdEstablished),
         u64::from(PER_CPU)

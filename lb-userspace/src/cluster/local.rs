@@ -135,7 +135,7 @@ pub fn install(dp: &mut Dataplane, entries: &[Entry], smac: [u8; 6], ifindex: u3
                         last_ns: last,
                         closed_ns: if nat.closed { last } else { 0 },
                         backend_id: id,
-                        _pad: 0,
+                        fwd_port: 0,
                         syn_ns: 0,
                         client_addr: nat.client_addr,
                         client_port: nat.client_port,

@@ -144,6 +144,8 @@ impl Dataplane {
             reasons: take!(names::REASONS),
             tx_ports: take!(names::TX_PORTS),
             nat: take!(names::NAT),
+            nat_syn: take!(names::NAT_SYN),
+            fullnat_flows: take!(names::FULLNAT_FLOWS),
             nat_state: take!(names::NAT_STATE),
             nat_sources4: take!(names::NAT_SOURCES4),
             nat_sources6: take!(names::NAT_SOURCES6),
@@ -326,7 +328,7 @@ fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
 }
 
 /// Every map's capacity, from the load-time settings.
-fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 25] {
+fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 27] {
     [
         (
             names::FLOWS,
@@ -345,6 +347,8 @@ fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 25] {
         (names::TX_PORTS, cfg.max_tx_ports),
         (names::REASONS, Reason::COUNT),
         (names::NAT, cfg.nat_capacity),
+        (names::NAT_SYN, nat_syn_capacity(cfg)),
+        (names::FULLNAT_FLOWS, cfg.nat_capacity),
         (names::NAT_STATE, 1),
         (names::ICMP_PROGS, names::ICMP_PROGS_LEN),
         (names::HANDSHAKES, cfg.max_backends + 1),
@@ -357,6 +361,13 @@ fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 25] {
         (names::CLUSTER_STATE, 1),
         (names::CLUSTER_LOST, 1),
     ]
+}
+
+/// `NAT_SYN`'s entries: a quarter of `NAT`'s, at least 1,024 (handshakes
+/// in progress are few beside established flows, and a flood of SYNs only
+/// evicts other SYNs there).
+pub fn nat_syn_capacity(cfg: &DataplaneConfig) -> u32 {
+    (cfg.nat_capacity / 4).max(1024)
 }
 
 fn capacity(cfg: &DataplaneConfig) -> Capacity {

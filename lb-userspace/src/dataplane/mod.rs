@@ -272,6 +272,8 @@ pub struct Dataplane {
     reasons: PerCpuArray<MapData, ReasonStats>,
     tx_ports: DevMapHash<MapData>,
     nat: HashMap<MapData, FlowKey, NatValue>,
+    nat_syn: HashMap<MapData, FlowKey, NatValue>,
+    fullnat_flows: HashMap<MapData, FlowKey, FlowValue>,
     nat_state: Array<MapData, u32>,
     nat_sources4: HashMap<MapData, u32, u8>,
     nat_sources6: HashMap<MapData, [u8; 16], u8>,
