@@ -10,6 +10,7 @@ pub const RINGS: &str = "RINGS";
 pub const PREV_RINGS: &str = "PREV_RINGS";
 pub const PREV_UNTIL: &str = "PREV_UNTIL";
 pub const FLOOD: &str = "FLOOD";
+pub const GRACE_SYNS: &str = "GRACE_SYNS";
 pub const FLOWS: &str = "FLOWS";
 pub const VIP_STATS: &str = "VIP_STATS";
 pub const BACKEND_STATS: &str = "BACKEND_STATS";

@@ -8,7 +8,7 @@ use lb_common::{
     flow::{FLOOD_WINDOW_NS, FloodState},
 };
 
-use crate::maps::{FLOOD, FLOWS, FULLNAT_FLOWS, PREV_RINGS, PREV_UNTIL};
+use crate::maps::{FLOOD, FLOWS, FULLNAT_FLOWS, GRACE_SYNS, PREV_RINGS, PREV_UNTIL};
 
 /// The flow-table entry of `key`, copied out.
 #[inline(always)]
@@ -37,6 +37,20 @@ pub fn record_fullnat(key: &FlowKey, backend_id: u32, port: u16) {
         },
         0,
     );
+}
+
+/// A SYN in a slot its VIP's last table change moved, during the grace
+/// period: remembered apart (`GRACE_SYNS`), not in the flow table.
+#[inline(always)]
+pub fn remember_syn(key: &FlowKey, backend_id: u32, hash: u32) {
+    let _ = GRACE_SYNS.insert(key, &FlowValue { backend_id, hash }, 0);
+}
+
+/// The backend a SYN remembered by [`remember_syn`] was sent to.
+#[inline(always)]
+pub fn syn_seen(key: &FlowKey) -> Option<FlowValue> {
+    // SAFETY: copied out at once, as in `lookup`.
+    unsafe { GRACE_SYNS.get(key) }.copied()
 }
 
 /// Records `key`'s backend. A failed insert (LRU under heavy contention)
@@ -77,18 +91,23 @@ pub fn over_rate(now: u64) -> bool {
 }
 
 /// The backend id the VIP's previous Maglev table gives `hash`, while its
-/// grace period lasts (0: none, or the slot did not change).
+/// grace period lasts (0: none, or the slot did not move in the last
+/// change), and the clock if it was read for that (else 0).
 #[inline(always)]
-pub fn previous(vip: &VipMeta, hash: u32, now: u64) -> u32 {
+pub fn previous(vip: &VipMeta, hash: u32) -> (u32, u64) {
     let until = match PREV_UNTIL.get(vip.vip_id) {
         Some(u) => *u,
-        None => return 0,
+        None => return (0, 0),
     };
-    if now >= until || vip.ring_size == 0 {
-        return 0;
+    if until == 0 || vip.ring_size == 0 {
+        return (0, 0);
+    }
+    let now = now();
+    if now >= until {
+        return (0, now);
     }
     match PREV_RINGS.get(vip.ring_base + hash % vip.ring_size) {
-        Some(id) => *id,
-        None => 0,
+        Some(id) => (*id, now),
+        None => (0, now),
     }
 }

@@ -224,32 +224,48 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
 ///   translation waits in `NAT_SYN`);
 /// - `FwdFlood`: a flow over this CPU's insert rate limit, sent where the
 ///   current table says and not recorded;
-/// - `FwdNewFlow`, recorded: a non-SYN TCP packet is no connection's
-///   start, so during the VIP's grace period it keeps the backend the
-///   previous table gave (a handshake across a change, a flow evicted just
-///   before one) when that backend can still take it; anything else, and
-///   after the period, the current table.
+/// - `FwdNewFlow`, recorded: during the VIP's grace period after a table
+///   change, for a slot that change moved, a non-SYN TCP packet is no
+///   connection's start: it goes to the backend its SYN went to if that SYN
+///   came after the change (`GRACE_SYNS`), else to the backend the previous
+///   table gave (a handshake across the change, a flow evicted just before
+///   it) when that backend can still take it; anything else, and after the
+///   period, the current table.
 #[inline(always)]
 fn place(vip: &VipMeta, hash: u32, key: &FlowKey, tcp_flags: u8) -> (Reason, u32) {
-    let syn = key.proto == PROTO_TCP && is_syn(tcp_flags);
+    let tcp = key.proto == PROTO_TCP;
+    let syn = tcp && is_syn(tcp_flags);
+    let (prev, mut now) = if tcp {
+        flows::previous(vip, hash)
+    } else {
+        (0, 0)
+    };
     if syn {
-        return (Reason::FwdSyn, pick(vip, hash));
+        let id = pick(vip, hash);
+        if prev != 0 {
+            flows::remember_syn(key, id, hash);
+        }
+        return (Reason::FwdSyn, id);
     }
-    let now = flows::now();
+    if now == 0 {
+        now = flows::now();
+    }
     if flows::over_rate(now) {
         return (Reason::FwdFlood, pick(vip, hash));
     }
-    if key.proto == PROTO_TCP && !syn {
-        let prev = flows::previous(vip, hash, now);
-        if prev != 0
-            && usable(
-                FlowValue {
-                    backend_id: prev,
-                    hash,
-                },
-                vip.vip_id,
-            )
-            .is_some()
+    if prev != 0 {
+        let seen = flows::syn_seen(key).and_then(|f| usable(f, vip.vip_id));
+        if let Some((id, _, _)) = seen {
+            return (Reason::FwdNewFlow, id);
+        }
+        if usable(
+            FlowValue {
+                backend_id: prev,
+                hash,
+            },
+            vip.vip_id,
+        )
+        .is_some()
         {
             return (Reason::FwdNewFlow, prev);
         }

@@ -59,6 +59,16 @@ pub static PREV_RINGS: Array<u32> = Array::with_max_entries(65537, 0);
 #[map]
 pub static PREV_UNTIL: Array<u64> = Array::with_max_entries(1024, 0);
 
+/// SYNs that arrived during their VIP's grace period in a slot its last
+/// table change moved: 5-tuple → the backend the current table gave.
+/// Their first non-SYN packet finds its SYN's backend here rather than
+/// the previous table's (it is no flow older than the change). A bounded
+/// LRU of its own, apart from `FLOWS`, so that a SYN flood during a grace
+/// period evicts only other such SYNs. Written and read by the program.
+#[map]
+pub static GRACE_SYNS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(4096, BPF_F_NO_COMMON_LRU);
+
 /// Per CPU: the flows recorded in the current second, for the insert rate
 /// limit (`SETTINGS.new_flow_rate`). Written and read by the program only.
 #[map]

@@ -11,6 +11,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, FAMILY_V4, FAMILY_V6, FlowKey, NatValue, PROTO_TCP, PROTO_UDP, Reason,
+    backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
     flow::{
         NAT_F_FORWARD, NAT_F_FULLNAT, NAT_TOUCH_NS, NEW_FLOW_FLOOD, NEW_FLOW_MAGLEV, NEW_FLOW_PEER,
         NEW_FLOW_SYN, NatScratch, NatTimeouts, handshake_bucket, nat_expired,
@@ -92,6 +93,10 @@ pub fn request_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
         Some(s) => unsafe { &mut *s },
         None => return Err(Reason::Aborted),
     };
+    if s.fullnat != 0 && s.new_flow != 0 {
+        // A fullnat handshake in progress goes on with its SYN's backend.
+        s.backend_id = syn_backend(&s.key, s.backend_id);
+    }
     let b = match BACKENDS.get(s.backend_id) {
         Some(b) => b,
         None => return Err(Reason::Aborted),
@@ -122,6 +127,28 @@ pub fn request_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
         },
         action,
     })
+}
+
+/// fullnat: the backend a SYN's forward entry in `NAT_SYN` (by the
+/// client's 5-tuple `key`) names, if it can still take the flow (active,
+/// not down, its next hop known); else `chosen`.
+#[inline(always)]
+fn syn_backend(key: &FlowKey, chosen: u32) -> u32 {
+    let Some(p) = NAT_SYN.get_ptr(key) else {
+        return chosen;
+    };
+    // SAFETY: as in `nat_copy`: two aligned fields read once, not kept.
+    let (flags, id) = unsafe {
+        (
+            core::ptr::addr_of!((*p).flags).read(),
+            core::ptr::addr_of!((*p).backend_id).read(),
+        )
+    };
+    let ok = BACKEND_F_ACTIVE | BACKEND_F_NEXTHOP;
+    match BACKENDS.get(id) {
+        Some(b) if flags & NAT_F_FORWARD != 0 && b.flags & (ok | BACKEND_F_DOWN) == ok => id,
+        _ => chosen,
+    }
 }
 
 /// The request path: records (or refreshes) the flow's NAT entry, then
@@ -167,7 +194,15 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
             !pending_port(s, now, &t)
         };
     }
-    if !fresh && s.value.flags & NAT_F_PENDING != 0 && !syn {
+    let pending_now = !fresh && s.value.flags & NAT_F_PENDING != 0;
+    if pending_now && s.tcp_flags & TCP_RST != 0 {
+        // The client refuses the handshake (a spoofed SYN's real owner
+        // answering the SYN-ACK does): it ends, and is not promoted.
+        let _ = NAT_SYN.remove(&s.rev);
+        if fullnat {
+            let _ = NAT_SYN.remove(&s.key);
+        }
+    } else if pending_now && !syn {
         // The handshake completed: the translation moves to `NAT`.
         s.value.flags &= !NAT_F_PENDING;
         s.value.last_ns = now;

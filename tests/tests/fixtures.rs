@@ -1764,6 +1764,38 @@ fn grace_period_and_rate_limit_fixtures() {
             ),
         ],
     );
+    // Q: a new connection after the change, in a moved slot: its SYN goes
+    // by the current table and is remembered apart (GRACE_SYNS, not the
+    // flow table), so that its ACK, a non-SYN miss, follows it rather than
+    // the previous table.
+    let q_ack = port_where(43500, client, "198.18.6.1", |p| {
+        t0(&p.flow_key()) != to(&dp, p)
+    });
+    let mut q_syn = q_ack.clone();
+    q_syn.l4 = match q_syn.l4 {
+        L4::Tcp { sport, dport, .. } => L4::tcp(sport, dport, TCP_SYN),
+        other => other,
+    };
+    let q_to = to(&dp, &q_syn);
+    run_rows(
+        &mut dp,
+        vec![
+            Row::dsr(
+                "grace: a SYN in a slot the change moved goes by the current table",
+                &q_syn,
+                Reason::FwdSyn,
+                v,
+                q_to,
+            ),
+            Row::dsr(
+                "grace: its ACK follows it (not the previous table) and is recorded",
+                &q_ack,
+                Reason::FwdNewFlow,
+                v,
+                q_to,
+            ),
+        ],
+    );
     // R: a slot of `a` now, which the next change (removing `a`) moves.
     let t1 = table_now(&dp, &v);
     let r = port_where(44000, client, "198.18.6.1", |p| {

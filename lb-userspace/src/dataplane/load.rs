@@ -328,7 +328,7 @@ fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
 }
 
 /// Every map's capacity, from the load-time settings.
-fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 27] {
+fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 28] {
     [
         (
             names::FLOWS,
@@ -344,6 +344,7 @@ fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 27] {
         (names::PREV_RINGS, cfg.ring_capacity),
         (names::PREV_UNTIL, cfg.max_vips + 1),
         (names::FLOOD, 1),
+        (names::GRACE_SYNS, grace_syns_capacity(cfg, ncpus)),
         (names::TX_PORTS, cfg.max_tx_ports),
         (names::REASONS, Reason::COUNT),
         (names::NAT, cfg.nat_capacity),
@@ -361,6 +362,12 @@ fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 27] {
         (names::CLUSTER_STATE, 1),
         (names::CLUSTER_LOST, 1),
     ]
+}
+
+/// `GRACE_SYNS`' entries: a sixteenth of `FLOWS`, at least 4,096 (only
+/// SYNs during a grace period, in the slots a change moved, go there).
+pub fn grace_syns_capacity(cfg: &DataplaneConfig, ncpus: u32) -> u32 {
+    (cfg.flow_capacity_per_cpu.saturating_mul(ncpus) / 16).max(4096)
 }
 
 /// `NAT_SYN`'s entries: a quarter of `NAT`'s, at least 1,024 (handshakes
