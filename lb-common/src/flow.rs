@@ -147,6 +147,12 @@ pub const NAT_F_FULLNAT: u16 = 1 << 0;
 /// ([`NatValue::fwd_port`]) and backend its SYN was given.
 pub const NAT_F_FORWARD: u16 = 1 << 1;
 
+/// [`NatValue::flags`]: a `NAT_SYN` entry (a handshake in progress), in
+/// that table and in the `FLOW_EVENTS` record that hands it to cluster
+/// peers, which install it in their `NAT_SYN` (the SYN-ACK may come back
+/// through another node).
+pub const NAT_F_SYN: u16 = 1 << 2;
+
 /// [`NatScratch::new_flow`]: a TCP SYN that missed the flow table: its
 /// translation goes to `NAT_SYN` until the handshake completes.
 pub const NEW_FLOW_SYN: u8 = 4;

@@ -13,8 +13,8 @@ use lb_common::{
     Backend, FAMILY_V4, FAMILY_V6, FlowKey, NatValue, PROTO_TCP, PROTO_UDP, Reason,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
     flow::{
-        NAT_F_FORWARD, NAT_F_FULLNAT, NAT_TOUCH_NS, NEW_FLOW_FLOOD, NEW_FLOW_MAGLEV, NEW_FLOW_PEER,
-        NEW_FLOW_SYN, NatScratch, NatTimeouts, handshake_bucket, nat_expired,
+        NAT_F_FORWARD, NAT_F_FULLNAT, NAT_F_SYN, NAT_TOUCH_NS, NEW_FLOW_FLOOD, NEW_FLOW_MAGLEV,
+        NEW_FLOW_PEER, NEW_FLOW_SYN, NatScratch, NatTimeouts, handshake_bucket, nat_expired,
     },
 };
 
@@ -204,7 +204,7 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
         }
     } else if pending_now && !syn {
         // The handshake completed: the translation moves to `NAT`.
-        s.value.flags &= !NAT_F_PENDING;
+        s.value.flags &= !(NAT_F_PENDING | NAT_F_SYN);
         s.value.last_ns = now;
         if closing && s.value.closed_ns == 0 {
             s.value.closed_ns = now;
@@ -335,7 +335,7 @@ fn record(
     let v = &mut s.value;
     v.vip_addr = s.key.dst;
     v.vip_port = s.key.dport;
-    v.flags = if fullnat { NAT_F_FULLNAT } else { 0 };
+    v.flags = if fullnat { NAT_F_FULLNAT } else { 0 } | if syn { NAT_F_SYN } else { 0 };
     v.ifindex = ctx.ingress_ifindex() as u32;
     v.dmac.copy_from_slice(&macs[6..12]);
     v.smac.copy_from_slice(&macs[..6]);
@@ -350,6 +350,10 @@ fn record(
     // A failed insert (LRU contention) is retried by the next packet.
     if syn {
         let _ = NAT_SYN.insert(&s.rev, &s.value, 0);
+        if !fullnat && crate::cluster::active() {
+            // Peers keep it in their `NAT_SYN` (`NAT_F_SYN`).
+            crate::cluster::nat_created(&s.rev, &s.value);
+        }
         if fullnat {
             s.value.flags |= NAT_F_FORWARD;
             s.value.fwd_port = u32::from(s.rev.dport);

@@ -72,6 +72,18 @@ impl Dataplane {
             .map_err(map_err(names::NAT))
     }
 
+    /// Writes a handshake in progress (learned from a cluster peer) into
+    /// `NAT_SYN`.
+    pub fn install_nat_syn(
+        &mut self,
+        reply: &FlowKey,
+        value: &NatValue,
+    ) -> Result<(), DataplaneError> {
+        self.nat_syn
+            .insert(reply, value, 0)
+            .map_err(map_err(names::NAT_SYN))
+    }
+
     /// Removes a NAT translation a peer removed, if it has expired here
     /// too; `false` when it is kept (live here: a flow this node carries,
     /// or refreshed by its replies) or absent. A peer's copy can expire
