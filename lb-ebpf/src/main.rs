@@ -21,6 +21,7 @@ mod icmp;
 mod lookup;
 mod maps;
 mod nat;
+mod nat_syn;
 mod parse;
 mod verdict;
 

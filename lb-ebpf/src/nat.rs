@@ -11,7 +11,6 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, FAMILY_V4, FAMILY_V6, FlowKey, NatValue, PROTO_TCP, PROTO_UDP, Reason,
-    backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
     flow::{
         NAT_F_FORWARD, NAT_F_FULLNAT, NAT_F_SYN, NAT_TOUCH_NS, NEW_FLOW_FLOOD, NEW_FLOW_MAGLEV,
         NEW_FLOW_PEER, NEW_FLOW_SYN, NatScratch, NatTimeouts, handshake_bucket, nat_expired,
@@ -38,7 +37,7 @@ const TCP_ACK: u8 = 0x10;
 
 /// In the scratch copy only (never in a map): the copy came from
 /// `NAT_SYN`, a handshake in progress.
-const NAT_F_PENDING: u16 = 1 << 15;
+pub(crate) const NAT_F_PENDING: u16 = 1 << 15;
 
 /// Where the headers of the packet being translated are.
 pub struct Layout {
@@ -95,7 +94,7 @@ pub fn request_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
     };
     if s.fullnat != 0 && s.new_flow != 0 {
         // A fullnat handshake in progress goes on with its SYN's backend.
-        s.backend_id = syn_backend(&s.key, s.backend_id);
+        s.backend_id = crate::nat_syn::syn_backend(&s.key, s.backend_id);
     }
     let b = match BACKENDS.get(s.backend_id) {
         Some(b) => b,
@@ -127,28 +126,6 @@ pub fn request_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
         },
         action,
     })
-}
-
-/// fullnat: the backend a SYN's forward entry in `NAT_SYN` (by the
-/// client's 5-tuple `key`) names, if it can still take the flow (active,
-/// not down, its next hop known); else `chosen`.
-#[inline(always)]
-fn syn_backend(key: &FlowKey, chosen: u32) -> u32 {
-    let Some(p) = NAT_SYN.get_ptr(key) else {
-        return chosen;
-    };
-    // SAFETY: as in `nat_copy`: two aligned fields read once, not kept.
-    let (flags, id) = unsafe {
-        (
-            core::ptr::addr_of!((*p).flags).read(),
-            core::ptr::addr_of!((*p).backend_id).read(),
-        )
-    };
-    let ok = BACKEND_F_ACTIVE | BACKEND_F_NEXTHOP;
-    match BACKENDS.get(id) {
-        Some(b) if flags & NAT_F_FORWARD != 0 && b.flags & (ok | BACKEND_F_DOWN) == ok => id,
-        _ => chosen,
-    }
 }
 
 /// The request path: records (or refreshes) the flow's NAT entry, then
@@ -189,9 +166,9 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
     let mut fresh = !(port_known && established(s, now, closing, &t));
     if fresh {
         fresh = if port_known {
-            !pending(s, now, &t)
+            !crate::nat_syn::pending(s, now, &t)
         } else {
-            !pending_port(s, now, &t)
+            !crate::nat_syn::pending_port(s, now, &t)
         };
     }
     let pending_now = !fresh && s.value.flags & NAT_F_PENDING != 0;
@@ -270,47 +247,10 @@ fn established(s: &mut NatScratch, now: u64, closing: bool, t: &NatTimeouts) -> 
     true
 }
 
-/// Whether `NAT_SYN` holds this flow's handshake (`s.rev`): then
-/// `s.value` is a copy of it, flagged [`NAT_F_PENDING`].
-#[inline(always)]
-fn pending(s: &mut NatScratch, now: u64, t: &NatTimeouts) -> bool {
-    let Some(p) = NAT_SYN.get_ptr(&s.rev) else {
-        return false;
-    };
-    // SAFETY: as in `nat_copy`.
-    s.value = unsafe { p.read() };
-    if s.value.flags & NAT_F_FORWARD != 0 || !ours(s) || nat_expired(&s.value, s.key.proto, now, t)
-    {
-        return false;
-    }
-    s.value.flags |= NAT_F_PENDING;
-    true
-}
-
-/// fullnat, a flow-table miss: whether its SYN's entry in `NAT_SYN`
-/// (by the client's 5-tuple) gives it a port, to the same backend, with
-/// the handshake's translation still there (`pending`).
-#[inline(always)]
-fn pending_port(s: &mut NatScratch, now: u64, t: &NatTimeouts) -> bool {
-    let Some(p) = NAT_SYN.get_ptr(&s.key) else {
-        return false;
-    };
-    // SAFETY: as in `nat_copy`.
-    s.value = unsafe { p.read() };
-    if s.value.flags & NAT_F_FORWARD == 0
-        || s.value.backend_id != s.backend_id
-        || nat_expired(&s.value, s.key.proto, now, t)
-    {
-        return false;
-    }
-    s.rev.dport = s.value.fwd_port as u16;
-    pending(s, now, t)
-}
-
 /// Whether the copy in `s.value` is this request's flow: its VIP (and for
 /// fullnat its client).
 #[inline(always)]
-fn ours(s: &NatScratch) -> bool {
+pub(crate) fn ours(s: &NatScratch) -> bool {
     let v = &s.value;
     v.vip_addr == s.key.dst
         && v.vip_port == s.key.dport
