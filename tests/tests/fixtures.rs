@@ -1340,6 +1340,45 @@ fn packet_fixtures() {
         ],
     );
 
+    // A handshake the client refuses (its RST answers the SYN-ACK, as the
+    // real owner of a spoofed source does): translated to the backend, and
+    // the handshake's translation is dropped, not moved to NAT.
+    let rst_rev = Pkt::new("198.18.4.1", client, L4::tcp(8080, 41007, 0)).flow_key();
+    run_rows(
+        &mut dp,
+        &mut rows,
+        vec![nat_row(
+            "nat: a SYN whose client will refuse the handshake",
+            &Pkt::new(client, n4, L4::tcp(41007, 80, TCP_SYN)),
+            Reason::FwdSyn,
+            nat4,
+            "198.18.4.1",
+            8080,
+        )],
+    );
+    assert!(
+        dp.nat_syn_entry(&rst_rev).is_some(),
+        "the SYN's translation waits in NAT_SYN"
+    );
+    run_rows(
+        &mut dp,
+        &mut rows,
+        vec![nat_row(
+            "nat: the client's RST goes to the backend, its handshake is not promoted",
+            &Pkt::new(client, n4, L4::tcp(41007, 80, 0x04)),
+            Reason::FwdNewFlow,
+            nat4,
+            "198.18.4.1",
+            8080,
+        )],
+    );
+    assert_eq!(
+        dp.nat_syn_entry(&rst_rev),
+        None,
+        "the refused handshake is gone"
+    );
+    assert_eq!(dp.nat_entry(&rst_rev), None, "and never reached NAT");
+
     // fullnat: the source becomes the balancer's fullnat address and a port
     // of this CPU's range; the reply goes back to the client's own address
     // and port. Two ports on CPU 0: a third flow finds none and is dropped.
