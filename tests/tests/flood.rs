@@ -5,7 +5,9 @@
 //! answered by its own backend. A SYN records nothing (docs/maps.md, "New
 //! flows"), so the flood cannot push the connections out of the flow table
 //! or the NAT table, and the weight change, which moves the Maglev slots of
-//! many of them, moves none.
+//! many of them, moves none. Then (dsr) a flood of spoofed ACKs of flows
+//! nobody opened, far over the insert rate limit: `hola stats` and the log
+//! say flood mode is on, and the connections still answer.
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -16,7 +18,7 @@ use hola_tests::{
     daemon::{Daemon, GLOBAL},
     fixture::{Rng, require_root},
     netns::{in_ns, ns_cmd, send_frames},
-    packet::{L4, Pkt, TCP_SYN},
+    packet::{L4, Pkt, TCP_ACK, TCP_SYN},
     topo::{CLIENT, DSR_VIP, Lab, Servers, backend, http_get},
 };
 
@@ -30,11 +32,18 @@ const NAT_CAPACITY: u32 = 1024;
 const FLOOD: usize = 5_000;
 const CONNECTIONS: usize = 60;
 
-/// `[global]` with the small tables.
+/// New flows each CPU records per second: above the test's own
+/// connections (60 opened at once), far below a flood.
+const NEW_FLOW_RATE: u32 = 100;
+
+/// `[global]` with the small tables and rate.
 fn global() -> String {
     GLOBAL.replace(
         "flow_capacity_per_cpu = 65536",
-        &format!("flow_capacity_per_cpu = {FLOWS_PER_CPU}\nnat_capacity = {NAT_CAPACITY}"),
+        &format!(
+            "flow_capacity_per_cpu = {FLOWS_PER_CPU}\nnat_capacity = {NAT_CAPACITY}\n\
+             new_flow_rate = {NEW_FLOW_RATE}"
+        ),
     )
 }
 
@@ -82,6 +91,11 @@ fn table_changed(lab: &Lab, vip: &'static str) {
 /// `FLOOD` SYNs to `vip`:80 from random addresses of 198.18.64.0/18 and
 /// random ports, sent from the client's namespace to the balancer's MAC.
 fn syn_flood(lab: &Lab, vip: &str, seed: u64) {
+    flood(lab, vip, seed, TCP_SYN);
+}
+
+/// `FLOOD` packets with TCP `flags` to `vip`:80, as [`syn_flood`].
+fn flood(lab: &Lab, vip: &str, seed: u64, flags: u8) {
     let lb_mac = lab.t.mac("lb", "eth0");
     let cl_mac = lab.t.mac("cl", "eth0");
     let mut rng = Rng(seed);
@@ -90,7 +104,7 @@ fn syn_flood(lab: &Lab, vip: &str, seed: u64) {
             let r = rng.next_u64();
             let src = format!("198.18.{}.{}", 64 + (r >> 8) % 64, r & 0xff);
             let sport = 1024 + ((r >> 16) % 60_000) as u16;
-            let mut p = Pkt::new(&src, vip, L4::tcp(sport, 80, TCP_SYN));
+            let mut p = Pkt::new(&src, vip, L4::tcp(sport, 80, flags));
             p.dmac = lb_mac;
             p.smac = cl_mac;
             p.bytes()
@@ -160,6 +174,49 @@ fn dsr_connections_survive_a_syn_flood_and_a_weight_change() {
     ]);
     every_connection_on_its_backend(&d, DSR_VIP, &mut conns);
     table_changed(&lab, DSR_VIP);
+
+    // Spoofed ACKs of flows nobody opened, far over the insert rate limit:
+    // flood mode, said in `hola stats` (JSON and text) and in the log.
+    flood(&lab, DSR_VIP, 0x0bad_5eed_0bad_5eed, TCP_ACK);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let s = loop {
+        let s = d.stats();
+        if s.flood.active || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        s.flood.active && s.flood.unrecorded_per_second > 0.0,
+        "flood mode within 5 s of the ACK flood: {:?}, reasons {:?}",
+        s.flood,
+        s.reasons.get("fwd_flood")
+    );
+    assert_eq!(s.flood.new_flow_rate, NEW_FLOW_RATE);
+    let text = d.ok(&["stats"]);
+    assert!(
+        text.contains("flood mode: ON"),
+        "hola stats says so:\n{text}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !d.log().contains("flood mode: ON") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon logs flood mode:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The connections still answer from their backends (an entry the
+    // flood's few recorded flows evicted is found again by the previous
+    // table: the weight change was seconds ago).
+    for (i, (c, name)) in conns.iter_mut().enumerate() {
+        let answer = http_get(c);
+        assert!(
+            matches!(&answer, Ok(n) if n == name),
+            "connection {i} on {name} after the ACK flood: {answer:?}"
+        );
+    }
 }
 
 const NAT_VIP: &str = "198.18.1.3";
