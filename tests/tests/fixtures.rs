@@ -1861,6 +1861,11 @@ fn grace_period_and_rate_limit_fixtures() {
         t2(&p.flow_key()) != to(&dp, p)
     });
     let s_to = to(&dp, &s);
+    assert_eq!(
+        dp.end_grace_periods().expect("PREV_UNTIL"),
+        0,
+        "not over yet"
+    );
     std::thread::sleep(grace + std::time::Duration::from_millis(100));
     run_rows(
         &mut dp,
@@ -1872,6 +1877,14 @@ fn grace_period_and_rate_limit_fixtures() {
             s_to,
         )],
     );
+    // The owner ends the period once a second (no clock read for a SYN
+    // after it); the program had stopped using the previous table already.
+    assert_eq!(
+        dp.end_grace_periods().expect("PREV_UNTIL"),
+        1,
+        "one VIP's period"
+    );
+    assert_eq!(dp.end_grace_periods().expect("PREV_UNTIL"), 0, "ended once");
 
     // The insert rate limit: 3 new flows per second on this CPU.
     let mut dp = Dataplane::load(DataplaneConfig {

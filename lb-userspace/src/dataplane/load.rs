@@ -137,6 +137,7 @@ impl Dataplane {
             rings: take!(names::RINGS),
             prev_rings: take!(names::PREV_RINGS),
             prev_until: take!(names::PREV_UNTIL),
+            graces: Default::default(),
             flows: take!(names::FLOWS),
             vip_stats: take!(names::VIP_STATS),
             backend_stats: take!(names::BACKEND_STATS),

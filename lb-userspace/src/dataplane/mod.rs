@@ -265,6 +265,9 @@ pub struct Dataplane {
     rings: Array<MapData, u32>,
     prev_rings: Array<MapData, u32>,
     prev_until: Array<MapData, u64>,
+    /// The grace periods this daemon started and has not ended yet: VIP id
+    /// → its `PREV_UNTIL`.
+    graces: BTreeMap<u32, u64>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     vip_stats: PerCpuArray<MapData, VipStats>,
     backend_stats: PerCpuArray<MapData, BackendStats>,

@@ -101,7 +101,13 @@ impl Dataplane {
                 };
                 self.prev_until
                     .set(*vip_id, until, 0)
-                    .map_err(map_err(names::PREV_UNTIL))
+                    .map_err(map_err(names::PREV_UNTIL))?;
+                if until == 0 {
+                    self.graces.remove(vip_id);
+                } else {
+                    self.graces.insert(*vip_id, until);
+                }
+                Ok(())
             }
             Write::ZeroVipStats { id } => self
                 .vip_stats
@@ -138,6 +144,28 @@ impl Dataplane {
             Write::AddrVips { addr, entry } => self.write_addr_vips(*addr, entry.as_ref()),
             Write::Nat(state) => self.write_nat_state(state),
         }
+    }
+
+    /// Ends the grace periods that have passed: their `PREV_UNTIL` back to
+    /// 0, so that the program no longer reads the clock for a SYN of the
+    /// VIP (it stops using the previous table at the expiry anyway).
+    /// Returns how many ended.
+    pub fn end_grace_periods(&mut self) -> Result<usize, DataplaneError> {
+        let now = monotonic_ns();
+        let over: Vec<u32> = self
+            .graces
+            .iter()
+            .filter(|&(_, &until)| until <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in &over {
+            // (A newer change's period replaced the entry: not over yet.)
+            self.prev_until
+                .set(*id, 0, 0)
+                .map_err(map_err(names::PREV_UNTIL))?;
+            self.graces.remove(id);
+        }
+        Ok(over.len())
     }
 
     /// A per-CPU value of zeroes for every possible CPU.

@@ -266,6 +266,9 @@ impl Owner {
             self.log_flood();
         }
         self.sweep_nat();
+        if let Err(e) = self.dp.end_grace_periods() {
+            tracing::warn!(error = %e, "ending the previous Maglev tables' grace periods");
+        }
         self.outliers();
         if self.checks.ramping(&self.config) {
             self.apply_checks("slow start");
