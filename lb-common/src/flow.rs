@@ -59,7 +59,9 @@ pub struct NatValue {
     pub closed_ns: u64,
     /// The backend (id) the flow went to, for its handshake counters.
     pub backend_id: u32,
-    pub _pad: u32,
+    /// A fullnat SYN's forward entry ([`NAT_F_FORWARD`]): the source port
+    /// (network order) its request was given. 0 otherwise.
+    pub fwd_port: u32,
     /// When the client's SYN went to the backend, until the backend
     /// answered it (SYN-ACK or RST); 0 otherwise. Userspace counts entries
     /// whose SYN stays unanswered.
@@ -98,6 +100,40 @@ pub const NEW_FLOW_MAGLEV: u8 = 1;
 /// [`NatScratch::new_flow`]: the backend came from `PEER_FLOWS`.
 pub const NEW_FLOW_PEER: u8 = 2;
 
+/// [`NatScratch::new_flow`]: a new flow over the CPU's insert rate limit:
+/// translated and forwarded, not recorded.
+pub const NEW_FLOW_FLOOD: u8 = 3;
+
+/// One per-CPU element of `FLOOD`: the program's count of the flows it
+/// recorded in the current one-second window, for the insert rate limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodState {
+    /// `bpf_ktime_get_ns` when the window began.
+    pub window_ns: u64,
+    /// Flows recorded (or refused) since then.
+    pub inserts: u64,
+}
+const _: () = assert!(core::mem::size_of::<FloodState>() == 16);
+
+/// The length of the insert rate limit's window.
+pub const FLOOD_WINDOW_NS: u64 = 1_000_000_000;
+
+/// TCP flag bits the data plane looks at.
+pub const TCP_FIN: u8 = 0x01;
+/// See [`TCP_FIN`].
+pub const TCP_SYN: u8 = 0x02;
+/// See [`TCP_FIN`].
+pub const TCP_RST: u8 = 0x04;
+/// See [`TCP_FIN`].
+pub const TCP_ACK: u8 = 0x10;
+
+/// Whether TCP flags `f` open a connection: SYN set, ACK clear.
+#[inline(always)]
+pub fn is_syn(f: u8) -> bool {
+    f & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
 /// [`FlowEvent::kind`]: a new `FLOWS` entry (a flow-table miss given a
 /// backend by Maglev).
 pub const FLOW_EVENT_FLOW: u32 = 1;
@@ -106,6 +142,20 @@ pub const FLOW_EVENT_NAT: u32 = 2;
 
 /// [`NatValue::flags`]: the entry is a fullnat flow's (source rewritten).
 pub const NAT_F_FULLNAT: u16 = 1 << 0;
+/// [`NatValue::flags`]: in `NAT_SYN`, a fullnat SYN's entry keyed by the
+/// client's 5-tuple (not the reply's): where its ACK finds the source port
+/// ([`NatValue::fwd_port`]) and backend its SYN was given.
+pub const NAT_F_FORWARD: u16 = 1 << 1;
+
+/// [`NatValue::flags`]: a `NAT_SYN` entry (a handshake in progress), in
+/// that table and in the `FLOW_EVENTS` record that hands it to cluster
+/// peers, which install it in their `NAT_SYN` (the SYN-ACK may come back
+/// through another node).
+pub const NAT_F_SYN: u16 = 1 << 2;
+
+/// [`NatScratch::new_flow`]: a TCP SYN that missed the flow table: its
+/// translation goes to `NAT_SYN` until the handshake completes.
+pub const NEW_FLOW_SYN: u8 = 4;
 
 /// What `hola_lb` hands the NAT request program it tail-calls, in the
 /// per-CPU `NAT_SCRATCH` array (a tail call keeps only the packet).
@@ -197,7 +247,13 @@ pub struct NatTimeouts {
 /// Whether a NAT entry of protocol `proto` is expired at `now_ns`.
 #[inline(always)]
 pub fn nat_expired(v: &NatValue, proto: u8, now_ns: u64, t: &NatTimeouts) -> bool {
-    if v.closed_ns != 0 && now_ns.saturating_sub(v.closed_ns) > t.closed_linger_ns {
+    expired_at(v.last_ns, v.closed_ns, proto, now_ns, t)
+}
+
+/// [`nat_expired`] from the entry's two times alone.
+#[inline(always)]
+pub fn expired_at(last_ns: u64, closed_ns: u64, proto: u8, now_ns: u64, t: &NatTimeouts) -> bool {
+    if closed_ns != 0 && now_ns.saturating_sub(closed_ns) > t.closed_linger_ns {
         return true;
     }
     let idle = if proto == crate::PROTO_TCP {
@@ -205,7 +261,7 @@ pub fn nat_expired(v: &NatValue, proto: u8, now_ns: u64, t: &NatTimeouts) -> boo
     } else {
         t.udp_idle_ns
     };
-    now_ns.saturating_sub(v.last_ns) > idle
+    now_ns.saturating_sub(last_ns) > idle
 }
 
 crate::pod!(
@@ -214,5 +270,6 @@ crate::pod!(
     NatValue,
     HandshakeStats,
     NatScratch,
-    FlowEvent
+    FlowEvent,
+    FloodState
 );

@@ -16,7 +16,9 @@ pub struct Settings {
     pub tunnel_src_v6: [u8; 16],
     /// Host bits of the last 32 bits of the IPv6 tunnel source.
     pub tunnel_src_v6_mask: u32,
-    pub _pad: u32,
+    /// New flows each CPU records per second at most (0: no limit); the
+    /// ones above it are forwarded by the Maglev table unrecorded.
+    pub new_flow_rate: u32,
     /// NAT mode: an entry of a TCP flow idle this long expires (ns).
     pub nat_tcp_idle_ns: u64,
     /// NAT mode: an entry of a UDP flow idle this long expires (ns).

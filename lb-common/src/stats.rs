@@ -83,11 +83,21 @@ pub enum Reason {
     /// learned from cluster peers (`PEER_FLOWS`): sent to the backend the
     /// peer chose, and now in the flow table.
     FwdPeerFlow = 15,
+    /// XDP_TX/XDP_REDIRECT: a TCP SYN (SYN set, ACK clear) of a `dsr` or
+    /// `tunnel` VIP that missed the flow table: sent where the VIP's Maglev
+    /// table says and not recorded (the flow is recorded at its first
+    /// non-SYN packet), so a SYN flood leaves no state.
+    FwdSyn = 16,
+    /// XDP_TX/XDP_REDIRECT: a new flow (a non-SYN miss, UDP, a nat SYN)
+    /// over this CPU's insert rate limit (`new_flow_rate`): sent where the
+    /// VIP's current Maglev table says and not recorded. A rate of these
+    /// is what `hola stats` calls flood mode.
+    FwdFlood = 17,
 }
 
 impl Reason {
     /// Number of reasons: the size of the `REASONS` array.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 18;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -107,6 +117,8 @@ impl Reason {
         Reason::FwdNatIcmp,
         Reason::DropNatNoPort,
         Reason::FwdPeerFlow,
+        Reason::FwdSyn,
+        Reason::FwdFlood,
     ];
 
     /// Stable snake_case name used in stats output.
@@ -128,6 +140,8 @@ impl Reason {
             Reason::FwdNatIcmp => "fwd_nat_icmp",
             Reason::DropNatNoPort => "drop_nat_no_port",
             Reason::FwdPeerFlow => "fwd_peer_flow",
+            Reason::FwdSyn => "fwd_syn",
+            Reason::FwdFlood => "fwd_flood",
         }
     }
 }

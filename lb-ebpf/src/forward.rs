@@ -21,7 +21,7 @@ pub static SETTINGS: Settings = Settings {
     tunnel_src_v4_mask: 0,
     tunnel_src_v6: [0; 16],
     tunnel_src_v6_mask: 0,
-    _pad: 0,
+    new_flow_rate: 0,
     nat_tcp_idle_ns: 0,
     nat_udp_idle_ns: 0,
     nat_closed_linger_ns: 0,

@@ -22,7 +22,7 @@ use lb_common::{
 
 use crate::{
     csum, forward,
-    maps::{BACKENDS, FLOWS},
+    maps::BACKENDS,
     nat::{self, Layout},
     parse::ptr_at,
     verdict::Verdict,
@@ -308,12 +308,12 @@ fn to_backend(
         family: at.family,
         _pad: [0; 2],
     };
-    // SAFETY: the value is copied out at once and the pointer not kept (an
-    // LRU element is reused as soon as it is evicted: see `nat::nat_copy`).
-    let (backend_id, port) = match unsafe { FLOWS.get(&req) } {
-        Some(f) => (f.backend_id, f.hash as u16),
-        None => return Err(Reason::PassNotVip),
-    };
+    // A nat flow's entry, or a fullnat flow's (with its port).
+    let (backend_id, port) =
+        match crate::flows::lookup(&req).or_else(|| crate::flows::lookup_fullnat(&req)) {
+            Some(f) => (f.backend_id, f.hash as u16),
+            None => return Err(Reason::PassNotVip),
+        };
     let b = match BACKENDS.get(backend_id) {
         Some(b) => b,
         None => return Err(Reason::PassNotVip),

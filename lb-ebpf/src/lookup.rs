@@ -6,7 +6,7 @@ use lb_common::{
     AddrVips, Backend, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, Reason,
     VipKey, VipMeta,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
-    flow::{NEW_FLOW_MAGLEV, NEW_FLOW_PEER},
+    flow::{NEW_FLOW_FLOOD, NEW_FLOW_MAGLEV, NEW_FLOW_PEER, NEW_FLOW_SYN, is_syn},
     hash::flow_hash,
     maps::{ICMP_TO_BACKEND, ICMP_TO_CLIENT, NAT_REPLY, NAT_REQUEST},
     vip::{
@@ -16,11 +16,11 @@ use lb_common::{
 };
 
 use crate::{
-    cluster,
+    cluster, flows,
     forward::{self, Inner},
     icmp,
     maps::{
-        BACKENDS, FLOWS, ICMP_PROGS, NAT_SCRATCH, NAT_SOURCES4, NAT_SOURCES6, PEER_FLOWS, RINGS,
+        BACKENDS, ICMP_PROGS, NAT_SCRATCH, NAT_SOURCES4, NAT_SOURCES6, PEER_FLOWS, RINGS,
         VIP_ADDRS4, VIP_ADDRS6, VIP_STATS, VIPS,
     },
     nat::{self, Layout},
@@ -129,12 +129,16 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     // counts). Else, while a cluster is on, a flow a peer created (it moved
     // here), under the same conditions.
     let mut reason = Reason::FwdEstablished;
-    // SAFETY: the value is copied out at once, before this program inserts
-    // into the map (an LRU element is reused as soon as it is evicted, not
-    // freed: see `nat::nat_copy`).
-    let mut chosen = unsafe { FLOWS.get(&key) }.and_then(|f| usable(*f, vip.vip_id));
+    let mode = vip.flags & VIP_MODE_MASK;
+    // fullnat keeps its flows apart (with the source port they were given).
+    let mut chosen = if mode == VIP_MODE_FULLNAT {
+        flows::lookup_fullnat(&key)
+    } else {
+        flows::lookup(&key)
+    }
+    .and_then(|f| usable(f, vip.vip_id));
     if chosen.is_none() && cluster::active() {
-        // SAFETY: as for `FLOWS` above.
+        // SAFETY: the value is copied out at once (see `flows::lookup`).
         chosen = unsafe { PEER_FLOWS.get(&key) }.and_then(|f| usable(*f, vip.vip_id));
         if chosen.is_some() {
             reason = Reason::FwdPeerFlow;
@@ -143,9 +147,9 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     let (backend_id, hash, backend) = match chosen {
         Some(c) => c,
         None => {
-            reason = Reason::FwdNewFlow;
             let hash = flow_hash(&key, vip.flags & VIP_F_SRC_HASH != 0);
-            let id = pick(&vip, hash);
+            let id;
+            (reason, id) = place(&vip, hash, &key, ports.tcp_flags);
             match BACKENDS.get(id) {
                 Some(b) if id != 0 && b.flags & BACKEND_F_ACTIVE != 0 => (id, hash, b),
                 _ => {
@@ -163,17 +167,15 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     if backend.flags & BACKEND_F_NEXTHOP == 0 {
         return Err(Reason::DropNoNexthop);
     }
-    if reason != Reason::FwdEstablished {
-        // A failed insert (LRU under heavy contention) still forwards this
-        // packet; the next one finds the same backend again.
-        let _ = FLOWS.insert(&key, &FlowValue { backend_id, hash }, 0);
+    // (A fullnat flow is recorded by the NAT program, with its port.)
+    if (reason == Reason::FwdNewFlow || reason == Reason::FwdPeerFlow) && mode != VIP_MODE_FULLNAT {
+        flows::record(&key, backend_id, hash);
     }
     // Peers learn the flows made here (they know their own already).
     if reason == Reason::FwdNewFlow && cluster::active() {
         cluster::flow_created(&key, backend_id, hash);
     }
 
-    let mode = vip.flags & VIP_MODE_MASK;
     if mode == VIP_MODE_TUNNEL {
         forward::encap(ctx, eth.l3_off, backend, inner, hash)?;
     } else {
@@ -195,6 +197,8 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
                     (*s).new_flow = match reason {
                         Reason::FwdNewFlow => NEW_FLOW_MAGLEV,
                         Reason::FwdPeerFlow => NEW_FLOW_PEER,
+                        Reason::FwdFlood => NEW_FLOW_FLOOD,
+                        Reason::FwdSyn => NEW_FLOW_SYN,
                         _ => 0,
                     };
                     (*s).fullnat = u8::from(mode == VIP_MODE_FULLNAT);
@@ -209,6 +213,64 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     let action = forward::egress(ctx, backend)?;
     verdict::credit_forward(vip.vip_id, backend_id, bytes, reason == Reason::FwdNewFlow);
     Ok(Verdict { reason, action })
+}
+
+/// A flow-table miss (not found among peers' flows either): why it goes
+/// where it goes, and the backend id (0: none).
+///
+/// - `FwdSyn`: a SYN, sent where the table says and not recorded in the
+///   flow table (the flow is recorded at its first non-SYN packet), so
+///   that a SYN flood leaves no state there (a nat or fullnat SYN's
+///   translation waits in `NAT_SYN`);
+/// - `FwdFlood`: a flow over this CPU's insert rate limit, sent where the
+///   current table says and not recorded;
+/// - `FwdNewFlow`, recorded: during the VIP's grace period after a table
+///   change, for a slot that change moved, a non-SYN TCP packet is no
+///   connection's start: it goes to the backend its SYN went to if that SYN
+///   came after the change (`GRACE_SYNS`), else to the backend the previous
+///   table gave (a handshake across the change, a flow evicted just before
+///   it) when that backend can still take it; anything else, and after the
+///   period, the current table.
+#[inline(always)]
+fn place(vip: &VipMeta, hash: u32, key: &FlowKey, tcp_flags: u8) -> (Reason, u32) {
+    let tcp = key.proto == PROTO_TCP;
+    let syn = tcp && is_syn(tcp_flags);
+    let (prev, mut now) = if tcp {
+        flows::previous(vip, hash)
+    } else {
+        (0, 0)
+    };
+    if syn {
+        let id = pick(vip, hash);
+        if prev != 0 {
+            flows::remember_syn(key, id, hash);
+        }
+        return (Reason::FwdSyn, id);
+    }
+    if now == 0 {
+        now = flows::now();
+    }
+    if flows::over_rate(now) {
+        return (Reason::FwdFlood, pick(vip, hash));
+    }
+    if prev != 0 {
+        let seen = flows::syn_seen(key).and_then(|f| usable(f, vip.vip_id));
+        if let Some((id, _, _)) = seen {
+            return (Reason::FwdNewFlow, id);
+        }
+        if usable(
+            FlowValue {
+                backend_id: prev,
+                hash,
+            },
+            vip.vip_id,
+        )
+        .is_some()
+        {
+            return (Reason::FwdNewFlow, prev);
+        }
+    }
+    (Reason::FwdNewFlow, pick(vip, hash))
 }
 
 /// A packet not addressed to a VIP while a NAT VIP exists: a backend's

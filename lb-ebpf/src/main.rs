@@ -15,11 +15,13 @@ macro_rules! setting {
 
 mod cluster;
 mod csum;
+mod flows;
 mod forward;
 mod icmp;
 mod lookup;
 mod maps;
 mod nat;
+mod nat_syn;
 mod parse;
 mod verdict;
 

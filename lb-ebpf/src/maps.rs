@@ -9,7 +9,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     AddrVips, Backend, BackendStats, FlowKey, FlowValue, HandshakeStats, NatValue, Reason,
-    ReasonStats, VipKey, VipMeta, VipStats, flow::NatScratch,
+    ReasonStats, VipKey, VipMeta, VipStats,
+    flow::{FloodState, NatScratch},
 };
 
 /// (address, port, protocol) → VIP, for every VIP. Written by userspace
@@ -41,6 +42,37 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(4096, 0);
 /// userspace (only changed slots), read by the program on a flow-table miss.
 #[map]
 pub static RINGS: Array<u32> = Array::with_max_entries(65537, 0);
+
+/// Each VIP's previous Maglev table, in the same slots as its table in
+/// `RINGS`: the backend a slot named before the VIP's last table change,
+/// or 0 where that change left the slot as it was. Consulted only for a
+/// non-SYN TCP packet that misses the flow table while the VIP's
+/// `PREV_UNTIL` has not passed. Written by userspace (only the slots
+/// whose previous owner changes), read by the program.
+#[map]
+pub static PREV_RINGS: Array<u32> = Array::with_max_entries(65537, 0);
+
+/// VIP id → until when (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) its
+/// `PREV_RINGS` slots hold: the table change's time plus the grace period
+/// (0: no previous table). Written by userspace with each table change,
+/// read by the program on a non-SYN TCP miss.
+#[map]
+pub static PREV_UNTIL: Array<u64> = Array::with_max_entries(1024, 0);
+
+/// SYNs that arrived during their VIP's grace period in a slot its last
+/// table change moved: 5-tuple → the backend the current table gave.
+/// Their first non-SYN packet finds its SYN's backend here rather than
+/// the previous table's (it is no flow older than the change). A bounded
+/// LRU of its own, apart from `FLOWS`, so that a SYN flood during a grace
+/// period evicts only other such SYNs. Written and read by the program.
+#[map]
+pub static GRACE_SYNS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(4096, BPF_F_NO_COMMON_LRU);
+
+/// Per CPU: the flows recorded in the current second, for the insert rate
+/// limit (`SETTINGS.new_flow_rate`). Written and read by the program only.
+#[map]
+pub static FLOOD: PerCpuArray<FloodState> = PerCpuArray::with_max_entries(1, 0);
 
 /// 5-tuple → backend id and flow hash. An LRU hash with per-CPU LRU lists
 /// (no common LRU), so CPUs do not contend on eviction while a flow that
@@ -85,6 +117,30 @@ pub static CLUSTER_STATE: Array<u32> = Array::with_max_entries(1, 0);
 /// path; userspace counts entries and deletes expired ones.
 #[map]
 pub static NAT: LruHashMap<FlowKey, NatValue> =
+    LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+
+/// NAT mode: the translations of handshakes in progress (a TCP SYN that
+/// missed the flow table), keyed like `NAT` by the reply's 5-tuple, and
+/// for fullnat also by the client's ([`NAT_F_FORWARD`] entries: the port
+/// and backend the SYN was given). Its own bounded LRU, so that SYNs
+/// (a spoofed flood among them) evict only other unanswered SYNs, never an
+/// established translation. The client's first non-SYN packet moves the
+/// entry to `NAT` (and for fullnat its port to `FULLNAT_FLOWS`). Written
+/// and read by the program (the reply path translates a SYN-ACK from
+/// here); userspace sweeps it for unanswered SYNs.
+///
+/// [`NAT_F_FORWARD`]: lb_common::flow::NAT_F_FORWARD
+#[map]
+pub static NAT_SYN: LruHashMap<FlowKey, NatValue> =
+    LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU);
+
+/// fullnat: the client's 5-tuple → its backend id and the source port it
+/// was given (in `FlowValue::hash`): fullnat's own flow table, apart from
+/// `FLOWS`, so that no other mode's new flows evict it, and written once
+/// per flow, when its translation is recorded. Sized as `NAT`. Written by
+/// the NAT request program, read by `hola_lb` (and the ICMP programs).
+#[map]
+pub static FULLNAT_FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
 
 /// The addresses of every backend of a `nat` or `fullnat` VIP (IPv4, as

@@ -10,17 +10,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, NatValue, PROTO_TCP, PROTO_UDP, Reason,
+    Backend, FAMILY_V4, FAMILY_V6, FlowKey, NatValue, PROTO_TCP, PROTO_UDP, Reason,
     flow::{
-        NAT_F_FULLNAT, NAT_TOUCH_NS, NEW_FLOW_MAGLEV, NEW_FLOW_PEER, NatScratch, NatTimeouts,
-        handshake_bucket, nat_expired,
+        NAT_F_FORWARD, NAT_F_FULLNAT, NAT_F_SYN, NAT_TOUCH_NS, NEW_FLOW_FLOOD, NEW_FLOW_MAGLEV,
+        NEW_FLOW_PEER, NEW_FLOW_SYN, NatScratch, NatTimeouts, handshake_bucket, nat_expired,
     },
 };
 
 use crate::{
     csum,
     forward::{self, nat_timeouts},
-    maps::{BACKENDS, FLOWS, FULLNAT_CURSOR, HANDSHAKES, NAT, NAT_SCRATCH, NAT_STATE, TX_PORTS},
+    maps::{BACKENDS, FULLNAT_CURSOR, HANDSHAKES, NAT, NAT_SCRATCH, NAT_STATE, NAT_SYN, TX_PORTS},
     parse::{
         eth::{self, ETH_P_IP, ETH_P_IPV6},
         ipv4, ipv6,
@@ -34,6 +34,10 @@ const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
+
+/// In the scratch copy only (never in a map): the copy came from
+/// `NAT_SYN`, a handshake in progress.
+pub(crate) const NAT_F_PENDING: u16 = 1 << 15;
 
 /// Where the headers of the packet being translated are.
 pub struct Layout {
@@ -88,6 +92,10 @@ pub fn request_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
         Some(s) => unsafe { &mut *s },
         None => return Err(Reason::Aborted),
     };
+    if s.fullnat != 0 && s.new_flow != 0 {
+        // A fullnat handshake in progress goes on with its SYN's backend.
+        s.backend_id = crate::nat_syn::syn_backend(&s.key, s.backend_id);
+    }
     let b = match BACKENDS.get(s.backend_id) {
         Some(b) => b,
         None => return Err(Reason::Aborted),
@@ -112,6 +120,8 @@ pub fn request_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
         reason: match s.new_flow {
             NEW_FLOW_MAGLEV => Reason::FwdNewFlow,
             NEW_FLOW_PEER => Reason::FwdPeerFlow,
+            NEW_FLOW_FLOOD => Reason::FwdFlood,
+            NEW_FLOW_SYN => Reason::FwdSyn,
             _ => Reason::FwdEstablished,
         },
         action,
@@ -122,6 +132,12 @@ pub fn request_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
 /// rewrites the destination to the backend (and for fullnat the source to
 /// the balancer's address and the flow's port). Works in `s` (a map value)
 /// rather than on the stack.
+///
+/// A SYN's translation waits in `NAT_SYN`, never in `NAT`: the client's
+/// first non-SYN packet moves it there (a handshake completed), so that
+/// SYNs evict only other unanswered SYNs, never an established
+/// translation. A new flow over the insert rate limit is translated and
+/// not recorded.
 #[inline(always)]
 fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Result<(), Reason> {
     let bport = if b.port != 0 { b.port } else { s.key.dport };
@@ -144,66 +160,49 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
     let closing = proto == PROTO_TCP && s.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     let syn = proto == PROTO_TCP && s.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let t = nat_timeouts();
-    let mut fresh = true;
-    if !(fullnat && s.new_flow == NEW_FLOW_MAGLEV)
-        && let Some(p) = NAT.get_ptr(&s.rev)
-    {
-        // The entry is copied into the scratch value (the stack has no room
-        // for it), worked on there and written back if touched: see
-        // `nat_copy` for why no pointer into it is kept.
-        // SAFETY: as in `nat_copy`.
-        s.value = unsafe { p.read() };
-        let v = &mut s.value;
-        let ours = v.vip_addr == s.key.dst
-            && v.vip_port == s.key.dport
-            && (!fullnat || (v.client_addr == s.key.src && v.client_port == s.key.sport));
-        if ours && !nat_expired(v, proto, now, &t) {
-            if touch(v, now, closing) {
-                write_back(&s.rev, &s.value);
-            }
-            fresh = false;
+    let unrecorded = s.new_flow == NEW_FLOW_FLOOD;
+    // A fullnat flow-table miss knows no source port to look `NAT` up by.
+    let port_known = !(fullnat && s.new_flow != 0);
+    let mut fresh = !(port_known && established(s, now, closing, &t));
+    if fresh {
+        fresh = if port_known {
+            !crate::nat_syn::pending(s, now, &t)
+        } else {
+            !crate::nat_syn::pending_port(s, now, &t)
+        };
+    }
+    let pending_now = !fresh && s.value.flags & NAT_F_PENDING != 0;
+    if pending_now && s.tcp_flags & TCP_RST != 0 {
+        // The client refuses the handshake (a spoofed SYN's real owner
+        // answering the SYN-ACK does): it ends, and is not promoted.
+        let _ = NAT_SYN.remove(&s.rev);
+        if fullnat {
+            let _ = NAT_SYN.remove(&s.key);
+        }
+    } else if pending_now && !syn {
+        // The handshake completed: the translation moves to `NAT`.
+        s.value.flags &= !(NAT_F_PENDING | NAT_F_SYN);
+        s.value.last_ns = now;
+        if closing && s.value.closed_ns == 0 {
+            s.value.closed_ns = now;
+        }
+        let _ = NAT.insert(&s.rev, &s.value, 0);
+        let _ = NAT_SYN.remove(&s.rev);
+        if fullnat {
+            let _ = NAT_SYN.remove(&s.key);
+            crate::flows::record_fullnat(&s.key, s.backend_id, s.rev.dport);
+        } else if crate::cluster::active() {
+            crate::cluster::nat_created(&s.rev, &s.value);
         }
     }
     if fresh && fullnat {
         // A new flow (or one whose entry is gone): a port of this CPU's
         // range that no live flow holds.
-        let port = alloc_port(&mut s.rev, &mut s.value, now, &t)?;
+        let port = alloc_port(&mut s.rev, now, &t)?;
         s.rev.dport = port;
-        let _ = FLOWS.insert(
-            &s.key,
-            &FlowValue {
-                backend_id: s.backend_id,
-                hash: u32::from(port),
-            },
-            0,
-        );
     }
-    if fresh {
-        let macs: *const [u8; 12] = ptr_at(ctx, 0)?;
-        // SAFETY: ptr_at checked the bounds.
-        let macs = unsafe { macs.read_unaligned() };
-        let v = &mut s.value;
-        v.vip_addr = s.key.dst;
-        v.vip_port = s.key.dport;
-        v.flags = if fullnat { NAT_F_FULLNAT } else { 0 };
-        v.ifindex = ctx.ingress_ifindex() as u32;
-        v.dmac.copy_from_slice(&macs[6..12]);
-        v.smac.copy_from_slice(&macs[..6]);
-        v.last_ns = now;
-        v.closed_ns = if closing { now } else { 0 };
-        v.backend_id = s.backend_id;
-        v._pad = 0;
-        // A retransmitted SYN keeps the first one's time (the entry exists
-        // then): the latency includes the retransmission.
-        v.syn_ns = if syn { now } else { 0 };
-        v.client_addr = if fullnat { s.key.src } else { [0; 16] };
-        v.client_port = if fullnat { s.key.sport } else { 0 };
-        v._pad2 = [0; 6];
-        // A failed insert (LRU contention) is retried by the next packet.
-        let _ = NAT.insert(&s.rev, &s.value, 0);
-        if !fullnat && crate::cluster::active() {
-            crate::cluster::nat_created(&s.rev, &s.value);
-        }
+    if fresh && !unrecorded {
+        record(ctx, s, now, closing, syn)?;
     }
     let dst = Change {
         which: Field::Dst,
@@ -226,6 +225,91 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
     Ok(())
 }
 
+/// Whether `NAT` holds a live translation of this flow (`s.rev`): then it
+/// is refreshed. `s.value` is left holding a copy of it.
+#[inline(always)]
+fn established(s: &mut NatScratch, now: u64, closing: bool, t: &NatTimeouts) -> bool {
+    let Some(p) = NAT.get_ptr(&s.rev) else {
+        return false;
+    };
+    // The entry is copied into the scratch value (the stack has no room
+    // for it), worked on there and written back if touched: see
+    // `nat_copy` for why no pointer into it is kept.
+    // SAFETY: as in `nat_copy`.
+    s.value = unsafe { p.read() };
+    if !ours(s) || nat_expired(&s.value, s.key.proto, now, t) {
+        return false;
+    }
+    if touch(&mut s.value, now, closing) {
+        write_back(&s.rev, &s.value);
+    }
+    s.value.flags &= !NAT_F_PENDING;
+    true
+}
+
+/// Whether the copy in `s.value` is this request's flow: its VIP (and for
+/// fullnat its client).
+#[inline(always)]
+pub(crate) fn ours(s: &NatScratch) -> bool {
+    let v = &s.value;
+    v.vip_addr == s.key.dst
+        && v.vip_port == s.key.dport
+        && (s.fullnat == 0 || (v.client_addr == s.key.src && v.client_port == s.key.sport))
+}
+
+/// A new translation: a SYN's into `NAT_SYN` (for fullnat with its port
+/// under the client's 5-tuple too), anything else's into `NAT` (for
+/// fullnat with its port in `FULLNAT_FLOWS`).
+#[inline(always)]
+fn record(
+    ctx: &XdpContext,
+    s: &mut NatScratch,
+    now: u64,
+    closing: bool,
+    syn: bool,
+) -> Result<(), Reason> {
+    let fullnat = s.fullnat != 0;
+    let macs: *const [u8; 12] = ptr_at(ctx, 0)?;
+    // SAFETY: ptr_at checked the bounds.
+    let macs = unsafe { macs.read_unaligned() };
+    let v = &mut s.value;
+    v.vip_addr = s.key.dst;
+    v.vip_port = s.key.dport;
+    v.flags = if fullnat { NAT_F_FULLNAT } else { 0 } | if syn { NAT_F_SYN } else { 0 };
+    v.ifindex = ctx.ingress_ifindex() as u32;
+    v.dmac.copy_from_slice(&macs[6..12]);
+    v.smac.copy_from_slice(&macs[..6]);
+    v.last_ns = now;
+    v.closed_ns = if closing { now } else { 0 };
+    v.backend_id = s.backend_id;
+    v.fwd_port = 0;
+    v.syn_ns = if syn { now } else { 0 };
+    v.client_addr = if fullnat { s.key.src } else { [0; 16] };
+    v.client_port = if fullnat { s.key.sport } else { 0 };
+    v._pad2 = [0; 6];
+    // A failed insert (LRU contention) is retried by the next packet.
+    if syn {
+        let _ = NAT_SYN.insert(&s.rev, &s.value, 0);
+        if !fullnat && crate::cluster::active() {
+            // Peers keep it in their `NAT_SYN` (`NAT_F_SYN`).
+            crate::cluster::nat_created(&s.rev, &s.value);
+        }
+        if fullnat {
+            s.value.flags |= NAT_F_FORWARD;
+            s.value.fwd_port = u32::from(s.rev.dport);
+            let _ = NAT_SYN.insert(&s.key, &s.value, 0);
+        }
+        return Ok(());
+    }
+    let _ = NAT.insert(&s.rev, &s.value, 0);
+    if fullnat {
+        crate::flows::record_fullnat(&s.key, s.backend_id, s.rev.dport);
+    } else if crate::cluster::active() {
+        crate::cluster::nat_created(&s.rev, &s.value);
+    }
+    Ok(())
+}
+
 /// fullnat: the balancer's source address for `family`.
 #[inline(always)]
 pub fn snat_addr(family: u8) -> [u8; 16] {
@@ -237,18 +321,27 @@ pub fn snat_addr(family: u8) -> [u8; 16] {
     }
 }
 
+/// Whether the entry at `p` (in `NAT` or `NAT_SYN`) is not expired,
+/// reading only the two times it takes (copying the whole value for each
+/// candidate port would cost the verifier too much).
+#[inline(always)]
+fn live(p: *const NatValue, proto: u8, now: u64, t: &NatTimeouts) -> bool {
+    // SAFETY: as in `nat_copy`: the pointer is into the map's preallocated
+    // elements; two aligned u64 fields are read once each, not kept.
+    let (last_ns, closed_ns) = unsafe {
+        (
+            core::ptr::addr_of!((*p).last_ns).read(),
+            core::ptr::addr_of!((*p).closed_ns).read(),
+        )
+    };
+    !lb_common::flow::expired_at(last_ns, closed_ns, proto, now, t)
+}
+
 /// fullnat: the next port of this CPU's range whose reply key (`rev`, its
 /// `dport` the candidate) holds no live flow. At most 16 candidates are
 /// tried; then the flow is dropped and counted, never given a live port.
-/// `tmp` is room for a copy of a candidate's entry (the caller fills it in
-/// afterwards).
 #[inline(always)]
-fn alloc_port(
-    rev: &mut FlowKey,
-    tmp: &mut NatValue,
-    now: u64,
-    t: &NatTimeouts,
-) -> Result<u16, Reason> {
+fn alloc_port(rev: &mut FlowKey, now: u64, t: &NatTimeouts) -> Result<u16, Reason> {
     let lo: u16 = setting!(fullnat_port_lo);
     let span: u16 = setting!(fullnat_port_span);
     if span == 0 {
@@ -267,14 +360,13 @@ fn alloc_port(
         let port = (base + *cursor % u32::from(span)) as u16;
         *cursor = cursor.wrapping_add(1);
         rev.dport = port.to_be();
-        let free = match NAT.get_ptr(&*rev) {
-            None => true,
-            Some(p) => {
-                // SAFETY: as in `nat_copy`.
-                *tmp = unsafe { p.read() };
-                nat_expired(tmp, rev.proto, now, t)
-            }
-        };
+        // Free: neither an established flow nor a handshake holds it.
+        let free = NAT
+            .get_ptr(&*rev)
+            .is_none_or(|p| !live(p, rev.proto, now, t))
+            && NAT_SYN
+                .get_ptr(&*rev)
+                .is_none_or(|p| !live(p, rev.proto, now, t));
         if free {
             return Ok(port.to_be());
         }
@@ -348,16 +440,25 @@ pub fn reply_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
 /// client) and it goes back where the request came from.
 #[inline(always)]
 fn reply(ctx: &XdpContext, at: &Layout, key: &FlowKey, ports: &Ports) -> Result<Verdict, Reason> {
-    // A copy: see `nat_copy`.
-    let mut v = match nat_copy(key) {
-        Some(v) => v,
-        None => return Err(Reason::PassNotVip),
+    // An established flow's entry, else a handshake's in progress (its
+    // SYN-ACK), copied once (see `nat_copy`).
+    let (p, map) = match NAT.get_ptr(key) {
+        Some(p) => (p, &NAT),
+        None => match NAT_SYN.get_ptr(key) {
+            Some(p) => (p, &NAT_SYN),
+            None => return Err(Reason::PassNotVip),
+        },
     };
+    // SAFETY: as in `nat_copy`.
+    let mut v = unsafe { p.read() };
+    if v.flags & NAT_F_FORWARD != 0 {
+        return Err(Reason::PassNotVip);
+    }
     let v = &mut v;
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if nat_expired(v, key.proto, now, &nat_timeouts()) {
-        let _ = NAT.remove(key);
+        let _ = map.remove(key);
         return Err(Reason::DropNatExpired);
     }
     let closing = key.proto == PROTO_TCP && ports.tcp_flags & (TCP_FIN | TCP_RST) != 0;
@@ -366,7 +467,8 @@ fn reply(ctx: &XdpContext, at: &Layout, key: &FlowKey, ports: &Ports) -> Result<
         changed |= handshake(v, now, ports.tcp_flags);
     }
     if changed {
-        write_back(key, v);
+        // Only if the entry still exists, as in `write_back`.
+        let _ = map.insert(key, &*v, u64::from(BPF_EXIST));
     }
     let (vip_addr, vip_port) = (v.vip_addr, v.vip_port);
     let fullnat = v.flags & NAT_F_FULLNAT != 0;

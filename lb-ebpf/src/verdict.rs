@@ -34,6 +34,8 @@ impl From<Reason> for Verdict {
             Reason::FwdEstablished
             | Reason::FwdNewFlow
             | Reason::FwdPeerFlow
+            | Reason::FwdSyn
+            | Reason::FwdFlood
             | Reason::FwdNatReply
             | Reason::FwdNatIcmp
             | Reason::Aborted => xdp_action::XDP_ABORTED,

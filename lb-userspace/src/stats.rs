@@ -51,11 +51,44 @@ pub struct StatsReport {
     pub reasons: BTreeMap<String, PacketsBytes>,
     /// The NAT translation table (NAT mode).
     pub nat: NatReport,
+    /// Whether new flows are coming faster than the flow table records
+    /// them (`global.new_flow_rate`).
+    #[serde(default)]
+    pub flood: FloodReport,
     pub vips: Vec<VipReport>,
     /// Balancer peers and replication (docs/cluster.md); absent when no
     /// `[cluster]` is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::ClusterReport>,
+}
+
+/// Flood mode: over the last sample some CPU had more new flows than
+/// `global.new_flow_rate` per second, and forwarded the rest by the
+/// Maglev table without recording them (reason `fwd_flood`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloodReport {
+    /// `fwd_flood` packets were counted over the last sample.
+    pub active: bool,
+    /// Their rate: new flows per second forwarded unrecorded.
+    pub unrecorded_per_second: f64,
+    /// `global.new_flow_rate`: new flows each CPU records per second at
+    /// most (0: no limit).
+    pub new_flow_rate: u32,
+}
+
+impl FloodReport {
+    /// The one line `hola stats` and the daemon's log say it in.
+    pub fn line(&self) -> String {
+        if self.active {
+            format!(
+                "flood mode: ON, {:.0} new flows/s forwarded by the Maglev table unrecorded (over new_flow_rate = {} per CPU per second)",
+                self.unrecorded_per_second, self.new_flow_rate
+            )
+        } else {
+            "flood mode: off".to_owned()
+        }
+    }
 }
 
 /// Fill level of the NAT table, from the last sweep (every few seconds
@@ -229,6 +262,20 @@ pub fn prometheus(report: &StatsReport) -> String {
     backend_metrics(&mut reg, report);
     handshake_metrics(&mut reg, report);
     nat_metrics(&mut reg, &report.nat);
+    let flood = Gauge::<i64>::default();
+    flood.set(i64::from(report.flood.active));
+    reg.register(
+        "flood_mode",
+        "1 while new flows come faster than new_flow_rate and go unrecorded (fwd_flood)",
+        flood,
+    );
+    let unrecorded = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    unrecorded.set(report.flood.unrecorded_per_second);
+    reg.register(
+        "flood_unrecorded_per_second",
+        "New flows per second forwarded unrecorded over new_flow_rate",
+        unrecorded,
+    );
     if let Some(c) = &report.cluster {
         cluster_metrics(&mut reg, c);
     }
@@ -511,6 +558,33 @@ fn cluster_metrics(reg: &mut Registry, c: &crate::cluster::ClusterReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flood_mode_is_in_the_metrics_and_its_line() {
+        let mut r = StatsReport {
+            version: STATS_VERSION,
+            ..Default::default()
+        };
+        let text = prometheus(&r);
+        assert!(text.contains("hola_flood_mode 0\n"), "{text}");
+        assert_eq!(r.flood.line(), "flood mode: off");
+        r.flood = FloodReport {
+            active: true,
+            unrecorded_per_second: 41_250.0,
+            new_flow_rate: 125_000,
+        };
+        let text = prometheus(&r);
+        assert!(text.contains("hola_flood_mode 1\n"), "{text}");
+        assert!(
+            text.contains("hola_flood_unrecorded_per_second 41250.0\n"),
+            "{text}"
+        );
+        assert_eq!(
+            r.flood.line(),
+            "flood mode: ON, 41250 new flows/s forwarded by the Maglev table unrecorded \
+             (over new_flow_rate = 125000 per CPU per second)"
+        );
+    }
 
     #[test]
     fn prometheus_shows_the_cluster() {

@@ -115,7 +115,14 @@ pub fn expected_deltas(
             d.insert(format!("vip.{v}.no_backend"), 1);
         }
         if let Some(b) = backend
-            && (new || reason == Reason::FwdEstablished || reason == Reason::FwdPeerFlow)
+            && (new
+                || matches!(
+                    reason,
+                    Reason::FwdEstablished
+                        | Reason::FwdPeerFlow
+                        | Reason::FwdSyn
+                        | Reason::FwdFlood
+                ))
         {
             d.insert(format!("backend.{v}.{b}.packets"), 1);
             d.insert(format!("backend.{v}.{b}.bytes"), len);

@@ -45,7 +45,16 @@ pub fn spawn_in_ns<R: Send + 'static>(
 /// Sends one Ethernet `frame` (header included) out of `dev` in namespace
 /// `ns` through a packet socket, as the host there would.
 pub fn send_frame(ns: &str, dev: &'static str, frame: Vec<u8>) {
+    send_frames(ns, dev, vec![frame]);
+}
+
+/// Sends Ethernet `frames` (headers included, all of one EtherType) out of
+/// `dev` in namespace `ns` through one packet socket, in order.
+pub fn send_frames(ns: &str, dev: &'static str, frames: Vec<Vec<u8>>) {
     in_ns(ns, move || {
+        let Some(frame) = frames.first() else {
+            return;
+        };
         assert!(frame.len() >= 14, "an Ethernet frame: {frame:02x?}");
         // The frame's own EtherType, network order as the socket wants it.
         let proto = u16::from_ne_bytes([frame[12], frame[13]]);
@@ -68,25 +77,27 @@ pub fn send_frame(ns: &str, dev: &'static str, frame: Vec<u8>) {
         to.sll_ifindex = ifindex as i32;
         to.sll_halen = 6;
         to.sll_addr[..6].copy_from_slice(&frame[..6]);
-        // SAFETY: frame and to are valid for the lengths given; fd is ours.
-        let sent = unsafe {
-            let n = libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const to).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            libc::close(fd);
-            n
-        };
-        assert_eq!(
-            sent,
-            frame.len() as isize,
-            "sending a frame out of {dev}: {}",
-            std::io::Error::last_os_error()
-        );
+        for frame in &frames {
+            // SAFETY: frame and to are valid for the lengths given; fd is ours.
+            let sent = unsafe {
+                libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const to).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            let err = std::io::Error::last_os_error();
+            if sent != frame.len() as isize {
+                // SAFETY: fd is ours and closed once.
+                unsafe { libc::close(fd) };
+                panic!("sending a frame out of {dev}: {err}");
+            }
+        }
+        // SAFETY: fd is ours and closed once.
+        unsafe { libc::close(fd) };
     });
 }
 

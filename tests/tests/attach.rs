@@ -412,7 +412,14 @@ fn run(net: &'static Net) {
         );
     }
     let r = &stats.reasons;
-    let fwd = r["fwd_new_flow"].packets + r["fwd_established"].packets;
+    // A TCP SYN is forwarded unrecorded (`fwd_syn`); the flow is recorded
+    // at its ACK (`fwd_new_flow`).
+    let fwd = r["fwd_new_flow"].packets + r["fwd_established"].packets + r["fwd_syn"].packets;
+    assert_eq!(
+        r["fwd_syn"].packets,
+        TCP_CONNS as u64 * 2,
+        "one SYN per TCP connection, to the dsr VIP and the tunnel VIP"
+    );
     let sent: u64 = client.iter().map(|(p, _)| p).sum();
     assert_eq!(
         fwd, sent,

@@ -400,16 +400,16 @@ fn packet_fixtures() {
         ),
         // Balanced.
         Row::dsr(
-            "dsr: IPv4 TCP SYN, new flow, MACs rewritten, XDP_TX",
+            "dsr: IPv4 TCP SYN goes where the table says, MACs rewritten, XDP_TX, not recorded",
             &syn4,
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             dsr4,
             to_syn4,
         ),
         Row::dsr(
-            "dsr: the same flow's ACK hits the flow table",
+            "dsr: the same flow's ACK records the SYN's backend",
             &ack4,
-            Reason::FwdEstablished,
+            Reason::FwdNewFlow,
             dsr4,
             to_syn4,
         ),
@@ -423,14 +423,14 @@ fn packet_fixtures() {
         Row::dsr(
             "dsr: IPv6 TCP SYN",
             &Pkt::new(client6, "2001:db8:1::1", L4::tcp(40000, 80, TCP_SYN)),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             dsr6,
             ip("2001:db8:2::1"),
         ),
         Row::dsr(
             "dsr: 802.1Q-tagged TCP keeps its tag",
             &Pkt::new(client, "198.18.1.1", L4::tcp(40001, 80, TCP_SYN)).vlan(100),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             dsr4,
             maglev(
                 &dp,
@@ -442,7 +442,7 @@ fn packet_fixtures() {
             "dsr: IPv4 with 8 bytes of options",
             &Pkt::new(client, "198.18.1.1", L4::tcp(40002, 80, TCP_SYN))
                 .options(&[1, 1, 1, 1, 0x44, 4, 5, 0]),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             dsr4,
             maglev(
                 &dp,
@@ -453,6 +453,13 @@ fn packet_fixtures() {
         Row::tunnel(
             "tunnel: IPv4-in-IPv4 to an all-ports VIP, exact outer header",
             &Pkt::new(client, "198.18.1.2", L4::tcp(40000, 8080, TCP_SYN)),
+            Reason::FwdSyn,
+            tun4,
+            ip("198.18.3.1"),
+        ),
+        Row::tunnel(
+            "tunnel: the SYN's ACK is recorded",
+            &Pkt::new(client, "198.18.1.2", L4::tcp(40000, 8080, TCP_ACK)),
             Reason::FwdNewFlow,
             tun4,
             ip("198.18.3.1"),
@@ -469,14 +476,14 @@ fn packet_fixtures() {
             &Pkt::new(client, "198.18.1.2", L4::tcp(40003, 7777, TCP_SYN))
                 .vlan(7)
                 .options(&[1, 1, 1, 0]),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             tun4,
             ip("198.18.3.1"),
         ),
         Row::tunnel(
             "tunnel: IPv6-in-IPv6, exact outer header",
             &Pkt::new(client6, "2001:db8:1::2", L4::tcp(40000, 443, TCP_SYN)),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             tun6,
             ip("2001:db8:3::1"),
         ),
@@ -562,7 +569,7 @@ fn packet_fixtures() {
     let mut r = Row::dsr(
         "dsr: backend behind another interface, XDP_REDIRECT",
         &to_dummy,
-        Reason::FwdNewFlow,
+        Reason::FwdSyn,
         redir,
         ip("198.18.2.10"),
     );
@@ -602,7 +609,7 @@ fn packet_fixtures() {
     let mut sticky_rows = Vec::new();
     for (i, c) in conns.iter().enumerate() {
         let name = format!("client affinity: connection {i} of one client goes to its backend");
-        sticky_rows.push(Row::dsr(&name, c, Reason::FwdNewFlow, sticky, home));
+        sticky_rows.push(Row::dsr(&name, c, Reason::FwdSyn, sticky, home));
     }
     // The full 5-tuple hashes of these connections all differ: the rows above
     // pass because the VIP ignores the ports, not by chance.
@@ -728,12 +735,17 @@ fn packet_fixtures() {
         &mut dp,
         &mut rows,
         vec![Row::dsr(
-            "change: new flow F",
+            "change: F's SYN goes where the table says, not recorded",
             &f_syn,
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             change,
             x,
         )],
+    );
+    assert_eq!(
+        dp.flow_entry(&f_syn.flow_key()),
+        None,
+        "a SYN leaves no flow entry"
     );
     let y = ip("198.18.2.29");
     set(
@@ -749,13 +761,22 @@ fn packet_fixtures() {
     run_rows(
         &mut dp,
         &mut rows,
-        vec![Row::dsr(
-            "change: F keeps its backend although Maglev now says otherwise",
-            &f_ack,
-            Reason::FwdEstablished,
-            change,
-            x,
-        )],
+        vec![
+            Row::dsr(
+                "change: SYN, table change, ACK: the ACK records the SYN's backend (previous table)",
+                &f_ack,
+                Reason::FwdNewFlow,
+                change,
+                x,
+            ),
+            Row::dsr(
+                "change: F keeps its backend although Maglev now says otherwise",
+                &f_ack,
+                Reason::FwdEstablished,
+                change,
+                x,
+            ),
+        ],
     );
     set(&mut dp, &change, &[backend("198.18.2.29", 1000)]);
     run_rows(
@@ -777,12 +798,14 @@ fn packet_fixtures() {
         .map(|port| Pkt::new(client, "198.18.1.6", L4::tcp(port, 80, TCP_SYN)))
         .find(|h| maglev(&dp, &drain, h) == p_backend)
         .expect("some port maps to the backend about to drain");
+    let mut g_ack = g.clone();
+    g_ack.l4 = L4::tcp(42000, 80, TCP_ACK);
     run_rows(
         &mut dp,
         &mut rows,
         vec![Row::dsr(
             "drain: flow G before draining",
-            &g,
+            &g_ack,
             Reason::FwdNewFlow,
             drain,
             p_backend,
@@ -798,8 +821,6 @@ fn packet_fixtures() {
         &drain,
         &[backend(&p_backend.to_string(), 0), backend(q_backend, 1)],
     );
-    let mut g_ack = g.clone();
-    g_ack.l4 = L4::tcp(42000, 80, TCP_ACK);
     run_rows(
         &mut dp,
         &mut rows,
@@ -814,7 +835,7 @@ fn packet_fixtures() {
             Row::dsr(
                 "drain: a new flow that Maglev gave the drained backend goes elsewhere",
                 &h,
-                Reason::FwdNewFlow,
+                Reason::FwdSyn,
                 drain,
                 ip(q_backend),
             ),
@@ -972,9 +993,9 @@ fn packet_fixtures() {
     let n6 = "2001:db8:1::8";
     let mut nat_rows = vec![
         nat_row(
-            "nat: IPv4 TCP SYN to the backend's address and port",
+            "nat: IPv4 TCP SYN to the backend's address and port (its translation in NAT_SYN)",
             &Pkt::new(client, n4, L4::tcp(41000, 80, TCP_SYN)),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             nat4,
             "198.18.4.1",
             8080,
@@ -986,13 +1007,13 @@ fn packet_fixtures() {
             80,
         ),
         nat_row(
-            "nat: IPv4 TCP data, established",
+            "nat: IPv4 TCP data, the client's first ACK: the handshake's translation moves to NAT",
             &Pkt::new(
                 client,
                 n4,
                 data(41000, 80, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n"),
             ),
-            Reason::FwdEstablished,
+            Reason::FwdNewFlow,
             nat4,
             "198.18.4.1",
             8080,
@@ -1013,7 +1034,7 @@ fn packet_fixtures() {
             &Pkt::new(client, n4, L4::tcp(41001, 80, TCP_SYN))
                 .options(&[1, 1, 1, 0])
                 .vlan(7),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             nat4,
             "198.18.4.1",
             8080,
@@ -1041,7 +1062,7 @@ fn packet_fixtures() {
         nat_row(
             "nat: IPv6 TCP SYN",
             &Pkt::new(client6, n6, L4::tcp(41003, 80, TCP_SYN)),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             nat6,
             "2001:db8:4::1",
             8080,
@@ -1056,6 +1077,14 @@ fn packet_fixtures() {
             ),
             n6,
             80,
+        ),
+        nat_row(
+            "nat: IPv6 the client's ACK completes the handshake",
+            &Pkt::new(client6, n6, L4::tcp(41003, 80, TCP_ACK)),
+            Reason::FwdNewFlow,
+            nat6,
+            "2001:db8:4::1",
+            8080,
         ),
         Row::untouched(
             "nat: a backend's packet of no NAT flow passes",
@@ -1111,6 +1140,14 @@ fn packet_fixtures() {
     nat_rows.push(nat_row(
         "nat: IPv4 TCP SYN of a flow ICMP errors will quote",
         &Pkt::new(client, n4, L4::tcp(41005, 80, TCP_SYN)),
+        Reason::FwdSyn,
+        nat4,
+        "198.18.4.1",
+        8080,
+    ));
+    nat_rows.push(nat_row(
+        "nat: and its ACK, recorded",
+        &Pkt::new(client, n4, L4::tcp(41005, 80, TCP_ACK)),
         Reason::FwdNewFlow,
         nat4,
         "198.18.4.1",
@@ -1256,6 +1293,92 @@ fn packet_fixtures() {
     ));
     run_rows(&mut dp, &mut rows, nat_rows);
 
+    // A flood of SYNs from random sources, five times the size of NAT_SYN
+    // (1,024 entries here) and more than NAT's (4,096 over all CPUs):
+    // each goes to the backend, no translation of it reaches NAT, and the
+    // established flow 41005 is translated both ways as before.
+    let established = dp.nat_entries().expect("reading NAT");
+    let before = snapshot(&dp);
+    let mut rng = hola_tests::fixture::Rng(0x5151_7a7a_0101_2323);
+    const SYN_FLOOD: u64 = 5_120;
+    for _ in 0..SYN_FLOOD {
+        let r = rng.next_u64();
+        let src = format!("198.19.{}.{}", (r >> 8) & 0xff, r & 0xff);
+        let p = Pkt::new(
+            &src,
+            n4,
+            L4::tcp(1024 + (r >> 16) as u16 % 60_000, 80, TCP_SYN),
+        );
+        let (action, _) = run(dp.program().expect("program"), &p.bytes()).expect("test run");
+        assert_eq!(action, XDP_TX, "flood SYN {p:?}");
+    }
+    let d = diff(&before, &snapshot(&dp));
+    assert_eq!(d["reason.fwd_syn.packets"], SYN_FLOOD, "{d:?}");
+    assert_eq!(
+        dp.nat_entries().expect("reading NAT"),
+        established,
+        "a SYN flood leaves NAT exactly as it was"
+    );
+    run_rows(
+        &mut dp,
+        &mut rows,
+        vec![
+            nat_row(
+                "nat: after a SYN flood the established flow's request is translated as before",
+                &Pkt::new(client, n4, L4::tcp(41005, 80, TCP_ACK)),
+                Reason::FwdEstablished,
+                nat4,
+                "198.18.4.1",
+                8080,
+            ),
+            reply_row(
+                "nat: and its reply",
+                &reply("198.18.4.1", client, L4::tcp(8080, 41005, TCP_ACK), None),
+                n4,
+                80,
+            ),
+        ],
+    );
+
+    // A handshake the client refuses (its RST answers the SYN-ACK, as the
+    // real owner of a spoofed source does): translated to the backend, and
+    // the handshake's translation is dropped, not moved to NAT.
+    let rst_rev = Pkt::new("198.18.4.1", client, L4::tcp(8080, 41007, 0)).flow_key();
+    run_rows(
+        &mut dp,
+        &mut rows,
+        vec![nat_row(
+            "nat: a SYN whose client will refuse the handshake",
+            &Pkt::new(client, n4, L4::tcp(41007, 80, TCP_SYN)),
+            Reason::FwdSyn,
+            nat4,
+            "198.18.4.1",
+            8080,
+        )],
+    );
+    assert!(
+        dp.nat_syn_entry(&rst_rev).is_some(),
+        "the SYN's translation waits in NAT_SYN"
+    );
+    run_rows(
+        &mut dp,
+        &mut rows,
+        vec![nat_row(
+            "nat: the client's RST goes to the backend, its handshake is not promoted",
+            &Pkt::new(client, n4, L4::tcp(41007, 80, 0x04)),
+            Reason::FwdNewFlow,
+            nat4,
+            "198.18.4.1",
+            8080,
+        )],
+    );
+    assert_eq!(
+        dp.nat_syn_entry(&rst_rev),
+        None,
+        "the refused handshake is gone"
+    );
+    assert_eq!(dp.nat_entry(&rst_rev), None, "and never reached NAT");
+
     // fullnat: the source becomes the balancer's fullnat address and a port
     // of this CPU's range; the reply goes back to the client's own address
     // and port. Two ports on CPU 0: a third flow finds none and is dropped.
@@ -1333,7 +1456,7 @@ fn packet_fixtures() {
         full_row(
             "fullnat: IPv4 SYN from the balancer's address and port 40000",
             &syn_a,
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             fn4,
             "198.18.5.1",
             40000,
@@ -1349,6 +1472,15 @@ fn packet_fixtures() {
             backend: None,
         },
         full_row(
+            "fullnat: its ACK keeps the SYN's port and completes the handshake",
+            &Pkt::new(client, f4, L4::tcp(42000, 80, TCP_ACK)),
+            Reason::FwdNewFlow,
+            fn4,
+            "198.18.5.1",
+            40000,
+            "198.18.4.3",
+        ),
+        full_row(
             "fullnat: the flow keeps its port",
             &Pkt::new(client, f4, L4::tcp(42000, 80, TCP_ACK)),
             Reason::FwdEstablished,
@@ -1360,7 +1492,7 @@ fn packet_fixtures() {
         full_row(
             "fullnat: IPv6 SYN, the next port of the range",
             &syn6,
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             fn6,
             "2001:db8:5::1",
             40001,
@@ -1376,16 +1508,25 @@ fn packet_fixtures() {
             backend: None,
         },
         full_row(
+            "fullnat: IPv6 its ACK keeps the SYN's port",
+            &Pkt::new(client6, f6, L4::tcp(42003, 80, TCP_ACK)),
+            Reason::FwdNewFlow,
+            fn6,
+            "2001:db8:5::1",
+            40001,
+            "2001:db8:4::3",
+        ),
+        full_row(
             "fullnat: a second IPv4 flow skips the live port 40000",
             &Pkt::new(client, f4, L4::tcp(42001, 80, TCP_SYN)),
-            Reason::FwdNewFlow,
+            Reason::FwdSyn,
             fn4,
             "198.18.5.1",
             40001,
             "198.18.4.3",
         ),
         Row::vip_drop(
-            "fullnat: a third flow finds no free port: dropped, no live port reused",
+            "fullnat: a third flow finds no free port (one established, one in a handshake): dropped",
             Pkt::new(client, f4, L4::tcp(42002, 80, TCP_SYN)).bytes(),
             Reason::DropNatNoPort,
             fn4,
@@ -1567,5 +1708,300 @@ fn packet_fixtures() {
     assert!(
         rows.len() >= 25,
         "the fixture table must have at least 25 rows"
+    );
+}
+
+/// `v`'s Maglev table as the kernel holds it now (a VIP of 1021 slots
+/// hashing the 5-tuple), as a function of the flow.
+fn table_now(dp: &Dataplane, v: &VipAddr) -> impl Fn(&lb_common::FlowKey) -> IpAddr + use<> {
+    let t = dp.kernel_table(v).expect("reading RINGS");
+    move |k| t[(flow_hash(k, false) % 1021) as usize].expect("every slot has a backend")
+}
+
+/// The first port from `from` whose ACK from `client` to `to`:80 the
+/// predicate accepts.
+fn port_where(from: u16, client: &str, to: &str, mut ok: impl FnMut(&Pkt) -> bool) -> Pkt {
+    (from..from + 5000)
+        .map(|port| Pkt::new(client, to, L4::tcp(port, 80, TCP_ACK)))
+        .find(|p| ok(p))
+        .expect("some port among 5000 fits")
+}
+
+/// New flows after a table change (the previous table during the grace
+/// period, the current one when its backend is gone or the period is
+/// over), and the insert rate limit: each on a data plane of its own, with
+/// a short grace period and a small rate.
+#[test]
+fn grace_period_and_rate_limit_fixtures() {
+    require_root();
+    pin_to_cpu0();
+    let grace = std::time::Duration::from_millis(400);
+    let mut dp = Dataplane::load(DataplaneConfig {
+        flow_capacity_per_cpu: 4096,
+        nat_capacity: 4096,
+        table_grace: grace,
+        new_flow_rate: 0,
+        ..Default::default()
+    })
+    .expect("loading the balancer (the verifier must accept it)");
+    let v = vip("198.18.6.1", 80, Proto::Tcp);
+    dp.add_vip(VipSpec {
+        vip: v,
+        mode: Mode::Dsr,
+        src_hash: false,
+        table_size: 1021,
+    })
+    .expect("add VIP");
+    let (a, b, c, d, e) = (
+        "198.18.7.1",
+        "198.18.7.2",
+        "198.18.7.3",
+        "198.18.7.4",
+        "198.18.7.5",
+    );
+    let set = |dp: &mut Dataplane, bs: &[(&str, u32)]| {
+        let specs: Vec<BackendSpec> = bs.iter().map(|&(a, w)| backend(a, w)).collect();
+        dp.set_backends(&v, &specs).expect("set backends");
+    };
+    let to = |dp: &Dataplane, p: &Pkt| -> IpAddr {
+        dp.maglev_backend(&v, &p.flow_key()).expect("a backend")
+    };
+    let client = "198.18.0.2";
+    let mut failures = Vec::new();
+    let mut run_rows = |dp: &mut Dataplane, rows: Vec<Row>| {
+        for r in rows {
+            if let Some(f) = check(dp, &r) {
+                failures.push(f);
+            }
+        }
+    };
+
+    set(&mut dp, &[(a, 1), (b, 1), (c, 1)]);
+    let t0 = table_now(&dp, &v);
+    set(&mut dp, &[(a, 1), (b, 1), (c, 1), (d, 3)]);
+    // P: never seen, its slot moved in the change.
+    let p = port_where(43000, client, "198.18.6.1", |p| {
+        t0(&p.flow_key()) != to(&dp, p)
+    });
+    let p_old = t0(&p.flow_key());
+    run_rows(
+        &mut dp,
+        vec![
+            Row::dsr(
+                "grace: a non-SYN miss after a change goes to the previous table's backend",
+                &p,
+                Reason::FwdNewFlow,
+                v,
+                p_old,
+            ),
+            Row::dsr(
+                "grace: and is recorded there",
+                &p,
+                Reason::FwdEstablished,
+                v,
+                p_old,
+            ),
+        ],
+    );
+    // Q: a new connection after the change, in a moved slot: its SYN goes
+    // by the current table and is remembered apart (GRACE_SYNS, not the
+    // flow table), so that its ACK, a non-SYN miss, follows it rather than
+    // the previous table.
+    let q_ack = port_where(43500, client, "198.18.6.1", |p| {
+        t0(&p.flow_key()) != to(&dp, p)
+    });
+    let mut q_syn = q_ack.clone();
+    q_syn.l4 = match q_syn.l4 {
+        L4::Tcp { sport, dport, .. } => L4::tcp(sport, dport, TCP_SYN),
+        other => other,
+    };
+    let q_to = to(&dp, &q_syn);
+    run_rows(
+        &mut dp,
+        vec![
+            Row::dsr(
+                "grace: a SYN in a slot the change moved goes by the current table",
+                &q_syn,
+                Reason::FwdSyn,
+                v,
+                q_to,
+            ),
+            Row::dsr(
+                "grace: its ACK follows it (not the previous table) and is recorded",
+                &q_ack,
+                Reason::FwdNewFlow,
+                v,
+                q_to,
+            ),
+        ],
+    );
+    // R: a slot of `a` now, which the next change (removing `a`) moves.
+    let t1 = table_now(&dp, &v);
+    let r = port_where(44000, client, "198.18.6.1", |p| {
+        to(&dp, p) == a.parse::<IpAddr>().expect("literal")
+    });
+    set(&mut dp, &[(b, 1), (c, 1), (d, 3)]);
+    assert_eq!(t1(&r.flow_key()).to_string(), a);
+    let r_to = to(&dp, &r);
+    run_rows(
+        &mut dp,
+        vec![Row::dsr(
+            "grace: a non-SYN miss whose previous backend is gone goes by the current table",
+            &r,
+            Reason::FwdNewFlow,
+            v,
+            r_to,
+        )],
+    );
+    // S: its slot moves in the next change; its first packet comes after
+    // the grace period.
+    let t2 = table_now(&dp, &v);
+    set(&mut dp, &[(b, 1), (c, 1), (d, 3), (e, 5)]);
+    let s = port_where(45000, client, "198.18.6.1", |p| {
+        t2(&p.flow_key()) != to(&dp, p)
+    });
+    let s_to = to(&dp, &s);
+    assert_eq!(
+        dp.end_grace_periods().expect("PREV_UNTIL"),
+        0,
+        "not over yet"
+    );
+    std::thread::sleep(grace + std::time::Duration::from_millis(100));
+    run_rows(
+        &mut dp,
+        vec![Row::dsr(
+            "grace: after the period a non-SYN miss goes by the current table",
+            &s,
+            Reason::FwdNewFlow,
+            v,
+            s_to,
+        )],
+    );
+    // The owner ends the period once a second (no clock read for a SYN
+    // after it); the program had stopped using the previous table already.
+    assert_eq!(
+        dp.end_grace_periods().expect("PREV_UNTIL"),
+        1,
+        "one VIP's period"
+    );
+    assert_eq!(dp.end_grace_periods().expect("PREV_UNTIL"), 0, "ended once");
+
+    // The insert rate limit: 3 new flows per second on this CPU.
+    let mut dp = Dataplane::load(DataplaneConfig {
+        flow_capacity_per_cpu: 4096,
+        nat_capacity: 4096,
+        table_grace: std::time::Duration::ZERO,
+        new_flow_rate: 3,
+        ..Default::default()
+    })
+    .expect("loading the balancer");
+    let u = vip("198.18.6.2", 53, Proto::Udp);
+    for (w, proto) in [(v, Proto::Tcp), (u, Proto::Udp)] {
+        dp.add_vip(VipSpec {
+            vip: VipAddr { proto, ..w },
+            mode: Mode::Dsr,
+            src_hash: false,
+            table_size: 1021,
+        })
+        .expect("add VIP");
+    }
+    let v = VipAddr {
+        addr: "198.18.6.1".parse().expect("literal"),
+        ..v
+    };
+    dp.set_backends(&v, &[backend(a, 1), backend(b, 1)])
+        .expect("set backends");
+    dp.set_backends(&u, &[backend(c, 1)]).expect("set backends");
+    let udp = |port: u16| Pkt::new(client, "198.18.6.2", L4::udp(port, 53, b"q"));
+    let ack = |port: u16| Pkt::new(client, "198.18.6.1", L4::tcp(port, 80, TCP_ACK));
+    let syn = Pkt::new(client, "198.18.6.1", L4::tcp(46100, 80, TCP_SYN));
+    let ip = |s: &str| -> IpAddr { s.parse().expect("literal") };
+    let over = ack(46004);
+    let over_to = to(&dp, &over);
+    let third_to = to(&dp, &ack(46003));
+    let syn_to = to(&dp, &syn);
+    run_rows(
+        &mut dp,
+        vec![
+            Row::dsr(
+                "rate: new flow 1 of 3",
+                &udp(46001),
+                Reason::FwdNewFlow,
+                u,
+                ip(c),
+            ),
+            Row::dsr(
+                "rate: new flow 2 of 3",
+                &udp(46002),
+                Reason::FwdNewFlow,
+                u,
+                ip(c),
+            ),
+            Row::dsr(
+                "rate: new flow 3 of 3",
+                &ack(46003),
+                Reason::FwdNewFlow,
+                v,
+                third_to,
+            ),
+            Row::dsr(
+                "rate: a 4th non-SYN miss goes by the table, unrecorded",
+                &over,
+                Reason::FwdFlood,
+                v,
+                over_to,
+            ),
+            Row::dsr(
+                "rate: a 5th, UDP, too",
+                &udp(46005),
+                Reason::FwdFlood,
+                u,
+                ip(c),
+            ),
+            Row::dsr(
+                "rate: a SYN is not an insert: forwarded as ever",
+                &syn,
+                Reason::FwdSyn,
+                v,
+                syn_to,
+            ),
+            Row::dsr(
+                "rate: a recorded flow is untouched by the limit",
+                &udp(46001),
+                Reason::FwdEstablished,
+                u,
+                ip(c),
+            ),
+        ],
+    );
+    assert_eq!(
+        dp.flow_entry(&over.flow_key()),
+        None,
+        "a flow over the rate limit is not recorded"
+    );
+    assert_eq!(dp.flow_entry(&udp(46005).flow_key()), None);
+    assert_eq!(
+        dp.flow_entry(&syn.flow_key()),
+        None,
+        "a SYN is not recorded"
+    );
+    assert!(dp.flow_entry(&ack(46003).flow_key()).is_some());
+    // The next second: recorded again.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    run_rows(
+        &mut dp,
+        vec![Row::dsr(
+            "rate: in the next second new flows are recorded again",
+            &over,
+            Reason::FwdNewFlow,
+            v,
+            over_to,
+        )],
+    );
+    assert!(
+        failures.is_empty(),
+        "{} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
     );
 }

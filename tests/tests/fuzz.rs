@@ -316,6 +316,9 @@ fn load_plane(name: &'static str, nat: bool, redirect: u32) -> Plane {
         fullnat_src_v4: Some(FULLNAT_SRC4.parse().expect("literal")),
         fullnat_src_v6: Some(FULLNAT_SRC6.parse().expect("literal")),
         fullnat_ports: (40000, 40000 + FULLNAT_PORTS_PER_CPU * ncpus - 1),
+        // Low enough that a run goes over it, so that flows over the insert
+        // rate limit (`fwd_flood`) are among the cases.
+        new_flow_rate: 100,
         ..Default::default()
     };
     let mut dp = Dataplane::load(cfg).expect("loading the balancer (the verifier must accept it)");
@@ -642,7 +645,9 @@ impl Judged {
 ///   port passes;
 /// - for a VIP: dropped if it has no backend or its backend's next hop is
 ///   unresolved; otherwise forwarded as a new or established flow (fullnat:
-///   dropped when no source port is free).
+///   dropped when no source port is free); a TCP SYN that misses the flow
+///   table as an unrecorded SYN (`fwd_syn`); a new flow over the insert
+///   rate limit unrecorded (`fwd_flood`).
 fn judge(p: &Plane, f: &[u8]) -> Judged {
     use Reason::*;
     let ip = match parse(f) {
@@ -696,14 +701,22 @@ fn judge(p: &Plane, f: &[u8]) -> Judged {
         return Judged::only(PassNotVip);
     };
     let def = &p.vips[vip];
+    // A TCP SYN (SYN set, ACK clear) is never recorded in the flow table
+    // (a nat or fullnat SYN's translation waits in NAT_SYN); any other new
+    // flow is, unless over the insert rate limit.
+    let syn = ip.proto == TCP && f[ip.l4 + 13] & (SYN | ACK) == SYN;
     let allowed = if def.backends.is_empty() {
         vec![DropNoBackend]
     } else if def.backends.iter().all(|b| b.nexthop.is_none()) {
         vec![DropNoNexthop]
+    } else if syn && def.mode == Mode::FullNat {
+        vec![FwdSyn, FwdEstablished, DropNatNoPort]
+    } else if syn {
+        vec![FwdSyn, FwdEstablished]
     } else if def.mode == Mode::FullNat {
-        vec![FwdNewFlow, FwdEstablished, DropNatNoPort]
+        vec![FwdNewFlow, FwdEstablished, FwdFlood, DropNatNoPort]
     } else {
-        vec![FwdNewFlow, FwdEstablished]
+        vec![FwdNewFlow, FwdEstablished, FwdFlood]
     };
     Judged {
         allowed,
@@ -963,11 +976,12 @@ fn check(
             Err(r) => return fail(format!("the output does not parse ({r:?}):\n{}", hex(&out))),
         };
         let r = match (reason, vip) {
-            (Reason::FwdNewFlow | Reason::FwdEstablished, Some(v)) => {
-                forwarded_to_backend(v, frame, &ip_in, &out, &ip_out, action).map(|b| {
-                    backend = Some(b);
-                })
-            }
+            (
+                Reason::FwdNewFlow | Reason::FwdEstablished | Reason::FwdSyn | Reason::FwdFlood,
+                Some(v),
+            ) => forwarded_to_backend(v, frame, &ip_in, &out, &ip_out, action).map(|b| {
+                backend = Some(b);
+            }),
             (Reason::FwdNatReply, _) => nat_reply(p, frame, &ip_in, &out, &ip_out),
             (Reason::FwdNatIcmp, _) => nat_icmp(frame, &ip_in, &out, &ip_out),
             _ => Err(format!("{name} forwarded without a VIP")),
@@ -978,7 +992,13 @@ fn check(
     }
     if let (Some(key), Some(v)) = (j.key, vip) {
         let maglev = p.dp.maglev_backend(&v.vip, &key);
-        if reason == Reason::FwdNewFlow && backend != maglev {
+        // Nothing changes a table while the fuzzer runs: a new flow, a SYN
+        // and a flow over the rate limit all go where the table says.
+        if matches!(
+            reason,
+            Reason::FwdNewFlow | Reason::FwdSyn | Reason::FwdFlood
+        ) && backend != maglev
+        {
             return fail(format!(
                 "a new flow went to {backend:?}; Maglev gives {maglev:?}"
             ));

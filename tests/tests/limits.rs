@@ -91,8 +91,8 @@ fn forward(prog: &Xdp, p: &Pkt) -> IpAddr {
     backend_of(&out)
 }
 
-/// The flow table holds 2,048 flows (1,024 per CPU); 20,000 flows go
-/// through it twice. The second time most have been evicted: each is a
+/// The flow table holds 2,048 flows (1,024 per CPU); 20,000 flows (their
+/// first packet an ACK: a SYN is not recorded) go through it twice. The second time most have been evicted: each is a
 /// flow-table miss again and Maglev, with the backend set unchanged, sends
 /// it to the backend it had. Every packet's verdict is predicted from
 /// whether its flow was in the table just before it was sent.
@@ -104,6 +104,8 @@ fn full_flow_table_evicts_and_keeps_every_flow_on_its_backend() {
     let dp = load(
         DataplaneConfig {
             flow_capacity_per_cpu: 1024,
+            // Every flow recorded, however fast they come.
+            new_flow_rate: 0,
             ..Default::default()
         },
         vip,
@@ -120,7 +122,7 @@ fn full_flow_table_evicts_and_keeps_every_flow_on_its_backend() {
     let before = snapshot(&dp);
     let mut first = Vec::with_capacity(FLOWS as usize);
     for n in 0..FLOWS {
-        let p = pkt(n, TCP_SYN);
+        let p = pkt(n, TCP_ACK);
         let b = forward(prog, &p);
         assert_eq!(
             Some(b),
@@ -174,104 +176,212 @@ fn full_flow_table_evicts_and_keeps_every_flow_on_its_backend() {
     );
 }
 
-/// 50,000 SYNs from random sources and ports in 198.18.0.0/15 after 100
-/// established flows: every SYN takes the new-flow path to the backend the
-/// Maglev table gives it, the counters show exactly that, and the
-/// established flows (evicted by the flood or not) keep their backends.
+/// A random source in 198.18.0.0/15 less the VIP's and backends' /24s
+/// (198.18.32.0 up) and a random port.
+fn random_client(rng: &mut Rng) -> (String, u16) {
+    let r = rng.next_u64();
+    let host = 0x2000 + (r as u32 & 0xffff) % (0x2_0000 - 0x2000);
+    let src = format!(
+        "198.{}.{}.{}",
+        18 + (host >> 16),
+        (host >> 8) & 0xff,
+        host & 0xff
+    );
+    (src, 1024 + ((r >> 32) as u16 % 60_000))
+}
+
+/// 100 flows established (SYN, then the ACK that records them) in a flow
+/// table of 16,384 entries in all.
+fn established(dp: &Dataplane) -> Vec<(Pkt, IpAddr)> {
+    let prog = dp.program_ref();
+    (0..100)
+        .map(|n| {
+            let (src, sport) = client(n);
+            let syn = Pkt::new(&src, "198.18.1.1", L4::tcp(sport, 80, TCP_SYN));
+            let b = forward(prog, &syn);
+            let ack = Pkt::new(&src, "198.18.1.1", L4::tcp(sport, 80, TCP_ACK));
+            assert_eq!(forward(prog, &ack), b, "flow {n}: the ACK follows its SYN");
+            assert!(
+                dp.flow_entry(&ack.flow_key()).is_some(),
+                "flow {n} recorded"
+            );
+            (ack, b)
+        })
+        .collect()
+}
+
+/// After a flood: every established flow is still in the flow table; a
+/// weight change that moves some of their Maglev slots moves none of them.
+fn established_survive(dp: &mut Dataplane, flows: &[(Pkt, IpAddr)]) {
+    let vip = dsr_vip();
+    for (i, (p, _)) in flows.iter().enumerate() {
+        assert!(
+            dp.flow_entry(&p.flow_key()).is_some(),
+            "established flow {i} was evicted by the flood"
+        );
+    }
+    let mut bs = backends(0);
+    bs[0].weight = 20;
+    dp.set_backends(&vip, &bs).expect("weight change");
+    let moved = flows
+        .iter()
+        .filter(|(p, b)| dp.maglev_backend(&vip, &p.flow_key()) != Some(*b))
+        .count();
+    assert!(
+        moved > 0,
+        "the weight change must move some established flows' slots for this test to mean anything"
+    );
+    let before = snapshot(dp);
+    let prog = dp.program_ref();
+    for (i, (p, b)) in flows.iter().enumerate() {
+        assert_eq!(forward(prog, p), *b, "established flow {i} moved");
+    }
+    let d = diff(&before, &snapshot(dp));
+    assert_eq!(
+        reason_packets(&d, Reason::FwdEstablished),
+        flows.len() as u64,
+        "{moved} of them have a new Maglev slot, all hit the flow table: {d:?}"
+    );
+}
+
+/// The flow table's size in all: 16,384 entries over the possible CPUs.
+fn table_of_16384() -> u32 {
+    16_384 / aya::util::nr_cpus().expect("possible CPUs") as u32
+}
+
+/// 300,000 SYNs from random sources and ports through a flow table of
+/// 16,384 entries after 100 established flows: every SYN goes where the
+/// Maglev table says and records nothing, so the 100 stay in the table,
+/// and a weight change then moves none of them.
 #[test]
-fn syn_flood_from_random_sources_keeps_the_new_flow_path_correct() {
+fn syn_flood_records_nothing_and_established_flows_survive_a_change() {
     require_root();
     pin_to_cpu0();
     let vip = dsr_vip();
-    let dp = load(
+    let mut dp = load(
         DataplaneConfig {
-            flow_capacity_per_cpu: 4096,
+            flow_capacity_per_cpu: table_of_16384(),
             ..Default::default()
         },
         vip,
         Mode::Dsr,
         &backends(0),
     );
-    let prog = dp.program_ref();
-    let established: Vec<(Pkt, IpAddr)> = (0..100)
-        .map(|n| {
-            let (src, sport) = client(n);
-            let p = Pkt::new(&src, "198.18.1.1", L4::tcp(sport, 80, TCP_SYN));
-            let b = forward(prog, &p);
-            (p, b)
-        })
-        .collect();
-
-    const FLOOD: u64 = 50_000;
+    let flows = established(&dp);
+    const FLOOD: u64 = 300_000;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let before = snapshot(&dp);
     let mut per_backend: BTreeMap<IpAddr, u64> = BTreeMap::new();
-    let mut predicted_new = 0u64;
+    let mut hits = 0u64;
+    let prog = dp.program_ref();
     for _ in 0..FLOOD {
-        let r = rng.next_u64();
-        // 198.18.0.0/15 less the VIP's and backends' /24s: 198.18.32.0 up.
-        let host = 0x2000 + (r as u32 & 0xffff) % (0x2_0000 - 0x2000);
-        let src = format!(
-            "198.{}.{}.{}",
-            18 + (host >> 16),
-            (host >> 8) & 0xff,
-            host & 0xff
-        );
-        let sport = 1024 + ((r >> 32) as u16 % 60_000);
+        let (src, sport) = random_client(&mut rng);
         let p = Pkt::new(&src, "198.18.1.1", L4::tcp(sport, 80, TCP_SYN));
-        let fresh = dp.flow_entry(&p.flow_key()).is_none();
         let b = forward(prog, &p);
-        assert_eq!(
-            Some(b),
-            dp.maglev_backend(&vip, &p.flow_key()),
-            "flood SYN {p:?} went to the wrong backend"
-        );
-        // Random sources can repeat a 5-tuple: only a fresh one is new.
-        predicted_new += u64::from(fresh);
+        match flows.iter().find(|(e, _)| e.flow_key() == p.flow_key()) {
+            // A random 5-tuple equal to an established flow's: a hit.
+            Some((_, eb)) => {
+                assert_eq!(b, *eb);
+                hits += 1;
+            }
+            None => assert_eq!(
+                Some(b),
+                dp.maglev_backend(&vip, &p.flow_key()),
+                "flood SYN {p:?} went to the wrong backend"
+            ),
+        }
         *per_backend.entry(b).or_default() += 1;
     }
     let d = diff(&before, &snapshot(&dp));
-    let new = reason_packets(&d, Reason::FwdNewFlow);
-    let est = reason_packets(&d, Reason::FwdEstablished);
-    assert_eq!(new + est, FLOOD, "every flood SYN forwarded: {d:?}");
+    assert_eq!(reason_packets(&d, Reason::FwdSyn), FLOOD - hits, "{d:?}");
+    assert_eq!(reason_packets(&d, Reason::FwdEstablished), hits);
     assert_eq!(
-        new, predicted_new,
-        "new flows: the SYNs whose 5-tuple was not in the table"
+        d.get(&format!("vip.{vip}.new_flows")),
+        None,
+        "no flow recorded"
     );
-    assert!(
-        est < 100,
-        "{est} flood SYNs hit the flow table; random 5-tuples should almost never repeat"
-    );
-    assert_eq!(d[&format!("vip.{vip}.new_flows")], new);
-    assert_eq!(d.get(&format!("vip.{vip}.no_backend")), None);
     for (b, n) in &per_backend {
         assert_eq!(d[&format!("backend.{vip}.{b}.packets")], *n, "backend {b}");
-        // Ten equal backends: each within a fifth of its share.
-        let share = FLOOD / u64::from(BACKENDS);
-        assert!(
-            n.abs_diff(share) < share / 5,
-            "backend {b} got {n} of {FLOOD} flood SYNs (share {share})"
-        );
     }
-    for (p, b) in &established {
-        let mut q = p.clone();
-        q.l4 = match q.l4 {
-            L4::Tcp { sport, dport, .. } => L4::tcp(sport, dport, TCP_ACK),
-            other => other,
-        };
-        assert_eq!(
-            forward(prog, &q),
-            *b,
-            "an established flow moved during the flood"
-        );
-    }
+    assert_eq!(
+        dp.flow_entries().expect("reading FLOWS").len(),
+        flows.len(),
+        "the flood left no entry in the flow table"
+    );
+    established_survive(&mut dp, &flows);
 }
 
-/// fullnat with 64 source ports on CPU 0 and one backend: 64 flows get 64
-/// distinct ports;
-/// further new flows are dropped and counted (`drop_nat_no_port`) while
-/// the 64 are live, never given a port in use; the live flows keep
-/// forwarding with their ports throughout.
+/// 300,000 non-SYN packets of new flows from random sources, far above an
+/// insert rate limit of 200 flows per second per CPU, through the same
+/// table: each goes where the Maglev table says; at most 200 per second
+/// are recorded, the rest counted as `fwd_flood`; the 100 established
+/// flows stay, and a weight change then moves none of them.
+#[test]
+fn non_syn_flood_over_the_rate_limit_and_established_flows_survive_a_change() {
+    require_root();
+    pin_to_cpu0();
+    let vip = dsr_vip();
+    const RATE: u64 = 200;
+    let mut dp = load(
+        DataplaneConfig {
+            flow_capacity_per_cpu: table_of_16384(),
+            new_flow_rate: RATE as u32,
+            ..Default::default()
+        },
+        vip,
+        Mode::Dsr,
+        &backends(0),
+    );
+    // A fresh one-second window for the 100.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let flows = established(&dp);
+    const FLOOD: u64 = 300_000;
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let before = snapshot(&dp);
+    let start = std::time::Instant::now();
+    let prog = dp.program_ref();
+    for _ in 0..FLOOD {
+        let (src, sport) = random_client(&mut rng);
+        let p = Pkt::new(&src, "198.18.1.1", L4::tcp(sport, 80, TCP_ACK));
+        let b = forward(prog, &p);
+        if !flows.iter().any(|(e, _)| e.flow_key() == p.flow_key()) {
+            assert_eq!(
+                Some(b),
+                dp.maglev_backend(&vip, &p.flow_key()),
+                "flood packet {p:?} went to the wrong backend"
+            );
+        }
+    }
+    // The windows the flood can have touched (each starts at a recorded
+    // or refused flow, so at most one per second begun, plus the 100's).
+    let windows = start.elapsed().as_secs() + 2;
+    let d = diff(&before, &snapshot(&dp));
+    let new = reason_packets(&d, Reason::FwdNewFlow);
+    let flood = reason_packets(&d, Reason::FwdFlood);
+    let est = reason_packets(&d, Reason::FwdEstablished);
+    assert_eq!(new + flood + est, FLOOD, "{d:?}");
+    assert!(
+        new <= RATE * windows,
+        "{new} flows recorded in {windows} windows of {RATE}"
+    );
+    assert!(
+        flood >= FLOOD - RATE * windows,
+        "{flood} of {FLOOD} over the limit"
+    );
+    assert_eq!(d[&format!("vip.{vip}.new_flows")], new);
+    assert_eq!(
+        dp.flow_entries().expect("reading FLOWS").len() as u64,
+        flows.len() as u64 + new,
+        "the table holds the 100 and the flows recorded under the limit, nothing else"
+    );
+    established_survive(&mut dp, &flows);
+}
+
+/// fullnat with 64 source ports on CPU 0 and one backend: 64 SYNs get 64
+/// distinct ports; further new flows are dropped and counted
+/// (`drop_nat_no_port`) while the 64 are live, as handshakes in progress
+/// and once established, never given a port in use; each flow's ACK keeps
+/// its SYN's port, and the flows keep forwarding with it.
 #[test]
 fn fullnat_port_exhaustion_is_counted_and_no_live_port_is_reused() {
     require_root();
@@ -326,23 +436,41 @@ fn fullnat_port_exhaustion_is_counted_and_no_live_port_is_reused() {
             panic!("port {port} given to flow {n} while flow {other} holds it");
         }
     }
-    const MORE: u32 = 50;
-    for n in u32::from(PER_CPU)..u32::from(PER_CPU) + MORE {
-        let (action, _) = run(prog, &syn(n, TCP_SYN).bytes()).expect("test run");
-        assert_eq!(
-            action, XDP_DROP,
-            "flow {n}: every port is live, it must be dropped"
-        );
-    }
-    // The live flows still forward, each with its own port.
-    for (port, n) in &ports {
-        let (action, out) = run(prog, &syn(*n, TCP_ACK).bytes()).expect("test run");
-        assert_eq!(action, XDP_TX);
-        assert_eq!(snat(&out).1, *port, "flow {n} changed its source port");
+    // Every port is held: by a handshake in progress (its SYN's
+    // translation in NAT_SYN), then by an established flow; either way a
+    // new flow is dropped, never given a port in use.
+    const MORE: u32 = 25;
+    let mut next = u32::from(PER_CPU);
+    let mut more = |prog: &Xdp| {
+        for n in next..next + MORE {
+            let (action, _) = run(prog, &syn(n, TCP_SYN).bytes()).expect("test run");
+            assert_eq!(
+                action, XDP_DROP,
+                "flow {n}: every port is live, it must be dropped"
+            );
+        }
+        next += MORE;
+    };
+    more(prog);
+    // The flows' ACKs complete their handshakes with their SYN's port, then
+    // keep forwarding with it.
+    for round in 0..2 {
+        if round == 1 {
+            more(prog);
+        }
+        for (port, n) in &ports {
+            let (action, out) = run(prog, &syn(*n, TCP_ACK).bytes()).expect("test run");
+            assert_eq!(action, XDP_TX);
+            assert_eq!(snat(&out).1, *port, "flow {n} changed its source port");
+        }
     }
     let d = diff(&before, &snapshot(&dp));
+    assert_eq!(reason_packets(&d, Reason::FwdSyn), u64::from(PER_CPU));
     assert_eq!(reason_packets(&d, Reason::FwdNewFlow), u64::from(PER_CPU));
-    assert_eq!(reason_packets(&d, Reason::DropNatNoPort), u64::from(MORE));
+    assert_eq!(
+        reason_packets(&d, Reason::DropNatNoPort),
+        u64::from(2 * MORE)
+    );
     assert_eq!(
         reason_packets(&d, Reason::FwdEstablished),
         u64::from(PER_CPU)

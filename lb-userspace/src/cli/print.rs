@@ -267,6 +267,7 @@ pub fn stats(s: &StatsReport) -> String {
         .map(|(r, c)| format!("{r}={}", c.packets))
         .collect();
     let _ = writeln!(out, "reasons: {}", reasons.join(" "));
+    let _ = writeln!(out, "{}", s.flood.line());
     out
 }
 
@@ -440,9 +441,13 @@ mod tests {
              \x20 198.18.0.12 draining weight=1 effective=0 packets=3 bytes=500 new_flows=0\n\
              [2001:db8::1]:443/tcp tunnel packets=0 bytes=0 new_flows=0 no_backend=0 pps=0.0\n\
              \x20 2001:db8::11 active weight=1 effective=1 packets=0 bytes=0 new_flows=0\n\
-             reasons: pass_not_vip=12 tx_new_flow=3\n"
+             reasons: pass_not_vip=12 tx_new_flow=3\n\
+             flood mode: off\n"
         );
-        assert_eq!(stats(&StatsReport::default()), "reasons: \n");
+        assert_eq!(
+            stats(&StatsReport::default()),
+            "reasons: \nflood mode: off\n"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use lb_common::{
     FlowKey, FlowValue, NatValue,
-    flow::{FLOW_EVENT_FLOW, FLOW_EVENT_NAT, FlowEvent, NAT_F_FULLNAT},
+    flow::{FLOW_EVENT_FLOW, FLOW_EVENT_NAT, FlowEvent, NAT_F_FULLNAT, NAT_F_SYN},
 };
 
 use super::wire::{Entry, WireNat, WireVip};
@@ -123,7 +123,15 @@ pub fn install(dp: &mut Dataplane, entries: &[Entry], smac: [u8; 6], ifindex: u3
                     continue;
                 };
                 let last = now.saturating_sub(nat.idle_ms.saturating_mul(1_000_000));
-                dp.install_nat(
+                // A handshake in progress goes where this node keeps its
+                // own (its SYN-ACK may come back through here).
+                let install = if nat.flags & NAT_F_SYN != 0 {
+                    Dataplane::install_nat_syn
+                } else {
+                    Dataplane::install_nat
+                };
+                install(
+                    dp,
                     &FlowKey::from(reply),
                     &NatValue {
                         vip_addr: nat.vip_addr,
@@ -135,7 +143,7 @@ pub fn install(dp: &mut Dataplane, entries: &[Entry], smac: [u8; 6], ifindex: u3
                         last_ns: last,
                         closed_ns: if nat.closed { last } else { 0 },
                         backend_id: id,
-                        _pad: 0,
+                        fwd_port: 0,
                         syn_ns: 0,
                         client_addr: nat.client_addr,
                         client_port: nat.client_port,

@@ -30,6 +30,15 @@ pub const NAT_UDP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Accepted `nat_tcp_timeout` and `nat_udp_timeout`.
 pub const NAT_TIMEOUT_RANGE: Bounds<Duration> =
     Bounds::new(Duration::from_secs(1), Duration::from_secs(86_400));
+/// How long a VIP keeps its previous Maglev table after a change, for
+/// non-SYN packets that miss the flow table (0: not at all).
+pub const TABLE_GRACE: Duration = Duration::from_secs(60);
+pub const TABLE_GRACE_RANGE: Bounds<Duration> =
+    Bounds::new(Duration::ZERO, Duration::from_secs(3600));
+/// New flows each CPU records per second at most (Katran's default);
+/// 0: no limit.
+pub const NEW_FLOW_RATE: u32 = 125_000;
+pub const NEW_FLOW_RATE_RANGE: Bounds<u32> = Bounds::new(0, 100_000_000);
 pub const NAT_CLOSED_TIMEOUT: Duration = Duration::from_secs(10);
 pub const NAT_CLOSED_TIMEOUT_RANGE: Bounds<Duration> =
     Bounds::new(Duration::ZERO, Duration::from_secs(3600));
@@ -169,6 +178,8 @@ pub(super) mod fns {
         nat_tcp_timeout: Duration = super::NAT_TCP_TIMEOUT;
         nat_udp_timeout: Duration = super::NAT_UDP_TIMEOUT;
         nat_closed_timeout: Duration = super::NAT_CLOSED_TIMEOUT;
+        table_grace: Duration = super::TABLE_GRACE;
+        new_flow_rate: u32 = super::NEW_FLOW_RATE;
         fullnat_ports: String = format_port_range(super::FULLNAT_PORTS);
         default_table_size: u32 = super::DEFAULT_TABLE_SIZE;
         control_socket: PathBuf = super::CONTROL_SOCKET.into();

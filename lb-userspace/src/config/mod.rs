@@ -176,6 +176,16 @@ pub struct Global {
     /// first FIN or RST.
     #[serde(default = "d::nat_closed_timeout", with = "duration_serde")]
     pub nat_closed_timeout: Duration,
+    /// How long a VIP keeps its previous Maglev table after a change: a
+    /// non-SYN TCP packet that misses the flow table meanwhile goes to the
+    /// backend that table gave, if it can still take it. 0 turns it off.
+    #[serde(default = "d::table_grace", with = "duration_serde")]
+    pub table_grace: Duration,
+    /// New flows each CPU records per second at most; above it new flows
+    /// are forwarded by the Maglev table unrecorded (flood mode). 0: no
+    /// limit.
+    #[serde(default = "d::new_flow_rate")]
+    pub new_flow_rate: u32,
     /// fullnat: the IPv4 source address requests get (an address of the
     /// balancer on the backends' side).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -165,6 +165,8 @@ struct RawGlobal {
     nat_tcp_timeout: Option<String>,
     nat_udp_timeout: Option<String>,
     nat_closed_timeout: Option<String>,
+    table_grace: Option<String>,
+    new_flow_rate: Option<i64>,
     fullnat_source_v4: Option<String>,
     fullnat_source_v6: Option<String>,
     fullnat_ports: Option<String>,
@@ -360,6 +362,14 @@ impl RawGlobal {
                 "nat_closed_timeout",
                 self.nat_closed_timeout,
                 NAT_CLOSED_TIMEOUT,
+            ),
+            table_grace: duration(sink, "table_grace", self.table_grace, TABLE_GRACE),
+            new_flow_rate: int(
+                sink,
+                "new_flow_rate",
+                self.new_flow_rate,
+                NEW_FLOW_RATE,
+                NEW_FLOW_RATE_RANGE,
             ),
             default_table_size: int(
                 sink,

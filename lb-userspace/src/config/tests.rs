@@ -67,6 +67,10 @@ fn defaults_apply() {
             Duration::from_secs(10)
         )
     );
+    assert_eq!(
+        (g.table_grace, g.new_flow_rate),
+        (Duration::from_secs(60), 125_000)
+    );
     let v = &c.vips[0];
     assert_eq!(
         (v.protocol, v.mode, v.hash, v.table_size),
@@ -98,6 +102,32 @@ fn nat_keys_are_checked() {
     ] {
         assert!(e.contains(want), "{want:?} in:\n{e}");
     }
+}
+
+#[test]
+fn grace_and_rate_are_checked() {
+    let c = |extra: &str| {
+        format!(
+            "[global]\ninterfaces = [\"eth0\"]\n{extra}\n[[vip]]\naddress = \"198.18.1.1\"\n\
+             port = 80\n[[vip.backend]]\naddress = \"198.18.0.11\"\n"
+        )
+    };
+    let e = parse(&c("table_grace = \"7200s\"\nnew_flow_rate = -1"), "g.toml")
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "global.table_grace = \"7200s\": must be \"0s\"..=\"3600s\"",
+        "global.new_flow_rate = -1",
+    ] {
+        assert!(e.contains(want), "{want:?} in:\n{e}");
+    }
+    let ok = parse(&c("table_grace = \"0s\"\nnew_flow_rate = 0"), "g.toml").expect("valid");
+    ok.validate("g.toml").expect("valid");
+    assert_eq!(
+        (ok.global.table_grace, ok.global.new_flow_rate),
+        (Duration::ZERO, 0),
+        "0 turns each off"
+    );
 }
 
 #[test]

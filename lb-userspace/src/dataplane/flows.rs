@@ -1,4 +1,5 @@
-//! The flow tables: `FLOWS` (read for `hola flow` and snapshots),
+//! The flow tables: `FLOWS` and `FULLNAT_FLOWS` (read for `hola flow` and
+//! snapshots), `NAT_SYN`'s handshakes (read by tests),
 //! `PEER_FLOWS` (written with cluster peers' flows), the `FLOW_EVENTS` ring
 //! buffer and the cluster switch `CLUSTER_STATE` / `CLUSTER_LOST`.
 
@@ -7,9 +8,19 @@ use lb_common::{FlowKey, FlowValue, flow::FlowEvent, maps as names};
 use super::{Dataplane, DataplaneError, map_err};
 
 impl Dataplane {
-    /// The flow-table entry for a 5-tuple, if any.
+    /// The flow-table entry for a 5-tuple, if any: in `FLOWS`, or for a
+    /// fullnat flow in `FULLNAT_FLOWS` (its hash is the source port it was
+    /// given, network order).
     pub fn flow_entry(&self, key: &FlowKey) -> Option<FlowValue> {
-        self.flows.get(key, 0).ok()
+        self.flows
+            .get(key, 0)
+            .ok()
+            .or_else(|| self.fullnat_flows.get(key, 0).ok())
+    }
+
+    /// The `NAT_SYN` entry (a handshake in progress) of a key, if any.
+    pub fn nat_syn_entry(&self, key: &FlowKey) -> Option<lb_common::NatValue> {
+        self.nat_syn.get(key, 0).ok()
     }
 
     /// Switches cluster replication in the program on (events are written

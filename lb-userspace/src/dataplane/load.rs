@@ -135,6 +135,9 @@ impl Dataplane {
             addrs6: take!(names::VIP_ADDRS6),
             backends_map: take!(names::BACKENDS),
             rings: take!(names::RINGS),
+            prev_rings: take!(names::PREV_RINGS),
+            prev_until: take!(names::PREV_UNTIL),
+            graces: Default::default(),
             flows: take!(names::FLOWS),
             vip_stats: take!(names::VIP_STATS),
             backend_stats: take!(names::BACKEND_STATS),
@@ -142,6 +145,8 @@ impl Dataplane {
             reasons: take!(names::REASONS),
             tx_ports: take!(names::TX_PORTS),
             nat: take!(names::NAT),
+            nat_syn: take!(names::NAT_SYN),
+            fullnat_flows: take!(names::FULLNAT_FLOWS),
             nat_state: take!(names::NAT_STATE),
             nat_sources4: take!(names::NAT_SOURCES4),
             nat_sources6: take!(names::NAT_SOURCES6),
@@ -151,7 +156,7 @@ impl Dataplane {
             cluster_lost: take!(names::CLUSTER_LOST),
             _icmp_progs: icmp_progs,
             ebpf,
-            tables: Tables::new(capacity(&cfg)),
+            tables: Tables::new(capacity(&cfg)).with_grace(cfg.table_grace),
             cfg,
             ncpus: ncpus as usize,
         })
@@ -196,7 +201,8 @@ impl Dataplane {
             }
             adopted.push((vip, meta, ring));
         }
-        self.tables = Tables::adopt(capacity(&self.cfg), adopted, &backends);
+        self.tables =
+            Tables::adopt(capacity(&self.cfg), adopted, &backends).with_grace(self.cfg.table_grace);
         Ok(())
     }
 
@@ -309,7 +315,7 @@ pub(super) fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
         tunnel_src_v4_mask: mask_of(p4),
         tunnel_src_v6: v6.octets(),
         tunnel_src_v6_mask: mask_of(p6.saturating_sub(96)),
-        _pad: 0,
+        new_flow_rate: cfg.new_flow_rate,
         nat_tcp_idle_ns: cfg.nat_tcp_idle.as_nanos() as u64,
         nat_udp_idle_ns: cfg.nat_udp_idle.as_nanos() as u64,
         nat_closed_linger_ns: cfg.nat_closed_linger.as_nanos() as u64,
@@ -323,7 +329,7 @@ pub(super) fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
 }
 
 /// Every map's capacity, from the load-time settings.
-pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 22] {
+pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 28] {
     [
         (
             names::FLOWS,
@@ -336,9 +342,15 @@ pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u3
         (names::BACKENDS, cfg.max_backends + 1),
         (names::BACKEND_STATS, cfg.max_backends + 1),
         (names::RINGS, cfg.ring_capacity),
+        (names::PREV_RINGS, cfg.ring_capacity),
+        (names::PREV_UNTIL, cfg.max_vips + 1),
+        (names::FLOOD, 1),
+        (names::GRACE_SYNS, grace_syns_capacity(cfg, ncpus)),
         (names::TX_PORTS, cfg.max_tx_ports),
         (names::REASONS, Reason::COUNT),
         (names::NAT, cfg.nat_capacity),
+        (names::NAT_SYN, nat_syn_capacity(cfg)),
+        (names::FULLNAT_FLOWS, cfg.nat_capacity),
         (names::NAT_STATE, 1),
         (names::ICMP_PROGS, names::ICMP_PROGS_LEN),
         (names::HANDSHAKES, cfg.max_backends + 1),
@@ -351,6 +363,19 @@ pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u3
         (names::CLUSTER_STATE, 1),
         (names::CLUSTER_LOST, 1),
     ]
+}
+
+/// `GRACE_SYNS`' entries: a sixteenth of `FLOWS`, at least 4,096 (only
+/// SYNs during a grace period, in the slots a change moved, go there).
+pub fn grace_syns_capacity(cfg: &DataplaneConfig, ncpus: u32) -> u32 {
+    (cfg.flow_capacity_per_cpu.saturating_mul(ncpus) / 16).max(4096)
+}
+
+/// `NAT_SYN`'s entries: a quarter of `NAT`'s, at least 1,024 (handshakes
+/// in progress are few beside established flows, and a flood of SYNs only
+/// evicts other SYNs there).
+pub fn nat_syn_capacity(cfg: &DataplaneConfig) -> u32 {
+    (cfg.nat_capacity / 4).max(1024)
 }
 
 fn capacity(cfg: &DataplaneConfig) -> Capacity {

@@ -71,6 +71,11 @@ pub struct DataplaneConfig {
     /// fullnat: the source ports (inclusive), split evenly among the
     /// possible CPUs.
     pub fullnat_ports: (u16, u16),
+    /// How long a VIP keeps its previous Maglev table after a change (0:
+    /// not at all).
+    pub table_grace: Duration,
+    /// New flows each CPU records per second at most (0: no limit).
+    pub new_flow_rate: u32,
     /// Entries of `PEER_FLOWS` (cluster peers' flows, in total):
     /// [`PEER_FLOWS_OFF`] without a `[cluster]`.
     pub peer_flows: u32,
@@ -95,6 +100,8 @@ impl Default for DataplaneConfig {
             fullnat_src_v4: None,
             fullnat_src_v6: None,
             fullnat_ports: d::FULLNAT_PORTS,
+            table_grace: d::TABLE_GRACE,
+            new_flow_rate: d::NEW_FLOW_RATE,
             peer_flows: PEER_FLOWS_OFF,
         }
     }
@@ -139,6 +146,8 @@ impl DataplaneConfig {
             fullnat_src_v4: g.fullnat_source_v4,
             fullnat_src_v6: g.fullnat_source_v6,
             fullnat_ports: g.fullnat_port_range(),
+            table_grace: g.table_grace,
+            new_flow_rate: g.new_flow_rate,
             peer_flows: PEER_FLOWS_OFF,
         }
     }
@@ -259,6 +268,11 @@ pub struct Dataplane {
     addrs6: HashMap<MapData, [u8; 16], AddrVips>,
     backends_map: Array<MapData, Backend>,
     rings: Array<MapData, u32>,
+    prev_rings: Array<MapData, u32>,
+    prev_until: Array<MapData, u64>,
+    /// The grace periods this daemon started and has not ended yet: VIP id
+    /// → its `PREV_UNTIL`.
+    graces: BTreeMap<u32, u64>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     vip_stats: PerCpuArray<MapData, VipStats>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
@@ -266,6 +280,8 @@ pub struct Dataplane {
     reasons: PerCpuArray<MapData, ReasonStats>,
     tx_ports: DevMapHash<MapData>,
     nat: HashMap<MapData, FlowKey, NatValue>,
+    nat_syn: HashMap<MapData, FlowKey, NatValue>,
+    fullnat_flows: HashMap<MapData, FlowKey, FlowValue>,
     nat_state: Array<MapData, u32>,
     nat_sources4: HashMap<MapData, u32, u8>,
     nat_sources6: HashMap<MapData, [u8; 16], u8>,

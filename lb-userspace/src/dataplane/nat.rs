@@ -19,45 +19,34 @@ impl Dataplane {
 
     /// Deletes the NAT entries that have expired and counts the others, and
     /// finds SYNs the backend left unanswered for `syn_timeout` (each is
-    /// counted once: its SYN time is cleared). Reads the whole table.
+    /// counted once: its SYN time is cleared), in `NAT` and among the
+    /// handshakes in progress (`NAT_SYN`). Reads both tables whole.
     pub fn sweep_nat(&mut self, syn_timeout: Duration) -> Result<NatSweep, DataplaneError> {
-        let now = monotonic_ns();
-        let s = self.nat_timeouts();
-        let mut expired = Vec::new();
-        let mut unanswered = Vec::new();
-        let mut live = 0u64;
-        for entry in self.nat.iter() {
-            let (k, v) = match entry {
-                Ok(kv) => kv,
-                // An entry evicted while we walk: skip it.
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err(names::NAT)(e)),
-            };
-            if lb_common::flow::nat_expired(&v, k.proto, now, &s) {
-                expired.push(k);
-            } else {
-                live += 1;
-                if v.syn_ns != 0 && now.saturating_sub(v.syn_ns) > syn_timeout.as_nanos() as u64 {
-                    unanswered.push((k, v));
+        let t = self.nat_timeouts();
+        let syn_timeout = syn_timeout.as_nanos() as u64;
+        let nat = scan(&self.nat, names::NAT, &t, syn_timeout)?;
+        let syn = scan(&self.nat_syn, names::NAT_SYN, &t, syn_timeout)?;
+        let mut out = NatSweep {
+            live: nat.live,
+            ..NatSweep::default()
+        };
+        for (map, unanswered) in [
+            (&mut self.nat, nat.unanswered),
+            (&mut self.nat_syn, syn.unanswered),
+        ] {
+            for (k, mut v) in unanswered {
+                let id = v.backend_id;
+                v.syn_ns = 0;
+                // Only if the entry is still there (BPF_EXIST): a flow that
+                // ended meanwhile is not brought back.
+                if map.insert(k, v, 2).is_ok()
+                    && let Some(addr) = self.tables.backend_by_id(id)
+                {
+                    *out.unanswered.entry(addr).or_default() += 1;
                 }
             }
         }
-        let mut out = NatSweep {
-            live,
-            ..NatSweep::default()
-        };
-        for (k, mut v) in unanswered {
-            let id = v.backend_id;
-            v.syn_ns = 0;
-            // Only if the entry is still there (BPF_EXIST): a flow that
-            // ended meanwhile is not brought back.
-            if self.nat.insert(k, v, 2).is_ok()
-                && let Some(addr) = self.tables.backend_by_id(id)
-            {
-                *out.unanswered.entry(addr).or_default() += 1;
-            }
-        }
-        for k in &expired {
+        for k in &nat.expired {
             match self.nat.remove(k) {
                 Ok(()) => {
                     out.removed += 1;
@@ -65,6 +54,12 @@ impl Dataplane {
                 }
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(names::NAT)(e)),
+            }
+        }
+        for k in &syn.expired {
+            match self.nat_syn.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::NAT_SYN)(e)),
             }
         }
         Ok(out)
@@ -75,6 +70,18 @@ impl Dataplane {
         self.nat
             .insert(reply, value, 0)
             .map_err(map_err(names::NAT))
+    }
+
+    /// Writes a handshake in progress (learned from a cluster peer) into
+    /// `NAT_SYN`.
+    pub fn install_nat_syn(
+        &mut self,
+        reply: &FlowKey,
+        value: &NatValue,
+    ) -> Result<(), DataplaneError> {
+        self.nat_syn
+            .insert(reply, value, 0)
+            .map_err(map_err(names::NAT_SYN))
     }
 
     /// Removes a NAT translation a peer removed, if it has expired here
@@ -110,4 +117,48 @@ impl Dataplane {
     pub fn nat_entry(&self, reply: &FlowKey) -> Option<NatValue> {
         self.nat.get(reply, 0).ok()
     }
+}
+
+/// What a walk of a NAT table found.
+struct Scan {
+    live: u64,
+    expired: Vec<FlowKey>,
+    /// Entries whose SYN has waited longer than the timeout.
+    unanswered: Vec<(FlowKey, NatValue)>,
+}
+
+fn scan(
+    map: &aya::maps::HashMap<aya::maps::MapData, FlowKey, NatValue>,
+    name: &'static str,
+    t: &NatTimeouts,
+    syn_timeout_ns: u64,
+) -> Result<Scan, DataplaneError> {
+    let now = monotonic_ns();
+    let mut out = Scan {
+        live: 0,
+        expired: Vec::new(),
+        unanswered: Vec::new(),
+    };
+    for entry in map.iter() {
+        let (k, v) = match entry {
+            Ok(kv) => kv,
+            // An entry evicted while we walk: skip it.
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(map_err(name)(e)),
+        };
+        if lb_common::flow::nat_expired(&v, k.proto, now, t) {
+            out.expired.push(k);
+        } else {
+            out.live += 1;
+            // A fullnat SYN's entry by the client's 5-tuple is not its own
+            // SYN: its twin by the reply's is counted.
+            if v.syn_ns != 0
+                && v.flags & lb_common::flow::NAT_F_FORWARD == 0
+                && now.saturating_sub(v.syn_ns) > syn_timeout_ns
+            {
+                out.unanswered.push((k, v));
+            }
+        }
+    }
+    Ok(out)
 }

@@ -10,7 +10,7 @@ use lb_common::{
     AddrVips, Backend, BackendStats, FlowKey, HandshakeStats, VipKey, VipStats, maps as names,
 };
 
-use super::{Dataplane, DataplaneError, ignore_missing, map_err};
+use super::{Dataplane, DataplaneError, ignore_missing, map_err, monotonic_ns};
 use crate::{
     model::{BackendSpec, VipAddr, VipSpec, addr_bytes},
     reconcile::{NatState, Plan, PlanError, Planner, Write},
@@ -87,6 +87,28 @@ impl Dataplane {
                 .rings
                 .set(*index, *id, 0)
                 .map_err(map_err(names::RINGS)),
+            Write::PrevSlot { index, id } => self
+                .prev_rings
+                .set(*index, *id, 0)
+                .map_err(map_err(names::PREV_RINGS)),
+            Write::PrevUntil { vip_id, grace } => {
+                // The program compares it with bpf_ktime_get_ns, which is
+                // CLOCK_MONOTONIC.
+                let until = if grace.is_zero() {
+                    0
+                } else {
+                    monotonic_ns().saturating_add(grace.as_nanos() as u64)
+                };
+                self.prev_until
+                    .set(*vip_id, until, 0)
+                    .map_err(map_err(names::PREV_UNTIL))?;
+                if until == 0 {
+                    self.graces.remove(vip_id);
+                } else {
+                    self.graces.insert(*vip_id, until);
+                }
+                Ok(())
+            }
             Write::ZeroVipStats { id } => self
                 .vip_stats
                 .set(*id, self.zeroed::<VipStats>(), 0)
@@ -122,6 +144,28 @@ impl Dataplane {
             Write::AddrVips { addr, entry } => self.write_addr_vips(*addr, entry.as_ref()),
             Write::Nat(state) => self.write_nat_state(state),
         }
+    }
+
+    /// Ends the grace periods that have passed: their `PREV_UNTIL` back to
+    /// 0, so that the program no longer reads the clock for a SYN of the
+    /// VIP (it stops using the previous table at the expiry anyway).
+    /// Returns how many ended.
+    pub fn end_grace_periods(&mut self) -> Result<usize, DataplaneError> {
+        let now = monotonic_ns();
+        let over: Vec<u32> = self
+            .graces
+            .iter()
+            .filter(|&(_, &until)| until <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in &over {
+            // (A newer change's period replaced the entry: not over yet.)
+            self.prev_until
+                .set(*id, 0, 0)
+                .map_err(map_err(names::PREV_UNTIL))?;
+            self.graces.remove(id);
+        }
+        Ok(over.len())
     }
 
     /// A per-CPU value of zeroes for every possible CPU.

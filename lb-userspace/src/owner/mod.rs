@@ -123,6 +123,8 @@ pub struct Owner {
     targets: Option<tokio::sync::watch::Sender<Vec<Job>>>,
     prev: Option<(Instant, Stats)>,
     last: Option<(Instant, Stats)>,
+    /// When flood mode was last logged.
+    flood_logged: Option<Instant>,
     nat: NatReport,
     nat_swept: Option<Instant>,
     pending: Vec<Pending>,
@@ -157,6 +159,7 @@ impl Owner {
             targets: None,
             prev: None,
             last: None,
+            flood_logged: None,
             nat: NatReport::default(),
             nat_swept: None,
             pending: Vec::new(),
@@ -260,8 +263,12 @@ impl Owner {
         if let Ok(s) = self.dp.stats() {
             self.prev = self.last.take();
             self.last = Some((Instant::now(), s));
+            self.log_flood();
         }
         self.sweep_nat();
+        if let Err(e) = self.dp.end_grace_periods() {
+            tracing::warn!(error = %e, "ending the previous Maglev tables' grace periods");
+        }
         self.outliers();
         if self.checks.ramping(&self.config) {
             self.apply_checks("slow start");

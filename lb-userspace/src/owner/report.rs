@@ -13,10 +13,15 @@ use crate::{
     health::outlier::Outliers,
     model::{Proto, now_ms},
     stats::{
-        BackendReport, HandshakeReport, NatReport, PacketsBytes, Rates, STATS_VERSION, StatsReport,
-        VipReport,
+        BackendReport, FloodReport, HandshakeReport, NatReport, PacketsBytes, Rates, STATS_VERSION,
+        StatsReport, VipReport,
     },
 };
+
+/// How often flood mode is logged while it lasts.
+const FLOOD_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+const FWD_FLOOD: &str = lb_common::Reason::FwdFlood.name();
 
 /// Rates between two samples of a counter, per second.
 struct Interval<'a> {
@@ -33,6 +38,16 @@ impl Interval<'_> {
         }
     }
 
+    /// New flows per second forwarded unrecorded over the insert rate
+    /// limit (`fwd_flood`), all CPUs together.
+    fn flood_rate(&self) -> f64 {
+        let Some((s0, s1)) = self.samples else {
+            return 0.0;
+        };
+        let n = |s: &Stats| s.reasons.get(FWD_FLOOD).map_or(0, |r| r.packets);
+        self.rate(n(s0), n(s1))
+    }
+
     /// A VIP's counters in the two samples.
     fn vip(&self, key: &crate::model::VipAddr) -> Option<(&VipCounters, &VipCounters)> {
         let (s0, s1) = self.samples?;
@@ -41,6 +56,32 @@ impl Interval<'_> {
 }
 
 impl Owner {
+    /// Once a minute at most, while flood mode is on, one log line says so.
+    pub(super) fn log_flood(&mut self) {
+        let interval = match (&self.prev, &self.last) {
+            (Some((t0, s0)), Some((t1, s1))) => Interval {
+                seconds: (*t1 - *t0).as_secs_f64(),
+                samples: Some((s0, s1)),
+            },
+            _ => return,
+        };
+        let rate = interval.flood_rate();
+        if rate <= 0.0
+            || self
+                .flood_logged
+                .is_some_and(|t| t.elapsed() < FLOOD_LOG_EVERY)
+        {
+            return;
+        }
+        self.flood_logged = Some(std::time::Instant::now());
+        let f = FloodReport {
+            active: true,
+            unrecorded_per_second: rate,
+            new_flow_rate: self.dp.config().new_flow_rate,
+        };
+        tracing::warn!("{}", f.line());
+    }
+
     pub(super) fn report(&mut self) -> Result<StatsReport, OwnerError> {
         let now = self
             .dp
@@ -79,6 +120,11 @@ impl Owner {
                 },
             );
         }
+        report.flood = FloodReport {
+            unrecorded_per_second: interval.flood_rate(),
+            active: interval.flood_rate() > 0.0,
+            new_flow_rate: self.dp.config().new_flow_rate,
+        };
         for v in &self.config.vips {
             if let Some(c) = now.vips.get(&v.key()) {
                 report.vips.push(self.vip_report(v, c, &interval));

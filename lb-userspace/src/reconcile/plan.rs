@@ -16,6 +16,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    time::Duration,
 };
 
 use lb_common::{
@@ -66,6 +67,13 @@ fn family_name(a: &IpAddr) -> &'static str {
 pub enum Write {
     /// `RINGS[index] = id` (0: no backend).
     Slot { index: u32, id: u32 },
+    /// `PREV_RINGS[index] = id`: the slot's owner before the VIP's last
+    /// table change (0: that change left the slot as it was).
+    PrevSlot { index: u32, id: u32 },
+    /// `PREV_UNTIL[vip_id]` = now + `grace` on the kernel's monotonic
+    /// clock, when the write is made (0 for a zero `grace`: no previous
+    /// table).
+    PrevUntil { vip_id: u32, grace: Duration },
     /// `VIP_STATS[id]` zeroed on every CPU (a new VIP).
     ZeroVipStats { id: u32 },
     /// `BACKEND_STATS[id]` and `HANDSHAKES[id]` zeroed (a new backend).
@@ -95,6 +103,39 @@ pub enum Write {
 pub struct NatState {
     pub any: bool,
     pub sources: BTreeSet<IpAddr>,
+}
+
+/// The writes that make a VIP's `PREV_RINGS` slots the table it holds
+/// before `next` is written (only the slots `next` changes name an owner;
+/// the others hold 0, "as now"), and its `PREV_UNTIL` expire `grace` from
+/// now. Only the slots that differ from what they hold are written; none
+/// at all when `next` changes no slot, or without a grace period.
+fn previous_table(state: &mut VipState, next: &[u32], grace: Duration) -> Vec<Write> {
+    let moved = state.ring.iter().zip(next).any(|(have, want)| have != want);
+    if grace.is_zero() || !moved {
+        return Vec::new();
+    }
+    let want: Vec<u32> = state
+        .ring
+        .iter()
+        .zip(next)
+        .map(|(&have, &want)| if have != want { have } else { 0 })
+        .collect();
+    let mut writes: Vec<Write> = want
+        .iter()
+        .enumerate()
+        .filter(|&(i, &id)| state.dirty || state.prev.as_ref().is_none_or(|p| p[i] != id))
+        .map(|(i, &id)| Write::PrevSlot {
+            index: state.ring_base + i as u32,
+            id,
+        })
+        .collect();
+    writes.push(Write::PrevUntil {
+        vip_id: state.id,
+        grace,
+    });
+    state.prev = Some(want);
+    writes
 }
 
 /// Writes to make, and the copy of the tables once they are made.
@@ -228,11 +269,26 @@ impl<'a> Planner<'a> {
                 id: 0,
             }));
         self.writes.push(Write::ZeroVipStats { id });
+        let mut prev = None;
+        if !self.base.grace.is_zero() {
+            // Nor may its previous table name another VIP's backends.
+            self.writes
+                .extend((0..spec.table_size).map(|i| Write::PrevSlot {
+                    index: ring_base + i,
+                    id: 0,
+                }));
+            self.writes.push(Write::PrevUntil {
+                vip_id: id,
+                grace: Duration::ZERO,
+            });
+            prev = Some(vec![0; spec.table_size as usize]);
+        }
         let state = VipState {
             spec,
             id,
             ring_base,
             ring: vec![0; spec.table_size as usize],
+            prev,
             backends: Vec::new(),
             dirty: false,
         };
@@ -361,9 +417,12 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        // 2. Only the slots whose owner changed.
+        // 2. Only the slots whose owner changed, after the previous table
+        // that names their old owners (and its new expiry).
+        let grace = self.base.grace;
         let state = self.vip_mut(vip).expect("checked above");
-        let mut slots = Vec::new();
+        let prev = previous_table(state, &table, grace);
+        let mut slots = prev;
         for (i, (&want, have)) in table.iter().zip(state.ring.iter_mut()).enumerate() {
             if dirty || want != *have {
                 slots.push(Write::Slot {

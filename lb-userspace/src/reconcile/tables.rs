@@ -2,7 +2,7 @@
 //! allocators of their index spaces, and how entries are encoded: what a
 //! [`Plan`] is computed against and committed to.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use lb_common::{
     Backend, VipMeta,
@@ -42,6 +42,11 @@ pub struct VipState {
     pub ring_base: u32,
     /// What the kernel's slots hold: diffed against on every change.
     pub ring: Vec<u32>,
+    /// What the VIP's `PREV_RINGS` slots hold (the owner before the last
+    /// change of each slot that change moved, else 0); `None` when not
+    /// known (adopted maps, or no grace period): then a change writes
+    /// them all.
+    pub prev: Option<Vec<u32>>,
     pub backends: Vec<BackendState>,
     /// A plan for this VIP failed part-way: the kernel may hold anything
     /// between the old and the new state, so every entry and slot is
@@ -142,6 +147,9 @@ pub struct Tables {
     pub(super) capacity: Capacity,
     /// The NAT state last written; `None` when not known (adopted maps).
     pub(super) nat: Option<NatState>,
+    /// How long a VIP keeps its previous Maglev table after a change (0:
+    /// no previous table is kept).
+    pub(super) grace: Duration,
 }
 
 impl Tables {
@@ -154,7 +162,15 @@ impl Tables {
             ring_space: RingSpace::new(capacity.ring_capacity),
             capacity,
             nat: Some(NatState::default()),
+            grace: Duration::ZERO,
         }
+    }
+
+    /// The same tables, each VIP keeping its previous Maglev table for
+    /// `grace` after a change.
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
     }
 
     /// The copy of maps a previous daemon left: its VIPs (with their
@@ -179,6 +195,7 @@ impl Tables {
                 id: meta.vip_id,
                 ring_base: meta.ring_base,
                 ring,
+                prev: None,
                 backends: Vec::new(),
                 dirty: false,
             };

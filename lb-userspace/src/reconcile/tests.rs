@@ -717,3 +717,146 @@ fn ids_a_failed_plan_freed_stay_out_of_use() {
     step(&mut t, &other, &Checks::default());
     assert_eq!(id_of(&t, key(&c, 0), "198.18.0.13"), 3);
 }
+
+const GRACE: Duration = Duration::from_secs(60);
+
+/// The `PREV_RINGS` writes that make a VIP's previous table hold, at base
+/// 0, `want` where it differs from `have`.
+fn prev_writes(have: &[u32], want: &[u32]) -> Vec<Write> {
+    have.iter()
+        .zip(want)
+        .enumerate()
+        .filter(|(_, (h, w))| h != w)
+        .map(|(i, (_, &w))| Write::PrevSlot {
+            index: i as u32,
+            id: w,
+        })
+        .collect()
+}
+
+/// The previous table of a change from `before` to `after`: the old
+/// owner where the slot moved, 0 where it did not.
+fn moved_from(before: &[u32], after: &[u32]) -> Vec<u32> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(&b, &a)| if b != a { b } else { 0 })
+        .collect()
+}
+
+#[test]
+fn with_a_grace_period_a_new_vip_also_gets_an_empty_previous_table() {
+    let c = one_vip("", &[]);
+    let mut t = Tables::new(CAP).with_grace(GRACE);
+    let w = step(&mut t, &c, &Checks::default());
+    let mut want: Vec<Write> = (0..7).map(|i| Write::Slot { index: i, id: 0 }).collect();
+    want.push(Write::ZeroVipStats { id: 1 });
+    want.extend((0..7).map(|i| Write::PrevSlot { index: i, id: 0 }));
+    want.push(Write::PrevUntil {
+        vip_id: 1,
+        grace: Duration::ZERO,
+    });
+    assert_eq!(w[..want.len()], want[..], "then the VIP's entries: {w:?}");
+    assert!(matches!(w[want.len()], Write::Vip { .. }));
+}
+
+#[test]
+fn a_table_change_writes_the_previous_table_and_its_expiry_before_the_slots() {
+    let c = one_vip("", &[("198.18.0.11", 1), ("198.18.0.12", 1)]);
+    let mut t = Tables::new(CAP).with_grace(GRACE);
+    step(&mut t, &c, &Checks::default());
+    let vip = key(&c, 0);
+    let first = ring(&t, vip);
+    assert_eq!(
+        t.vip(&vip).expect("vip").prev.as_deref(),
+        Some(&[0u32; 7][..]),
+        "the first table replaced only empty slots: no previous owner"
+    );
+
+    // A weight change: the moved slots' old owners, the expiry, the slots.
+    let c2 = one_vip("", &[("198.18.0.11", 1), ("198.18.0.12", 5)]);
+    let w = step(&mut t, &c2, &Checks::default());
+    let second = maglev(&[(1, "198.18.0.11", 1), (2, "198.18.0.12", 5)], 7);
+    let prev1 = moved_from(&first, &second);
+    assert!(prev1.contains(&1), "slots moved from 1 to 2");
+    let mut want = prev_writes(&[0; 7], &prev1);
+    want.push(Write::PrevUntil {
+        vip_id: 1,
+        grace: GRACE,
+    });
+    want.extend(slot_writes(0, &first, &second));
+    assert_eq!(w, want);
+
+    // Back again: slots moved by either change are written, the others not.
+    let w = step(&mut t, &c, &Checks::default());
+    let prev2 = moved_from(&second, &first);
+    let mut want = prev_writes(&prev1, &prev2);
+    want.push(Write::PrevUntil {
+        vip_id: 1,
+        grace: GRACE,
+    });
+    want.extend(slot_writes(0, &second, &first));
+    assert_eq!(w, want);
+    assert_eq!(t.vip(&vip).expect("vip").prev.as_deref(), Some(&prev2[..]));
+}
+
+#[test]
+fn a_change_that_moves_no_slot_keeps_the_previous_table_and_its_expiry() {
+    let c = one_vip("", &[("198.18.0.11", 1), ("198.18.0.12", 1)]);
+    let mut t = Tables::new(CAP).with_grace(GRACE);
+    step(&mut t, &c, &Checks::default());
+    let c2 = one_vip("", &[("198.18.0.11", 1), ("198.18.0.12", 5)]);
+    step(&mut t, &c2, &Checks::default());
+    // A next hop resolved: an entry rewritten, no slot moved.
+    let nh = Nexthop {
+        dmac: [2, 0, 0, 0, 0, 1],
+        smac: [2, 0, 0, 0, 0, 2],
+        ifindex: 0,
+    };
+    let nexthops = HashMap::from([(ip("198.18.0.11"), nh)]);
+    let w = step_with(&mut t, &c2, &Checks::default(), &nexthops);
+    assert!(
+        w.iter().all(|w| matches!(w, Write::Backend { .. })),
+        "no PREV_RINGS or PREV_UNTIL write: {w:?}"
+    );
+}
+
+#[test]
+fn adopted_tables_write_the_whole_previous_table_at_their_first_change() {
+    let c = one_vip("", &[("198.18.0.11", 1), ("198.18.0.12", 1)]);
+    let mut t = Tables::new(CAP);
+    step(&mut t, &c, &Checks::default());
+    let vip = key(&c, 0);
+    let state = t.vip(&vip).expect("vip").clone();
+    let backends: Vec<(u32, lb_common::Backend)> = state
+        .backends
+        .iter()
+        .map(|b| (b.id, backend_entry(&b.spec, state.id)))
+        .collect();
+    let mut adopted = Tables::adopt(
+        CAP,
+        vec![(vip, state.meta(), state.ring.clone())],
+        &backends,
+    )
+    .with_grace(GRACE);
+    let c2 = one_vip("", &[("198.18.0.11", 1), ("198.18.0.12", 5)]);
+    let w = step(&mut adopted, &c2, &Checks::default());
+    let second = maglev(&[(1, "198.18.0.11", 1), (2, "198.18.0.12", 5)], 7);
+    let prev = moved_from(&state.ring, &second);
+    let mut want: Vec<Write> = prev
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| Write::PrevSlot {
+            index: i as u32,
+            id,
+        })
+        .collect();
+    want.push(Write::PrevUntil {
+        vip_id: 1,
+        grace: GRACE,
+    });
+    want.extend(slot_writes(0, &state.ring, &second));
+    // Adopted maps: the NAT state is not known, so it is written once.
+    want.push(Write::Nat(NatState::default()));
+    assert_eq!(w, want);
+}

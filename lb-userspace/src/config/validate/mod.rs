@@ -261,6 +261,7 @@ fn check_global(sink: &mut Sink<'_>, g: &Global) {
         ("max_vips", g.max_vips, MAX_VIPS_RANGE),
         ("max_backends", g.max_backends, MAX_BACKENDS_RANGE),
         ("nat_capacity", g.nat_capacity, NAT_CAPACITY_RANGE),
+        ("new_flow_rate", g.new_flow_rate, NEW_FLOW_RATE_RANGE),
     ] {
         check_range(sink, &format!("global.{key}"), value, range);
     }
@@ -272,6 +273,7 @@ fn check_global(sink: &mut Sink<'_>, g: &Global) {
             g.nat_closed_timeout,
             NAT_CLOSED_TIMEOUT_RANGE,
         ),
+        ("table_grace", g.table_grace, TABLE_GRACE_RANGE),
     ] {
         check_range(sink, &format!("global.{key}"), value, range);
     }
