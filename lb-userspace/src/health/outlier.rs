@@ -4,10 +4,31 @@
 //! out for `cooldown`. Pure state: the owner feeds it counters once a
 //! second and applies the changes it returns.
 
-use std::{collections::HashMap, collections::VecDeque, time::Instant};
+use std::{
+    collections::HashMap,
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
 
 use super::state::Key;
 use crate::config::{Config, format_duration};
+
+/// The outlier rule's state of one backend as saved across restarts, times
+/// in wall-clock milliseconds (see `saved`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedOutlier {
+    pub timeouts: u64,
+    /// Failures counted at the last sample: the data plane's counters
+    /// outlive the daemon, so a restart must not count them again.
+    pub last_total: u64,
+    /// Failures within the window: (when, how many).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<(u64, u64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejected_until_ms: Option<u64>,
+}
 
 /// Handshake failures of one backend of one VIP.
 #[derive(Default)]
@@ -45,6 +66,53 @@ impl Outliers {
     /// SYNs left unanswered since hola started.
     pub fn timeouts(&self, key: &Key) -> u64 {
         self.passive.get(key).map_or(0, |p| p.timeouts)
+    }
+
+    /// Every backend's state, for the health file (`now_ms`: the wall
+    /// clock now).
+    pub fn saved(&self, now_ms: u64) -> Vec<(Key, SavedOutlier)> {
+        let now = Instant::now();
+        let wall = |t: Instant| {
+            if t >= now {
+                now_ms + t.duration_since(now).as_millis() as u64
+            } else {
+                now_ms.saturating_sub(now.duration_since(t).as_millis() as u64)
+            }
+        };
+        self.passive
+            .iter()
+            .map(|(k, p)| {
+                let saved = SavedOutlier {
+                    timeouts: p.timeouts,
+                    last_total: p.last_total,
+                    recent: p.recent.iter().map(|(t, n)| (wall(*t), *n)).collect(),
+                    ejected_until_ms: p.ejected_until.map(wall),
+                };
+                (*k, saved)
+            })
+            .collect()
+    }
+
+    /// Takes back a backend's saved state; true when it is still taken out.
+    pub fn restore(&mut self, key: Key, s: SavedOutlier, now_ms: u64) -> bool {
+        let now = Instant::now();
+        let instant = |ms: u64| {
+            if ms >= now_ms {
+                now + Duration::from_millis(ms - now_ms)
+            } else {
+                now.checked_sub(Duration::from_millis(now_ms - ms))
+                    .unwrap_or(now)
+            }
+        };
+        let p = Passive {
+            timeouts: s.timeouts,
+            last_total: s.last_total,
+            recent: s.recent.iter().map(|(ms, n)| (instant(*ms), *n)).collect(),
+            ejected_until: s.ejected_until_ms.map(instant),
+        };
+        let out = p.ejected_until.is_some();
+        self.passive.insert(key, p);
+        out
     }
 
     /// Applies the rule at `now`, given each backend's RST count: the
