@@ -14,7 +14,7 @@ use lb_userspace::{
 };
 
 use super::{
-    AttachCmd, BackendCmd, Cli, Cmd, ConfigCmd, HashArg, ModeArg, ProtoArg, VipCmd,
+    AttachCmd, BackendCmd, Cli, Cmd, ConfigCmd, HashArg, ModeArg, ProtoArg, VipCmd, apply,
     drain::{self, Sample, Status, Watch},
     parse_vip,
     print::{self, Changed, DrainWait},
@@ -60,6 +60,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Config {
             cmd: ConfigCmd::Dump,
         } => on_daemon(config_dump(socket)),
+        Cmd::Config {
+            cmd: ConfigCmd::Diff { file, json },
+        } => on_daemon(apply::apply(socket, &file, true, json)),
+        Cmd::Apply {
+            file,
+            dry_run,
+            json,
+        } => on_daemon(apply::apply(socket, &file, dry_run, json)),
     }
 }
 

@@ -42,6 +42,7 @@
 //! defaults after the derive has run (`check_table_serde`).
 
 pub mod defaults;
+pub mod diff;
 mod error;
 mod raw;
 #[cfg(test)]

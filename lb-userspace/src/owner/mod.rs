@@ -11,9 +11,10 @@
 //!
 //! The loop ([`Owner::run`]) never waits on anything but its inputs and its
 //! timers. What it does with them lives beside it: changes and reconcile
-//! (`change`), health bookkeeping and events (`checks`), replication
+//! (`change`), `hola apply` and its preview (`apply`), health bookkeeping and events (`checks`), replication
 //! (`replicate`), stats (`report`), flow explanations (`flow`).
 
+mod apply;
 mod change;
 mod checks;
 mod flow;
@@ -109,6 +110,10 @@ struct Pending {
 
 enum Reply {
     Change(oneshot::Sender<Result<(), OwnerError>>),
+    Apply(
+        oneshot::Sender<Result<crate::command::ApplyReport, OwnerError>>,
+        Box<crate::command::ApplyReport>,
+    ),
     Ready(oneshot::Sender<()>),
 }
 
@@ -324,6 +329,20 @@ impl Owner {
                     }
                 }
             }
+            Request::Apply {
+                file,
+                vips,
+                dry_run,
+                reply,
+            } => {
+                let wait_for = Command::Apply(vips.clone()).new_backends();
+                match self.apply(&file, vips, dry_run) {
+                    Ok(r) if !dry_run => self.hold(wait_for, Reply::Apply(reply, Box::new(r))),
+                    r => {
+                        let _ = reply.send(r);
+                    }
+                }
+            }
             Request::Ready(reply) => {
                 let all = self.config.vips.iter().flat_map(|v| &v.backends);
                 let backends = all.map(|b| b.address).collect();
@@ -380,6 +399,9 @@ impl Owner {
                 }
                 Reply::Ready(r) => {
                     let _ = r.send(());
+                }
+                Reply::Apply(r, report) => {
+                    let _ = r.send(Ok(*report));
                 }
             }
         }
