@@ -3,7 +3,8 @@
 //! while a request loop runs, and no connection reaches the stopped
 //! backend (its port is closed: one that did would fail) before, during
 //! or after either restart. Once its server is back, it comes up after
-//! `rise` checks and takes connections again.
+//! `rise` checks and takes connections again. A backend added while hola
+//! runs with `initial = "down"` takes no connection until its checks pass.
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -69,7 +70,7 @@ fn request_loop(lab: &Lab, stop: Arc<AtomicBool>) -> (Log, std::thread::JoinHand
 fn a_backend_down_before_a_restart_gets_no_connection_after_it() {
     require_root();
     let t0 = Instant::now();
-    let lab = Lab::new("rs1", 3);
+    let lab = Lab::new("rs1", 4);
     let mut servers = Servers::start(&lab);
     let mut d = Daemon::start(
         "rs1",
@@ -128,11 +129,43 @@ fn a_backend_down_before_a_restart_gets_no_connection_after_it() {
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     h.join().expect("request loop");
-    let log = log.lock().expect("lock");
-    assert!(log.iter().all(|(_, r)| r.is_ok()));
-    assert!(
-        log.iter().any(|(_, r)| r.as_deref() == Ok("b1")),
-        "b1 takes connections once up"
+    {
+        let log = log.lock().expect("lock");
+        assert!(log.iter().all(|(_, r)| r.is_ok()));
+        assert!(
+            log.iter().any(|(_, r)| r.as_deref() == Ok("b1")),
+            "b1 takes connections once up"
+        );
+    }
+
+    // b4 added by `hola apply` with `initial = "down"`, its server not
+    // yet running: down from the start, no connection reaches it; up once
+    // its server answers `rise` checks.
+    servers.stop_one(4);
+    let file = d.dir.join("add.toml");
+    let text = std::fs::read_to_string(&d.config)
+        .expect("configuration")
+        .replace("path = \"/\"\n", "path = \"/\"\ninitial = \"down\"\n")
+        + "\n[[vip.backend]]\naddress = \"198.18.0.14\"\nweight = 1\n";
+    std::fs::write(&file, text).expect("write add.toml");
+    d.ok(&["apply", &file.display().to_string()]);
+    assert_eq!(health(&d, "198.18.0.14"), "down", "initial = \"down\"");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (log, h) = request_loop(&lab, stop.clone());
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    h.join().expect("request loop");
+    let failed = log
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .count();
+    assert_eq!(
+        failed, 0,
+        "no connection reached b4 before its checks passed"
     );
+    servers.start_one(4);
+    wait_health(&d, "198.18.0.14", "up");
     println!("took {:?}", t0.elapsed());
 }
