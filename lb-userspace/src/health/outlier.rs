@@ -38,9 +38,22 @@ struct Passive {
     /// Failures (RSTs + timeouts) seen at the last sample.
     last_total: u64,
     /// Failures within the outlier window: (when, how many).
-    recent: VecDeque<(Instant, u64)>,
+    /// Failures within the window: (when, how many, when on the wall
+    /// clock, fixed once so that the saved file does not change by itself).
+    recent: VecDeque<(Instant, u64, u64)>,
     /// Taken out until then.
     ejected_until: Option<Instant>,
+    ejected_until_ms: Option<u64>,
+}
+
+/// `t` on the wall clock, in milliseconds.
+fn wall(t: Instant) -> u64 {
+    let (now, now_ms) = (Instant::now(), crate::model::now_ms());
+    if t >= now {
+        now_ms + t.duration_since(now).as_millis() as u64
+    } else {
+        now_ms.saturating_sub(now.duration_since(t).as_millis() as u64)
+    }
 }
 
 /// A backend taken out (`out`) or let back, and why.
@@ -68,25 +81,16 @@ impl Outliers {
         self.passive.get(key).map_or(0, |p| p.timeouts)
     }
 
-    /// Every backend's state, for the health file (`now_ms`: the wall
-    /// clock now).
-    pub fn saved(&self, now_ms: u64) -> Vec<(Key, SavedOutlier)> {
-        let now = Instant::now();
-        let wall = |t: Instant| {
-            if t >= now {
-                now_ms + t.duration_since(now).as_millis() as u64
-            } else {
-                now_ms.saturating_sub(now.duration_since(t).as_millis() as u64)
-            }
-        };
+    /// Every backend's state, for the health file.
+    pub fn saved(&self) -> Vec<(Key, SavedOutlier)> {
         self.passive
             .iter()
             .map(|(k, p)| {
                 let saved = SavedOutlier {
                     timeouts: p.timeouts,
                     last_total: p.last_total,
-                    recent: p.recent.iter().map(|(t, n)| (wall(*t), *n)).collect(),
-                    ejected_until_ms: p.ejected_until.map(wall),
+                    recent: p.recent.iter().map(|(_, n, ms)| (*ms, *n)).collect(),
+                    ejected_until_ms: p.ejected_until_ms,
                 };
                 (*k, saved)
             })
@@ -107,8 +111,13 @@ impl Outliers {
         let p = Passive {
             timeouts: s.timeouts,
             last_total: s.last_total,
-            recent: s.recent.iter().map(|(ms, n)| (instant(*ms), *n)).collect(),
+            recent: s
+                .recent
+                .iter()
+                .map(|(ms, n)| (instant(*ms), *n, *ms))
+                .collect(),
             ejected_until: s.ejected_until_ms.map(instant),
+            ejected_until_ms: s.ejected_until_ms,
         };
         let out = p.ejected_until.is_some();
         self.passive.insert(key, p);
@@ -131,19 +140,20 @@ impl Outliers {
                 let total = rsts(&key) + self.timeouts(&key);
                 let p = self.passive.entry(key).or_default();
                 if total > p.last_total {
-                    p.recent.push_back((now, total - p.last_total));
+                    p.recent.push_back((now, total - p.last_total, wall(now)));
                 }
                 p.last_total = total;
                 while p
                     .recent
                     .front()
-                    .is_some_and(|(t, _)| now.duration_since(*t) > rule.window)
+                    .is_some_and(|(t, _, _)| now.duration_since(*t) > rule.window)
                 {
                     p.recent.pop_front();
                 }
                 match p.ejected_until {
                     Some(until) if now >= until => {
                         p.ejected_until = None;
+                        p.ejected_until_ms = None;
                         p.recent.clear();
                         changes.push(Change {
                             key,
@@ -152,9 +162,10 @@ impl Outliers {
                         });
                     }
                     None => {
-                        let failures: u64 = p.recent.iter().map(|(_, n)| n).sum();
+                        let failures: u64 = p.recent.iter().map(|(_, n, _)| n).sum();
                         if failures >= u64::from(rule.failures) {
                             p.ejected_until = Some(now + rule.cooldown);
+                            p.ejected_until_ms = Some(wall(now + rule.cooldown));
                             changes.push(Change {
                                 key,
                                 out: true,

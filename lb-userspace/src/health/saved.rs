@@ -76,7 +76,6 @@ fn name(key: &Key) -> (String, IpAddr) {
 impl SavedChecks {
     /// What `checks` and `outliers` hold now.
     pub fn of(checks: &Checks, outliers: &Outliers) -> Self {
-        let now = now_ms();
         let mut by_key: HashMap<Key, SavedBackend> = HashMap::new();
         fn entry<'a>(m: &'a mut HashMap<Key, SavedBackend>, k: &Key) -> &'a mut SavedBackend {
             m.entry(*k).or_insert_with(|| {
@@ -102,7 +101,7 @@ impl SavedChecks {
         for (k, a) in &checks.agents {
             entry(&mut by_key, k).agent = Some(a.clone());
         }
-        for (k, o) in outliers.saved(now) {
+        for (k, o) in outliers.saved() {
             entry(&mut by_key, &k).outlier = Some(o);
         }
         let mut backends: Vec<SavedBackend> = by_key.into_values().collect();
@@ -265,5 +264,46 @@ mod tests {
         assert_eq!(c.health_result(key, probe(true)), None);
         assert_eq!(c.health_result(key, probe(true)), Some(true), "rise = 2");
         assert_eq!(c.effective(&v), [(1, true), (1, true)]);
+    }
+
+    #[test]
+    fn an_outlier_taken_out_stays_out_across_a_restart_and_its_failures_count_once() {
+        let mut v = vip(&[("198.18.0.11", 1, false)]);
+        v.outlier = Some(crate::config::OutlierConfig {
+            failures: 3,
+            window: Duration::from_secs(10),
+            cooldown: Duration::from_secs(30),
+            ..Default::default()
+        });
+        let config = crate::config::testing::config_with(vec![v.clone()]);
+        let key = (v.key(), v.backends[0].address);
+        let now = std::time::Instant::now();
+        let mut before = Outliers::default();
+        let changes = before.evaluate(&config, |_| 5, now);
+        assert_eq!(changes.len(), 1);
+        assert!(changes[0].out);
+        let mut checks = Checks::default();
+        checks.ejected.insert(key);
+        let saved = SavedChecks::of(&checks, &before);
+        assert_eq!(
+            saved,
+            SavedChecks::of(&checks, &before),
+            "stable while nothing changes"
+        );
+        let o = saved.backends[0].outlier.clone().expect("outlier state");
+        assert_eq!((o.last_total, o.recent.len()), (5, 1));
+
+        let (mut after, mut restored) = (Outliers::default(), Checks::default());
+        saved.restore(&mut restored, &mut after, &[key]);
+        assert!(restored.ejected.contains(&key), "still taken out");
+        let now = std::time::Instant::now();
+        assert_eq!(
+            after.evaluate(&config, |_| 5, now),
+            [],
+            "the same 5 RSTs count once"
+        );
+        let back = after.evaluate(&config, |_| 5, now + Duration::from_secs(31));
+        assert_eq!(back.len(), 1);
+        assert!(!back[0].out, "let back after the cool-down: {back:?}");
     }
 }
