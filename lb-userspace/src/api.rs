@@ -37,6 +37,10 @@ pub mod paths {
     pub const STATS: &str = "/v1/stats";
     pub const FLOW: &str = "/v1/flow";
     pub const EVENTS: &str = "/v1/events";
+    /// POST an [`ApplyRequest`](super::ApplyRequest): its VIPs become the
+    /// desired state (or, with `dry_run`, only the preview); answers an
+    /// `ApplyReport`.
+    pub const APPLY: &str = "/v1/apply";
 }
 
 /// The largest request body accepted (a VIP with thousands of backends fits).
@@ -106,6 +110,20 @@ pub struct BackendDrain {
     pub drain: bool,
 }
 
+/// `hola apply`: these VIPs (a file's, read and checked by the caller)
+/// become the desired state.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyRequest {
+    /// Where the VIPs come from, for messages.
+    pub file: String,
+    #[serde(rename = "vip", default)]
+    pub vips: Vec<VipConfig>,
+    /// Only say what would change.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
 /// A request body type, with an example of it for error messages.
 pub trait Example {
     const EXAMPLE: &'static str;
@@ -134,6 +152,10 @@ impl Example for BackendWeight {
 
 impl Example for BackendDrain {
     const EXAMPLE: &'static str = r#"{"vip":{"address":"198.18.1.1","port":80,"protocol":"tcp"},"address":"198.18.0.11","drain":true}"#;
+}
+
+impl Example for ApplyRequest {
+    const EXAMPLE: &'static str = r#"{"file":"hola.toml","dry_run":true,"vip":[{"address":"198.18.1.1","port":80,"protocol":"tcp","backend":[{"address":"198.18.0.11"}]}]}"#;
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -371,6 +393,17 @@ async fn backend_drain(
     change(&tx, command).await
 }
 
+async fn apply(State(tx): State<Tx>, Json(a): Json<ApplyRequest>) -> Result<Response, ApiError> {
+    let report = ask(&tx, |reply| Request::Apply {
+        file: a.file,
+        vips: a.vips,
+        dry_run: a.dry_run,
+        reply,
+    })
+    .await??;
+    Ok(axum::Json(report).into_response())
+}
+
 async fn vips(State(tx): State<Tx>) -> Result<Response, ApiError> {
     let c = ask(&tx, Request::Config).await?;
     Ok(axum::Json(c.vips).into_response())
@@ -439,6 +472,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     let allowed = match path {
         paths::VIPS => "GET lists VIPs, POST adds one",
         p if p.starts_with("/v1/vips/") || p.starts_with("/v1/backends") => "POST",
+        paths::APPLY => "POST",
         _ => "GET",
     };
     ApiError::with_status(
@@ -460,6 +494,7 @@ pub fn router(tx: Tx) -> Router {
         .route(paths::STATS, get(stats))
         .route(paths::FLOW, get(flow))
         .route(paths::EVENTS, get(events))
+        .route(paths::APPLY, post(apply))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(tx)

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use tokio::sync::oneshot;
 
+pub use crate::preview::ApplyReport;
 use crate::{
     config::{BackendConfig, Config, Protocol, VipConfig},
     model::VipAddr,
@@ -68,6 +69,9 @@ pub enum Command {
         address: IpAddr,
         drain: bool,
     },
+    /// These VIPs, backends and checks become the desired state, replacing
+    /// all others (`hola apply`, SIGHUP).
+    Apply(Vec<VipConfig>),
 }
 
 impl Command {
@@ -113,6 +117,7 @@ impl Command {
                 address,
                 drain,
             } => find_backend(find_vip(config, vip)?, vip, address)?.drain = drain,
+            Command::Apply(vips) => config.vips = vips,
         }
         Ok(())
     }
@@ -123,6 +128,10 @@ impl Command {
         match self {
             Command::AddVip(v) => v.backends.iter().map(|b| b.address).collect(),
             Command::AddBackend { backend, .. } => vec![backend.address],
+            Command::Apply(vips) => vips
+                .iter()
+                .flat_map(|v| v.backends.iter().map(|b| b.address))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -155,6 +164,13 @@ fn find_backend(
 #[derive(Debug)]
 pub enum Request {
     Change(Box<Command>, oneshot::Sender<Result<(), OwnerError>>),
+    /// `Command::Apply` of `vips`, or with `dry_run` only its preview.
+    Apply {
+        file: String,
+        vips: Vec<VipConfig>,
+        dry_run: bool,
+        reply: oneshot::Sender<Result<ApplyReport, OwnerError>>,
+    },
     Config(oneshot::Sender<Config>),
     Stats(oneshot::Sender<Result<StatsReport, OwnerError>>),
     Events(oneshot::Sender<Vec<Event>>),

@@ -269,7 +269,13 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         })?;
 
     let result = rt.block_on(serve(
-        &cfg, &senders, cluster, targets_rx, &shutdown, &tracker,
+        &cfg,
+        &opts.config,
+        &senders,
+        cluster,
+        targets_rx,
+        &shutdown,
+        &tracker,
     ));
     rt.block_on(async {
         shutdown.cancel();
@@ -296,15 +302,19 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
 
 /// Everything but the owner, until SIGTERM/SIGINT or a server fails: the
 /// control API (opened once the next hops are known, or after a bound),
-/// the health checker, the cluster's tasks, the metrics listener.
+/// the health checker, the cluster's tasks, the metrics listener; SIGHUP
+/// applies `config_path` ([`reload`]).
 async fn serve(
     cfg: &Config,
+    config_path: &Path,
     senders: &owner::Senders,
     cluster: Option<std::sync::Arc<crate::cluster::Shared>>,
     targets: tokio::sync::watch::Receiver<Vec<crate::health::Job>>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<()> {
+    // First: until it is installed, SIGHUP's default action ends hola.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let (ready, is_ready) = tokio::sync::oneshot::channel();
     if senders.requests.send(Request::Ready(ready)).await.is_ok() {
         let _ = is_ready.await;
@@ -343,22 +353,79 @@ async fn serve(
         }
         None => None,
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
     let metrics = async move {
         match metrics {
             Some(m) => m.await,
             None => std::future::pending().await,
         }
     };
-    let result = tokio::select! {
-        r = api => r.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)),
-        r = metrics => r.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)),
-        _ = tokio::signal::ctrl_c() => Ok(()),
-        _ = term.recv() => Ok(()),
+    tokio::pin!(api, metrics);
+    let result = loop {
+        tokio::select! {
+            r = &mut api => break r.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)),
+            r = &mut metrics => break r.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)),
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = term.recv() => break Ok(()),
+            _ = hup.recv() => {
+                tracker.spawn(reload(config_path.to_path_buf(), cfg.global.clone(), senders.requests.clone()));
+            }
+        }
     };
     let _ = std::fs::remove_file(&sock);
     tracing::info!("stopping; the data plane stays attached (hola down removes it)");
     result
+}
+
+/// SIGHUP: the VIPs, backends and checks of `path` become the desired
+/// state, as `hola apply` makes them (the owner logs what changed and
+/// moved). A file with an error changes nothing; its errors are logged
+/// with their lines. Global settings take effect only at a start: a
+/// difference is logged.
+async fn reload(path: PathBuf, running: crate::config::Global, requests: mpsc::Sender<Request>) {
+    let file = path.display().to_string();
+    tracing::info!("SIGHUP: applying {file}");
+    let c = match crate::config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            for line in e.to_string().lines() {
+                tracing::error!("{line}");
+            }
+            tracing::error!(
+                "SIGHUP: {file} not applied, nothing was changed: fix it (`hola check-config \
+                 {file}`), then send SIGHUP again"
+            );
+            return;
+        }
+    };
+    let mut global = c.global.clone();
+    global.interfaces.clone_from(&running.interfaces);
+    if global != running {
+        tracing::warn!(
+            "SIGHUP: the [global] settings of {file} differ from the running ones; they take \
+             effect only when hola run starts again (VIPs, backends and checks are applied now)"
+        );
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let req = Request::Apply {
+        file: file.clone(),
+        vips: c.vips,
+        dry_run: false,
+        reply,
+    };
+    if requests.send(req).await.is_err() {
+        return;
+    }
+    match answer.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            for line in e.to_string().lines() {
+                tracing::error!("SIGHUP: {line}");
+            }
+        }
+        Err(_) => tracing::error!("SIGHUP: the data-plane owner stopped before answering"),
+    }
 }
 
 /// `hola down`: removes every pin (links first: the program detaches at

@@ -17,6 +17,7 @@ pub mod maglev;
 pub mod model;
 pub mod neigh;
 pub mod owner;
+pub mod preview;
 pub mod programs;
 pub mod reconcile;
 pub mod state;

@@ -70,6 +70,9 @@ pub fn effective_config(path: &Path) -> anyhow::Result<Config> {
         Ok(None) => {}
         Ok(Some(vips)) => {
             tracing::info!("VIPs and backends from the state file {}", state.display());
+            if let Some(line) = differs(&state, path, &vips, &c.vips) {
+                tracing::warn!("{line}");
+            }
             c.vips = vips;
         }
         Err(problem) => bail!(
@@ -79,6 +82,27 @@ pub fn effective_config(path: &Path) -> anyhow::Result<Config> {
         ),
     }
     Ok(c)
+}
+
+/// One line when the state file's VIPs differ from the configuration
+/// file's: how, which wins, and how to make the file the desired state.
+pub fn differs(
+    state: &Path,
+    config: &Path,
+    state_vips: &[config::VipConfig],
+    file_vips: &[config::VipConfig],
+) -> Option<String> {
+    let d = config::diff::diff(state_vips, file_vips);
+    let (s, f) = (state.display(), config.display());
+    (!d.is_empty()).then(|| {
+        format!(
+            "the state file {s} differs from {f} (applying {f} would change: {}); the state \
+             file wins, as it holds the changes made since through the API: to make {f} the \
+             desired state, see what it would change and move with `hola config diff {f}`, \
+             then run `hola apply {f}` or send SIGHUP to hola run",
+            d.summary()
+        )
+    })
 }
 
 /// The VIPs of the state file `state`, checked against the global settings
@@ -219,6 +243,20 @@ mod tests {
                 .len(),
             3
         );
+        let file = config::load(&config).expect("config").vips;
+        let line =
+            differs(&state, &config, &with_backends(&config, 3).vips, &file).expect("they differ");
+        for needle in [
+            "VIPs: 0 added, 0 removed, 1 changed; backends of VIPs in both: 0 added, 2 removed, \
+             0 changed"
+                .to_string(),
+            "the state file wins".into(),
+            format!("`hola config diff {}`", config.display()),
+            format!("`hola apply {}`", config.display()),
+        ] {
+            assert!(line.contains(&needle), "{line}\nshould say {needle:?}");
+        }
+        assert_eq!(differs(&state, &config, &file, &file), None);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

@@ -194,6 +194,14 @@ impl Daemon {
         }
     }
 
+    /// Sends `signal` to the daemon, which goes on running.
+    pub fn signal(&self, signal: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill on a PID we started and have not reaped.
+            unsafe { libc::kill(c.id() as i32, signal) };
+        }
+    }
+
     /// `hola --socket S ARGS...`
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(hola_bin())

@@ -14,7 +14,7 @@ use lb_userspace::{
 };
 
 use super::{
-    AttachCmd, BackendCmd, Cli, Cmd, ConfigCmd, HashArg, ModeArg, ProtoArg, VipCmd,
+    AttachCmd, BackendCmd, Cli, Cmd, ConfigCmd, HashArg, ModeArg, ProtoArg, VipCmd, apply,
     drain::{self, Sample, Status, Watch},
     parse_vip,
     print::{self, Changed, DrainWait},
@@ -64,6 +64,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Doctor(args) => tools::doctor(&args),
         Cmd::Top { filter } => lb_userspace::top::term::run(socket, filter),
         Cmd::Generate { out } => tools::generate(&out),
+        Cmd::Config {
+            cmd: ConfigCmd::Diff { file, json },
+        } => on_daemon(apply::apply(socket, &file, true, json)),
+        Cmd::Apply {
+            file,
+            dry_run,
+            json,
+        } => on_daemon(apply::apply(socket, &file, dry_run, json)),
     }
 }
 

@@ -2,6 +2,7 @@
 //! helpers for values clap does not know (a VIP written `ADDR:PORT/PROTO`).
 //! [`dispatch`] runs a command; [`print`] renders the answers as text.
 
+mod apply;
 mod dispatch;
 mod drain;
 mod print;
@@ -95,6 +96,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Make FILE's VIPs, backends and checks the desired state, as one
+    /// change (all or nothing); prints what changed and what moved.
+    Apply {
+        file: PathBuf,
+        /// Only print what would change and move; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// The effective configuration.
     Config {
         #[command(subcommand)]
@@ -139,6 +150,12 @@ enum Cmd {
 enum ConfigCmd {
     /// Print the effective state as TOML (check-config accepts it).
     Dump,
+    /// What `hola apply FILE` would change and move (as `--dry-run`).
+    Diff {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]

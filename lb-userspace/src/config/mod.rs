@@ -42,6 +42,7 @@
 //! defaults after the derive has run (`check_table_serde`).
 
 pub mod defaults;
+pub mod diff;
 mod error;
 mod raw;
 #[cfg(test)]
@@ -60,8 +61,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use error::{ConfigError, ConfigErrors, Subject};
 pub use values::{
-    Bounds, CheckKind, HashKind, Ipv4Cidr, Ipv6Cidr, Protocol, VipMode, XdpMode, format_duration,
-    format_port_range, parse_duration,
+    Bounds, CheckKind, HashKind, Initial, Ipv4Cidr, Ipv6Cidr, Protocol, VipMode, XdpMode,
+    format_duration, format_port_range, parse_duration,
 };
 
 use defaults::fns as d;
@@ -466,6 +467,10 @@ pub struct HealthConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub slow_start: Option<Duration>,
+    /// How a backend without saved health starts (added while hola runs,
+    /// or hola's first start): up, or down until `rise` passes.
+    #[serde(default, skip_serializing_if = "Initial::is_up")]
+    pub initial: Initial,
 }
 
 impl HealthConfig {
@@ -486,6 +491,7 @@ impl HealthConfig {
             expect: None,
             command: Vec::new(),
             slow_start: None,
+            initial: Initial::Up,
         }
     }
 }

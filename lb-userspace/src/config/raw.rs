@@ -19,7 +19,9 @@ use serde::Deserialize;
 use super::defaults::*;
 use super::error::Sink;
 use super::validate::{FULLNAT_SOURCE_V4_EXAMPLE, FULLNAT_SOURCE_V6_EXAMPLE, foreign_key};
-use super::values::{CheckKind, Choice, DURATION_RULE, parse_duration, parse_metrics_address};
+use super::values::{
+    CheckKind, Choice, DURATION_RULE, Initial, parse_duration, parse_metrics_address,
+};
 use super::{
     AgentConfig, BackendConfig, ClusterConfig, Config, Global, HealthConfig, OutlierConfig,
     VipConfig,
@@ -267,6 +269,7 @@ struct RawHealth {
     expect: Option<String>,
     command: Option<Vec<String>>,
     slow_start: Option<String>,
+    initial: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -631,6 +634,7 @@ impl RawHealth {
         }
         h.timeout = duration(sink, "timeout", self.timeout).unwrap_or(timeout_for(h.interval));
         h.slow_start = duration(sink, "slow_start", self.slow_start);
+        h.initial = sink.choice(&format!("{path}.initial"), self.initial.take(), Initial::Up);
         let count = |sink: &mut Sink<'_>, key: &str, v: Option<i64>, default: u32| {
             sink.int(&format!("{path}.{key}"), v, default, HEALTH_COUNT_RANGE)
         };

@@ -624,6 +624,7 @@ host = "www.example.com"
 expect_status = 204
 expect_body = "ok"
 slow_start = "30s"
+initial = "down"
 [[vip.backend]]
 address = "198.18.0.11"
 [[vip.backend]]
@@ -667,6 +668,7 @@ fn health_checks_parse_and_round_trip() {
             expect: None,
             command: Vec::new(),
             slow_start: Some(Duration::from_secs(30)),
+            initial: crate::config::Initial::Down,
         }
     );
     let tcp = v.backends[1].health.as_ref().unwrap();

@@ -289,6 +289,24 @@ pub enum CheckKind {
     Exec,
 }
 
+/// How a checked backend starts when hola has no saved health for it (a
+/// backend added while hola runs, or the first start): `up` takes flows at
+/// once (and goes down after `fall` failures), `down` takes none until its
+/// check passes `rise` times.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Initial {
+    #[default]
+    Up,
+    Down,
+}
+
+impl Initial {
+    pub fn is_up(&self) -> bool {
+        *self == Initial::Up
+    }
+}
+
 /// The TOML spelling of each enum value; must agree with the serde renames
 /// above (the round-trip test checks it).
 pub(super) trait Choice: Copy + PartialEq + 'static {
@@ -346,6 +364,10 @@ impl Choice for CheckKind {
     ];
 }
 
+impl Choice for Initial {
+    const CHOICES: &'static [(&'static str, Self)] = &[("up", Self::Up), ("down", Self::Down)];
+}
+
 impl Choice for XdpMode {
     const CHOICES: &'static [(&'static str, Self)] = &[
         ("auto", Self::Auto),
@@ -363,7 +385,7 @@ macro_rules! display_choice {
         }
     )*};
 }
-display_choice!(Protocol, VipMode, HashKind, XdpMode, CheckKind);
+display_choice!(Protocol, VipMode, HashKind, XdpMode, CheckKind, Initial);
 
 // ---------------------------------------------------------------------------
 // Address prefixes

@@ -79,6 +79,21 @@ impl Dataplane {
     }
 }
 
+impl Dataplane {
+    /// At most `max` `FLOWS` entries, and whether the table holds more (a
+    /// walk stopped early: the entries come in hash order, a sample
+    /// unrelated to their backends).
+    pub fn flow_sample(
+        &self,
+        max: usize,
+    ) -> Result<(Vec<(FlowKey, FlowValue)>, bool), DataplaneError> {
+        let mut it = self.flows.iter();
+        let got = walk(it.by_ref().take(max), names::FLOWS)?;
+        let more = got.len() == max && it.next().is_some();
+        Ok((got, more))
+    }
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

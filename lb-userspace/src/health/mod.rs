@@ -7,11 +7,13 @@
 //! - [`probe`]: one probe (TCP, HTTP, UDP, exec), typed outcomes;
 //! - [`agent`]: the agent check and its reports;
 //! - [`state`]: rise/fall, agent state, effective weights, slow start;
-//! - [`outlier`]: the passive outlier rule.
+//! - [`outlier`]: the passive outlier rule;
+//! - [`saved`]: all of that kept across restarts.
 
 pub mod agent;
 pub mod outlier;
 pub mod probe;
+pub mod saved;
 pub mod state;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};

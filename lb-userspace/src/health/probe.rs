@@ -304,6 +304,7 @@ pub(super) mod tests {
             expect: None,
             command: Vec::new(),
             slow_start: None,
+            initial: crate::config::Initial::Up,
         }
     }
 

@@ -16,6 +16,7 @@ use super::{
     Job,
     agent::{AgentMode, AgentStatus, Report, clamp_percent, scaled_weight},
     probe::Probe,
+    saved::SavedHealth,
 };
 use crate::{
     config::{Config, VipConfig},
@@ -26,15 +27,16 @@ use crate::{
 pub type Key = (VipAddr, IpAddr);
 
 /// Rise/fall hysteresis: `fall` consecutive failures take a backend down,
-/// `rise` consecutive successes bring it back. A backend starts up, so that
-/// a restart of hola does not take healthy backends out of service.
+/// `rise` consecutive successes bring it back. [`Machine::new`] starts up;
+/// a backend without saved health starts as its check's `initial` says,
+/// one with saved health as it was (see `saved`).
 #[derive(Clone, Debug)]
 pub struct Machine {
     rise: u32,
     fall: u32,
     pub up: bool,
-    ok_streak: u32,
-    fail_streak: u32,
+    pub(super) ok_streak: u32,
+    pub(super) fail_streak: u32,
 }
 
 impl Machine {
@@ -93,6 +95,8 @@ pub struct Health {
     /// When it last came up (for slow start); `None` when it has been up
     /// since hola started, so a restart does not ramp healthy backends.
     pub up_since: Option<Instant>,
+    /// `up_since` on the wall clock, for the health file.
+    pub up_since_ms: Option<u64>,
 }
 
 impl Health {
@@ -102,6 +106,7 @@ impl Health {
             last: None,
             changed_ms: None,
             up_since: None,
+            up_since_ms: None,
         }
     }
 }
@@ -115,17 +120,24 @@ pub struct AgentChange {
 }
 
 /// What the checks say about every backend: health and agent state.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Checks {
     pub health: HashMap<Key, Health>,
     pub agents: HashMap<Key, AgentStatus>,
     /// Taken out by the outlier rule (passive health), until the cool-down.
     pub ejected: HashSet<Key>,
+    /// Health and agent states saved by the previous daemon, until the
+    /// first [`Checks::track`] takes them (a backend added later starts as
+    /// its check's `initial` says, whatever an earlier daemon saw).
+    pub(super) restored: HashMap<Key, SavedHealth>,
+    pub(super) restored_agents: HashMap<Key, AgentStatus>,
 }
 
 impl Checks {
     /// Keeps one state per checked backend of `jobs`: a backend whose check
-    /// changes keeps its state, one no longer checked loses it.
+    /// changes keeps its state, one no longer checked loses it; a new one
+    /// gets what the previous daemon saved of it, else its check's
+    /// `initial`.
     pub fn track(&mut self, jobs: &[Job]) {
         let health: HashSet<Key> = jobs
             .iter()
@@ -146,20 +158,31 @@ impl Checks {
         for j in jobs {
             match j {
                 Job::Health(t) => {
-                    self.health
-                        .entry((t.vip, t.backend))
-                        .or_insert_with(|| Health::new(t.check.rise, t.check.fall));
+                    let key = (t.vip, t.backend);
+                    let saved = self.restored.remove(&key);
+                    self.health.entry(key).or_insert_with(|| match saved {
+                        Some(s) => Health::restored(t.check.rise, t.check.fall, &s),
+                        None => {
+                            let mut h = Health::new(t.check.rise, t.check.fall);
+                            h.machine.up = t.check.initial.is_up();
+                            h
+                        }
+                    });
                 }
                 Job::Agent(t) => {
+                    let key = (t.vip, t.backend);
+                    let saved = self.restored_agents.remove(&key);
                     let status = self
                         .agents
-                        .entry((t.vip, t.backend))
-                        .or_insert_with(|| AgentStatus::new(&t.agent));
+                        .entry(key)
+                        .or_insert_with(|| saved.unwrap_or_else(|| AgentStatus::new(&t.agent)));
                     // Bounds that changed apply to the current percentage.
                     status.percent = clamp_percent(status.percent, &t.agent);
                 }
             }
         }
+        self.restored.clear();
+        self.restored_agents.clear();
     }
 
     /// A health probe's result: the new state when the backend went up or
@@ -171,6 +194,7 @@ impl Checks {
         h.last = Some(probe);
         let up = changed?;
         h.up_since = up.then(Instant::now);
+        h.up_since_ms = up.then(crate::model::now_ms);
         Some(up)
     }
 

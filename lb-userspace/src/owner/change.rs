@@ -95,7 +95,7 @@ impl Owner {
 /// A refused configuration change, in the terms of the request: each error
 /// says which VIP and backend it is about (the field paths count VIPs and
 /// backends by position, which a caller of the API does not see).
-fn describe(config: &Config, errors: &ConfigErrors) -> String {
+pub(super) fn describe(config: &Config, errors: &ConfigErrors) -> String {
     let lines: Vec<String> = errors
         .0
         .iter()

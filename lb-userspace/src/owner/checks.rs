@@ -8,7 +8,7 @@ use super::{MAX_EVENTS, Owner};
 use crate::{
     cluster::wire::Entry,
     config::OutlierConfig,
-    health::{self, CheckEvent},
+    health::{self, CheckEvent, saved::SavedChecks},
     model::{VipAddr, now_ms},
     stats::Event,
 };
@@ -39,6 +39,7 @@ impl Owner {
                 // The change time is when the data plane has it, not before.
                 let at = now_ms();
                 self.checks.changed_at(&(vip, backend), at);
+                self.save_health();
                 let state = if up { "up" } else { "down" };
                 self.event(at, vip, backend, state, detail);
             }
@@ -58,6 +59,7 @@ impl Owner {
                 // An agent's answer: the weight follows at once (one table
                 // rebuild per change).
                 self.apply_checks("an agent's report");
+                self.save_health();
                 if change.mode != change.mode_before {
                     let state = format!("agent {}", change.mode);
                     self.event(now_ms(), vip, backend, &state, detail);
@@ -130,10 +132,31 @@ impl Owner {
             }
         }
         self.apply_checks("the outlier rule");
+        self.save_health();
         let at = now_ms();
         for c in changes {
             let state = if c.out { "outlier down" } else { "outlier up" };
             self.event(at, c.key.0, c.key.1, state, c.detail);
+        }
+    }
+
+    /// Writes the checks' state to the health file when it differs from
+    /// what was last written: at once when a backend goes up or down, and
+    /// once a second for the streaks in between (so a restart, even after
+    /// SIGKILL, finds every up/down state and streaks at most a second
+    /// old). A write that fails is logged and tried again next second.
+    pub(super) fn save_health(&mut self) {
+        let now = SavedChecks::of(&self.checks, &self.outliers);
+        if self.health_written.as_ref() == Some(&now) {
+            return;
+        }
+        match now.write(&self.health_file) {
+            Ok(()) => self.health_written = Some(now),
+            Err(e) => tracing::warn!(
+                "saving backend health to {} failed: {e} (check the space and permissions of \
+                 its directory); a restart now would start from older health",
+                self.health_file.display()
+            ),
         }
     }
 

@@ -11,9 +11,10 @@
 //!
 //! The loop ([`Owner::run`]) never waits on anything but its inputs and its
 //! timers. What it does with them lives beside it: changes and reconcile
-//! (`change`), health bookkeeping and events (`checks`), replication
+//! (`change`), `hola apply` and its preview (`apply`), health bookkeeping and events (`checks`), replication
 //! (`replicate`), stats (`report`), flow explanations (`flow`).
 
+mod apply;
 mod change;
 mod checks;
 mod flow;
@@ -37,7 +38,11 @@ use crate::{
     cluster::{ClusterEvent, Shared as ClusterShared},
     config::Config,
     dataplane::{Dataplane, Stats},
-    health::{CheckEvent, Checks, Job, outlier::Outliers},
+    health::{
+        CheckEvent, Checks, Job,
+        outlier::Outliers,
+        saved::{SavedChecks, health_path},
+    },
     model::Nexthop,
     neigh::{NeighEvent, Resolver},
     stats::NatReport,
@@ -105,6 +110,10 @@ struct Pending {
 
 enum Reply {
     Change(oneshot::Sender<Result<(), OwnerError>>),
+    Apply(
+        oneshot::Sender<Result<crate::command::ApplyReport, OwnerError>>,
+        Box<crate::command::ApplyReport>,
+    ),
     Ready(oneshot::Sender<()>),
 }
 
@@ -119,6 +128,10 @@ pub struct Owner {
     resolver: Option<Resolver>,
     checks: Checks,
     outliers: Outliers,
+    /// Where the checks' state is kept across restarts, and what was last
+    /// written there.
+    health_file: PathBuf,
+    health_written: Option<SavedChecks>,
     events: VecDeque<Event>,
     targets: Option<tokio::sync::watch::Sender<Vec<Job>>>,
     prev: Option<(Instant, Stats)>,
@@ -146,6 +159,34 @@ impl Owner {
             .flat_map(|v| &v.backends)
             .filter_map(|b| Some((b.spec.addr, b.spec.nexthop?)))
             .collect();
+        let health_file = health_path(&state_file);
+        let mut checks = Checks::default();
+        let mut outliers = Outliers::default();
+        let health_written = match SavedChecks::read(&health_file) {
+            Ok(Some(saved)) => {
+                let keys: Vec<_> = config
+                    .vips
+                    .iter()
+                    .flat_map(|v| v.backends.iter().map(|b| (v.key(), b.address)))
+                    .collect();
+                tracing::info!(
+                    "backend health from {} ({} backends)",
+                    health_file.display(),
+                    saved.backends.len()
+                );
+                saved.clone().restore(&mut checks, &mut outliers, &keys);
+                Some(saved)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(
+                    "the saved backend health cannot be used ({e}): every checked backend \
+                     starts as its check's `initial` says; the file is replaced at the first \
+                     health change"
+                );
+                None
+            }
+        };
         Owner {
             dp,
             config,
@@ -153,8 +194,10 @@ impl Owner {
             nexthops,
             held: HashMap::new(),
             resolver: None,
-            checks: Checks::default(),
-            outliers: Outliers::default(),
+            checks,
+            outliers,
+            health_file,
+            health_written,
             events: VecDeque::new(),
             targets: None,
             prev: None,
@@ -185,6 +228,9 @@ impl Owner {
     /// maps hold already is kept, only differences are written).
     pub fn start(&mut self) -> Result<(), OwnerError> {
         let config = self.config.clone();
+        // The saved health first: a backend that was down must not be
+        // written up, even for the time until the checker starts.
+        self.checks.track(&crate::health::jobs(&config));
         self.hold_new(&config);
         self.reconcile(&config)
     }
@@ -256,6 +302,7 @@ impl Owner {
             p.deadline = tokio::time::Instant::now();
         }
         self.answer_pending();
+        self.save_health();
     }
 
     /// Once a second: counters sampled, NAT swept, outliers, slow start.
@@ -270,6 +317,7 @@ impl Owner {
             tracing::warn!(error = %e, "ending the previous Maglev tables' grace periods");
         }
         self.outliers();
+        self.save_health();
         if self.checks.ramping(&self.config) {
             self.apply_checks("slow start");
         } else if self.dp.tables().has_dirty() {
@@ -285,6 +333,20 @@ impl Owner {
                     Ok(()) => self.hold(wait_for, Reply::Change(reply)),
                     Err(e) => {
                         let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Request::Apply {
+                file,
+                vips,
+                dry_run,
+                reply,
+            } => {
+                let wait_for = Command::Apply(vips.clone()).new_backends();
+                match self.apply(&file, vips, dry_run) {
+                    Ok(r) if !dry_run => self.hold(wait_for, Reply::Apply(reply, Box::new(r))),
+                    r => {
+                        let _ = reply.send(r);
                     }
                 }
             }
@@ -344,6 +406,9 @@ impl Owner {
                 }
                 Reply::Ready(r) => {
                     let _ = r.send(());
+                }
+                Reply::Apply(r, report) => {
+                    let _ = r.send(Ok(*report));
                 }
             }
         }

@@ -7,11 +7,13 @@
 //!   the ordered writes, VIP by VIP, touching only what differs;
 //! - [`tables`]: that copy of the kernel tables, and how entries are
 //!   encoded;
-//! - [`alloc`]: the id and ring-space allocators the plan uses.
+//! - [`alloc`]: the id and ring-space allocators the plan uses;
+//! - [`moves`]: what a plan would move (slots, flows), for a preview.
 //!
 //! The data plane executes a plan; nothing else decides what it writes.
 
 pub mod alloc;
+pub mod moves;
 pub mod plan;
 pub mod tables;
 
