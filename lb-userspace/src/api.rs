@@ -37,6 +37,14 @@ pub mod paths {
     pub const STATS: &str = "/v1/stats";
     pub const FLOW: &str = "/v1/flow";
     pub const EVENTS: &str = "/v1/events";
+    pub const NODE_DRAIN: &str = "/v1/node/drain";
+}
+
+/// `hola node drain` (`drained: true`) and `undrain`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDrain {
+    pub drained: bool,
 }
 
 /// The largest request body accepted (a VIP with thousands of backends fits).
@@ -113,6 +121,10 @@ pub trait Example {
 
 impl Example for VipConfig {
     const EXAMPLE: &'static str = r#"{"address":"198.18.1.1","port":80,"protocol":"tcp","mode":"dsr","backend":[{"address":"198.18.0.11","weight":1}]}"#;
+}
+
+impl Example for NodeDrain {
+    const EXAMPLE: &'static str = r#"{"drained":true}"#;
 }
 
 impl Example for VipRef {
@@ -371,6 +383,11 @@ async fn backend_drain(
     change(&tx, command).await
 }
 
+async fn node_drain(State(tx): State<Tx>, Json(d): Json<NodeDrain>) -> Result<Response, ApiError> {
+    ask(&tx, |r| Request::Drain(d.drained, r)).await??;
+    Ok((StatusCode::OK, axum::Json(serde_json::json!({"ok": true}))).into_response())
+}
+
 async fn vips(State(tx): State<Tx>) -> Result<Response, ApiError> {
     let c = ask(&tx, Request::Config).await?;
     Ok(axum::Json(c.vips).into_response())
@@ -460,6 +477,7 @@ pub fn router(tx: Tx) -> Router {
         .route(paths::STATS, get(stats))
         .route(paths::FLOW, get(flow))
         .route(paths::EVENTS, get(events))
+        .route(paths::NODE_DRAIN, post(node_drain))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(tx)

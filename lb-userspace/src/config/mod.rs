@@ -41,6 +41,7 @@
 //! schema types derive serde with `remote = "Self"` and fill in such
 //! defaults after the derive has run (`check_table_serde`).
 
+mod bgp;
 pub mod defaults;
 mod error;
 mod raw;
@@ -58,6 +59,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use bgp::{BgpConfig, BgpPeer};
 pub use error::{ConfigError, ConfigErrors, Subject};
 pub use values::{
     Bounds, CheckKind, HashKind, Ipv4Cidr, Ipv6Cidr, Protocol, VipMode, XdpMode, format_duration,
@@ -78,6 +80,11 @@ pub struct Config {
     /// the cluster key, and it always comes from the configuration file).
     #[serde(default, skip_serializing)]
     pub cluster: Option<ClusterConfig>,
+    /// Announcing the VIPs over BGP through BIRD (docs/cluster.md); `None`:
+    /// hola announces nothing. Like `[cluster]`, never written back: it
+    /// always comes from the configuration file.
+    #[serde(default, skip_serializing)]
+    pub bgp: Option<BgpConfig>,
     #[serde(rename = "vip", default)]
     pub vips: Vec<VipConfig>,
 }

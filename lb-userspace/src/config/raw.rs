@@ -34,7 +34,7 @@ use super::{
 impl Sink<'_> {
     /// A duration such as `"2s"` at `path`, if given; an unreadable one is
     /// reported (and its path poisoned) and counts as absent.
-    fn duration(&mut self, path: &str, value: Option<String>) -> Option<Duration> {
+    pub(super) fn duration(&mut self, path: &str, value: Option<String>) -> Option<Duration> {
         let s = value?;
         parse_duration(&s).or_else(|| {
             self.error(path, format!("{path} = {s:?}: {DURATION_RULE}"));
@@ -46,7 +46,7 @@ impl Sink<'_> {
     /// `value` (or `default` when absent) as a `T`; a value `T` cannot hold is
     /// reported with `rule` and replaced by `default`. Ranges inside `T`
     /// are checked later, on the schema.
-    fn int<T: TryFrom<i64>>(
+    pub(super) fn int<T: TryFrom<i64>>(
         &mut self,
         path: &str,
         value: Option<i64>,
@@ -87,7 +87,7 @@ impl Sink<'_> {
 
     /// `value` read by `parse` (or `default` when absent); a value `parse`
     /// rejects is reported with its reason and replaced by `default`.
-    fn parsed<T>(
+    pub(super) fn parsed<T>(
         &mut self,
         path: &str,
         value: Option<String>,
@@ -102,7 +102,13 @@ impl Sink<'_> {
     }
 
     /// `value`, or `placeholder` after reporting it missing.
-    fn required<T>(&mut self, path: &str, value: Option<T>, placeholder: T, example: &str) -> T {
+    pub(super) fn required<T>(
+        &mut self,
+        path: &str,
+        value: Option<T>,
+        placeholder: T,
+        example: &str,
+    ) -> T {
         value.unwrap_or_else(|| {
             self.error(path, format!("{path} is missing: add it, e.g. {example}"));
             self.poison(path);
@@ -111,7 +117,7 @@ impl Sink<'_> {
     }
 
     /// A required IP address; the placeholder is the unspecified IPv4 address.
-    fn ip(&mut self, path: &str, value: Option<String>, example: &str) -> IpAddr {
+    pub(super) fn ip(&mut self, path: &str, value: Option<String>, example: &str) -> IpAddr {
         let placeholder = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         let Some(value) = value else {
             return self.required(path, None, placeholder, &format!("address = \"{example}\""));
@@ -148,6 +154,7 @@ fn parse_some<T: FromStr>(why: String) -> impl FnOnce(&str) -> Result<Option<T>,
 pub(super) struct RawConfig {
     global: Option<RawGlobal>,
     cluster: Option<RawCluster>,
+    bgp: Option<super::bgp::RawBgp>,
     #[serde(default)]
     vip: Vec<RawVip>,
 }
@@ -286,6 +293,7 @@ impl RawConfig {
         Config {
             global: global.convert(sink),
             cluster: self.cluster.map(|c| c.convert(sink)),
+            bgp: self.bgp.map(|b| b.convert(sink)),
             vips: (self.vip.into_iter().enumerate())
                 .map(|(i, v)| v.convert(sink, &format!("vip[{i}]")))
                 .collect(),
