@@ -78,11 +78,14 @@ pub struct BgpReport {
 #[serde(deny_unknown_fields)]
 pub struct AnnounceReport {
     /// "announced", "withdrawn" or "pending" (a restart's first health
-    /// checks have not answered yet: the route is left as it is).
+    /// checks have not answered yet, or a backend is coming back up: the
+    /// route is left as it is).
     pub state: String,
     /// Why, as a code: "serving" (this VIP has a backend that takes new
     /// flows), "other_vip_serving" (this VIP has none, another VIP at the
-    /// same address has), "no_backend", "checks_pending", "drained".
+    /// same address has), "no_backend", "checks_pending" (or a backend
+    /// rising), "settling" (serving for less than `announce_delay`),
+    /// "drained".
     pub reason: String,
 }
 

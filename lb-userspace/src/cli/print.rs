@@ -303,7 +303,10 @@ fn announce(a: &AnnounceReport) -> String {
             "this VIP has no backend for new flows, another VIP at its address has"
         }
         "no_backend" => "no backend takes new flows",
-        "checks_pending" => "health checks have not answered yet; the route is left as it is",
+        "settling" => "serving for less than bgp.announce_delay; the route is left as it is",
+        "checks_pending" => {
+            "health checks have not answered yet, or a backend is coming back up; the route is left as it is"
+        }
         "drained" => "the node is drained (hola node undrain announces it again)",
         other => other,
     };

@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::defaults::{
-    AS_RANGE, AS_TRANS, BFD_INTERVAL, BFD_INTERVAL_RANGE, BFD_MULTIPLIER, BFD_MULTIPLIER_RANGE,
-    BGP_ROUTE_PROTOCOL, BGP_ROUTE_PROTOCOL_RANGE, BGP_TABLE, BGP_TABLE_RANGE, BIRD_ROUTE_PROTOCOL,
-    WITHDRAW_ON_STOP, fns as d,
+    ANNOUNCE_DELAY, ANNOUNCE_DELAY_RANGE, AS_RANGE, AS_TRANS, BFD_INTERVAL, BFD_INTERVAL_RANGE,
+    BFD_MULTIPLIER, BFD_MULTIPLIER_RANGE, BGP_ROUTE_PROTOCOL, BGP_ROUTE_PROTOCOL_RANGE, BGP_TABLE,
+    BGP_TABLE_RANGE, BIRD_ROUTE_PROTOCOL, WITHDRAW_ON_STOP, fns as d,
 };
 use super::error::Sink;
 use super::values::{duration_serde, format_duration};
@@ -37,6 +37,12 @@ pub struct BgpConfig {
     /// routes stay, as the data plane keeps forwarding.
     #[serde(default)]
     pub withdraw_on_stop: bool,
+    /// A VIP that starts serving (at start, or after its backends were
+    /// down) is announced once it has served this long without a break:
+    /// every backend's check has time to come back first, and a flapping
+    /// backend does not flap the route.
+    #[serde(default = "d::announce_delay", with = "duration_serde")]
+    pub announce_delay: Duration,
     /// BFD's transmit and receive interval on the sessions.
     #[serde(default = "d::bfd_interval", with = "duration_serde")]
     pub bfd_interval: Duration,
@@ -66,6 +72,7 @@ pub(super) struct RawBgp {
     table: Option<i64>,
     route_protocol: Option<i64>,
     withdraw_on_stop: Option<bool>,
+    announce_delay: Option<String>,
     bfd_interval: Option<String>,
     bfd_multiplier: Option<i64>,
     #[serde(default)]
@@ -114,6 +121,9 @@ impl RawBgp {
                 BGP_ROUTE_PROTOCOL_RANGE,
             ),
             withdraw_on_stop: self.withdraw_on_stop.unwrap_or(WITHDRAW_ON_STOP),
+            announce_delay: sink
+                .duration("bgp.announce_delay", self.announce_delay)
+                .unwrap_or(ANNOUNCE_DELAY),
             bfd_interval: sink
                 .duration("bgp.bfd_interval", self.bfd_interval)
                 .unwrap_or(BFD_INTERVAL),
@@ -160,6 +170,15 @@ pub(super) fn check(sink: &mut Sink<'_>, b: &BgpConfig) {
             format!(
                 "bgp.bfd_interval = \"{}\": must be {BFD_INTERVAL_RANGE}",
                 format_duration(b.bfd_interval)
+            ),
+        );
+    }
+    if !sink.is_poisoned("bgp.announce_delay") && !ANNOUNCE_DELAY_RANGE.contains(b.announce_delay) {
+        sink.error(
+            "bgp.announce_delay",
+            format!(
+                "bgp.announce_delay = \"{}\": must be {ANNOUNCE_DELAY_RANGE}",
+                format_duration(b.announce_delay)
             ),
         );
     }
@@ -242,6 +261,7 @@ mod tests {
                 table: 201,
                 route_protocol: 201,
                 withdraw_on_stop: false,
+                announce_delay: Duration::from_secs(3),
                 bfd_interval: Duration::from_millis(100),
                 bfd_multiplier: 3,
                 peers: vec![BgpPeer {

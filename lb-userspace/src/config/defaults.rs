@@ -165,6 +165,10 @@ pub const BFD_INTERVAL_RANGE: Bounds<Duration> =
 pub const BFD_MULTIPLIER: u32 = 3;
 pub const BFD_MULTIPLIER_RANGE: Bounds<u32> = Bounds::new(1, 255);
 pub const WITHDRAW_ON_STOP: bool = false;
+/// How long a VIP must serve before it is announced (again).
+pub const ANNOUNCE_DELAY: Duration = Duration::from_secs(3);
+pub const ANNOUNCE_DELAY_RANGE: Bounds<Duration> =
+    Bounds::new(Duration::ZERO, Duration::from_secs(600));
 
 /// Serde's `default = "..."` takes a function: one per defaulted key of
 /// the schema, each returning the constant above.
@@ -229,5 +233,6 @@ pub(super) mod fns {
         bgp_route_protocol: u8 = super::BGP_ROUTE_PROTOCOL;
         bfd_interval: Duration = super::BFD_INTERVAL;
         bfd_multiplier: u32 = super::BFD_MULTIPLIER;
+        announce_delay: Duration = super::ANNOUNCE_DELAY;
     }
 }

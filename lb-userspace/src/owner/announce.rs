@@ -8,13 +8,14 @@
 //! has weight, is not drained, is up by every check, its next hop is
 //! known, and, when it has a health check, its latest probe succeeded. A
 //! health-checked backend without a probe yet (the first seconds after a
-//! start) is *pending*. An address is announced when one of its VIPs
+//! start) is *pending*, and so is the whole VIP while a backend is coming
+//! back up (its latest probe passed, fewer than `rise` in a row). An address is announced when one of its VIPs
 //! serves; left as it is (announced or not, as the routing table holds
 //! it) while none serves but one is pending, so that a restart withdraws
 //! nothing before its checks answered; withdrawn otherwise, and always
 //! while the node is drained.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 
 use super::{ErrorKind, Owner, OwnerError};
 use crate::config::{BgpConfig, VipConfig};
+use crate::model::VipAddr;
 use crate::stats::{AnnounceReport, BgpReport};
 
 /// What the owner wants of one VIP address's route.
@@ -47,6 +49,8 @@ pub(super) struct Announcing {
     drained: bool,
     /// Exists while the node is drained, so that a restart stays drained.
     drain_file: PathBuf,
+    /// Since when each serving VIP has served without a break.
+    serving_since: HashMap<VipAddr, tokio::time::Instant>,
 }
 
 /// One VIP's own state.
@@ -76,6 +80,7 @@ impl Owner {
             config,
             drained,
             drain_file,
+            serving_since: HashMap::new(),
         });
         self.announce();
     }
@@ -126,13 +131,40 @@ impl Owner {
     /// Sends the current decision when it changed, logging each address
     /// that changes.
     pub(super) fn announce(&mut self) {
-        let Some(a) = &self.announcing else { return };
+        if self.announcing.is_none() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let serving: Vec<(VipAddr, Serving)> = self
+            .config
+            .vips
+            .iter()
+            .map(|v| (v.key(), self.serving(v)))
+            .collect();
+        let Some(a) = self.announcing.as_mut() else {
+            return;
+        };
+        a.serving_since.retain(|k, _| {
+            serving
+                .iter()
+                .any(|(s, how)| s == k && *how == Serving::Yes)
+        });
+        for (k, how) in &serving {
+            if *how == Serving::Yes {
+                a.serving_since.entry(*k).or_insert(now);
+            }
+        }
+        let a = self.announcing.as_ref().expect("checked above");
         let mut routes = BTreeMap::new();
-        for v in &self.config.vips {
-            let want = match (a.drained, self.serving(v)) {
+        for (v, (_, how)) in self.config.vips.iter().zip(&serving) {
+            let settled = a
+                .serving_since
+                .get(&v.key())
+                .is_some_and(|t| now.duration_since(*t) >= a.config.announce_delay);
+            let want = match (a.drained, how) {
                 (true, _) => Want::Withdraw,
-                (false, Serving::Yes) => Want::Announce,
-                (false, Serving::Pending) => Want::Keep,
+                (false, Serving::Yes) if settled => Want::Announce,
+                (false, Serving::Yes | Serving::Pending) => Want::Keep,
                 (false, Serving::No) => Want::Withdraw,
             };
             let e = routes.entry(v.address).or_insert(want);
@@ -156,8 +188,35 @@ impl Owner {
         });
     }
 
+    /// When a serving VIP's delay ends (the owner's loop wakes then).
+    pub(super) fn announce_deadline(&self) -> Option<tokio::time::Instant> {
+        let a = self.announcing.as_ref()?;
+        let now = tokio::time::Instant::now();
+        a.serving_since
+            .values()
+            .map(|t| *t + a.config.announce_delay)
+            .filter(|d| *d > now)
+            .min()
+    }
+
     /// Whether `v` has a backend that takes new flows.
     fn serving(&self, v: &VipConfig) -> Serving {
+        // A backend coming back (its latest probe passed, not yet `rise`
+        // of them) would take its flows back a moment later; until then,
+        // a node that announces would send them elsewhere (its flow-table
+        // entries to a down backend are misses). So the route waits.
+        let rising = v.backends.iter().any(|b| {
+            b.weight > 0
+                && !b.drain
+                && self
+                    .checks
+                    .health
+                    .get(&(v.key(), b.address))
+                    .is_some_and(|h| !h.machine.up && h.last.as_ref().is_some_and(|p| p.ok))
+        });
+        if rising {
+            return Serving::Pending;
+        }
         let mut pending = false;
         for (i, b) in v.backends.iter().enumerate() {
             if !self.checks.takes_new_flows(v, i)
@@ -194,9 +253,13 @@ impl Owner {
                 o.address == v.address && o.key() != v.key() && self.serving(o) == Serving::Yes
             })
         };
+        let settled = a.serving_since.get(&v.key()).is_some_and(|t| {
+            tokio::time::Instant::now().duration_since(*t) >= a.config.announce_delay
+        });
         let (state, reason) = match own {
             _ if a.drained => ("withdrawn", "drained"),
-            Serving::Yes => ("announced", "serving"),
+            Serving::Yes if settled => ("announced", "serving"),
+            Serving::Yes => ("pending", "settling"),
             _ if other() => ("announced", "other_vip_serving"),
             Serving::Pending => ("pending", "checks_pending"),
             Serving::No => ("withdrawn", "no_backend"),

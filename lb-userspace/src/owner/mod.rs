@@ -237,6 +237,7 @@ impl Owner {
                 .iter()
                 .map(|p| p.deadline)
                 .chain(self.held.values().copied())
+                .chain(self.announce_deadline())
                 .min();
             tokio::select! {
                 () = shutdown.cancelled() => break,

@@ -14,7 +14,7 @@
 use std::{fs, time::Instant};
 
 use anyhow::{Context as _, Result};
-use netlab::cluster::{ClusterSpec, Mode, node};
+use netlab::cluster::{ClusterSpec, Mode, Routing, node};
 
 use super::{
     BPFFS,
@@ -37,6 +37,7 @@ pub(super) fn start(nodes: usize) -> Result<()> {
         nodes,
         backends: BACKENDS,
         mode: Mode::Dsr,
+        routing: Routing::Bgp,
     })
     .context("building the cluster lab's topology")?
     .keep();
