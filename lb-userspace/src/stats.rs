@@ -587,6 +587,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn prometheus_shows_announcements_only_with_bgp() {
+        let mut r = StatsReport {
+            vips: vec![VipReport {
+                vip: "198.18.1.1:80/tcp".into(),
+                announce: Some(AnnounceReport {
+                    state: "withdrawn".into(),
+                    reason: "drained".into(),
+                }),
+                ..VipReport::default()
+            }],
+            ..StatsReport::default()
+        };
+        assert!(!prometheus(&r).contains("announced"));
+        r.bgp = Some(BgpReport {
+            drained: true,
+            table: 201,
+            route_protocol: 201,
+        });
+        let text = prometheus(&r);
+        assert!(
+            text.contains("hola_vip_announced{vip=\"198.18.1.1:80/tcp\",reason=\"drained\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("hola_node_drained 1\n"), "{text}");
+    }
+
+    #[test]
     fn prometheus_shows_the_cluster() {
         let peer = crate::cluster::PeerReport {
             node: "n2".into(),

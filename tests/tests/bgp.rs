@@ -264,6 +264,33 @@ fn broken(conns: &mut [(TcpStream, String)]) -> Vec<String> {
         .collect()
 }
 
+/// `hola stats --json` matches the schema in docs/stats.md (with `bgp`
+/// and each VIP's `announce`).
+fn check_schema(d: &Daemon) {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/stats.md"))
+        .expect("docs/stats.md");
+    let schema_text = doc
+        .split("```json schema")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("a ```json schema block in docs/stats.md");
+    let schema: serde_json::Value = serde_json::from_str(schema_text).expect("the schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let json: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--json"])).expect("JSON");
+    assert!(
+        json["bgp"].is_object() && json["vips"][0]["announce"].is_object(),
+        "{json}"
+    );
+    let errors: Vec<String> = validator
+        .iter_errors(&json)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "stats JSON does not match docs/stats.md: {errors:#?}"
+    );
+}
+
 fn new_flows(d: &Daemon) -> u64 {
     d.stats()
         .reasons
@@ -335,6 +362,7 @@ fn bgp_announces_by_health_drains_and_bfd_drops_dead_nodes() {
         // Announced because a backend passed its check (the others may
         // not have been probed yet).
         let s = d.stats();
+        check_schema(&d);
         assert!(
             s.vips[0]
                 .backends
