@@ -41,6 +41,14 @@ pub mod paths {
     /// desired state (or, with `dry_run`, only the preview); answers an
     /// `ApplyReport`.
     pub const APPLY: &str = "/v1/apply";
+    pub const NODE_DRAIN: &str = "/v1/node/drain";
+}
+
+/// `hola node drain` (`drained: true`) and `undrain`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDrain {
+    pub drained: bool,
 }
 
 /// The largest request body accepted (a VIP with thousands of backends fits).
@@ -131,6 +139,10 @@ pub trait Example {
 
 impl Example for VipConfig {
     const EXAMPLE: &'static str = r#"{"address":"198.18.1.1","port":80,"protocol":"tcp","mode":"dsr","backend":[{"address":"198.18.0.11","weight":1}]}"#;
+}
+
+impl Example for NodeDrain {
+    const EXAMPLE: &'static str = r#"{"drained":true}"#;
 }
 
 impl Example for VipRef {
@@ -404,6 +416,11 @@ async fn apply(State(tx): State<Tx>, Json(a): Json<ApplyRequest>) -> Result<Resp
     Ok(axum::Json(report).into_response())
 }
 
+async fn node_drain(State(tx): State<Tx>, Json(d): Json<NodeDrain>) -> Result<Response, ApiError> {
+    ask(&tx, |r| Request::Drain(d.drained, r)).await??;
+    Ok((StatusCode::OK, axum::Json(serde_json::json!({"ok": true}))).into_response())
+}
+
 async fn vips(State(tx): State<Tx>) -> Result<Response, ApiError> {
     let c = ask(&tx, Request::Config).await?;
     Ok(axum::Json(c.vips).into_response())
@@ -495,6 +512,7 @@ pub fn router(tx: Tx) -> Router {
         .route(paths::FLOW, get(flow))
         .route(paths::EVENTS, get(events))
         .route(paths::APPLY, post(apply))
+        .route(paths::NODE_DRAIN, post(node_drain))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(tx)

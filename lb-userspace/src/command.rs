@@ -184,6 +184,9 @@ pub enum Request {
     /// resolved, or after a bound: the daemon opens its control socket
     /// then, so the first request finds a forwarding data plane.
     Ready(oneshot::Sender<()>),
+    /// `hola node drain` (true) and `undrain`: withdraw every VIP from BGP
+    /// while forwarding what still arrives.
+    Drain(bool, oneshot::Sender<Result<(), OwnerError>>),
 }
 
 #[cfg(test)]

@@ -257,6 +257,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let bgp_task = cfg.bgp.clone().map(|b| {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        owner.announce_with(b.clone(), tx, drain_marker(&cfg.global.state_file));
+        rt.spawn(crate::bgp::run(b, rx, shutdown.clone()))
+    });
     let stop = owner_stop.clone();
     let owner_thread = std::thread::Builder::new()
         .name("dataplane-owner".into())
@@ -293,6 +298,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             );
         }
         let _ = tokio::time::timeout(STOP_WAIT, neigh_task).await;
+        if let Some(t) = bgp_task {
+            let _ = tokio::time::timeout(STOP_WAIT, t).await;
+        }
     });
     owner_stop.cancel();
     let _ = owner_thread.join();
@@ -428,14 +436,42 @@ async fn reload(path: PathBuf, running: crate::config::Global, requests: mpsc::S
     }
 }
 
-/// `hola down`: removes every pin (links first: the program detaches at
-/// once), leaving nothing of hola in the kernel once no process holds it.
-pub fn down(bpffs_dir: &Path, control_socket: &Path) -> anyhow::Result<()> {
+/// Where `hola node drain` leaves its marker: beside the state file, so
+/// that a restarted node stays drained.
+pub fn drain_marker(state_file: &Path) -> PathBuf {
+    let mut name = state_file.as_os_str().to_owned();
+    name.push(".drained");
+    PathBuf::from(name)
+}
+
+/// `hola down` with `[bgp]`: withdraws every VIP first (hola's routes
+/// deleted from its table), as nothing will forward to them.
+fn withdraw_on_down(b: &crate::config::BgpConfig) -> anyhow::Result<()> {
+    let t = crate::bgp::Table::of(b);
+    let gone = crate::bgp::withdraw_all_blocking(t)
+        .with_context(|| format!("bgp: withdrawing the VIPs (routes in table {})", t.table))?;
+    for a in &gone {
+        println!("withdrew {a} (route in table {} deleted)", t.table);
+    }
+    Ok(())
+}
+
+/// `hola down`: withdraws every VIP from BGP (with `[bgp]`), then removes
+/// every pin (links first: the program detaches at once), leaving nothing
+/// of hola in the kernel once no process holds it.
+pub fn down(
+    bpffs_dir: &Path,
+    control_socket: &Path,
+    bgp: Option<&crate::config::BgpConfig>,
+) -> anyhow::Result<()> {
     if std::os::unix::net::UnixStream::connect(control_socket).is_ok() {
         bail!(
             "hola run is still running (its control socket {} answers); stop it first (SIGTERM), then run hola down",
             control_socket.display()
         );
+    }
+    if let Some(b) = bgp {
+        withdraw_on_down(b)?;
     }
     let removed = crate::dataplane::unpin_all(bpffs_dir)
         .with_context(|| format!("removing the pins under {}", bpffs_dir.display()))?;

@@ -4,6 +4,7 @@
 #![warn(clippy::too_many_lines)]
 
 pub mod api;
+pub mod bgp;
 pub mod client;
 pub mod cluster;
 pub mod command;

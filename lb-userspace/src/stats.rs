@@ -60,6 +60,37 @@ pub struct StatsReport {
     /// `[cluster]` is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::ClusterReport>,
+    /// BGP announcement (docs/cluster.md); absent when no `[bgp]` is
+    /// configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpReport>,
+}
+
+/// The node's side of BGP: whether it is drained (`hola node drain`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpReport {
+    /// Drained: every VIP withdrawn, whatever its backends.
+    pub drained: bool,
+    /// The routing table and route protocol number hola's routes use.
+    pub table: u32,
+    pub route_protocol: u8,
+}
+
+/// Whether a VIP's address is announced over BGP, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnounceReport {
+    /// "announced", "withdrawn" or "pending" (a restart's first health
+    /// checks have not answered yet, or a backend is coming back up: the
+    /// route is left as it is).
+    pub state: String,
+    /// Why, as a code: "serving" (this VIP has a backend that takes new
+    /// flows), "other_vip_serving" (this VIP has none, another VIP at the
+    /// same address has), "no_backend", "checks_pending" (or a backend
+    /// rising), "settling" (serving for less than `announce_delay`),
+    /// "drained".
+    pub reason: String,
 }
 
 /// Flood mode: over the last sample some CPU had more new flows than
@@ -139,6 +170,9 @@ pub struct VipReport {
     pub no_backend: u64,
     pub rates: Rates,
     pub backends: Vec<BackendReport>,
+    /// BGP announcement of the VIP's address; absent without `[bgp]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceReport>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -229,6 +263,43 @@ struct VipLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnnounceLabels {
+    vip: String,
+    reason: String,
+}
+
+/// `hola_vip_announced{vip,reason}`: 1 while the VIP's address is
+/// announced, 0 while withdrawn, -1 while pending; `hola_node_drained`.
+fn bgp_metrics(reg: &mut Registry, report: &StatsReport, b: &BgpReport) {
+    let announced = Family::<AnnounceLabels, Gauge>::default();
+    for v in &report.vips {
+        let Some(a) = &v.announce else { continue };
+        let l = AnnounceLabels {
+            vip: v.vip.clone(),
+            reason: a.reason.clone(),
+        };
+        let value = match a.state.as_str() {
+            "announced" => 1,
+            "withdrawn" => 0,
+            _ => -1,
+        };
+        announced.get_or_create(&l).set(value);
+    }
+    reg.register(
+        "vip_announced",
+        "BGP: 1 announced, 0 withdrawn, -1 pending (first health checks), with the reason",
+        announced,
+    );
+    let drained = Gauge::<i64>::default();
+    drained.set(i64::from(b.drained));
+    reg.register(
+        "node_drained",
+        "BGP: 1 while hola node drain holds",
+        drained,
+    );
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabels {
     vip: String,
     backend: String,
@@ -278,6 +349,9 @@ pub fn prometheus(report: &StatsReport) -> String {
     );
     if let Some(c) = &report.cluster {
         cluster_metrics(&mut reg, c);
+    }
+    if let Some(b) = &report.bgp {
+        bgp_metrics(&mut reg, report, b);
     }
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
@@ -584,6 +658,33 @@ mod tests {
             "flood mode: ON, 41250 new flows/s forwarded by the Maglev table unrecorded \
              (over new_flow_rate = 125000 per CPU per second)"
         );
+    }
+
+    #[test]
+    fn prometheus_shows_announcements_only_with_bgp() {
+        let mut r = StatsReport {
+            vips: vec![VipReport {
+                vip: "198.18.1.1:80/tcp".into(),
+                announce: Some(AnnounceReport {
+                    state: "withdrawn".into(),
+                    reason: "drained".into(),
+                }),
+                ..VipReport::default()
+            }],
+            ..StatsReport::default()
+        };
+        assert!(!prometheus(&r).contains("announced"));
+        r.bgp = Some(BgpReport {
+            drained: true,
+            table: 201,
+            route_protocol: 201,
+        });
+        let text = prometheus(&r);
+        assert!(
+            text.contains("hola_vip_announced{vip=\"198.18.1.1:80/tcp\",reason=\"drained\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("hola_node_drained 1\n"), "{text}");
     }
 
     #[test]

@@ -56,6 +56,16 @@ impl Mode {
     }
 }
 
+/// How the router learns where the VIP is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routing {
+    /// A static multipath route over every node ([`route_via`] changes it).
+    Static,
+    /// No route: BIRD on the router learns it from the nodes over BGP
+    /// (the caller starts the daemons, see [`crate::bird`]).
+    Bgp,
+}
+
 /// What to build.
 #[derive(Clone, Copy, Debug)]
 pub struct ClusterSpec<'a> {
@@ -68,6 +78,7 @@ pub struct ClusterSpec<'a> {
     /// Backends `b1..bN`.
     pub backends: usize,
     pub mode: Mode,
+    pub routing: Routing,
 }
 
 /// Makes the namespaces, the bridge (multicast reaching every port: the
@@ -121,7 +132,9 @@ pub fn build(spec: &ClusterSpec<'_>) -> Result<Namespaces, Error> {
     t.sysctl(ROUTER, "net.ipv4.ip_forward=1")?;
     t.sysctl(ROUTER, "net.ipv4.fib_multipath_hash_policy=1")?;
     let all: Vec<usize> = (1..=spec.nodes).collect();
-    route_via(&t, &all)?;
+    if spec.routing == Routing::Static {
+        route_via(&t, &all)?;
+    }
     for i in 1..=spec.backends {
         let (b, _) = backend(i);
         t.sysctl(&b, "net.ipv4.fib_multipath_hash_policy=1")?;

@@ -16,6 +16,7 @@
 //! Addresses are in 198.18.0.0/15 and 2001:db8::/32 (documentation and
 //! benchmarking ranges), and nothing leaves the namespaces made here.
 
+pub mod bird;
 pub mod cluster;
 mod cmd;
 pub mod lab;

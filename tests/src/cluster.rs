@@ -6,6 +6,7 @@
 
 use aya::Ebpf;
 use lb_userspace::programs;
+pub use netlab::cluster::Routing;
 pub use netlab::cluster::{CLIENT, Mode, ROUTER_BACK, ROUTER_FRONT, VIP, node};
 use netlab::{
     cluster::ClusterSpec,
@@ -33,12 +34,25 @@ impl ClusterLab {
     /// netlab's cluster topology with the client named `cl`, and an XDP
     /// program on every node's bridge port.
     pub fn new(prefix: &str, nodes: usize, backends: usize, mode: Mode) -> Self {
+        Self::with_routing(prefix, nodes, backends, mode, Routing::Static)
+    }
+
+    /// [`ClusterLab::new`], with the router's routes to the VIP made as
+    /// `routing` says (none for BGP: BIRD learns them).
+    pub fn with_routing(
+        prefix: &str,
+        nodes: usize,
+        backends: usize,
+        mode: Mode,
+        routing: Routing,
+    ) -> Self {
         let t: Topology = must(netlab::cluster::build(&ClusterSpec {
             prefix,
             client: "cl",
             nodes,
             backends,
             mode,
+            routing,
         }))
         .into();
         // A veth takes the frames its peer sends with XDP_TX only while it

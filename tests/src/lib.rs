@@ -2,6 +2,7 @@
 //! namespaces, and running programs through BPF_PROG_TEST_RUN.
 
 pub mod bench;
+pub mod bird;
 pub mod cluster;
 pub mod daemon;
 pub mod fixture;

@@ -13,7 +13,7 @@ use crate::{cargo_bin, child_path, command, is_root, run_output, run_status, sho
 
 /// Debian packages: LLVM 22 and its link dependencies to build bpf-linker;
 /// the tools the privileged tests and the lab run (ip, ethtool, nft,
-/// bpftool, ping, sysctl/ps, curl).
+/// bpftool, ping, sysctl/ps, curl, bird2).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -26,6 +26,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     "procps",
     "curl",
+    // the cluster lab and tests/tests/bgp.rs: BIRD 2 speaks BGP and BFD for
+    // the router and each node (docs/cluster.md).
+    "bird2",
     // cargo xtask bench proxy: the HTTP load generator and the HAProxy contender.
     "wrk",
     "haproxy",

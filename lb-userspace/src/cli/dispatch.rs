@@ -6,7 +6,7 @@ use std::{future::Future, net::IpAddr, net::SocketAddr, path::Path, time::Durati
 
 use anyhow::{Context as _, bail};
 use lb_userspace::{
-    api::{BackendAdd, BackendDrain, BackendRef, BackendWeight, VipRef, paths},
+    api::{BackendAdd, BackendDrain, BackendRef, BackendWeight, NodeDrain, VipRef, paths},
     client,
     config::{self, BackendConfig, Config, VipConfig},
     daemon, helpers,
@@ -14,7 +14,8 @@ use lb_userspace::{
 };
 
 use super::{
-    AttachCmd, BackendCmd, Cli, Cmd, ConfigCmd, HashArg, ModeArg, ProtoArg, VipCmd, apply,
+    AttachCmd, BackendCmd, BgpCmd, Cli, Cmd, ConfigCmd, HashArg, ModeArg, NodeCmd, ProtoArg,
+    VipCmd, apply,
     drain::{self, Sample, Status, Watch},
     parse_vip,
     print::{self, Changed, DrainWait},
@@ -32,14 +33,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Down { config, bpffs_dir } => {
-            let (dir, sock) = match config {
+            let (dir, sock, bgp) = match config {
                 Some(p) => {
                     let c = load_config(&p)?;
-                    (c.global.bpffs_dir, c.global.control_socket)
+                    (c.global.bpffs_dir, c.global.control_socket, c.bgp)
                 }
-                None => (bpffs_dir, cli.socket.clone()),
+                None => (bpffs_dir, cli.socket.clone(), None),
             };
-            daemon::down(&dir, &sock)
+            daemon::down(&dir, &sock, bgp.as_ref())
         }
         Cmd::Decap {
             cmd: AttachCmd::Attach { iface, pin },
@@ -72,6 +73,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             dry_run,
             json,
         } => on_daemon(apply::apply(socket, &file, dry_run, json)),
+        Cmd::Node { cmd } => on_daemon(node(socket, cmd)),
+        Cmd::Bgp {
+            cmd: BgpCmd::Config { config },
+        } => {
+            let c = load_config(&config)?;
+            let Some(b) = &c.bgp else {
+                bail!(
+                    "{} has no [bgp] table: add one with local_as and a [[bgp.peer]] \
+                     (docs/cluster.md), then run hola bgp config again",
+                    config.display()
+                );
+            };
+            print!(
+                "{}",
+                lb_userspace::bgp::bird::fragment(b, &config.display().to_string())
+            );
+            Ok(())
+        }
     }
 }
 
@@ -108,11 +127,21 @@ async fn vip(socket: &Path, cmd: VipCmd) -> anyhow::Result<()> {
         }
         VipCmd::List => {
             let vips: Vec<VipConfig> = client::get_json(socket, paths::VIPS).await?;
-            print!("{}", print::vips(&vips));
+            // The announcements come with the stats (absent without [bgp]).
+            let stats: StatsReport = client::get_json(socket, paths::STATS).await?;
+            print!("{}", print::vips(&vips, Some(&stats)));
             return Ok(());
         }
     };
     print!("{}", print::changed(&changed));
+    Ok(())
+}
+
+/// `hola node drain|undrain`.
+async fn node(socket: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
+    let drained = matches!(cmd, NodeCmd::Drain);
+    client::post(socket, paths::NODE_DRAIN, &NodeDrain { drained }).await?;
+    print!("{}", print::node_drained(drained));
     Ok(())
 }
 

@@ -106,6 +106,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// This node's BGP announcements: `hola node drain` withdraws every
+    /// VIP (forwarding goes on), `undrain` announces them again.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// BGP through BIRD 2: `hola bgp config` prints the BIRD fragment.
+    Bgp {
+        #[command(subcommand)]
+        cmd: BgpCmd,
+    },
     /// The effective configuration.
     Config {
         #[command(subcommand)]
@@ -143,6 +154,23 @@ enum Cmd {
     Generate {
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Withdraw every VIP from BGP; what still arrives is forwarded.
+    Drain,
+    /// Announce the VIPs again (each as its backends allow).
+    Undrain,
+}
+
+#[derive(Subcommand)]
+enum BgpCmd {
+    /// Print the BIRD 2 configuration fragment for this node, from [bgp].
+    Config {
+        #[arg(long, default_value = "/etc/hola/hola.toml")]
+        config: PathBuf,
     },
 }
 

@@ -14,7 +14,7 @@ use std::{
 use lb_userspace::{
     api::VipRef,
     config::{Config, VipConfig, format_duration},
-    stats::{BackendReport, StatsReport},
+    stats::{AnnounceReport, BackendReport, StatsReport},
     stats::{Event, FlowAnswer},
 };
 
@@ -161,7 +161,7 @@ pub fn config_ok(file: &Path, c: &Config) -> String {
 }
 
 /// `hola vip list`: one line per VIP.
-pub fn vips(vips: &[VipConfig]) -> String {
+pub fn vips(vips: &[VipConfig], stats: Option<&StatsReport>) -> String {
     let mut out = String::new();
     for v in vips {
         let r = VipRef {
@@ -169,13 +169,22 @@ pub fn vips(vips: &[VipConfig]) -> String {
             port: v.port,
             protocol: v.protocol,
         };
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{r} mode={:?} hash={:?} backends={}",
             v.mode,
             v.hash,
             v.backends.len()
         );
+        let a = stats
+            .and_then(|s| s.vips.iter().find(|x| x.vip == r.to_string()))
+            .and_then(|x| x.announce.as_ref());
+        match a {
+            Some(a) => {
+                let _ = writeln!(out, " bgp={}", announce(a));
+            }
+            None => out.push('\n'),
+        }
     }
     out
 }
@@ -252,6 +261,9 @@ pub fn stats(s: &StatsReport) -> String {
             v.no_backend,
             v.rates.packets_per_second
         );
+        if let Some(a) = &v.announce {
+            let _ = writeln!(out, "  bgp: {}", announce(a));
+        }
         for b in &v.backends {
             let _ = writeln!(
                 out,
@@ -268,7 +280,47 @@ pub fn stats(s: &StatsReport) -> String {
         .collect();
     let _ = writeln!(out, "reasons: {}", reasons.join(" "));
     let _ = writeln!(out, "{}", s.flood.line());
+    if let Some(b) = &s.bgp {
+        let _ = writeln!(
+            out,
+            "bgp: {} (routes in table {}, protocol {})",
+            if b.drained {
+                "node drained: every VIP withdrawn"
+            } else {
+                "node not drained"
+            },
+            b.table,
+            b.route_protocol
+        );
+    }
     out
+}
+
+/// A VIP's BGP announcement and why: "announced (serving)".
+fn announce(a: &AnnounceReport) -> String {
+    let why = match a.reason.as_str() {
+        "serving" => "a backend takes new flows",
+        "other_vip_serving" => {
+            "this VIP has no backend for new flows, another VIP at its address has"
+        }
+        "no_backend" => "no backend takes new flows",
+        "settling" => "serving for less than bgp.announce_delay; the route is left as it is",
+        "checks_pending" => {
+            "health checks have not answered yet, or a backend is coming back up; the route is left as it is"
+        }
+        "drained" => "the node is drained (hola node undrain announces it again)",
+        other => other,
+    };
+    format!("{} ({}: {why})", a.state, a.reason)
+}
+
+/// `hola node drain` and `undrain`.
+pub fn node_drained(drained: bool) -> &'static str {
+    if drained {
+        "node drained: every VIP is withdrawn from BGP; what still arrives is forwarded\n"
+    } else {
+        "node undrained: each VIP is announced as its backends allow\n"
+    }
 }
 
 /// `hola flow`: where the flow from `src` goes, and why.
@@ -475,11 +527,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            super::vips(&vips),
+            super::vips(&vips, None),
             "198.18.1.1:80/tcp mode=Dsr hash=FiveTuple backends=2\n\
              [2001:db8::1]:53/udp mode=FullNat hash=Source backends=0\n"
         );
-        assert_eq!(super::vips(&[]), "");
+        assert_eq!(super::vips(&[], None), "");
     }
 
     #[test]

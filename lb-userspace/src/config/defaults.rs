@@ -149,6 +149,36 @@ pub const NAME_LEN_RANGE: Bounds<usize> = Bounds::new(1, 64);
 /// Shortest cluster key.
 pub const CLUSTER_KEY_MIN_LEN: usize = 16;
 
+// ---------------------------------------------------------------------------
+// [bgp]
+
+/// The routing table hola writes the routes of announced VIPs to.
+pub const BGP_TABLE: u32 = 201;
+/// 0 is no table; 253..=255 are the kernel's `default`, `main` and `local`.
+pub const BGP_TABLE_RANGE: Bounds<u32> =
+    Bounds::new(1, u32::MAX).noted("not 253, 254 or 255: default, main and local");
+/// The route protocol number hola's routes carry (`ip route ... proto 201`).
+pub const BGP_ROUTE_PROTOCOL: u8 = 201;
+/// 0..=4 are the kernel's own (unspec, redirect, kernel, boot, static).
+pub const BGP_ROUTE_PROTOCOL_RANGE: Bounds<u8> =
+    Bounds::new(5, 255).noted("not 12: BIRD's own routes carry it");
+/// BIRD's route protocol number: BIRD treats routes with it as its own.
+pub const BIRD_ROUTE_PROTOCOL: u8 = 12;
+/// Private and public AS numbers: 0, 23456 (AS_TRANS) and 4294967295 are
+/// reserved.
+pub const AS_RANGE: Bounds<u32> = Bounds::new(1, u32::MAX - 1).noted("not 23456 (AS_TRANS)");
+pub const AS_TRANS: u32 = 23456;
+pub const BFD_INTERVAL: Duration = Duration::from_millis(100);
+pub const BFD_INTERVAL_RANGE: Bounds<Duration> =
+    Bounds::new(Duration::from_millis(10), Duration::from_secs(10));
+pub const BFD_MULTIPLIER: u32 = 3;
+pub const BFD_MULTIPLIER_RANGE: Bounds<u32> = Bounds::new(1, 255);
+pub const WITHDRAW_ON_STOP: bool = false;
+/// How long a VIP must serve before it is announced (again).
+pub const ANNOUNCE_DELAY: Duration = Duration::from_secs(3);
+pub const ANNOUNCE_DELAY_RANGE: Bounds<Duration> =
+    Bounds::new(Duration::ZERO, Duration::from_secs(600));
+
 /// Serde's `default = "..."` takes a function: one per defaulted key of
 /// the schema, each returning the constant above.
 pub(super) mod fns {
@@ -210,5 +240,10 @@ pub(super) mod fns {
         announce_interval: Duration = super::ANNOUNCE_INTERVAL;
         peer_timeout: Duration = super::PEER_TIMEOUT;
         cluster_queue: u32 = super::CLUSTER_QUEUE;
+        bgp_table: u32 = super::BGP_TABLE;
+        bgp_route_protocol: u8 = super::BGP_ROUTE_PROTOCOL;
+        bfd_interval: Duration = super::BFD_INTERVAL;
+        bfd_multiplier: u32 = super::BFD_MULTIPLIER;
+        announce_delay: Duration = super::ANNOUNCE_DELAY;
     }
 }

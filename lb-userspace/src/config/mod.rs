@@ -41,6 +41,8 @@
 //! schema types derive serde with `remote = "Self"` and fill in such
 //! defaults after the derive has run (`check_table_serde`).
 
+mod bgp;
+mod cluster;
 pub mod defaults;
 pub mod diff;
 mod error;
@@ -59,6 +61,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use bgp::{BgpConfig, BgpPeer};
 pub use error::{ConfigError, ConfigErrors, Subject};
 pub use values::{
     Bounds, CheckKind, HashKind, Initial, Ipv4Cidr, Ipv6Cidr, Protocol, VipMode, XdpMode,
@@ -79,6 +82,11 @@ pub struct Config {
     /// the cluster key, and it always comes from the configuration file).
     #[serde(default, skip_serializing)]
     pub cluster: Option<ClusterConfig>,
+    /// Announcing the VIPs over BGP through BIRD (docs/cluster.md); `None`:
+    /// hola announces nothing. Like `[cluster]`, never written back: it
+    /// always comes from the configuration file.
+    #[serde(default, skip_serializing)]
+    pub bgp: Option<BgpConfig>,
     #[serde(rename = "vip", default)]
     pub vips: Vec<VipConfig>,
 }

@@ -22,10 +22,7 @@ use super::validate::{FULLNAT_SOURCE_V4_EXAMPLE, FULLNAT_SOURCE_V6_EXAMPLE, fore
 use super::values::{
     CheckKind, Choice, DURATION_RULE, Initial, parse_duration, parse_metrics_address,
 };
-use super::{
-    AgentConfig, BackendConfig, ClusterConfig, Config, Global, HealthConfig, OutlierConfig,
-    VipConfig,
-};
+use super::{AgentConfig, BackendConfig, Config, Global, HealthConfig, OutlierConfig, VipConfig};
 
 // ---------------------------------------------------------------------------
 // Reading values
@@ -36,7 +33,7 @@ use super::{
 impl Sink<'_> {
     /// A duration such as `"2s"` at `path`, if given; an unreadable one is
     /// reported (and its path poisoned) and counts as absent.
-    fn duration(&mut self, path: &str, value: Option<String>) -> Option<Duration> {
+    pub(super) fn duration(&mut self, path: &str, value: Option<String>) -> Option<Duration> {
         let s = value?;
         parse_duration(&s).or_else(|| {
             self.error(path, format!("{path} = {s:?}: {DURATION_RULE}"));
@@ -48,7 +45,7 @@ impl Sink<'_> {
     /// `value` (or `default` when absent) as a `T`; a value `T` cannot hold is
     /// reported with `rule` and replaced by `default`. Ranges inside `T`
     /// are checked later, on the schema.
-    fn int<T: TryFrom<i64>>(
+    pub(super) fn int<T: TryFrom<i64>>(
         &mut self,
         path: &str,
         value: Option<i64>,
@@ -89,7 +86,7 @@ impl Sink<'_> {
 
     /// `value` read by `parse` (or `default` when absent); a value `parse`
     /// rejects is reported with its reason and replaced by `default`.
-    fn parsed<T>(
+    pub(super) fn parsed<T>(
         &mut self,
         path: &str,
         value: Option<String>,
@@ -104,7 +101,13 @@ impl Sink<'_> {
     }
 
     /// `value`, or `placeholder` after reporting it missing.
-    fn required<T>(&mut self, path: &str, value: Option<T>, placeholder: T, example: &str) -> T {
+    pub(super) fn required<T>(
+        &mut self,
+        path: &str,
+        value: Option<T>,
+        placeholder: T,
+        example: &str,
+    ) -> T {
         value.unwrap_or_else(|| {
             self.error(path, format!("{path} is missing: add it, e.g. {example}"));
             self.poison(path);
@@ -113,7 +116,7 @@ impl Sink<'_> {
     }
 
     /// A required IP address; the placeholder is the unspecified IPv4 address.
-    fn ip(&mut self, path: &str, value: Option<String>, example: &str) -> IpAddr {
+    pub(super) fn ip(&mut self, path: &str, value: Option<String>, example: &str) -> IpAddr {
         let placeholder = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         let Some(value) = value else {
             return self.required(path, None, placeholder, &format!("address = \"{example}\""));
@@ -133,12 +136,14 @@ impl Sink<'_> {
 }
 
 /// `s` parsed as a `T`, or `why`.
-fn parse_or<T: FromStr>(why: String) -> impl FnOnce(&str) -> Result<T, String> {
+pub(super) fn parse_or<T: FromStr>(why: String) -> impl FnOnce(&str) -> Result<T, String> {
     move |s| s.parse().map_err(|_| why)
 }
 
 /// `s` parsed as a `T`, as `Some`, or `why`.
-fn parse_some<T: FromStr>(why: String) -> impl FnOnce(&str) -> Result<Option<T>, String> {
+pub(super) fn parse_some<T: FromStr>(
+    why: String,
+) -> impl FnOnce(&str) -> Result<Option<T>, String> {
     move |s| s.parse().map(Some).map_err(|_| why)
 }
 
@@ -149,7 +154,8 @@ fn parse_some<T: FromStr>(why: String) -> impl FnOnce(&str) -> Result<Option<T>,
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     global: Option<RawGlobal>,
-    cluster: Option<RawCluster>,
+    cluster: Option<super::cluster::RawCluster>,
+    bgp: Option<super::bgp::RawBgp>,
     #[serde(default)]
     vip: Vec<RawVip>,
 }
@@ -179,27 +185,6 @@ struct RawGlobal {
     bpffs_dir: Option<String>,
     tunnel_source_v4: Option<String>,
     tunnel_source_v6: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCluster {
-    id: Option<String>,
-    key: Option<String>,
-    key_file: Option<String>,
-    node: Option<String>,
-    interface: Option<String>,
-    address: Option<String>,
-    port: Option<i64>,
-    multicast: Option<bool>,
-    group: Option<String>,
-    #[serde(default)]
-    peers: Vec<String>,
-    announce_interval: Option<String>,
-    peer_timeout: Option<String>,
-    queue: Option<i64>,
-    peer_flow_capacity: Option<i64>,
-    replicate: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -291,6 +276,7 @@ impl RawConfig {
         Config {
             global: global.convert(sink),
             cluster: self.cluster.map(|c| c.convert(sink)),
+            bgp: self.bgp.map(|b| b.convert(sink)),
             vips: (self.vip.into_iter().enumerate())
                 .map(|(i, v)| v.convert(sink, &format!("vip[{i}]")))
                 .collect(),
@@ -419,66 +405,6 @@ impl RawGlobal {
             control_socket: path(self.control_socket, CONTROL_SOCKET),
             state_file: path(self.state_file, STATE_FILE),
             bpffs_dir: path(self.bpffs_dir, BPFFS_DIR),
-        }
-    }
-}
-
-impl RawCluster {
-    fn convert(self, sink: &mut Sink<'_>) -> ClusterConfig {
-        let id = sink.required("cluster.id", self.id, String::new(), "id = \"prod-a\"");
-        let port = sink.int("cluster.port", self.port, CLUSTER_PORT, PORT_RANGE);
-        let address = sink.parsed(
-            "cluster.address",
-            self.address,
-            None,
-            parse_some(String::from("not an IP address, e.g. \"198.18.0.2\"")),
-        );
-        let group = sink.parsed(
-            "cluster.group",
-            self.group,
-            CLUSTER_GROUP,
-            parse_or(format!(
-                "not an IPv4 multicast address, e.g. \"{CLUSTER_GROUP}\""
-            )),
-        );
-        let announce_interval = sink
-            .duration("cluster.announce_interval", self.announce_interval)
-            .unwrap_or(ANNOUNCE_INTERVAL);
-        let peer_timeout = sink
-            .duration("cluster.peer_timeout", self.peer_timeout)
-            .unwrap_or(PEER_TIMEOUT);
-        let queue = sink.int(
-            "cluster.queue",
-            self.queue,
-            CLUSTER_QUEUE,
-            CLUSTER_QUEUE_RANGE,
-        );
-        // A value no `u32` holds is reported here and replaced by one in
-        // range, so it is not reported twice.
-        let peer_flow_capacity = self.peer_flow_capacity.map(|v| {
-            sink.int(
-                "cluster.peer_flow_capacity",
-                Some(v),
-                PEER_FLOW_CAPACITY_RANGE.lo,
-                PEER_FLOW_CAPACITY_RANGE,
-            )
-        });
-        ClusterConfig {
-            id,
-            key: self.key,
-            key_file: self.key_file.map(PathBuf::from),
-            node: self.node,
-            interface: self.interface,
-            address,
-            port,
-            multicast: self.multicast.unwrap_or(CLUSTER_MULTICAST),
-            group,
-            peers: self.peers,
-            announce_interval,
-            peer_timeout,
-            queue,
-            peer_flow_capacity,
-            replicate: self.replicate.unwrap_or(CLUSTER_REPLICATE),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! (`change`), `hola apply` and its preview (`apply`), health bookkeeping and events (`checks`), replication
 //! (`replicate`), stats (`report`), flow explanations (`flow`).
 
+mod announce;
 mod apply;
 mod change;
 mod checks;
@@ -47,6 +48,7 @@ use crate::{
     neigh::{NeighEvent, Resolver},
     stats::NatReport,
 };
+pub use announce::{Announce, Want};
 
 /// How many state changes `hola events` keeps (the oldest go first).
 pub const MAX_EVENTS: usize = 1000;
@@ -145,6 +147,8 @@ pub struct Owner {
     /// (the source of NAT replies it sends for peers' flows).
     cluster: Option<(Arc<ClusterShared>, [u8; 6])>,
     ingress_ifindex: u32,
+    /// BGP: where the addresses to announce go (`[bgp]` only).
+    announcing: Option<announce::Announcing>,
 }
 
 impl Owner {
@@ -208,6 +212,7 @@ impl Owner {
             pending: Vec::new(),
             cluster: None,
             ingress_ifindex,
+            announcing: None,
         }
     }
 
@@ -281,6 +286,7 @@ impl Owner {
                 .iter()
                 .map(|p| p.deadline)
                 .chain(self.held.values().copied())
+                .chain(self.announce_deadline())
                 .min();
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -295,6 +301,7 @@ impl Owner {
             self.release_held();
             self.answer_pending();
             self.replicate();
+            self.announce();
         }
         // Changes held for their next hops are made and saved: say so.
         self.held.clear();
@@ -354,6 +361,9 @@ impl Owner {
                 let all = self.config.vips.iter().flat_map(|v| &v.backends);
                 let backends = all.map(|b| b.address).collect();
                 self.hold(backends, Reply::Ready(reply));
+            }
+            Request::Drain(drained, reply) => {
+                let _ = reply.send(self.set_drained(drained));
             }
             Request::Config(reply) => {
                 let _ = reply.send(self.config.clone());

@@ -109,6 +109,7 @@ impl Owner {
                 events_lost: self.dp.events_lost().unwrap_or(0),
                 ..c.report()
             }),
+            bgp: self.bgp_report(),
             ..Default::default()
         };
         for (name, r) in &now.reasons {
@@ -168,6 +169,7 @@ impl Owner {
                 new_flows_per_second: vr(|c| c.stats.new_flows),
             },
             backends: Vec::new(),
+            announce: self.announce_report(v),
         };
         let effective = self.checks.effective(v);
         for (i, b) in v.backends.iter().enumerate() {

@@ -1,7 +1,8 @@
 //! The cluster lab, `lab up --nodes 2|3`: netlab's cluster topology
 //! (`hola-lab-client` behind the router `hola-lab-rt`, which spreads the
-//! VIP over the nodes with a multipath route hashed on the 5-tuple) and a
-//! `hola run` with a `[cluster]` per node.
+//! VIP over the nodes with a multipath route hashed on the 5-tuple), BIRD
+//! on the router and every node (the route is learned over BGP, with
+//! BFD), and a `hola run` with `[cluster]` and `[bgp]` per node.
 //!
 //! ```text
 //!   hola-lab-client 198.18.100.2 ── hola-lab-rt 198.18.100.1 | 198.18.0.1 ─┐
@@ -14,10 +15,10 @@
 use std::{fs, time::Instant};
 
 use anyhow::{Context as _, Result};
-use netlab::cluster::{ClusterSpec, Mode, node};
+use netlab::cluster::{ClusterSpec, Mode, Routing, node};
 
 use super::{
-    BPFFS,
+    BPFFS, bird,
     config::{self, node_config, node_socket},
     hola_bin, lab_dir,
     processes::{self, HOLA_START_TIMEOUT, Proc},
@@ -37,6 +38,7 @@ pub(super) fn start(nodes: usize) -> Result<()> {
         nodes,
         backends: BACKENDS,
         mode: Mode::Dsr,
+        routing: Routing::Bgp,
     })
     .context("building the cluster lab's topology")?
     .keep();
@@ -44,11 +46,13 @@ pub(super) fn start(nodes: usize) -> Result<()> {
         .with_context(|| format!("creating {BPFFS} (is bpffs mounted on /sys/fs/bpf?)"))?;
     processes::start_backends(&["0.0.0.0:80"], false)?;
     let key_file = config::write_cluster_key()?;
+    bird::start_router(nodes)?;
     let mut started = Vec::new();
     for i in 1..=nodes {
         let (n, _) = node(i);
         processes::attach_peer(&n)?;
         config::write_node(i, &key_file)?;
+        bird::start_node(i)?;
         let p = Proc::named(&format!("hola-{n}"));
         let pid = processes::start_hola(&p, &n, &node_config(i))?;
         println!(
@@ -68,25 +72,29 @@ pub(super) fn start(nodes: usize) -> Result<()> {
         )?;
     }
     println!("lab: every node answers");
-    Ok(())
+    bird::wait_for_routes(nodes)
 }
 
 pub(super) fn print_steps(nodes: usize) {
     let hola = relative(&hola_bin());
     let sock = |i| relative(&node_socket(i));
-    let last = node(nodes).1;
     println!(
         "\nThe cluster lab is up: {nodes} hola nodes (n1..n{nodes}, 198.18.0.2..) behind the router
 hola-lab-rt, which spreads 198.18.1.1:80 over them by 5-tuple; b1, b2, b3 behind them (dsr).
-The nodes find each other by multicast and replicate their flows. Try:
+Each node announces the VIP through BIRD (BGP with BFD) while a backend passes its checks;
+the nodes find each other by multicast and replicate their flows. Try:
 
   for i in $(seq 8); do ip netns exec hola-lab-client curl -s http://198.18.1.1/; done
   {hola} --socket {} stats --json     # \"cluster\": peers, entries sent and received, lag
-  # node n1 fails: the router sends everything to n{nodes}, which knows n1's flows
-  ip netns exec hola-lab-rt ip route replace 198.18.1.1/32 via {last}
-  cargo xtask lab status
+  cargo xtask lab status              # BGP sessions, the router's next hops
+  # n1 drained: withdrawn over BGP, its flows continue on the others
+  {hola} --socket {} node drain
+  ip netns exec hola-lab-rt ip route show 198.18.1.1/32   # no longer via 198.18.0.2
+  {hola} --socket {} node undrain
   cargo xtask lab down
 ",
+        sock(1),
+        sock(1),
         sock(1)
     );
 }

@@ -86,7 +86,7 @@ pub(super) fn balancer() -> String {
 }
 
 /// Node `i`'s configuration in the cluster lab: the dsr VIP over every
-/// backend, and the `[cluster]` with the shared key in `key_file`.
+/// backend, the `[cluster]` with the shared key in `key_file`, and `[bgp]`.
 pub(super) fn node(i: usize, key_file: &Path) -> String {
     let d = node_dir(i);
     let vip = netlab::cluster::VIP;
@@ -112,6 +112,16 @@ pub(super) fn node(i: usize, key_file: &Path) -> String {
     for b in 1..=BACKENDS {
         s += &format!("\n[[vip.backend]]\naddress = \"{}\"\n", backend(b).1);
     }
+    // BGP towards the router's BIRD (netlab::bird); `hola bgp config`
+    // makes the node's BIRD configuration from this.
+    s += &format!(
+        "\n[bgp]\nlocal_as = {}\nrouter_id = \"{}\"\nannounce_delay = \"1s\"\n\n[[bgp.peer]]\n\
+         address = \"{}\"\nremote_as = {}\n",
+        netlab::bird::NODE_AS,
+        netlab::cluster::node(i).1,
+        netlab::cluster::ROUTER_BACK,
+        netlab::bird::ROUTER_AS,
+    );
     s
 }
 

@@ -21,8 +21,10 @@
 //! - [`processes`]: hola, hola-backend and the XDP programs it attaches,
 //!   their PID files, and stopping only what the lab started;
 //! - [`config`]: the hola.toml files the lab writes;
-//! - [`cluster`]: `lab up --nodes 2|3`, hola nodes behind an ECMP router.
+//! - [`cluster`]: `lab up --nodes 2|3`, hola nodes behind an ECMP router;
+//! - [`bird`]: BIRD 2 on that router and on every node (BGP with BFD).
 
+mod bird;
 mod cluster;
 mod config;
 mod processes;
@@ -312,6 +314,11 @@ fn status() -> Result<()> {
                 continue;
             }
             format!("hola run on {}", &p.stem["hola-".len()..])
+        } else if p.program == "bird" {
+            if p.recorded_pid().is_none() {
+                continue;
+            }
+            format!("BIRD on {}", &p.stem["bird-".len()..])
         } else {
             format!("hola-backend {}", p.stem)
         };
@@ -330,6 +337,7 @@ fn status() -> Result<()> {
             None => println!("{what}: not running"),
         }
     }
+    bird::status();
     if hola_up {
         match processes::hola_stats(&socket_path(), false) {
             Ok(stats) => println!("hola stats:\n{}", stats.trim_end()),

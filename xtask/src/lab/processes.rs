@@ -49,6 +49,15 @@ pub(super) fn procs() -> Vec<Proc> {
         program: "hola",
         arg: node_config(i).display().to_string(),
     }));
+    // BIRD on the cluster lab's router and nodes, each told apart by its
+    // configuration file.
+    let hosts = std::iter::once(netlab::cluster::ROUTER.to_string())
+        .chain((1..=MAX_NODES).map(|i| netlab::cluster::node(i).0));
+    v.extend(hosts.map(|h| Proc {
+        stem: format!("bird-{h}"),
+        program: "bird",
+        arg: super::bird::conf(&h).display().to_string(),
+    }));
     v.extend(backends().map(|b| Proc {
         stem: b.clone(),
         program: "hola-backend",
@@ -226,6 +235,13 @@ pub(super) fn attach_peer(host: &str) -> Result<()> {
     )
     .with_context(|| format!("attaching the XDP_PASS program to {port}"))
     .map(drop)
+}
+
+/// Starts `program args` on `host` as process `p`; returns its PID.
+pub(super) fn spawn_in(p: &Proc, host: &str, program: &str, args: &[String]) -> Result<i32> {
+    let mut cmd = in_ns(host, program);
+    cmd.args(args);
+    p.spawn(cmd)
 }
 
 /// Starts `hola run --config CONFIG` on `host` as process `p`; returns its PID.

@@ -364,6 +364,9 @@ fn check_tunnel_sources(sink: &mut Sink<'_>, g: &Global) {
 impl Config {
     /// Every check, each error reported to `sink`.
     pub(super) fn check(&self, sink: &mut Sink<'_>) {
+        if let Some(b) = &self.bgp {
+            super::bgp::check(sink, b);
+        }
         if let Some(c) = &self.cluster {
             check_cluster(sink, c);
         }
