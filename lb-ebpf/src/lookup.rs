@@ -6,7 +6,7 @@ use lb_common::{
     AddrVips, Backend, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, Reason,
     VipKey, VipMeta,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
-    flow::{NEW_FLOW_MAGLEV, NEW_FLOW_PEER},
+    flow::{NEW_FLOW_MAGLEV, NEW_FLOW_PEER, v4_addr},
     hash::flow_hash,
     maps::{ICMP_TO_BACKEND, ICMP_TO_CLIENT, NAT_REPLY, NAT_REQUEST},
     vip::{
@@ -58,7 +58,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
         if ip.is_fragment {
             return Err(Reason::DropFragment);
         }
-        (src, dst) = (widen(ip.saddr), widen(ip.daddr));
+        (src, dst) = (v4_addr(ip.saddr), v4_addr(ip.daddr));
         (family, proto, l4_off) = (FAMILY_V4, ip.proto, ip.l4_off);
         end = eth.l3_off + ip.tot_len as usize;
         inner = Inner::V4 {
@@ -258,12 +258,6 @@ fn is_icmp(family: u8, proto: u8) -> bool {
     } else {
         proto == icmp::PROTO_ICMPV6
     }
-}
-
-/// An IPv4 address as the first four bytes of a map key's address.
-#[inline(always)]
-fn widen(a: [u8; 4]) -> [u8; 16] {
-    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
 }
 
 /// The VIP for the packet's (address, port, protocol): the exact port

@@ -13,7 +13,7 @@ use lb_common::{
     Backend, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, NatValue, PROTO_TCP, PROTO_UDP, Reason,
     flow::{
         NAT_F_FULLNAT, NAT_TOUCH_NS, NEW_FLOW_MAGLEV, NEW_FLOW_PEER, NatScratch, NatTimeouts,
-        handshake_bucket, nat_expired,
+        handshake_bucket, nat_expired, v4_addr,
     },
 };
 
@@ -295,10 +295,7 @@ pub fn outer(ctx: &XdpContext) -> Result<(Layout, [u8; 16], [u8; 16], usize), Re
         if ip.is_fragment {
             return Err(Reason::PassNotVip);
         }
-        let mut src = [0u8; 16];
-        let mut dst = [0u8; 16];
-        src[..4].copy_from_slice(&ip.saddr);
-        dst[..4].copy_from_slice(&ip.daddr);
+        let (src, dst) = (v4_addr(ip.saddr), v4_addr(ip.daddr));
         let at = Layout {
             l3_off: eth.l3_off,
             l4_off: ip.l4_off,
