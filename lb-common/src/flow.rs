@@ -64,16 +64,17 @@ pub struct NatValue {
     pub dmac: [u8; 6],
     /// The MAC the request was sent to (ours): the reply's source MAC.
     pub smac: [u8; 6],
-    /// `bpf_ktime_get_ns` of the last packet either way (updated at most
-    /// every `NAT_TOUCH_NS`).
+    /// `CLOCK_MONOTONIC` (coarse: `bpf_ktime_get_coarse_ns`) of the last
+    /// packet either way (updated at most every `NAT_TOUCH_NS`).
     pub last_ns: u64,
-    /// When a FIN or RST was first seen (0: not yet).
+    /// When a FIN or RST was first seen (0: not yet), coarse as `last_ns`.
     pub closed_ns: u64,
     /// The backend (id) the flow went to, for its handshake counters.
     pub backend_id: u32,
     pub _pad: u32,
-    /// When the client's SYN went to the backend, until the backend
-    /// answered it (SYN-ACK or RST); 0 otherwise. Userspace counts entries
+    /// When the client's SYN went to the backend (`bpf_ktime_get_ns`,
+    /// precise), until the backend answered it (SYN-ACK or RST); 0
+    /// otherwise. Userspace counts entries
     /// whose SYN stays unanswered.
     pub syn_ns: u64,
     /// fullnat: the client's address and port (network order), the reply's
@@ -84,6 +85,9 @@ pub struct NatValue {
     pub _pad2: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<NatValue>() == 96);
+// The program copies the two MACs as one 12-byte run.
+const _: () =
+    assert!(core::mem::offset_of!(NatValue, smac) == core::mem::offset_of!(NatValue, dmac) + 6);
 
 /// One record of the `FLOW_EVENTS` ring buffer: an entry the program
 /// created, which userspace replicates to the cluster's peers

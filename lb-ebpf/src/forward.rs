@@ -58,16 +58,26 @@ pub fn rewrite_macs(ctx: &XdpContext, b: &Backend) -> Result<(), Reason> {
 }
 
 /// Writes the backend's next-hop MACs (destination, then source) as the
-/// first 12 bytes at `p`: one 8-byte and one 4-byte copy, not twelve byte
-/// copies through the stack.
+/// first 12 bytes at `p`.
 ///
 /// # Safety
 /// `p` must point at 12 writable bytes of the packet.
 #[inline(always)]
 unsafe fn write_macs(p: *mut u8, b: &Backend) {
-    let macs = core::ptr::addr_of!(b.dmac).cast::<u8>();
     // SAFETY: `dmac` and `smac` are 12 adjacent bytes of `Backend` (asserted
-    // in lb-common); the caller vouches for `p`. Unaligned accesses: the
+    // in lb-common); the caller vouches for `p`.
+    unsafe { copy_macs(p, core::ptr::addr_of!(b.dmac).cast()) }
+}
+
+/// Copies a destination and a source MAC (12 bytes at `macs`) to `p`: one
+/// 8-byte and one 4-byte copy, not twelve byte copies through the stack.
+///
+/// # Safety
+/// `p` must point at 12 writable bytes of the packet, `macs` at 12
+/// readable bytes.
+#[inline(always)]
+pub unsafe fn copy_macs(p: *mut u8, macs: *const u8) {
+    // SAFETY: the caller vouches for both pointers. Unaligned accesses: the
     // program is built for a CPU that allows them (lb-ebpf/build.rs).
     unsafe {
         p.cast::<u64>()
