@@ -210,10 +210,13 @@ pub struct NatTimeouts {
     pub closed_linger_ns: u64,
 }
 
-/// Whether a NAT entry of protocol `proto` is expired at `now_ns`.
+/// Whether a NAT entry of protocol `proto` is expired at `now_ns`: closed
+/// at least the linger ago, or idle longer than its protocol's timeout.
+/// (At least: with the coarse clock a packet in the same tick as the FIN
+/// sees no time passed, and a linger of 0 must still end the entry.)
 #[inline(always)]
 pub fn nat_expired(v: &NatValue, proto: u8, now_ns: u64, t: &NatTimeouts) -> bool {
-    if v.closed_ns != 0 && now_ns.saturating_sub(v.closed_ns) > t.closed_linger_ns {
+    if v.closed_ns != 0 && now_ns.saturating_sub(v.closed_ns) >= t.closed_linger_ns {
         return true;
     }
     let idle = if proto == crate::PROTO_TCP {
