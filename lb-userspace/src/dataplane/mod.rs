@@ -10,13 +10,15 @@
 //!   writes of a plan, and queries of the tables;
 //! - [`nat`]: the `NAT` table (sweeps, peers' translations);
 //! - [`flows`]: `FLOWS`, `PEER_FLOWS`, `FLOW_EVENTS` and the cluster switch;
-//! - [`counters`]: every per-CPU counter, summed.
+//! - [`counters`]: every per-CPU counter, summed;
+//! - [`vip_filter`]: `VIP_FILTER`, the bitmap of VIP addresses.
 
 mod counters;
 mod flows;
 mod load;
 mod nat;
 mod tables;
+mod vip_filter;
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
@@ -254,6 +256,7 @@ pub struct Dataplane {
     addrs6: HashMap<MapData, [u8; 16], AddrVips>,
     backends_map: Array<MapData, Backend>,
     rings: Array<MapData, u32>,
+    vip_filter: Array<MapData, u64>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     vip_stats: PerCpuArray<MapData, VipStats>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
