@@ -7,4 +7,5 @@ fn main() {
         Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),
         Err(e) => println!("cargo:warning=bpf-linker not found ({e}); run `cargo xtask setup`"),
     }
+    println!("cargo:rustc-link-arg-bins=--cpu-features=+allows-misaligned-mem-access");
 }

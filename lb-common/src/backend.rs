@@ -31,6 +31,9 @@ pub struct Backend {
     pub port: u16,
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 44);
+// The program copies the two MACs as one 12-byte run.
+const _: () =
+    assert!(core::mem::offset_of!(Backend, smac) == core::mem::offset_of!(Backend, dmac) + 6);
 
 /// The slot holds a live backend. Cleared when the backend is removed, so
 /// established flows to it are re-balanced.

@@ -26,28 +26,36 @@ fn finish(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
+/// The key as ten 32-bit words, read little-endian: words 0..4 are the
+/// source address, 4..8 the destination. Whole-word loads (the key is
+/// 8-byte aligned) instead of four byte loads per word.
 #[inline(always)]
-fn word(a: &[u8; 16], i: usize) -> u32 {
-    u32::from_le_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
+fn words(key: &FlowKey) -> [u32; 10] {
+    // SAFETY: `FlowKey` is 40 bytes of integers with no implicit padding
+    // (every byte initialized) and 8-byte aligned, so it can be read as ten
+    // `u32`s.
+    let w = unsafe { *(key as *const FlowKey).cast::<[u32; 10]>() };
+    w.map(u32::from_le)
 }
 
 /// Murmur3-style hash of a flow. With `src_only` only the source address is
 /// hashed (client affinity). IPv4 keys hash one word per address, IPv6 four.
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey, src_only: bool) -> u32 {
+    let w = words(key);
     let mut h = SEED;
-    h = mix(h, word(&key.src, 0));
+    h = mix(h, w[0]);
     if key.family != crate::FAMILY_V4 {
-        h = mix(h, word(&key.src, 4));
-        h = mix(h, word(&key.src, 8));
-        h = mix(h, word(&key.src, 12));
+        h = mix(h, w[1]);
+        h = mix(h, w[2]);
+        h = mix(h, w[3]);
     }
     if !src_only {
-        h = mix(h, word(&key.dst, 0));
+        h = mix(h, w[4]);
         if key.family != crate::FAMILY_V4 {
-            h = mix(h, word(&key.dst, 4));
-            h = mix(h, word(&key.dst, 8));
-            h = mix(h, word(&key.dst, 12));
+            h = mix(h, w[5]);
+            h = mix(h, w[6]);
+            h = mix(h, w[7]);
         }
         h = mix(h, (u32::from(key.sport) << 16) | u32::from(key.dport));
         h = mix(h, u32::from(key.proto));
@@ -72,5 +80,28 @@ mod tests {
         b.dst[0] = 9;
         assert_eq!(flow_hash(&a, true), flow_hash(&b, true));
         assert_ne!(flow_hash(&a, false), flow_hash(&b, false));
+    }
+
+    #[test]
+    fn words_are_the_addresses_read_little_endian() {
+        let mut k = FlowKey {
+            family: crate::FAMILY_V6,
+            proto: 17,
+            sport: 0x1234,
+            dport: 0x5678,
+            ..Default::default()
+        };
+        for i in 0..16 {
+            k.src[i] = i as u8 + 1;
+            k.dst[i] = 0xf0 - i as u8;
+        }
+        let w = words(&k);
+        for i in 0..4 {
+            let at = 4 * i;
+            let src = [k.src[at], k.src[at + 1], k.src[at + 2], k.src[at + 3]];
+            let dst = [k.dst[at], k.dst[at + 1], k.dst[at + 2], k.dst[at + 3]];
+            assert_eq!(w[i], u32::from_le_bytes(src));
+            assert_eq!(w[4 + i], u32::from_le_bytes(dst));
+        }
     }
 }

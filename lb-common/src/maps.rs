@@ -5,6 +5,7 @@
 pub const VIPS: &str = "VIPS";
 pub const VIP_ADDRS4: &str = "VIP_ADDRS4";
 pub const VIP_ADDRS6: &str = "VIP_ADDRS6";
+pub const VIP_FILTER: &str = "VIP_FILTER";
 pub const BACKENDS: &str = "BACKENDS";
 pub const RINGS: &str = "RINGS";
 pub const PREV_RINGS: &str = "PREV_RINGS";

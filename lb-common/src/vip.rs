@@ -1,6 +1,27 @@
 //! Virtual services: the key the program looks a packet up by, and what it
 //! finds there.
 
+/// Words (64 bits each) of the `VIP_FILTER` array: 65,536 bits.
+pub const VIP_FILTER_WORDS: u32 = 1024;
+
+/// The `VIP_FILTER` bit of a destination address, from its 32-bit words as
+/// loaded from the packet (native order): an IPv4 address is its one word,
+/// an IPv6 address the xor of its four. A multiplicative hash, so that the
+/// VIPs of one subnet spread over the bits. Every VIP address's bit is set;
+/// a packet whose bit is clear is not for a VIP, and is told so without a
+/// hash-map lookup.
+#[inline(always)]
+pub fn vip_filter_bit(folded: u32) -> u32 {
+    folded.wrapping_mul(0x9e37_79b1) >> 16
+}
+
+/// [`vip_filter_bit`]'s input for an IPv6 address.
+#[inline(always)]
+pub fn fold_v6(a: &[u8; 16]) -> u32 {
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    w(0) ^ w(4) ^ w(8) ^ w(12)
+}
+
 /// Key of the `VIPS` map: (address, port, protocol).
 ///
 /// `addr` is in network byte order; an IPv4 address fills the first four bytes

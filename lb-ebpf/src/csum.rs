@@ -9,18 +9,6 @@ pub fn fold(mut sum: u32) -> u16 {
     !(sum as u16)
 }
 
-/// Checksum of a 20-byte IPv4 header whose checksum field is zero.
-#[inline(always)]
-pub fn ipv4_header(h: &[u8; 20]) -> u16 {
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i < 20 {
-        sum += u32::from(u16::from_be_bytes([h[i], h[i + 1]]));
-        i += 2;
-    }
-    fold(sum)
-}
-
 // Incremental updates (RFC 1624): a checksum C over data in which word m
 // becomes m' is updated to ~(~C + ~m + m'). The changes are summed first
 // (`add_*`), then applied once (`apply`).

@@ -52,12 +52,40 @@ pub enum Inner {
 #[inline(always)]
 pub fn rewrite_macs(ctx: &XdpContext, b: &Backend) -> Result<(), Reason> {
     let h: *mut [u8; 12] = ptr_at(ctx, 0)?;
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&b.dmac);
-    macs[6..].copy_from_slice(&b.smac);
     // SAFETY: ptr_at checked that 12 bytes are in the packet.
-    unsafe { h.write_unaligned(macs) };
+    unsafe { write_macs(h.cast(), b) };
     Ok(())
+}
+
+/// Writes the backend's next-hop MACs (destination, then source) as the
+/// first 12 bytes at `p`.
+///
+/// # Safety
+/// `p` must point at 12 writable bytes of the packet.
+#[inline(always)]
+unsafe fn write_macs(p: *mut u8, b: &Backend) {
+    // SAFETY: `dmac` and `smac` are 12 adjacent bytes of `Backend` (asserted
+    // in lb-common); the caller vouches for `p`.
+    unsafe { copy_macs(p, core::ptr::addr_of!(b.dmac).cast()) }
+}
+
+/// Copies a destination and a source MAC (12 bytes at `macs`) to `p`: one
+/// 8-byte and one 4-byte copy, not twelve byte copies through the stack.
+///
+/// # Safety
+/// `p` must point at 12 writable bytes of the packet, `macs` at 12
+/// readable bytes.
+#[inline(always)]
+pub unsafe fn copy_macs(p: *mut u8, macs: *const u8) {
+    // SAFETY: the caller vouches for both pointers. Unaligned accesses: the
+    // program is built for a CPU that allows them (lb-ebpf/build.rs).
+    unsafe {
+        p.cast::<u64>()
+            .write_unaligned(macs.cast::<u64>().read_unaligned());
+        p.add(8)
+            .cast::<u32>()
+            .write_unaligned(macs.add(8).cast::<u32>().read_unaligned());
+    }
 }
 
 /// Wraps the packet in an outer IPv4 (IP-in-IP) or IPv6 (IPv6-in-IPv6)
@@ -87,24 +115,37 @@ pub fn encap(
             let mask: u32 = setting!(tunnel_src_v4_mask);
             let base: [u8; 4] = setting!(tunnel_src_v4);
             let src = (u32::from_be_bytes(base) & !mask) | (hash & mask);
+            let dst = u32::from_be_bytes([b.addr[0], b.addr[1], b.addr[2], b.addr[3]]);
             let len = (tot_len as usize + IPV4_HLEN) as u16;
-            let mut h = [0u8; IPV4_HLEN];
-            h[0] = 0x45;
-            h[1] = tos;
-            h[2..4].copy_from_slice(&len.to_be_bytes());
-            h[8] = 64;
-            h[9] = 4; // IPPROTO_IPIP
-            h[12..16].copy_from_slice(&src.to_be_bytes());
-            h[16..20].copy_from_slice(&b.addr[..4]);
-            let c = csum::ipv4_header(&h);
-            h[10..12].copy_from_slice(&c.to_be_bytes());
+            // The header as its five 32-bit words (host order values of
+            // network-order fields), written to the packet word by word:
+            // version/IHL, TOS, length | id 0, no fragment | TTL 64,
+            // IPPROTO_IPIP (4), checksum | source | destination.
+            let w0 = (0x45u32 << 24) | (u32::from(tos) << 16) | u32::from(len);
+            let w2_no_csum = (64u32 << 24) | (4 << 16);
+            let sum = (w0 >> 16)
+                + (w0 & 0xffff)
+                + (w2_no_csum >> 16)
+                + (src >> 16)
+                + (src & 0xffff)
+                + (dst >> 16)
+                + (dst & 0xffff);
+            let w2 = w2_no_csum | u32::from(csum::fold(sum));
             let p: *mut [u8; IPV4_HLEN] = if vlan {
                 ptr_at(ctx, ETH_HLEN + 4)?
             } else {
                 ptr_at(ctx, ETH_HLEN)?
             };
-            // SAFETY: ptr_at checked the bounds.
-            unsafe { p.write_unaligned(h) };
+            let p = p.cast::<u8>();
+            // SAFETY: ptr_at checked the bounds (20 bytes); unaligned
+            // stores are allowed (lb-ebpf/build.rs).
+            unsafe {
+                p.cast::<u64>().write_unaligned(u64::from(w0.to_be()));
+                p.add(8)
+                    .cast::<u64>()
+                    .write_unaligned(u64::from(w2.to_be()) | (u64::from(src.to_be()) << 32));
+                p.add(16).cast::<u32>().write_unaligned(dst.to_be());
+            }
         }
         Inner::V6 {
             payload_len,
@@ -155,26 +196,28 @@ fn grow(ctx: &XdpContext, len: usize) -> Result<(), Reason> {
 /// Writes the Ethernet header (and tag) at the new start of the packet.
 #[inline(always)]
 fn write_l2(ctx: &XdpContext, b: &Backend, tag: Option<[u8; 4]>, proto: u16) -> Result<(), Reason> {
-    let p = proto.to_be_bytes();
+    let p = proto.to_be();
     match tag {
         Some(t) => {
             let h: *mut [u8; ETH_HLEN + 4] = ptr_at(ctx, 0).map_err(|_| Reason::Aborted)?;
-            let mut e = [0u8; ETH_HLEN + 4];
-            e[..6].copy_from_slice(&b.dmac);
-            e[6..12].copy_from_slice(&b.smac);
-            e[12..16].copy_from_slice(&t);
-            e[16..18].copy_from_slice(&p);
-            // SAFETY: ptr_at checked the bounds.
-            unsafe { h.write_unaligned(e) };
+            let h = h.cast::<u8>();
+            // SAFETY: ptr_at checked the bounds (18 bytes); unaligned stores
+            // are allowed (lb-ebpf/build.rs).
+            unsafe {
+                write_macs(h, b);
+                h.add(12).cast::<[u8; 4]>().write_unaligned(t);
+                h.add(16).cast::<u16>().write_unaligned(p);
+            }
         }
         None => {
             let h: *mut [u8; ETH_HLEN] = ptr_at(ctx, 0).map_err(|_| Reason::Aborted)?;
-            let mut e = [0u8; ETH_HLEN];
-            e[..6].copy_from_slice(&b.dmac);
-            e[6..12].copy_from_slice(&b.smac);
-            e[12..14].copy_from_slice(&p);
-            // SAFETY: ptr_at checked the bounds.
-            unsafe { h.write_unaligned(e) };
+            let h = h.cast::<u8>();
+            // SAFETY: ptr_at checked the bounds (14 bytes); unaligned stores
+            // are allowed (lb-ebpf/build.rs).
+            unsafe {
+                write_macs(h, b);
+                h.add(12).cast::<u16>().write_unaligned(p);
+            }
         }
     }
     Ok(())

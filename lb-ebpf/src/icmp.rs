@@ -13,7 +13,7 @@
 //! updated incrementally. The quoted TCP/UDP checksum is left as it was:
 //! it covers data the error does not carry, and stacks do not check it.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{
     FAMILY_V4, FlowKey, PROTO_TCP, PROTO_UDP, Reason,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
@@ -221,8 +221,7 @@ fn to_client(
         None => return Err(Reason::PassNotVip),
     };
     let v = &v;
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = nat::coarse_now();
     if nat_expired(v, q.proto, now, &forward::nat_timeouts()) {
         return Err(Reason::DropNatExpired);
     }

@@ -6,12 +6,12 @@ use lb_common::{
     AddrVips, Backend, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, Reason,
     VipKey, VipMeta,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
-    flow::{NEW_FLOW_FLOOD, NEW_FLOW_MAGLEV, NEW_FLOW_PEER, NEW_FLOW_SYN, is_syn},
+    flow::{NEW_FLOW_FLOOD, NEW_FLOW_MAGLEV, NEW_FLOW_PEER, NEW_FLOW_SYN, is_syn, v4_addr},
     hash::flow_hash,
     maps::{ICMP_TO_BACKEND, ICMP_TO_CLIENT, NAT_REPLY, NAT_REQUEST},
     vip::{
         ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_FULLNAT, VIP_MODE_MASK, VIP_MODE_NAT,
-        VIP_MODE_TUNNEL,
+        VIP_MODE_TUNNEL, fold_v6, vip_filter_bit,
     },
 };
 
@@ -21,7 +21,7 @@ use crate::{
     icmp,
     maps::{
         BACKENDS, ICMP_PROGS, NAT_SCRATCH, NAT_SOURCES4, NAT_SOURCES6, PEER_FLOWS, RINGS,
-        VIP_ADDRS4, VIP_ADDRS6, VIP_STATS, VIPS,
+        VIP_ADDRS4, VIP_ADDRS6, VIP_FILTER, VIP_STATS, VIPS,
     },
     nat::{self, Layout},
     parse::{
@@ -39,7 +39,11 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     let (src, dst, family, proto, addr_vips, l4_off, end, inner);
     if eth.proto == ETH_P_IP {
         let ip = ipv4::parse(ctx, eth.l3_off)?;
-        addr_vips = match VIP_ADDRS4.get_ptr(u32::from_ne_bytes(ip.daddr)) {
+        let daddr = u32::from_ne_bytes(ip.daddr);
+        addr_vips = match maybe_vip(daddr)
+            .then(|| VIP_ADDRS4.get_ptr(daddr))
+            .flatten()
+        {
             Some(v) => v,
             None => {
                 let at = Layout {
@@ -58,7 +62,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
         if ip.is_fragment {
             return Err(Reason::DropFragment);
         }
-        (src, dst) = (widen(ip.saddr), widen(ip.daddr));
+        (src, dst) = (v4_addr(ip.saddr), v4_addr(ip.daddr));
         (family, proto, l4_off) = (FAMILY_V4, ip.proto, ip.l4_off);
         end = eth.l3_off + ip.tot_len as usize;
         inner = Inner::V4 {
@@ -67,7 +71,10 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
         };
     } else if eth.proto == ETH_P_IPV6 {
         let ip = ipv6::parse(ctx, eth.l3_off)?;
-        addr_vips = match VIP_ADDRS6.get_ptr(ip.daddr) {
+        addr_vips = match maybe_vip(fold_v6(&ip.daddr))
+            .then(|| VIP_ADDRS6.get_ptr(ip.daddr))
+            .flatten()
+        {
             Some(v) => v,
             None => {
                 let at = Layout {
@@ -312,6 +319,17 @@ fn usable(flow: FlowValue, vip_id: u32) -> Option<(u32, u32, &'static Backend)> 
         .then_some((flow.backend_id, flow.hash, b))
 }
 
+/// Whether the destination whose folded address is `folded` may be a VIP
+/// address: its `VIP_FILTER` bit is set (clear: certainly not).
+#[inline(always)]
+fn maybe_vip(folded: u32) -> bool {
+    let bit = vip_filter_bit(folded);
+    match VIP_FILTER.get(bit >> 6) {
+        Some(w) => *w & (1u64 << (bit & 63)) != 0,
+        None => true,
+    }
+}
+
 /// ICMP for IPv4, ICMPv6 for IPv6.
 #[inline(always)]
 fn is_icmp(family: u8, proto: u8) -> bool {
@@ -320,12 +338,6 @@ fn is_icmp(family: u8, proto: u8) -> bool {
     } else {
         proto == icmp::PROTO_ICMPV6
     }
-}
-
-/// An IPv4 address as the first four bytes of a map key's address.
-#[inline(always)]
-fn widen(a: [u8; 4]) -> [u8; 16] {
-    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
 }
 
 /// The VIP for the packet's (address, port, protocol): the exact port

@@ -27,6 +27,15 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(1024, BPF_
 #[map]
 pub static VIP_ADDRS4: HashMap<u32, AddrVips> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
+/// A bitmap of the VIP addresses (`lb_common::vip::vip_filter_bit`): a
+/// destination whose bit is clear is not a VIP address, known from one
+/// inlined array read instead of a hash lookup in `VIP_ADDRS*` (most
+/// traffic through an interface is not for a VIP). Written by userspace
+/// (a bit set before its address's `VIP_ADDRS*` entry is written, cleared
+/// after it is deleted), read by the program.
+#[map]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(lb_common::vip::VIP_FILTER_WORDS, 0);
+
 /// IPv6 address → the VIPs at that address. As `VIP_ADDRS4`.
 #[map]
 pub static VIP_ADDRS6: HashMap<[u8; 16], AddrVips> =

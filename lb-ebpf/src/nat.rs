@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_EXIST, xdp_action},
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     programs::XdpContext,
 };
 use lb_common::{
@@ -14,6 +14,7 @@ use lb_common::{
     flow::{
         NAT_F_FORWARD, NAT_F_FULLNAT, NAT_F_SYN, NAT_TOUCH_NS, NEW_FLOW_FLOOD, NEW_FLOW_MAGLEV,
         NEW_FLOW_PEER, NEW_FLOW_SYN, NatScratch, NatTimeouts, handshake_bucket, nat_expired,
+        v4_addr,
     },
 };
 
@@ -73,6 +74,27 @@ pub fn nat_copy(key: &FlowKey) -> Option<NatValue> {
 #[inline(always)]
 fn write_back(key: &FlowKey, v: &NatValue) {
     let _ = NAT.insert(key, v, u64::from(BPF_EXIST));
+}
+
+/// The clock of NAT entries' idle, touch and close times:
+/// `CLOCK_MONOTONIC_COARSE` (the same clock as userspace's
+/// `CLOCK_MONOTONIC`, updated once a tick: behind it by at most a few ms,
+/// which no timeout of seconds notices). A few loads, where
+/// `bpf_ktime_get_ns` reads the clock source on every packet. The SYN →
+/// SYN-ACK latency, in microseconds, takes the precise clock
+/// ([`precise_now`]), only on those two packets.
+#[inline(always)]
+pub fn coarse_now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// `CLOCK_MONOTONIC`, precise: for the SYN and SYN-ACK (or RST) times of the
+/// handshake latency.
+#[inline(always)]
+fn precise_now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// Whether any VIP is in NAT mode (so that other traffic is looked up in
@@ -155,10 +177,10 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
         s.rev.dst = s.key.src;
         s.rev.dport = s.key.sport;
     }
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     let closing = proto == PROTO_TCP && s.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     let syn = proto == PROTO_TCP && s.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // A SYN's time starts the handshake latency: the precise clock.
+    let now = if syn { precise_now() } else { coarse_now() };
     let t = nat_timeouts();
     let unrecorded = s.new_flow == NEW_FLOW_FLOOD;
     // A fullnat flow-table miss knows no source port to look `NAT` up by.
@@ -387,10 +409,7 @@ pub fn outer(ctx: &XdpContext) -> Result<(Layout, [u8; 16], [u8; 16], usize), Re
         if ip.is_fragment {
             return Err(Reason::PassNotVip);
         }
-        let mut src = [0u8; 16];
-        let mut dst = [0u8; 16];
-        src[..4].copy_from_slice(&ip.saddr);
-        dst[..4].copy_from_slice(&ip.daddr);
+        let (src, dst) = (v4_addr(ip.saddr), v4_addr(ip.daddr));
         let at = Layout {
             l3_off: eth.l3_off,
             l4_off: ip.l4_off,
@@ -455,8 +474,7 @@ fn reply(ctx: &XdpContext, at: &Layout, key: &FlowKey, ports: &Ports) -> Result<
         return Err(Reason::PassNotVip);
     }
     let v = &mut v;
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = coarse_now();
     if nat_expired(v, key.proto, now, &nat_timeouts()) {
         let _ = map.remove(key);
         return Err(Reason::DropNatExpired);
@@ -464,7 +482,7 @@ fn reply(ctx: &XdpContext, at: &Layout, key: &FlowKey, ports: &Ports) -> Result<
     let closing = key.proto == PROTO_TCP && ports.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     let mut changed = touch(v, now, closing);
     if v.syn_ns != 0 && key.proto == PROTO_TCP {
-        changed |= handshake(v, now, ports.tcp_flags);
+        changed |= handshake(v, ports.tcp_flags);
     }
     if changed {
         // Only if the entry still exists, as in `write_back`.
@@ -502,12 +520,10 @@ fn reply(ctx: &XdpContext, at: &Layout, key: &FlowKey, ports: &Ports) -> Result<
 /// in on (XDP_TX when that is this one, else a redirect).
 #[inline(always)]
 pub fn send_back(ctx: &XdpContext, v: &NatValue) -> Result<u32, Reason> {
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&v.dmac);
-    macs[6..].copy_from_slice(&v.smac);
     let h: *mut [u8; 12] = ptr_at(ctx, 0)?;
-    // SAFETY: ptr_at checked the bounds.
-    unsafe { h.write_unaligned(macs) };
+    // SAFETY: ptr_at checked the bounds; `dmac` and `smac` are 12 adjacent
+    // bytes of `NatValue` (asserted in lb-common).
+    unsafe { forward::copy_macs(h.cast(), core::ptr::addr_of!(v.dmac).cast()) };
     if v.ifindex == 0 || v.ifindex == ctx.ingress_ifindex() as u32 {
         Ok(xdp_action::XDP_TX)
     } else {
@@ -519,7 +535,7 @@ pub fn send_back(ctx: &XdpContext, v: &NatValue) -> Result<u32, Reason> {
 /// the backend's histogram, a RST is counted. Returns whether `v` changed
 /// (the SYN's time is cleared once answered).
 #[inline(always)]
-fn handshake(v: &mut NatValue, now: u64, flags: u8) -> bool {
+fn handshake(v: &mut NatValue, flags: u8) -> bool {
     let answered = if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
         1
     } else if flags & TCP_RST != 0 {
@@ -534,7 +550,7 @@ fn handshake(v: &mut NatValue, now: u64, flags: u8) -> bool {
         // SAFETY: per-CPU element, written only by this CPU.
         let h = unsafe { &mut *h };
         if answered == 1 {
-            let us = now.saturating_sub(v.syn_ns) / 1000;
+            let us = precise_now().saturating_sub(v.syn_ns) / 1000;
             let b = handshake_bucket(us);
             if let Some(c) = h.buckets.get_mut(b) {
                 *c += 1;

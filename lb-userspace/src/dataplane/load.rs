@@ -28,7 +28,9 @@ impl Dataplane {
     /// Loads the balancer program and creates its maps with `cfg`'s
     /// capacities. Nothing is attached yet.
     pub fn load(cfg: DataplaneConfig) -> Result<Self, DataplaneError> {
-        Self::load_with(cfg, None)
+        let mut dp = Self::load_with(cfg, None)?;
+        dp.vip_filter_rebuild()?;
+        Ok(dp)
     }
 
     /// Loads the balancer with every map pinned under `pin_dir/maps`. Maps
@@ -38,6 +40,7 @@ impl Dataplane {
     pub fn load_pinned(cfg: DataplaneConfig, pin_dir: &Path) -> Result<Self, DataplaneError> {
         let mut dp = Self::load_with(cfg, Some(pin_dir))?;
         dp.adopt()?;
+        dp.vip_filter_rebuild()?;
         Ok(dp)
     }
 
@@ -138,6 +141,7 @@ impl Dataplane {
             prev_rings: take!(names::PREV_RINGS),
             prev_until: take!(names::PREV_UNTIL),
             graces: Default::default(),
+            vip_filter: take!(names::VIP_FILTER),
             flows: take!(names::FLOWS),
             vip_stats: take!(names::VIP_STATS),
             backend_stats: take!(names::BACKEND_STATS),
@@ -329,7 +333,7 @@ pub(super) fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
 }
 
 /// Every map's capacity, from the load-time settings.
-pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 28] {
+pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 29] {
     [
         (
             names::FLOWS,
@@ -338,6 +342,7 @@ pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u3
         (names::VIPS, cfg.max_vips),
         (names::VIP_ADDRS4, cfg.max_vips),
         (names::VIP_ADDRS6, cfg.max_vips),
+        (names::VIP_FILTER, lb_common::vip::VIP_FILTER_WORDS),
         (names::VIP_STATS, cfg.max_vips + 1),
         (names::BACKENDS, cfg.max_backends + 1),
         (names::BACKEND_STATS, cfg.max_backends + 1),

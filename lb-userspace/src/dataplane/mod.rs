@@ -10,7 +10,8 @@
 //!   writes of a plan, and queries of the tables;
 //! - [`nat`]: the `NAT` table (sweeps, peers' translations);
 //! - [`flows`]: `FLOWS`, `PEER_FLOWS`, `FLOW_EVENTS` and the cluster switch;
-//! - [`counters`]: every per-CPU counter, summed.
+//! - [`counters`]: every per-CPU counter, summed;
+//! - [`vip_filter`]: `VIP_FILTER`, the bitmap of VIP addresses.
 
 mod counters;
 mod flows;
@@ -18,6 +19,7 @@ mod inspect;
 mod load;
 mod nat;
 mod tables;
+mod vip_filter;
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
@@ -273,6 +275,7 @@ pub struct Dataplane {
     /// The grace periods this daemon started and has not ended yet: VIP id
     /// → its `PREV_UNTIL`.
     graces: BTreeMap<u32, u64>,
+    vip_filter: Array<MapData, u64>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     vip_stats: PerCpuArray<MapData, VipStats>,
     backend_stats: PerCpuArray<MapData, BackendStats>,

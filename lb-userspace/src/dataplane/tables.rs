@@ -178,6 +178,11 @@ impl Dataplane {
         addr: IpAddr,
         entry: Option<&AddrVips>,
     ) -> Result<(), DataplaneError> {
+        // The filter stays a superset of the addresses: a bit is set
+        // before its entry appears, cleared after it is gone.
+        if entry.is_some() {
+            self.vip_filter_add(addr)?;
+        }
         match addr {
             IpAddr::V4(a) => {
                 let k = u32::from_ne_bytes(a.octets());
@@ -185,7 +190,7 @@ impl Dataplane {
                     None => ignore_missing(self.addrs4.remove(&k)),
                     Some(e) => self.addrs4.insert(k, *e, 0),
                 }
-                .map_err(map_err(names::VIP_ADDRS4))
+                .map_err(map_err(names::VIP_ADDRS4))?;
             }
             IpAddr::V6(a) => {
                 let k = a.octets();
@@ -193,9 +198,13 @@ impl Dataplane {
                     None => ignore_missing(self.addrs6.remove(&k)),
                     Some(e) => self.addrs6.insert(k, *e, 0),
                 }
-                .map_err(map_err(names::VIP_ADDRS6))
+                .map_err(map_err(names::VIP_ADDRS6))?;
             }
         }
+        if entry.is_none() {
+            self.vip_filter_remove(addr)?;
+        }
+        Ok(())
     }
 
     /// Makes `NAT_SOURCES*` hold exactly `state.sources` (read back and
