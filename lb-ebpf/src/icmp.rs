@@ -22,7 +22,7 @@ use lb_common::{
 
 use crate::{
     csum, forward,
-    maps::{BACKENDS, FLOWS},
+    maps::BACKENDS,
     nat::{self, Layout},
     parse::ptr_at,
     verdict::Verdict,
@@ -307,9 +307,7 @@ fn to_backend(
         family: at.family,
         _pad: [0; 2],
     };
-    // SAFETY: the value is copied out at once and the pointer not kept (an
-    // LRU element is reused as soon as it is evicted: see `nat::nat_copy`).
-    let (backend_id, port) = match unsafe { FLOWS.get(&req) } {
+    let (backend_id, port) = match crate::flows::lookup(&req) {
         Some(f) => (f.backend_id, f.hash as u16),
         None => return Err(Reason::PassNotVip),
     };

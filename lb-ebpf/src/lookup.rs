@@ -16,11 +16,11 @@ use lb_common::{
 };
 
 use crate::{
-    cluster,
+    cluster, flows,
     forward::{self, Inner},
     icmp,
     maps::{
-        BACKENDS, FLOWS, ICMP_PROGS, NAT_SCRATCH, NAT_SOURCES4, NAT_SOURCES6, PEER_FLOWS, RINGS,
+        BACKENDS, ICMP_PROGS, NAT_SCRATCH, NAT_SOURCES4, NAT_SOURCES6, PEER_FLOWS, RINGS,
         VIP_ADDRS4, VIP_ADDRS6, VIP_FILTER, VIP_STATS, VIPS,
     },
     nat::{self, Layout},
@@ -136,12 +136,11 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     // counts). Else, while a cluster is on, a flow a peer created (it moved
     // here), under the same conditions.
     let mut reason = Reason::FwdEstablished;
-    // SAFETY: the value is copied out at once, before this program inserts
-    // into the map (an LRU element is reused as soon as it is evicted, not
-    // freed: see `nat::nat_copy`).
-    let mut chosen = unsafe { FLOWS.get(&key) }.and_then(|f| usable(*f, vip.vip_id));
+    let mut chosen = flows::lookup(&key).and_then(|f| usable(f, vip.vip_id));
     if chosen.is_none() && cluster::active() {
-        // SAFETY: as for `FLOWS` above.
+        // SAFETY: the value is copied out at once, before this program
+        // inserts (an LRU element is reused as soon as it is evicted, not
+        // freed: see `nat::nat_copy`).
         chosen = unsafe { PEER_FLOWS.get(&key) }.and_then(|f| usable(*f, vip.vip_id));
         if chosen.is_some() {
             reason = Reason::FwdPeerFlow;
@@ -173,7 +172,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     if reason != Reason::FwdEstablished {
         // A failed insert (LRU under heavy contention) still forwards this
         // packet; the next one finds the same backend again.
-        let _ = FLOWS.insert(&key, &FlowValue { backend_id, hash }, 0);
+        flows::insert(&key, &FlowValue { backend_id, hash });
     }
     // Peers learn the flows made here (they know their own already).
     if reason == Reason::FwdNewFlow && cluster::active() {

@@ -15,6 +15,7 @@ macro_rules! setting {
 
 mod cluster;
 mod csum;
+mod flows;
 mod forward;
 mod icmp;
 mod lookup;

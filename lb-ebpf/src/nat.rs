@@ -20,7 +20,7 @@ use lb_common::{
 use crate::{
     csum,
     forward::{self, nat_timeouts},
-    maps::{BACKENDS, FLOWS, FULLNAT_CURSOR, HANDSHAKES, NAT, NAT_SCRATCH, NAT_STATE, TX_PORTS},
+    maps::{BACKENDS, FULLNAT_CURSOR, HANDSHAKES, NAT, NAT_SCRATCH, NAT_STATE, TX_PORTS},
     parse::{
         eth::{self, ETH_P_IP, ETH_P_IPV6},
         ipv4, ipv6,
@@ -190,13 +190,12 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
         // range that no live flow holds.
         let port = alloc_port(&mut s.rev, &mut s.value, now, &t)?;
         s.rev.dport = port;
-        let _ = FLOWS.insert(
+        crate::flows::insert(
             &s.key,
             &FlowValue {
                 backend_id: s.backend_id,
                 hash: u32::from(port),
             },
-            0,
         );
     }
     if fresh {
