@@ -2005,3 +2005,54 @@ fn grace_period_and_rate_limit_fixtures() {
         failures.join("\n\n")
     );
 }
+
+/// `VIP_FILTER` (docs/maps.md): removing a VIP address recomputes its
+/// filter word from the addresses left, so another VIP whose bit is in the
+/// same word is still balanced, and the removed one now passes as not a
+/// VIP. Two addresses of one word are found with the program's own bit
+/// function.
+#[test]
+fn removing_a_vip_keeps_its_filter_neighbours() {
+    require_root();
+    let bit = |a: Ipv4Addr| lb_common::vip::vip_filter_bit(u32::from_ne_bytes(a.octets()));
+    let first = Ipv4Addr::new(198, 18, 7, 1);
+    let word = bit(first) >> 6;
+    let second = (2..=255u8)
+        .map(|i| Ipv4Addr::new(198, 18, 7, i))
+        .find(|a| bit(*a) >> 6 == word && bit(*a) != bit(first))
+        .or_else(|| {
+            (0..=255u8)
+                .flat_map(|h| (1..=254u8).map(move |l| Ipv4Addr::new(198, 19, h, l)))
+                .find(|a| bit(*a) >> 6 == word && bit(*a) != bit(first))
+        })
+        .expect("an address of 198.18.0.0/15 in the same filter word");
+    let mut dp = Dataplane::load(DataplaneConfig {
+        flow_capacity_per_cpu: 1024,
+        ..Default::default()
+    })
+    .expect("loading the balancer");
+    let vips = [first, second].map(|a| vip(&a.to_string(), 80, Proto::Tcp));
+    for v in vips {
+        dp.add_vip(VipSpec {
+            vip: v,
+            mode: Mode::Dsr,
+            src_hash: false,
+            table_size: 251,
+        })
+        .expect("add VIP");
+        dp.set_backends(&v, &[backend("198.18.2.1", 1)])
+            .expect("backends");
+    }
+    let to =
+        |a: Ipv4Addr| Pkt::new("198.18.0.1", &a.to_string(), L4::tcp(40000, 80, TCP_SYN)).bytes();
+    let verdict = |dp: &Dataplane, a: Ipv4Addr| run(dp.program_ref(), &to(a)).expect("test run").0;
+    assert_eq!(verdict(&dp, first), XDP_TX, "{first} is a VIP");
+    assert_eq!(verdict(&dp, second), XDP_TX, "{second} is a VIP");
+    dp.remove_vip(&vips[0]).expect("remove VIP");
+    assert_eq!(verdict(&dp, first), XDP_PASS, "{first} is no VIP any more");
+    assert_eq!(
+        verdict(&dp, second),
+        XDP_TX,
+        "{second} shares {first}'s filter word and is still a VIP"
+    );
+}
