@@ -19,7 +19,10 @@ use hola_tests::{
     packet::{L4, LB_MAC, Pkt, TCP_ACK, TCP_SYN},
 };
 use lb_userspace::{
-    dataplane::{BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec},
+    dataplane::{
+        BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec,
+        possible_cpus,
+    },
     programs,
 };
 use serde_json::json;
@@ -111,6 +114,9 @@ fn fresh(dst: &str, i: usize, flags: u8) -> Vec<u8> {
     .bytes()
 }
 
+/// Flow-table entries per CPU of the full-table case.
+const FULL_TABLE: u32 = 16_384;
+
 fn main() {
     let a = args();
     // SAFETY: geteuid has no preconditions.
@@ -158,6 +164,45 @@ fn main() {
             .collect();
         dp.set_backends(&vip, &bs).expect("backends");
     }
+
+    // A full flow table: every new flow evicts one (the LRU's shrink path),
+    // which an empty 4,000,000-entry table never reaches in a run.
+    let mut dp_full = Dataplane::load(DataplaneConfig {
+        flow_capacity_per_cpu: FULL_TABLE,
+        new_flow_rate: 0,
+        ..Default::default()
+    })
+    .expect("loading the full-table balancer");
+    let full_vip = VipAddr {
+        addr: "198.18.1.1".parse().expect("vip"),
+        port: 80,
+        proto: Proto::Tcp,
+    };
+    dp_full
+        .add_vip(VipSpec {
+            vip: full_vip,
+            mode: Mode::Dsr,
+            src_hash: false,
+            table_size: 65537,
+        })
+        .expect("add VIP");
+    let bs: Vec<_> = (1..=10)
+        .map(|i| backend(format!("198.18.2.{i}").parse().expect("backend")))
+        .collect();
+    dp_full.set_backends(&full_vip, &bs).expect("backends");
+    // Fill it: four times its capacity on every CPU, so that whichever CPU
+    // runs the measured calls finds no free entry.
+    let fill = 4 * FULL_TABLE as usize * possible_cpus().expect("CPUs") as usize;
+    eprintln!("filling a {FULL_TABLE}-entry flow table with {fill} new flows");
+    let fill_start = 1usize << 23;
+    let _ = measure(
+        dp_full.program_ref(),
+        &mut |i| fresh("198.18.1.1", fill_start + i, TCP_ACK),
+        fill,
+    );
+    let mut full_counter = fill_start + fill;
+    let flows_after_fill = dp_full.flow_entries().expect("flow entries").len();
+    eprintln!("the full table holds {flows_after_fill} flows");
 
     // NAT mode on a data plane of its own, so that the other paths run
     // with no NAT VIP (a NAT VIP makes every packet not for a VIP look for
@@ -223,7 +268,7 @@ fn main() {
     let not_vip = not_vip_bytes();
 
     type Path = (&'static str, &'static str);
-    let paths: [Path; 11] = [
+    let paths: [Path; 12] = [
         ("xdp_pass", "baseline: return XDP_PASS"),
         ("macswap_tx", "MAC-swap XDP_TX program"),
         ("not_a_vip", "IPv4 TCP to a non-VIP address"),
@@ -241,6 +286,10 @@ fn main() {
             "new IPv4 TCP flow (flow-table miss, Maglev, insert)",
         ),
         ("tcp_syn", "TCP SYN of a new flow"),
+        (
+            "new_flow_full",
+            "new IPv4 TCP flow into a full flow table (evicts one)",
+        ),
         (
             "established_nat",
             "established IPv4 TCP flow, nat request (rewrite, checksums, NAT entry)",
@@ -270,6 +319,14 @@ fn main() {
                         .expect("XDP"),
                     Box::new(|_| not_vip.clone()),
                 ),
+                "new_flow_full" => {
+                    let start = full_counter;
+                    full_counter += a.calls;
+                    (
+                        dp_full.program_ref(),
+                        Box::new(move |i| fresh("198.18.1.1", start + i, TCP_ACK)),
+                    )
+                }
                 "established_nat" | "nat_reply" | "not_a_vip_nat" => {
                     let f: Maker = match name {
                         "established_nat" => Box::new(|_| nat_request.clone()),
@@ -339,6 +396,8 @@ fn main() {
         "flow_capacity_per_cpu".into(),
         a.flow_capacity_per_cpu.into(),
     );
+    doc.insert("full_table_per_cpu".into(), FULL_TABLE.into());
+    doc.insert("full_table_flows".into(), flows_after_fill.into());
     doc.insert("paths".into(), json_paths.into());
     if let Some(dir) = std::path::Path::new(&a.out).parent() {
         std::fs::create_dir_all(dir).expect("create output directory");

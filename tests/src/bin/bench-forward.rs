@@ -73,6 +73,21 @@ fn pin_to(cpu: usize) {
 /// The flow count of the SYN-flood column: every frame a new TCP flow.
 const SYN_FLOOD: u32 = u32::MAX;
 
+/// The balancer's verdict counters summed over CPUs, by reason name; `None`
+/// for a contender that is not hola.
+fn verdict_counts(c: &Contender) -> Option<BTreeMap<String, u64>> {
+    let Contender::Hola(dp) = c else {
+        return None;
+    };
+    let s = dp.stats().expect("stats");
+    Some(
+        s.reasons
+            .into_iter()
+            .map(|(n, r)| (n.to_string(), r.packets))
+            .collect(),
+    )
+}
+
 fn label(flows: u32) -> String {
     if flows == SYN_FLOOD {
         "SYN flood".into()
@@ -315,6 +330,9 @@ fn main() {
 
     let mut results: BTreeMap<(String, u32), Vec<f64>> = BTreeMap::new();
     let mut generated: BTreeMap<(String, u32), Vec<f64>> = BTreeMap::new();
+    // Per hola measurement: how many packets recorded a new flow, went
+    // through unrecorded (SYNs, inserts over the rate limit) or hit the table.
+    let mut recorded: BTreeMap<(String, u32), Vec<serde_json::Value>> = BTreeMap::new();
     pin_to(0);
     // The run's ingress interface (g0) is looked up in this thread's
     // namespace.
@@ -347,6 +365,7 @@ fn main() {
                     m.get(&0, 0).expect("read").iter().sum()
                 };
                 let before = read(&generator);
+                let verdicts_before = verdict_counts(&c);
                 let prog: &Xdp = generator
                     .program("bench_gen")
                     .expect("gen")
@@ -374,6 +393,18 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(50));
                 let got = read(&generator) - before;
                 let pps = got as f64 / el;
+                if let (Some(b), Some(a)) = (verdicts_before, verdict_counts(&c)) {
+                    let delta = |n: &str| a.get(n).unwrap_or(&0) - b.get(n).unwrap_or(&0);
+                    recorded
+                        .entry((name.to_string(), flows))
+                        .or_default()
+                        .push(json!({
+                            "recorded": delta("fwd_new_flow"),
+                            "syn_unrecorded": delta("fwd_syn"),
+                            "flood_unrecorded": delta("fwd_flood"),
+                            "established": delta("fwd_established"),
+                        }));
+                }
                 eprintln!(
                     "round {round} {name:<12} {:>9} flows: sent {:.2} Mpps, received {:.2} Mpps",
                     label(flows),
@@ -429,10 +460,12 @@ fn main() {
                 ratio * 100.0,
                 g / 1e6
             );
-            rows.push(
-                json!({"contender": name, "what": what, "flows": flows, "median_pps": med,
-                "ratio_to_ceiling": ratio, "rounds": v, "generator_median_pps": g}),
-            );
+            let mut row = json!({"contender": name, "what": what, "flows": flows, "median_pps": med,
+                "ratio_to_ceiling": ratio, "rounds": v, "generator_median_pps": g});
+            if let Some(r) = recorded.get(&(name.to_string(), flows)) {
+                row["verdicts_per_round"] = r.clone().into();
+            }
+            rows.push(row);
         }
     }
     let mut doc = machine();

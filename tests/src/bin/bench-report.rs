@@ -105,6 +105,9 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**missed**" }
 }
 
+/// The `flows` value bench-forward writes for its SYN-flood column.
+const SYN_FLOOD_FLOWS: u64 = u32::MAX as u64;
+
 fn flows_label(flows: u64) -> String {
     match flows {
         u64::MAX | 4_294_967_295 => "SYN flood".into(),
@@ -283,6 +286,9 @@ MAC-swap XDP_TX program is measured beside it. New-flow paths use a fresh
 `tests/src/bin/bench-dataplane.rs`.
 ";
 
+/// The `return XDP_PASS` cost the data-plane targets are stated for.
+const TARGET_BASELINE_NS: f64 = 43.0;
+
 fn dataplane(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
     let _ = write!(
         out,
@@ -292,21 +298,32 @@ fn dataplane(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
         group_digits(d["calls_per_round"].as_u64().unwrap_or(0)),
         group_digits(d["flow_capacity_per_cpu"].as_u64().unwrap_or(0)),
     );
+    // Issue 15's targets, stated for a `return XDP_PASS` of 43 ns; the
+    // issue says to scale them by this run's baseline.
     let order = [
         ("xdp_pass", None),
         ("macswap_tx", None),
-        ("not_a_vip", Some(40.0)),
-        ("established_dsr", Some(110.0)),
-        ("established_tunnel", Some(130.0)),
-        ("established_ipv6", None),
-        ("new_flow", Some(600.0)),
-        ("tcp_syn", None),
-        ("established_nat", None),
-        ("nat_reply", None),
+        ("not_a_vip", Some(12.0)),
+        ("established_dsr", Some(40.0)),
+        ("established_tunnel", Some(48.0)),
+        ("established_ipv6", Some(45.0)),
+        ("new_flow", Some(450.0)),
+        ("new_flow_full", None),
+        ("tcp_syn", Some(150.0)),
+        ("established_nat", Some(90.0)),
+        ("nat_reply", Some(90.0)),
         ("not_a_vip_nat", None),
     ];
-    out.push_str("| path | ns per call (median) | rounds | net ns | target (net) | |\n| --- | ---: | ---: | ---: | ---: | --- |\n");
     let paths = &d["paths"];
+    let scale = f(&paths["xdp_pass"], "median_ns") / TARGET_BASELINE_NS;
+    let _ = write!(
+        out,
+        "The targets are issue 15's, stated for a `return XDP_PASS` of {TARGET_BASELINE_NS} ns \
+         on a quiet machine; as that issue says, they are scaled by this run's baseline \
+         ({:.1} ns, so ×{scale:.2}) and judged against the scaled figure.\n\n",
+        f(&paths["xdp_pass"], "median_ns"),
+    );
+    out.push_str("| path | ns per call (median) | rounds | net ns | target (net; scaled) | |\n| --- | ---: | ---: | ---: | ---: | --- |\n");
     for (name, target) in order {
         let p = &paths[name];
         if p.is_null() {
@@ -315,12 +332,19 @@ fn dataplane(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
         let net = f(p, "net_ns");
         let (t, v) = match target {
             Some(t) => {
+                let scaled = t * scale;
                 targets.push(Target {
-                    what: format!("data plane: {} at most {t} ns net", s(p, "what")),
+                    what: format!(
+                        "data plane: {} at most {t} ns net (×{scale:.2}: {scaled:.1} ns)",
+                        s(p, "what")
+                    ),
                     measured: format!("{net:.1} ns"),
-                    met: net <= t,
+                    met: net <= scaled,
                 });
-                (format!("≤ {t}"), verdict(net <= t).to_string())
+                (
+                    format!("≤ {t}; {scaled:.1}"),
+                    verdict(net <= scaled).to_string(),
+                )
             }
             None => (String::new(), String::new()),
         };
@@ -333,16 +357,22 @@ fn dataplane(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
         );
     }
     out.push_str(
-        "\nFor scale, Katran's program measured on this machine type by the same\n\
-         method (figures from the issue that set the targets): 156 ns for an\n\
-         established TCP packet in tunnel mode, about 900 ns for a new flow, 54 ns\n\
-         for a packet that is not for a VIP.\n\n\
+        "\nFor scale, Katran's program (commit 19f08fe) measured on this machine\n\
+         type by the same method, net of a 43 ns baseline (figures from issue 15):\n\
+         28.9 ns for a packet that is not for a VIP, 81.0 ns for an established\n\
+         IPv4 flow (IPIP), 78.3 ns for IPv6, 697.7 ns for a new TCP flow and\n\
+         705.5 ns for its SYN. The full-table row runs on a data plane of its own\n\
+         whose 16,384-entry flow table was filled first, so every new flow evicts\n\
+         one.\n\n\
          **What the cost is made of.** The established path makes two hash\n\
          lookups (`VIP_ADDRS4` by destination address, which carries the\n\
          address's VIPs inline, and the `FLOWS` LRU by 5-tuple), one array lookup\n\
          (`BACKENDS`) and three per-CPU counter updates. A new flow adds the\n\
-         Maglev slot read and the LRU insert (`htab_lru_map_update_elem`), which\n\
-         dominates. A `nat` request adds a tail call into `hola_nat_request`, a\n\
+         Maglev slot read, the insert-rate check and the LRU insert\n\
+         (`htab_lru_map_update_elem`), which dominates; into a full table the\n\
+         insert also evicts. A TCP SYN that misses the table is forwarded by the\n\
+         Maglev table and not recorded (issue 15), so it costs a miss and the\n\
+         slot read, no insert. A `nat` request adds a tail call into `hola_nat_request`, a\n\
          lookup of its `NAT` entry and the checksum updates; a reply is a lookup\n\
          of its source in `NAT_SOURCES4`, a tail call into `hola_nat_reply`\n\
          (which parses the headers again), one `NAT` lookup and the rewrite. The\n\
@@ -381,7 +411,8 @@ fn forward(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
          \"of the ceiling\" is the ratio to `macswap_tx` at the same flow count.\n\n",
         d["rounds"], d["seconds_per_measurement"],
     );
-    out.push_str("| contender | flows | Mpps (median) | rounds | of the ceiling | generator Mpps |\n| --- | ---: | ---: | ---: | ---: | ---: |\n");
+    out.push_str("| contender | flows | Mpps (median) | rounds | of the ceiling | generator Mpps | flows recorded / s | new, not recorded / s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    let secs = d["seconds_per_measurement"].as_f64().unwrap_or(1.0);
     let rows = d["results"].as_array().expect("forward results");
     let mut last = "";
     let mut gen_min = f64::INFINITY;
@@ -395,9 +426,10 @@ fn forward(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
         if name == "macswap_tx" {
             ceiling_max = ceiling_max.max(f(r, "median_pps"));
         }
+        let (rec, unrec) = recorded_rates(r, secs);
         let _ = writeln!(
             out,
-            "| {label} | {} | {:.3} | {} | {:.0} % | {:.2} |",
+            "| {label} | {} | {:.3} | {} | {:.0} % | {:.2} | {rec} | {unrec} |",
             flows_label(r["flows"].as_u64().unwrap_or(0)),
             f(r, "median_pps") / 1e6,
             spread(&rounds(r, None), 1e-6, 3),
@@ -422,18 +454,30 @@ fn forward(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
         rows.iter()
             .find(|r| s(r, "contender") == c && r["flows"].as_u64() == Some(flows))
     };
+    // Issue 15's forwarding targets, as ratios to the ceiling in the same run.
+    for (flows, what, min) in [
+        (1000, "1,000 flows", 0.85),
+        (100_000, "100,000 flows", 0.40),
+        (SYN_FLOOD_FLOWS, "a SYN flood", 0.60),
+    ] {
+        if let Some(dsr) = at("hola_dsr", flows) {
+            let ratio = f(dsr, "ratio_to_ceiling");
+            targets.push(Target {
+                what: format!(
+                    "forward: hola `dsr` at {what} at least {:.0} % of the XDP_TX ceiling",
+                    min * 100.0
+                ),
+                measured: format!(
+                    "{:.0} % ({:.3} Mpps; rounds {})",
+                    ratio * 100.0,
+                    f(dsr, "median_pps") / 1e6,
+                    spread(&rounds(dsr, None), 1e-6, 3)
+                ),
+                met: ratio >= min,
+            });
+        }
+    }
     if let (Some(dsr), Some(dnat)) = (at("hola_dsr", 1000), at("nft_dnat", 1000)) {
-        let ratio = f(dsr, "ratio_to_ceiling");
-        targets.push(Target {
-            what: "forward: hola `dsr` at 1,000 flows at least 80 % of the XDP_TX ceiling".into(),
-            measured: format!(
-                "{:.0} % ({:.3} Mpps; rounds {})",
-                ratio * 100.0,
-                f(dsr, "median_pps") / 1e6,
-                spread(&rounds(dsr, None), 1e-6, 3)
-            ),
-            met: ratio >= 0.8,
-        });
         let x = f(dsr, "median_pps") / f(dnat, "median_pps");
         targets.push(Target {
             what: "forward: hola `dsr` at 1,000 flows at least 3× nftables DNAT".into(),
@@ -445,6 +489,24 @@ fn forward(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
             met: x >= 3.0,
         });
     }
+}
+
+/// The medians over rounds of the new flows a hola contender recorded per
+/// second and of those it forwarded without recording (SYNs, and inserts
+/// over the rate limit), formatted; empty for other contenders.
+fn recorded_rates(r: &Value, secs: f64) -> (String, String) {
+    let Some(per_round) = r["verdicts_per_round"].as_array() else {
+        return (String::new(), String::new());
+    };
+    let med = |get: &dyn Fn(&Value) -> u64| {
+        let mut v: Vec<f64> = per_round.iter().map(|x| get(x) as f64 / secs).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let n = |x: &Value, k: &str| x[k].as_u64().unwrap_or(0);
+    let rec = med(&|x| n(x, "recorded"));
+    let unrec = med(&|x| n(x, "syn_unrecorded") + n(x, "flood_unrecorded"));
+    (group_digits(rec as u64), group_digits(unrec as u64))
 }
 
 const PROXY_METHOD: &str = "\
