@@ -6,6 +6,7 @@
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
@@ -210,10 +211,29 @@ fn start_owner(cfg: &Config, ifindexes: &[u32]) -> anyhow::Result<Owner> {
     Ok(owner)
 }
 
+/// A SIGHUP came before `serve` could apply it.
+static EARLY_HUP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn note_early_hup(_: libc::c_int) {
+    EARLY_HUP.store(true, Ordering::Relaxed);
+}
+
 /// How long tasks get to stop once the daemon is told to.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // A SIGHUP sent while the data plane loads (a 4,000,000-entry flow
+    // table takes seconds) would end hola by its default action: until
+    // `serve` installs the handler that applies the file, it is noted, and
+    // `serve` applies the file once then.
+    // SAFETY: the handler only stores to an atomic (async-signal-safe); no
+    // other thread exists yet.
+    unsafe {
+        libc::signal(
+            libc::SIGHUP,
+            note_early_hup as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        )
+    };
     let mut cfg = state::effective_config(&opts.config)?;
     if !opts.interfaces.is_empty() {
         cfg.global.interfaces = opts.interfaces.clone();
@@ -326,6 +346,14 @@ async fn serve(
     let (ready, is_ready) = tokio::sync::oneshot::channel();
     if senders.requests.send(Request::Ready(ready)).await.is_ok() {
         let _ = is_ready.await;
+    }
+    if EARLY_HUP.swap(false, Ordering::Relaxed) {
+        tracing::info!("SIGHUP came while the data plane was loading; applying the file now");
+        tracker.spawn(reload(
+            config_path.to_path_buf(),
+            cfg.global.clone(),
+            senders.requests.clone(),
+        ));
     }
     tracker.spawn(crate::health::supervise(
         targets,

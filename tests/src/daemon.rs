@@ -95,6 +95,28 @@ pub fn hola_bin() -> &'static Path {
     })
 }
 
+/// Waits (at most 10 s) until process `pid` has a handler for `sig`
+/// (its bit in `SigCgt` of /proc/PID/status).
+fn wait_until_caught(pid: u32, sig: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .is_some_and(|m| m & (1 << (sig - 1)) != 0);
+        if caught {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} did not catch signal {sig} within 10 s:\n{status}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// A daemon under test and the files it uses.
 pub struct Daemon {
     pub ns: String,
@@ -138,6 +160,13 @@ impl Daemon {
 
     /// Starts `hola run` (again) and waits for its API.
     pub fn spawn(&mut self) {
+        self.spawn_signalled(None);
+    }
+
+    /// Starts `hola run`, sends it `early` (if any) as soon as the process
+    /// catches that signal (before its API answers: while it loads), and
+    /// waits for its API.
+    pub fn spawn_signalled(&mut self, early: Option<i32>) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -157,6 +186,11 @@ impl Daemon {
             .stdin(Stdio::null())
             .spawn()
             .expect("starting hola run");
+        if let Some(sig) = early {
+            wait_until_caught(child.id(), sig);
+            // SAFETY: kill on a PID we started and have not reaped.
+            unsafe { libc::kill(child.id() as i32, sig) };
+        }
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

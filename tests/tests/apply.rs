@@ -289,3 +289,54 @@ fn apply_and_sighup_move_the_share_of_flows_the_dry_run_printed() {
     let _ = d.down();
     println!("took {:?}", t0.elapsed());
 }
+
+/// A SIGHUP sent while `hola run` still loads its data plane (before the
+/// handler that applies the file exists) neither ends hola nor is lost:
+/// the file is applied once the daemon serves.
+#[test]
+fn sighup_while_loading_is_applied_once_serving() {
+    require_root();
+    let lab = Lab::new("ap3", 2);
+    let _servers = Servers::start(&lab);
+    let mut d = Daemon::start(
+        "ap3",
+        &lab.t.ns("lb"),
+        &format!("{GLOBAL}{}", vip(DSR_VIP, 80, &[(1, 1), (2, 1)])),
+    );
+    // Stopped, then started again on a file that changes a weight; the
+    // signal comes as soon as the new process catches it.
+    d.kill(libc::SIGTERM);
+    let changed = file_for(&d, &vip(DSR_VIP, 80, &[(1, 3), (2, 1)]));
+    std::fs::write(&d.config, &changed).expect("write the configuration");
+    d.spawn_signalled(Some(libc::SIGHUP));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d
+        .log()
+        .contains("SIGHUP came while the data plane was loading")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the early SIGHUP was not noted:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let want = vec![(
+        format!("{DSR_VIP}:80/tcp"),
+        vec![
+            ("198.18.0.11".to_string(), 3),
+            ("198.18.0.12".to_string(), 1),
+        ],
+    )];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vips(&d) != want {
+        assert!(
+            Instant::now() < deadline,
+            "the file was not applied: {:?}\n{}",
+            vips(&d),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = d.down();
+}
