@@ -267,20 +267,28 @@ impl Daemon {
     /// Stops the daemon and removes what it put in the kernel.
     pub fn down(&mut self) -> Output {
         self.kill(libc::SIGTERM);
-        Command::new(hola_bin())
-            .args(["down", "--config"])
-            .arg(&self.config)
-            .output()
-            .expect("hola down")
+        self.hola_down().expect("hola down")
+    }
+
+    /// `hola down --config` in the daemon's network namespace, where its
+    /// BGP routes (if any) are; where that namespace is gone already, in
+    /// this one (the pins are removed all the same).
+    fn hola_down(&self) -> std::io::Result<Output> {
+        let ns = format!("/run/netns/{}", self.ns);
+        let mut c = if Path::new(&ns).exists() {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={ns}")).arg(hola_bin());
+            c
+        } else {
+            Command::new(hola_bin())
+        };
+        c.args(["down", "--config"]).arg(&self.config).output()
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill(libc::SIGTERM);
-        let _ = Command::new(hola_bin())
-            .args(["down", "--config"])
-            .arg(&self.config)
-            .output();
+        let _ = self.hola_down();
     }
 }
