@@ -152,6 +152,7 @@ fn vip_defs(nat: bool, redirect: u32) -> Vec<VipDef> {
                     },
                 }),
             },
+            server_id: 0,
         }
     };
     let v = |addr: &str, port: u16, proto: Proto, mode: Mode, backends: Vec<BackendSpec>| VipDef {
@@ -329,6 +330,7 @@ fn load_plane(name: &'static str, nat: bool, redirect: u32) -> Plane {
             mode: d.mode,
             src_hash: false,
             table_size: 1021,
+            quic: false,
         })
         .expect("add VIP");
         if !d.backends.is_empty() {

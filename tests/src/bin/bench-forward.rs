@@ -288,6 +288,7 @@ fn main() {
                     mode,
                     src_hash: false,
                     table_size: 65_537,
+                    quic: false,
                 })
                 .expect("VIP");
             }
@@ -303,6 +304,7 @@ fn main() {
                         smac: l0_mac,
                         ifindex: 0,
                     }),
+                    server_id: 0,
                 })
                 .collect();
             for vip in &vips {
