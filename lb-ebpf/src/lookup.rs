@@ -140,17 +140,13 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     let mode = vip.flags & VIP_MODE_MASK;
     // A QUIC short header goes to the server its connection ID names; one
     // that names none usable is balanced as below, and counted as such.
-    let (mut chosen, mut quic_fallback) = (None, None);
-    if vip.flags & VIP_F_QUIC != 0 && proto == PROTO_UDP {
-        match quic::route(ctx, l4_off + 8, end, vip.vip_id) {
-            Ok(Some(id)) => {
-                let hash = flow_hash(&key, vip.flags & VIP_F_SRC_HASH != 0);
-                chosen = BACKENDS.get(id).map(|b| (id, hash, b));
-                reason = Reason::FwdQuicServerId;
-            }
-            Ok(None) => {}
-            Err(r) => quic_fallback = Some(r),
-        }
+    let (mut chosen, quic_fallback) = if vip.flags & VIP_F_QUIC != 0 && proto == PROTO_UDP {
+        quic::choose(ctx, l4_off, end, &vip, &key)
+    } else {
+        (None, None)
+    };
+    if chosen.is_some() {
+        reason = Reason::FwdQuicServerId;
     }
     // fullnat keeps its flows apart (with the source port they were given).
     if chosen.is_none() {

@@ -7,15 +7,39 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    Reason,
+    Backend, FlowKey, Reason, VipMeta,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN},
+    hash::flow_hash,
     quic::{QUIC_FIXED_BIT, QUIC_LONG_HEADER, QUIC_SHORT_MIN, QuicServerKey, decode_server_id},
+    vip::VIP_F_SRC_HASH,
 };
 
 use crate::{
     maps::{BACKENDS, QUIC_SERVERS},
     parse::ptr_at,
 };
+
+/// For a UDP packet of a `quic` VIP whose UDP header is at `l4_off`: the
+/// backend its connection ID names (id, flow hash, entry), or else the
+/// reason its ID could not route it (`None` for a long header).
+#[inline(always)]
+pub fn choose(
+    ctx: &XdpContext,
+    l4_off: usize,
+    end: usize,
+    vip: &VipMeta,
+    key: &FlowKey,
+) -> (Option<(u32, u32, &'static Backend)>, Option<Reason>) {
+    match route(ctx, l4_off + 8, end, vip.vip_id) {
+        Ok(Some(id)) => {
+            // The hash still picks a tunnel's outer source address.
+            let hash = flow_hash(key, vip.flags & VIP_F_SRC_HASH != 0);
+            (BACKENDS.get(id).map(|b| (id, hash, b)), None)
+        }
+        Ok(None) => (None, None),
+        Err(r) => (None, Some(r)),
+    }
+}
 
 /// Where the UDP payload at `off` (the datagram ending at `end`) of VIP
 /// `vip_id` goes:
@@ -26,7 +50,7 @@ use crate::{
 ///   or a short header that cannot be routed by its ID, and why
 ///   (`FwdQuic*`): balance it as usual, counted under `reason`.
 #[inline(always)]
-pub fn route(ctx: &XdpContext, off: usize, end: usize, vip_id: u32) -> Result<Option<u32>, Reason> {
+fn route(ctx: &XdpContext, off: usize, end: usize, vip_id: u32) -> Result<Option<u32>, Reason> {
     // Every QUIC packet is longer than this (a long header alone is at
     // least 7 bytes before its IDs), so a shorter datagram is not one of
     // ours whatever its first byte. One read of the header byte and the ID

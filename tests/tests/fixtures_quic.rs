@@ -162,22 +162,26 @@ fn port_where(from: u16, make: impl Fn(u16) -> Pkt, mut ok: impl FnMut(&Pkt) -> 
         .expect("a port within 1000 that satisfies the row")
 }
 
-#[test]
-fn quic_connection_id_fixtures() {
-    require_root();
-    // SAFETY: unshare only affects the calling thread.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "unshare(CLONE_NEWNET)");
-    pin_to_cpu0();
+/// The quic IPv4 VIP, the same without quic, the quic IPv6 VIP.
+fn vips() -> (VipAddr, VipAddr, VipAddr) {
+    (
+        vip("198.18.1.40", 443),
+        vip("198.18.1.41", 443),
+        vip("2001:db8:1::40", 443),
+    )
+}
+
+/// The balancer with a quic IPv4 VIP (server IDs 1 to 3, and 4 on a down
+/// backend), the same without quic, and a quic IPv6 VIP; and the IPv4 quic
+/// VIP's backends.
+fn provision() -> (Dataplane, [BackendSpec; 4]) {
     let cfg = DataplaneConfig {
         flow_capacity_per_cpu: 4096,
         ..Default::default()
     };
     let mut dp = Dataplane::load(cfg).expect("loading the balancer (the verifier must accept it)");
 
-    let q4 = vip("198.18.1.40", 443);
-    let plain = vip("198.18.1.41", 443);
-    let q6 = vip("2001:db8:1::40", 443);
+    let (q4, plain, q6) = vips();
     for (v, quic) in [(q4, true), (plain, false), (q6, true)] {
         dp.add_vip(VipSpec {
             vip: v,
@@ -208,27 +212,12 @@ fn quic_connection_id_fixtures() {
     )
     .expect("backends");
 
-    // The owner wrote one QUIC_SERVERS entry per server ID of a quic VIP
-    // (the down backend's too: the program checks its state).
-    let q4_id = dp.tables().vip(&q4).expect("q4").id;
-    let ids: Vec<(u32, u16)> = dp
-        .quic_servers()
-        .keys()
-        .map(|k| (k.vip_id, k.server_id))
-        .collect();
-    assert_eq!(ids.len(), 6, "QUIC_SERVERS holds {ids:?}");
-    let b42 = dp.backend_id(&q4, "198.18.2.42".parse().expect("ip"));
-    assert_eq!(
-        dp.quic_servers()
-            .get(&QuicServerKey {
-                vip_id: q4_id,
-                server_id: 2,
-                _pad: 0
-            })
-            .copied(),
-        b42
-    );
+    (dp, q4_backends)
+}
 
+/// Rows 1 to 7 (see each).
+fn rows(dp: &Dataplane) -> Vec<Row> {
+    let (q4, plain, q6) = vips();
     let ip = |s: &str| -> IpAddr { s.parse().expect("address") };
     let maglev = |dp: &Dataplane, v: &VipAddr, p: &Pkt| -> IpAddr {
         dp.maglev_backend(v, &p.flow_key())
@@ -247,7 +236,7 @@ fn quic_connection_id_fixtures() {
     let p = port_where(
         40000,
         |port| to4(port, &short(&sid2)),
-        |p| maglev(&dp, &q4, p) != b2,
+        |p| maglev(dp, &q4, p) != b2,
     );
     for n in ["first", "second"] {
         rows.push(Row::dsr(
@@ -262,7 +251,7 @@ fn quic_connection_id_fixtures() {
     // 2. An unknown server ID falls back: Maglev places it, the flow table
     //    keeps it.
     let p = to4(41000, &short(&encode_cid(99, nonce)));
-    let m = maglev(&dp, &q4, &p);
+    let m = maglev(dp, &q4, &p);
     rows.push(Row::dsr(
         "v4 unknown server ID 99 (new flow)",
         &p,
@@ -283,9 +272,9 @@ fn quic_connection_id_fixtures() {
     let p = port_where(
         42000,
         |port| to4(port, &initial(&sid2)),
-        |p| maglev(&dp, &q4, p) != b2,
+        |p| maglev(dp, &q4, p) != b2,
     );
-    let m = maglev(&dp, &q4, &p);
+    let m = maglev(dp, &q4, &p);
     rows.push(Row::dsr(
         "v4 long header (Initial) by hash",
         &p,
@@ -307,7 +296,7 @@ fn quic_connection_id_fixtures() {
         43000,
         &[QUIC_FIXED_BIT | 0x01, sid2[0], sid2[1], sid2[2], sid2[3]],
     );
-    let m = maglev(&dp, &q4, &p);
+    let m = maglev(dp, &q4, &p);
     rows.push(Row::dsr(
         "v4 short header of 5 bytes",
         &p,
@@ -318,7 +307,7 @@ fn quic_connection_id_fixtures() {
     ));
     // ... an empty datagram,
     let p = to4(43001, &[]);
-    let m = maglev(&dp, &q4, &p);
+    let m = maglev(dp, &q4, &p);
     rows.push(Row::dsr(
         "v4 empty datagram",
         &p,
@@ -331,7 +320,7 @@ fn quic_connection_id_fixtures() {
     let mut other = sid2;
     other[0] |= 0xe0;
     let p = to4(43002, &short(&other));
-    let m = maglev(&dp, &q4, &p);
+    let m = maglev(dp, &q4, &p);
     rows.push(Row::dsr(
         "v4 config rotation 0b111",
         &p,
@@ -344,7 +333,7 @@ fn quic_connection_id_fixtures() {
     let mut nofix = short(&sid2);
     nofix[0] &= !QUIC_FIXED_BIT;
     let p = to4(43003, &nofix);
-    let m = maglev(&dp, &q4, &p);
+    let m = maglev(dp, &q4, &p);
     rows.push(Row::dsr(
         "v4 fixed bit clear",
         &p,
@@ -356,7 +345,7 @@ fn quic_connection_id_fixtures() {
     // 5. The server ID of a down backend falls back (Maglev has no slot
     //    for it).
     let p = to4(44000, &short(&encode_cid(4, nonce)));
-    let m = maglev(&dp, &q4, &p);
+    let m = maglev(dp, &q4, &p);
     assert_ne!(m, ip("198.18.2.44"));
     rows.push(Row::dsr(
         "v4 server ID of a down backend",
@@ -372,7 +361,7 @@ fn quic_connection_id_fixtures() {
         "198.18.1.41",
         L4::udp(45000, 443, &short(&encode_cid(1, nonce))),
     );
-    let m = maglev(&dp, &plain, &p);
+    let m = maglev(dp, &plain, &p);
     rows.push(Row::dsr(
         "v4 not quic: balanced by hash",
         &p,
@@ -391,7 +380,7 @@ fn quic_connection_id_fixtures() {
                 L4::udp(port, 443, &short(&sid2)),
             )
         },
-        |p| maglev(&dp, &q6, p) != ip("2001:db8:2::42"),
+        |p| maglev(dp, &q6, p) != ip("2001:db8:2::42"),
     );
     rows.push(Row::dsr(
         "v6 short header, server ID 2",
@@ -402,6 +391,51 @@ fn quic_connection_id_fixtures() {
         false,
     ));
 
+    rows
+}
+
+#[test]
+fn quic_connection_id_fixtures() {
+    require_root();
+    // SAFETY: unshare only affects the calling thread.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "unshare(CLONE_NEWNET)");
+    pin_to_cpu0();
+    let (mut dp, q4_backends) = provision();
+    let (q4, _, _) = vips();
+    // The owner wrote one QUIC_SERVERS entry per server ID of a quic VIP
+    // (the down backend's too: the program checks its state).
+    let q4_id = dp.tables().vip(&q4).expect("q4").id;
+    let ids: Vec<(u32, u16)> = dp
+        .quic_servers()
+        .keys()
+        .map(|k| (k.vip_id, k.server_id))
+        .collect();
+    assert_eq!(ids.len(), 6, "QUIC_SERVERS holds {ids:?}");
+    let b42 = dp.backend_id(&q4, "198.18.2.42".parse().expect("ip"));
+    assert_eq!(
+        dp.quic_servers()
+            .get(&QuicServerKey {
+                vip_id: q4_id,
+                server_id: 2,
+                _pad: 0
+            })
+            .copied(),
+        b42
+    );
+
+    let rows = rows(&dp);
+    let ip = |s: &str| -> IpAddr { s.parse().expect("address") };
+    let maglev = |dp: &Dataplane, v: &VipAddr, p: &Pkt| -> IpAddr {
+        dp.maglev_backend(v, &p.flow_key())
+            .expect("the VIP's table has a backend for every slot")
+    };
+    let nonce = [0xa1, 0xa2, 0xa3, 0xa4, 0xa5];
+    let sid2 = encode_cid(2, nonce);
+    let to4 = |port: u16, payload: &[u8]| {
+        Pkt::new("198.18.0.1", "198.18.1.40", L4::udp(port, 443, payload))
+    };
+    let b2 = ip("198.18.2.42");
     let mut failures: Vec<String> = rows.iter().filter_map(|r| check(&mut dp, r)).collect();
 
     // 8. A removed backend's ID is deleted from QUIC_SERVERS: its packets
