@@ -304,6 +304,39 @@ fn a_quic_connection_keeps_its_backend_when_the_client_moves() {
             "hola backend list lacks {want:?}:\n{list}"
         );
     }
+    let vips = d.ok(&["vip", "list"]);
+    assert!(
+        vips.contains(&format!(
+            "{DSR_VIP}:{QUIC_PORT}/udp mode=Dsr hash=FiveTuple backends=3 quic"
+        )),
+        "hola vip list does not say quic:\n{vips}"
+    );
+    // Through the API: a server ID already taken is refused, naming the
+    // VIP, both backends and the fix; nothing changes.
+    let quic_vip = format!("{DSR_VIP}:{QUIC_PORT}/udp");
+    let o = d.cli(&[
+        "backend",
+        "add",
+        &quic_vip,
+        "198.18.0.14",
+        "--server-id",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains(&format!(
+                "backends {} (vip[0].backend[1]) and 198.18.0.14 of VIP {quic_vip} both have \
+                 server ID 2; give each backend of the VIP its own server_id",
+                backend(2).1
+            )),
+        "a duplicate server ID was not refused as it should be: {err}"
+    );
+    assert_eq!(
+        d.ok(&["backend", "list"]),
+        list,
+        "a refused change changed the backends"
+    );
     let started = Instant::now();
 
     // quic = true: the connection moves to a port Maglev sends elsewhere
