@@ -1,11 +1,12 @@
 //! `hola-backend`: the lab's backend. A small HTTP/1.1 server that answers
-//! every `GET` with its own name, and a UDP responder that answers every
-//! datagram with it, so that a client can see which backend the balancer
-//! chose.
+//! every `GET` with its own name, a UDP responder that answers every
+//! datagram with it, and a QUIC echo server whose connection IDs carry its
+//! server ID, so that a client can see which backend the balancer chose.
 //!
 //! Servers take their socket and a shutdown future (mini-redis); the binary
 //! only parses arguments, binds and waits for SIGTERM/SIGINT.
 
+mod quic;
 mod udp;
 
 use std::{
@@ -23,6 +24,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
+pub use quic::{ALPN, bind_quic, serve_quic};
 pub use udp::{bind_udp, serve_udp};
 
 /// Whether to log one line per TCP connection (and UDP datagram) to stderr.

@@ -31,6 +31,7 @@ pub const PEER_FLOWS: &str = "PEER_FLOWS";
 pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
 pub const CLUSTER_STATE: &str = "CLUSTER_STATE";
 pub const CLUSTER_LOST: &str = "CLUSTER_LOST";
+pub const QUIC_SERVERS: &str = "QUIC_SERVERS";
 
 /// Slots of `ICMP_PROGS`: the programs `hola_lb` tail-calls for ICMP
 /// errors about NAT flows.

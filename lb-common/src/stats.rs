@@ -93,11 +93,30 @@ pub enum Reason {
     /// VIP's current Maglev table says and not recorded. A rate of these
     /// is what `hola stats` calls flood mode.
     FwdFlood = 17,
+    /// XDP_TX/XDP_REDIRECT: a QUIC short-header packet of a `quic` VIP
+    /// whose destination connection ID names a server ID of an up backend
+    /// of the VIP: sent there whatever its 5-tuple (a client that moved
+    /// keeps its server), not looked up in nor recorded in the flow table.
+    FwdQuicServerId = 18,
+    /// XDP_TX/XDP_REDIRECT: a QUIC short-header packet of a `quic` VIP
+    /// whose connection ID is ours but whose server ID names no backend of
+    /// the VIP (unknown, or its backend removed): balanced as any packet
+    /// (flow table, then Maglev).
+    FwdQuicUnknownId = 19,
+    /// XDP_TX/XDP_REDIRECT: as `FwdQuicUnknownId`, but the server ID's
+    /// backend is down (failed its health checks): balanced as any packet.
+    FwdQuicIdDown = 20,
+    /// XDP_TX/XDP_REDIRECT: a short-header packet of a `quic` VIP whose
+    /// connection ID cannot be ours: a datagram too short to hold a header
+    /// byte and an ID (9 bytes, whatever its first byte), the fixed bit
+    /// clear, another config rotation codepoint or length in the ID's
+    /// first octet. Balanced as any packet.
+    FwdQuicBadId = 21,
 }
 
 impl Reason {
     /// Number of reasons: the size of the `REASONS` array.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 22;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -119,6 +138,10 @@ impl Reason {
         Reason::FwdPeerFlow,
         Reason::FwdSyn,
         Reason::FwdFlood,
+        Reason::FwdQuicServerId,
+        Reason::FwdQuicUnknownId,
+        Reason::FwdQuicIdDown,
+        Reason::FwdQuicBadId,
     ];
 
     /// Stable snake_case name used in stats output.
@@ -142,6 +165,10 @@ impl Reason {
             Reason::FwdPeerFlow => "fwd_peer_flow",
             Reason::FwdSyn => "fwd_syn",
             Reason::FwdFlood => "fwd_flood",
+            Reason::FwdQuicServerId => "fwd_quic_server_id",
+            Reason::FwdQuicUnknownId => "fwd_quic_unknown_id",
+            Reason::FwdQuicIdDown => "fwd_quic_id_down",
+            Reason::FwdQuicBadId => "fwd_quic_bad_id",
         }
     }
 }

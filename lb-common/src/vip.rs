@@ -70,6 +70,10 @@ pub const VIP_MODE_FULLNAT: u32 = 3;
 /// Hash on the source address only, so a client keeps its backend across
 /// connections (client affinity).
 pub const VIP_F_SRC_HASH: u32 = 1 << 8;
+/// A UDP VIP of QUIC servers: a short-header packet whose destination
+/// connection ID carries a known server ID goes to that server's backend
+/// (`QUIC_SERVERS`, `lb_common::quic`), whatever its addresses and ports.
+pub const VIP_F_QUIC: u32 = 1 << 9;
 
 /// How many VIPs an address carries inline in its `VIP_ADDRS*` entry.
 pub const ADDR_SLOTS: usize = 8;

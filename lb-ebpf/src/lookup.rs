@@ -10,8 +10,8 @@ use lb_common::{
     hash::flow_hash,
     maps::{ICMP_TO_BACKEND, ICMP_TO_CLIENT, NAT_REPLY, NAT_REQUEST},
     vip::{
-        ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_SRC_HASH, VIP_MODE_FULLNAT, VIP_MODE_MASK, VIP_MODE_NAT,
-        VIP_MODE_TUNNEL, fold_v6, vip_filter_bit,
+        ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_QUIC, VIP_F_SRC_HASH, VIP_MODE_FULLNAT, VIP_MODE_MASK,
+        VIP_MODE_NAT, VIP_MODE_TUNNEL, fold_v6, vip_filter_bit,
     },
 };
 
@@ -28,6 +28,7 @@ use crate::{
         eth::{self, ETH_P_IP, ETH_P_IPV6},
         ipv4, ipv6, l4,
     },
+    quic,
     verdict::{self, Verdict},
 };
 
@@ -137,13 +138,25 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     // here), under the same conditions.
     let mut reason = Reason::FwdEstablished;
     let mode = vip.flags & VIP_MODE_MASK;
-    // fullnat keeps its flows apart (with the source port they were given).
-    let mut chosen = if mode == VIP_MODE_FULLNAT {
-        flows::lookup_fullnat(&key)
+    // A QUIC short header goes to the server its connection ID names; one
+    // that names none usable is balanced as below, and counted as such.
+    let (mut chosen, quic_fallback) = if vip.flags & VIP_F_QUIC != 0 && proto == PROTO_UDP {
+        quic::choose(ctx, l4_off, end, &vip, &key)
     } else {
-        flows::lookup(&key)
+        (None, None)
+    };
+    if chosen.is_some() {
+        reason = Reason::FwdQuicServerId;
     }
-    .and_then(|f| usable(f, vip.vip_id));
+    // fullnat keeps its flows apart (with the source port they were given).
+    if chosen.is_none() {
+        chosen = if mode == VIP_MODE_FULLNAT {
+            flows::lookup_fullnat(&key)
+        } else {
+            flows::lookup(&key)
+        }
+        .and_then(|f| usable(f, vip.vip_id));
+    }
     if chosen.is_none() && cluster::active() {
         // SAFETY: the value is copied out at once (see `flows::lookup`).
         chosen = unsafe { PEER_FLOWS.get(&key) }.and_then(|f| usable(*f, vip.vip_id));
@@ -219,7 +232,12 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     }
     let action = forward::egress(ctx, backend)?;
     verdict::credit_forward(vip.vip_id, backend_id, bytes, reason == Reason::FwdNewFlow);
-    Ok(Verdict { reason, action })
+    // (Only dsr and tunnel VIPs can be `quic`: the NAT programs count their
+    // own verdicts.)
+    Ok(Verdict {
+        reason: quic_fallback.unwrap_or(reason),
+        action,
+    })
 }
 
 /// A flow-table miss (not found among peers' flows either): why it goes

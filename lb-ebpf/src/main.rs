@@ -23,6 +23,7 @@ mod maps;
 mod nat;
 mod nat_syn;
 mod parse;
+mod quic;
 mod verdict;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};

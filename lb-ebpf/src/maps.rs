@@ -207,3 +207,15 @@ pub static REASONS: PerCpuArray<ReasonStats> = PerCpuArray::with_max_entries(Rea
 /// userspace for every interface a backend names; read by bpf_redirect_map.
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+// ---- QUIC connection-ID routing ----
+
+/// `quic` VIPs: (VIP id, server ID) → the backend id that owns the server
+/// ID (`lb_common::quic`). Written by userspace (the owner, after each
+/// reconcile, from the backends' `server_id`), read by the program for a
+/// short-header packet of a `quic` VIP. A removed backend's entries are
+/// deleted; a down backend's stay (the program checks the backend's state
+/// and falls back). Not preallocated: entries are replaced whole.
+#[map]
+pub static QUIC_SERVERS: HashMap<lb_common::quic::QuicServerKey, u32> =
+    HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);

@@ -36,6 +36,10 @@ impl From<Reason> for Verdict {
             | Reason::FwdPeerFlow
             | Reason::FwdSyn
             | Reason::FwdFlood
+            | Reason::FwdQuicServerId
+            | Reason::FwdQuicUnknownId
+            | Reason::FwdQuicIdDown
+            | Reason::FwdQuicBadId
             | Reason::FwdNatReply
             | Reason::FwdNatIcmp
             | Reason::Aborted => xdp_action::XDP_ABORTED,

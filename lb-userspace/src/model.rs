@@ -81,6 +81,9 @@ pub struct VipSpec {
     pub src_hash: bool,
     /// Maglev table size M, a prime.
     pub table_size: u32,
+    /// UDP VIP of QUIC servers: short headers go to the backend whose
+    /// server ID their connection ID carries (`lb_common::quic`).
+    pub quic: bool,
 }
 
 /// How frames reach a backend: resolved from the kernel's routing and
@@ -107,6 +110,9 @@ pub struct BackendSpec {
     /// NAT mode: the port the backend listens on; 0 keeps the VIP's port
     /// (the packet's, for an all-ports VIP). Ignored by other modes.
     pub port: u16,
+    /// `quic` VIPs: the server ID this backend's QUIC connection IDs carry
+    /// (0: none).
+    pub server_id: u16,
 }
 
 /// An address as the program sees it: network order, IPv4 in the first four

@@ -179,6 +179,9 @@ pub struct VipReport {
 #[serde(deny_unknown_fields)]
 pub struct BackendReport {
     pub address: String,
+    /// `quic` VIPs: the server ID the backend's connection IDs carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<u16>,
     /// The configured weight.
     pub weight: u32,
     /// The weight in the Maglev table now (0 while draining, or for a backup

@@ -235,6 +235,7 @@ fn run(net: &'static Net) {
                 nexthop: Some(nexthop),
                 up: true,
                 port: 0,
+                server_id: 0,
             }
         })
         .collect();
@@ -260,6 +261,7 @@ fn run(net: &'static Net) {
             mode: *mode,
             src_hash: false,
             table_size: 65537,
+            quic: false,
         })
         .expect("add VIP");
         dp.set_backends(v, &backends).expect("set backends");

@@ -1126,6 +1126,7 @@ fn fire_changes(
                     backup: false,
                     interface: None,
                     port: None,
+                    server_id: None,
                     drain: false,
                     health: None,
                     agent: None,

@@ -45,6 +45,7 @@ fn backend(addr: &str, weight: u32) -> BackendSpec {
             smac: LB_MAC,
             ifindex: 0,
         }),
+        server_id: 0,
     }
 }
 
@@ -282,6 +283,7 @@ fn packet_fixtures() {
             mode,
             src_hash: false,
             table_size: size,
+            quic: false,
         })
         .expect("add VIP");
     }
@@ -552,6 +554,7 @@ fn packet_fixtures() {
             mode: Mode::Dsr,
             src_hash: false,
             table_size: 13,
+            quic: false,
         })
         .expect("add VIP");
     }
@@ -585,6 +588,7 @@ fn packet_fixtures() {
         mode: Mode::Dsr,
         src_hash: true,
         table_size: small,
+        quic: false,
     })
     .expect("add VIP");
     set(
@@ -889,6 +893,7 @@ fn packet_fixtures() {
             mode: Mode::Nat,
             src_hash: false,
             table_size: small,
+            quic: false,
         })
         .expect("add NAT VIP");
     }
@@ -1390,6 +1395,7 @@ fn packet_fixtures() {
             mode: Mode::FullNat,
             src_hash: false,
             table_size: small,
+            quic: false,
         })
         .expect("add fullnat VIP");
     }
@@ -1750,6 +1756,7 @@ fn grace_period_and_rate_limit_fixtures() {
         mode: Mode::Dsr,
         src_hash: false,
         table_size: 1021,
+        quic: false,
     })
     .expect("add VIP");
     let (a, b, c, d, e) = (
@@ -1902,6 +1909,7 @@ fn grace_period_and_rate_limit_fixtures() {
             mode: Mode::Dsr,
             src_hash: false,
             table_size: 1021,
+            quic: false,
         })
         .expect("add VIP");
     }
@@ -2038,6 +2046,7 @@ fn removing_a_vip_keeps_its_filter_neighbours() {
             mode: Mode::Dsr,
             src_hash: false,
             table_size: 251,
+            quic: false,
         })
         .expect("add VIP");
         dp.set_backends(&v, &[backend("198.18.2.1", 1)])

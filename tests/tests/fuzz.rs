@@ -152,6 +152,7 @@ fn vip_defs(nat: bool, redirect: u32) -> Vec<VipDef> {
                     },
                 }),
             },
+            server_id: 0,
         }
     };
     let v = |addr: &str, port: u16, proto: Proto, mode: Mode, backends: Vec<BackendSpec>| VipDef {
@@ -329,6 +330,7 @@ fn load_plane(name: &'static str, nat: bool, redirect: u32) -> Plane {
             mode: d.mode,
             src_hash: false,
             table_size: 1021,
+            quic: false,
         })
         .expect("add VIP");
         if !d.backends.is_empty() {
@@ -2372,6 +2374,284 @@ fn fuzz_packets_through_the_kernel() {
             assert!(
                 seen(want),
                 "{cases} cases never reached {want}: the generator has lost coverage"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// QUIC connection-ID routing: its own plane and oracle.
+
+/// Server ID → (backend, up) of the QUIC VIPs below.
+fn quic_servers(v6: bool) -> Vec<(u16, BackendSpec)> {
+    (1..=4u16)
+        .map(|i| {
+            let addr: IpAddr = if v6 {
+                format!("2001:db8:2::6{i}").parse().expect("literal")
+            } else {
+                format!("198.18.2.6{i}").parse().expect("literal")
+            };
+            let spec = BackendSpec {
+                addr,
+                weight: 1,
+                // Server ID 4's backend is down: its IDs fall back.
+                up: i != 4,
+                port: 0,
+                nexthop: Some(Nexthop {
+                    dmac: [0x02, 0, 0, 0, 0x0d + u8::from(v6), i as u8],
+                    smac: LB_MAC,
+                    ifindex: 0,
+                }),
+                server_id: i,
+            };
+            (i, spec)
+        })
+        .collect()
+}
+
+/// What the design says of a UDP payload to a `quic` VIP: a long header
+/// is balanced as any packet (`None`); a short header whose ID names an up
+/// backend goes there; anything else falls back, under its reason.
+fn quic_expect(payload: &[u8], servers: &[(u16, BackendSpec)]) -> Option<Result<IpAddr, Reason>> {
+    if payload.len() < 9 {
+        return Some(Err(Reason::FwdQuicBadId));
+    }
+    if payload[0] & 0x80 != 0 {
+        return None;
+    }
+    if payload[0] & 0x40 == 0 || payload[1] != 0x07 {
+        return Some(Err(Reason::FwdQuicBadId));
+    }
+    let sid = u16::from_be_bytes([payload[2], payload[3]]);
+    Some(match servers.iter().find(|(id, _)| *id == sid) {
+        None => Err(Reason::FwdQuicUnknownId),
+        Some((_, b)) if !b.up => Err(Reason::FwdQuicIdDown),
+        Some((_, b)) => Ok(b.addr),
+    })
+}
+
+/// One generated QUIC case: IPv6 or not, the client's address byte and
+/// port, and the payload's shape.
+#[derive(Clone, Debug)]
+struct QuicCase {
+    v6: bool,
+    client: u8,
+    sport: u16,
+    first: u8,
+    cid_first: u8,
+    server_id: u16,
+    len: usize,
+}
+
+fn quic_case() -> impl Strategy<Value = QuicCase> {
+    (
+        any::<bool>(),
+        1u8..4,
+        // Few enough flows (2 × 3 × 250) that the flow table never evicts
+        // one the oracle remembers.
+        prop_oneof![Just(40000u16), 40000u16..40008, 40000u16..40250],
+        prop_oneof![
+            3 => Just(0x41u8),
+            1 => Just(0xc3u8),
+            1 => any::<u8>()
+        ],
+        prop_oneof![4 => Just(0x07u8), 1 => any::<u8>()],
+        prop_oneof![4 => 0u16..6, 1 => any::<u16>()],
+        prop_oneof![1 => 0usize..12, 4 => 12usize..80],
+    )
+        .prop_map(
+            |(v6, client, sport, first, cid_first, server_id, len)| QuicCase {
+                v6,
+                client,
+                sport,
+                first,
+                cid_first,
+                server_id,
+                len,
+            },
+        )
+}
+
+/// The frame of a case: its payload starts with the header byte and the
+/// ID's first octet and server ID, then a counting pattern.
+fn quic_frame(c: &QuicCase) -> Vec<u8> {
+    let mut payload = vec![c.first, c.cid_first];
+    payload.extend_from_slice(&c.server_id.to_be_bytes());
+    payload.extend((0..80u8).map(|i| i.wrapping_mul(7)));
+    payload.truncate(c.len);
+    let (src, dst) = if c.v6 {
+        (format!("2001:db8::{}", c.client), "2001:db8:1::60")
+    } else {
+        (format!("198.18.0.{}", c.client), "198.18.1.60")
+    };
+    hola_tests::packet::Pkt::new(
+        &src,
+        dst,
+        hola_tests::packet::L4::udp(c.sport, 443, &payload),
+    )
+    .bytes()
+}
+
+/// Runs one case and checks it against the oracle: the verdict and reason,
+/// the backend (the ID's, the flow's recorded one, or Maglev's), the output
+/// as the VIP's mode writes it, and every counter. `flows` is the oracle's
+/// copy of the flow table.
+fn quic_run(
+    dp: &mut Dataplane,
+    defs: &[VipDef; 2],
+    c: &QuicCase,
+    flows: &mut BTreeMap<(IpAddr, IpAddr, u16, u16), IpAddr>,
+) -> Result<(), String> {
+    let def = &defs[usize::from(c.v6)];
+    let frame = quic_frame(c);
+    let ip_in =
+        parse(&frame).map_err(|r| format!("the generator built an unparsable frame: {r:?}"))?;
+    let (sport, dport) = transport(&frame, &ip_in).ok_or("no transport header")?;
+    let key = flow_key(&ip_in, sport, dport);
+    // The flow table's key as the oracle keeps it.
+    let fk = (ip_in.src, ip_in.dst, sport, dport);
+    let servers = quic_servers(c.v6);
+    let before = snapshot(dp);
+    let (action, out) = run(dp.program().expect("program"), &frame)
+        .map_err(|e| format!("BPF_PROG_TEST_RUN: {e}"))?;
+    let changed = diff(&before, &snapshot(dp));
+    let ip_out = parse(&out).map_err(|r| format!("the output does not parse ({r:?})"))?;
+    let backend = forwarded_to_backend(def, &frame, &ip_in, &out, &ip_out, action)?;
+    let maglev = dp.maglev_backend(&def.vip, &key);
+    let known = flows.get(&fk).copied();
+    let (reason, new_flow) = match quic_expect(&frame[ip_in.l4 + 8..], &servers) {
+        Some(Ok(to)) => {
+            if backend != to {
+                return Err(format!("server ID routing sent it to {backend}, not {to}"));
+            }
+            (Reason::FwdQuicServerId, false)
+        }
+        other => {
+            let reason = match (other, known) {
+                (Some(Err(r)), _) => r,
+                (_, Some(_)) => Reason::FwdEstablished,
+                _ => Reason::FwdNewFlow,
+            };
+            let want = known.or(maglev);
+            if Some(backend) != want {
+                return Err(format!(
+                    "balanced to {backend}; the flow or Maglev gives {want:?}"
+                ));
+            }
+            flows.insert(fk, backend);
+            (reason, known.is_none())
+        }
+    };
+    let got_reason = Reason::ALL
+        .iter()
+        .find(|r| changed.get(&format!("reason.{}.packets", r.name())) == Some(&1));
+    if got_reason != Some(&reason) {
+        return Err(format!("reason {got_reason:?}, the design says {reason:?}"));
+    }
+    let base = if new_flow {
+        Reason::FwdNewFlow
+    } else {
+        Reason::FwdEstablished
+    };
+    let mut want = expected_deltas(frame.len(), base, Some(def.vip), Some(backend));
+    if reason != base {
+        for what in ["packets", "bytes"] {
+            let v = want
+                .remove(&format!("reason.{}.{what}", base.name()))
+                .expect("a forward counts its reason");
+            want.insert(format!("reason.{}.{what}", reason.name()), v);
+        }
+    }
+    if changed != want {
+        return Err(format!("counter changes {changed:?}\n expected {want:?}"));
+    }
+    Ok(())
+}
+
+/// QUIC packets (long and short headers, known, unknown and down server
+/// IDs, foreign first octets, datagrams too short for an ID, clients that
+/// move) to a dsr IPv4 and a tunnel IPv6 `quic` VIP, judged by
+/// `quic_expect`. `HOLA_FUZZ_CASES` cases, as the main fuzz test.
+#[test]
+fn fuzz_quic_packets_through_the_kernel() {
+    require_root();
+    let cases = cases_from_env();
+    // SAFETY: unshare only affects the calling thread.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "unshare(CLONE_NEWNET)");
+    pin_to_cpu0();
+    let mut dp = Dataplane::load(DataplaneConfig {
+        flow_capacity_per_cpu: 4096,
+        tunnel_src_v4: (TUNNEL_SRC4.0.parse().expect("literal"), TUNNEL_SRC4.1),
+        tunnel_src_v6: (TUNNEL_SRC6.0.parse().expect("literal"), TUNNEL_SRC6.1),
+        ..Default::default()
+    })
+    .expect("loading the balancer (the verifier must accept it)");
+    let def = |addr: &str, mode: Mode, v6: bool| VipDef {
+        vip: VipAddr {
+            addr: addr.parse().expect("literal"),
+            port: 443,
+            proto: Proto::Udp,
+        },
+        mode,
+        backends: quic_servers(v6).into_iter().map(|(_, b)| b).collect(),
+    };
+    let defs = [
+        def("198.18.1.60", Mode::Dsr, false),
+        def("2001:db8:1::60", Mode::Tunnel, true),
+    ];
+    for d in &defs {
+        dp.add_vip(VipSpec {
+            vip: d.vip,
+            mode: d.mode,
+            src_hash: false,
+            table_size: 1021,
+            quic: true,
+        })
+        .expect("add VIP");
+        dp.set_backends(&d.vip, &d.backends).expect("set backends");
+    }
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let flows = RefCell::new(BTreeMap::new());
+    let seen = RefCell::new(BTreeMap::<String, u64>::new());
+    let dp = RefCell::new(dp);
+    let started = Instant::now();
+    let result = runner.run(&quic_case(), |c| {
+        let r = quic_run(&mut dp.borrow_mut(), &defs, &c, &mut flows.borrow_mut());
+        let kind = match quic_expect(
+            &quic_frame(&c)[if c.v6 { 62 } else { 42 }..],
+            &quic_servers(c.v6),
+        ) {
+            None => "long header".to_string(),
+            Some(Ok(_)) => Reason::FwdQuicServerId.name().to_string(),
+            Some(Err(r)) => r.name().to_string(),
+        };
+        *seen.borrow_mut().entry(kind).or_default() += 1;
+        r.map_err(|e| TestCaseError::fail(format!("{c:?}: {e}")))
+    });
+    println!(
+        "fuzz quic: {cases} cases in {:.1} s: {:?}",
+        started.elapsed().as_secs_f64(),
+        seen.borrow()
+    );
+    if let Err(e) = result {
+        panic!("QUIC fuzz case failed: {e}");
+    }
+    if cases >= 1000 {
+        for want in [
+            "long header",
+            "fwd_quic_server_id",
+            "fwd_quic_unknown_id",
+            "fwd_quic_id_down",
+            "fwd_quic_bad_id",
+        ] {
+            assert!(
+                seen.borrow().contains_key(want),
+                "{cases} QUIC cases never reached {want}: the generator has lost coverage"
             );
         }
     }

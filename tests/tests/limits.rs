@@ -37,6 +37,7 @@ fn backends(port: u16) -> Vec<BackendSpec> {
                 smac: LB_MAC,
                 ifindex: 0,
             }),
+            server_id: 0,
         })
         .collect()
 }
@@ -62,6 +63,7 @@ fn load(cfg: DataplaneConfig, vip: VipAddr, mode: Mode, bs: &[BackendSpec]) -> D
         mode,
         src_hash: false,
         table_size: 65_537,
+        quic: false,
     })
     .expect("VIP");
     dp.set_backends(&vip, bs).expect("backends");

@@ -115,9 +115,12 @@ async fn vip(socket: &Path, cmd: VipCmd) -> anyhow::Result<()> {
             mode,
             hash,
             table_size,
+            quic,
         } => {
             let r = parse_vip(&vip)?;
-            client::post(socket, paths::VIPS, &new_vip(r, mode, hash, table_size)).await?;
+            let mut v = new_vip(r, mode, hash, table_size);
+            v.quic = quic;
+            client::post(socket, paths::VIPS, &v).await?;
             Changed::VipAdded(r)
         }
         VipCmd::Del { vip } => {
@@ -154,6 +157,7 @@ fn new_vip(r: VipRef, mode: ModeArg, hash: HashArg, table_size: Option<u32>) -> 
         mode: mode.into(),
         hash: hash.into(),
         table_size,
+        quic: false,
         health: None,
         agent: None,
         outlier: None,
@@ -170,6 +174,7 @@ async fn backend(socket: &Path, cmd: BackendCmd) -> anyhow::Result<()> {
             backup,
             interface,
             port,
+            server_id,
         } => {
             let vip = parse_vip(&vip)?;
             let backend = BackendConfig {
@@ -178,6 +183,7 @@ async fn backend(socket: &Path, cmd: BackendCmd) -> anyhow::Result<()> {
                 backup,
                 interface,
                 port,
+                server_id,
                 drain: false,
                 health: None,
                 agent: None,

@@ -292,6 +292,10 @@ enum VipCmd {
         // Negative numbers are values, refused for what they are.
         #[arg(long, allow_negative_numbers = true)]
         table_size: Option<u32>,
+        /// UDP dsr/tunnel VIP of QUIC servers: short headers go to the
+        /// backend whose --server-id their connection ID carries.
+        #[arg(long)]
+        quic: bool,
     },
     /// Remove a VIP and its backends.
     Del { vip: String },
@@ -314,6 +318,10 @@ enum BackendCmd {
         /// NAT mode: the port the backend listens on (default: the VIP's).
         #[arg(long, allow_negative_numbers = true)]
         port: Option<u16>,
+        /// QUIC VIPs: the server ID (1..=65535, unique within the VIP) the
+        /// backend's connection IDs carry.
+        #[arg(long, allow_negative_numbers = true)]
+        server_id: Option<u16>,
     },
     /// Remove a backend (its flows are re-balanced).
     Del {

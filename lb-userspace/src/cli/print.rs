@@ -176,6 +176,9 @@ pub fn vips(vips: &[VipConfig], stats: Option<&StatsReport>) -> String {
             v.hash,
             v.backends.len()
         );
+        if v.quic {
+            out.push_str(" quic");
+        }
         let a = stats
             .and_then(|s| s.vips.iter().find(|x| x.vip == r.to_string()))
             .and_then(|x| x.announce.as_ref());
@@ -229,8 +232,12 @@ fn backend_line(vip: &str, b: &BackendReport) -> String {
             format!(" agent={}% agent_mode={}{said}", a.percent, a.mode)
         })
         .unwrap_or_default();
+    let server_id = b
+        .server_id
+        .map(|id| format!(" server_id={id}"))
+        .unwrap_or_default();
     format!(
-        "{} {} weight={} effective={} state={} health={}{last}{changed}{agent} nexthop={}\n",
+        "{} {}{server_id} weight={} effective={} state={} health={}{last}{changed}{agent} nexthop={}\n",
         vip,
         b.address,
         b.weight,

@@ -260,6 +260,11 @@ pub struct VipConfig {
     /// `None`: `global.default_table_size` (see [`Config::table_size`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_size: Option<u32>,
+    /// UDP, dsr or tunnel: a QUIC service whose backends' connection IDs
+    /// carry their `server_id`; short headers go to the backend that owns
+    /// the ID whatever their 5-tuple (docs/modes.md, QUIC).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quic: bool,
     /// Active health check of the backends; `None`: none (always up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthConfig>,
@@ -312,6 +317,10 @@ pub struct BackendConfig {
     /// NAT mode: the port the backend listens on (default: the VIP's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// `quic` VIPs: the server ID (1..=65535, unique within the VIP) that
+    /// this backend's QUIC connection IDs carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<u16>,
     /// Drained: no new flows, established flows stay; the weight is kept
     /// for when it is undrained.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -196,6 +196,7 @@ struct RawVip {
     mode: Option<String>,
     hash: Option<String>,
     table_size: Option<i64>,
+    quic: Option<bool>,
     health: Option<RawHealth>,
     agent: Option<RawAgent>,
     outlier: Option<RawOutlier>,
@@ -211,6 +212,7 @@ struct RawBackend {
     backup: Option<bool>,
     interface: Option<String>,
     port: Option<i64>,
+    server_id: Option<i64>,
     drain: Option<bool>,
     health: Option<RawHealth>,
     agent: Option<RawAgent>,
@@ -447,6 +449,7 @@ impl RawVip {
             mode,
             hash,
             table_size,
+            quic: self.quic.unwrap_or(false),
             health,
             agent,
             outlier,
@@ -467,6 +470,13 @@ impl RawBackend {
             port: self
                 .port
                 .and_then(|v| sink.port(&format!("{path}.port"), v)),
+            server_id: self.server_id.and_then(|v| {
+                let p = format!("{path}.server_id");
+                u16::try_from(v).ok().or_else(|| {
+                    sink.error(&p, format!("{p} = {v}: must be 1..=65535"));
+                    None
+                })
+            }),
             drain: self.drain.unwrap_or(false),
             health: self
                 .health

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, ProgramArray},
+    maps::{HashMap, MapData, ProgramArray},
     programs::{ProgramError, Xdp, xdp::XdpMode},
 };
 use lb_common::{
     PROTO_TCP, Reason, Settings, VipKey, VipMeta, backend::BACKEND_F_ACTIVE, maps as names,
+    quic::QuicServerKey,
 };
 
 use super::{Dataplane, DataplaneConfig, DataplaneError, FLOW_EVENTS_BYTES, map_err};
@@ -132,7 +133,15 @@ impl Dataplane {
                 })?
             }};
         }
+        let quic_servers: HashMap<MapData, QuicServerKey, u32> = take!(names::QUIC_SERVERS);
+        // A pinned map a previous daemon left: the copy starts as it is.
+        let quic_copy = quic_servers
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::QUIC_SERVERS))?;
         Ok(Self {
+            quic_servers,
+            quic_copy,
             vips_map: take!(names::VIPS),
             addrs4: take!(names::VIP_ADDRS4),
             addrs6: take!(names::VIP_ADDRS6),
@@ -333,7 +342,7 @@ pub(super) fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
 }
 
 /// Every map's capacity, from the load-time settings.
-pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 29] {
+pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 30] {
     [
         (
             names::FLOWS,
@@ -367,6 +376,8 @@ pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u3
         (names::FLOW_EVENTS, FLOW_EVENTS_BYTES),
         (names::CLUSTER_STATE, 1),
         (names::CLUSTER_LOST, 1),
+        // At most one server ID per backend.
+        (names::QUIC_SERVERS, cfg.max_backends.max(1)),
     ]
 }
 

@@ -11,13 +11,15 @@
 //! - [`nat`]: the `NAT` table (sweeps, peers' translations);
 //! - [`flows`]: `FLOWS`, `PEER_FLOWS`, `FLOW_EVENTS` and the cluster switch;
 //! - [`counters`]: every per-CPU counter, summed;
-//! - [`vip_filter`]: `VIP_FILTER`, the bitmap of VIP addresses.
+//! - [`vip_filter`]: `VIP_FILTER`, the bitmap of VIP addresses;
+//! - [`quic`]: `QUIC_SERVERS`, the server IDs of `quic` VIPs.
 
 mod counters;
 mod flows;
 mod inspect;
 mod load;
 mod nat;
+mod quic;
 mod tables;
 mod vip_filter;
 
@@ -292,6 +294,9 @@ pub struct Dataplane {
     flow_events: aya::maps::RingBuf<MapData>,
     cluster_state: Array<MapData, u32>,
     cluster_lost: PerCpuArray<MapData, u64>,
+    quic_servers: HashMap<MapData, lb_common::quic::QuicServerKey, u32>,
+    /// What `QUIC_SERVERS` holds.
+    quic_copy: BTreeMap<lb_common::quic::QuicServerKey, u32>,
     /// Held so that its slots stay filled while the data plane is not
     /// pinned (a program array empties when its last user goes).
     _icmp_progs: ProgramArray<MapData>,

@@ -38,7 +38,7 @@ impl Dataplane {
             }
         }
         self.tables.commit(plan);
-        Ok(())
+        self.sync_quic()
     }
 
     /// Plans with `f` on the current tables, then applies.

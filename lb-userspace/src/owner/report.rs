@@ -232,6 +232,11 @@ impl Owner {
             last_change_ms: h.and_then(|h| h.changed_ms),
             agent: self.checks.agents.get(&key).cloned(),
             address: addr.to_string(),
+            server_id: v
+                .backends
+                .iter()
+                .find(|b| b.address == addr)
+                .and_then(|b| b.server_id),
             weight: 0,
             effective_weight: 0,
             state: String::new(),

@@ -39,6 +39,7 @@ pub fn vip_spec(config: &Config, v: &VipConfig) -> VipSpec {
         mode: v.mode.into(),
         src_hash: v.hash == HashKind::Source,
         table_size: config.table_size(v),
+        quic: v.quic,
     }
 }
 
@@ -66,6 +67,7 @@ pub fn desired(
                     nexthop: nexthops.get(&b.address).copied(),
                     up,
                     port: b.port.unwrap_or(0),
+                    server_id: if v.quic { b.server_id.unwrap_or(0) } else { 0 },
                 })
                 .collect();
             (spec.vip, DesiredVip { spec, backends })

@@ -165,6 +165,7 @@ mod tests {
                     mode: Mode::Dsr,
                     src_hash: false,
                     table_size: 13,
+                    quic: false,
                 },
                 backends: backends
                     .iter()
@@ -174,6 +175,7 @@ mod tests {
                         nexthop: None,
                         up,
                         port: 0,
+                        server_id: 0,
                     })
                     .collect(),
             },

@@ -8,7 +8,7 @@ use lb_common::{
     Backend, VipMeta,
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
     vip::{
-        VIP_F_SRC_HASH, VIP_MODE_DSR, VIP_MODE_FULLNAT, VIP_MODE_MASK, VIP_MODE_NAT,
+        VIP_F_QUIC, VIP_F_SRC_HASH, VIP_MODE_DSR, VIP_MODE_FULLNAT, VIP_MODE_MASK, VIP_MODE_NAT,
         VIP_MODE_TUNNEL,
     },
 };
@@ -62,12 +62,12 @@ impl VipState {
             Mode::Nat => VIP_MODE_NAT,
             Mode::FullNat => VIP_MODE_FULLNAT,
         };
-        let flags = mode
-            | if self.spec.src_hash {
+        let flags =
+            mode | if self.spec.src_hash {
                 VIP_F_SRC_HASH
             } else {
                 0
-            };
+            } | if self.spec.quic { VIP_F_QUIC } else { 0 };
         VipMeta {
             vip_id: self.id,
             flags,
@@ -133,6 +133,8 @@ pub fn spec_of_entry(b: &Backend) -> BackendSpec {
         }),
         up: b.flags & BACKEND_F_DOWN == 0,
         port: u16::from_be(b.port),
+        // Not in the entry: `QUIC_SERVERS` holds it (read back on its own).
+        server_id: 0,
     }
 }
 
@@ -191,6 +193,7 @@ impl Tables {
                     mode: mode_of(&meta),
                     src_hash: meta.flags & VIP_F_SRC_HASH != 0,
                     table_size: meta.ring_size,
+                    quic: meta.flags & VIP_F_QUIC != 0,
                 },
                 id: meta.vip_id,
                 ring_base: meta.ring_base,

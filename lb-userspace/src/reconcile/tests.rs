@@ -115,6 +115,7 @@ fn spec(addr: &str, up: bool) -> BackendSpec {
         nexthop: None,
         up,
         port: 0,
+        server_id: 0,
     }
 }
 

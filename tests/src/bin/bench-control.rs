@@ -75,6 +75,7 @@ fn spec(i: usize) -> BackendSpec {
             smac: LB_MAC,
             ifindex: 0,
         }),
+        server_id: 0,
     }
 }
 
@@ -166,6 +167,7 @@ fn main() {
         mode: Mode::Dsr,
         src_hash: false,
         table_size: 65_537,
+        quic: false,
     })
     .expect("add VIP");
     let mut disruption = Vec::new();

@@ -95,6 +95,7 @@ fn backend(addr: IpAddr) -> BackendSpec {
             smac: LB_MAC,
             ifindex: 0,
         }),
+        server_id: 0,
     }
 }
 
@@ -157,6 +158,7 @@ fn main() {
             mode,
             src_hash: false,
             table_size: 65537,
+            quic: false,
         })
         .expect("add VIP");
         let bs: Vec<_> = (1..=10)
@@ -224,6 +226,7 @@ fn main() {
             mode: Mode::Nat,
             src_hash: false,
             table_size: 65537,
+            quic: false,
         })
         .expect("add NAT VIP");
     let bs: Vec<_> = (1..=10)

@@ -303,6 +303,7 @@ fn main() {
                     mode,
                     src_hash: false,
                     table_size: 65_537,
+                    quic: false,
                 })
                 .expect("VIP");
             }
@@ -318,6 +319,7 @@ fn main() {
                         smac: l0_mac,
                         ifindex: 0,
                     }),
+                    server_id: 0,
                 })
                 .collect();
             for vip in &vips {

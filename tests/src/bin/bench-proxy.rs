@@ -246,6 +246,7 @@ impl Setup<'_> {
                             smac: lb_mac,
                             ifindex: 0,
                         }),
+                        server_id: 0,
                     })
                     .collect();
                 let vip = VipAddr {
@@ -265,6 +266,7 @@ impl Setup<'_> {
                         mode,
                         src_hash: false,
                         table_size: 65_537,
+                        quic: false,
                     })
                     .expect("VIP");
                     dp.set_backends(&vip, &bs).expect("backends");

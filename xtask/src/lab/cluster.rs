@@ -44,7 +44,7 @@ pub(super) fn start(nodes: usize) -> Result<()> {
     .keep();
     fs::create_dir_all(BPFFS)
         .with_context(|| format!("creating {BPFFS} (is bpffs mounted on /sys/fs/bpf?)"))?;
-    processes::start_backends(&["0.0.0.0:80"], false)?;
+    processes::start_backends(&["0.0.0.0:80"], None, false)?;
     let key_file = config::write_cluster_key()?;
     bird::start_router(nodes)?;
     let mut started = Vec::new();

@@ -21,6 +21,10 @@ const WEIGHTS: &[u32] = &[1, 1, 2];
 const NAT_VIP: &str = "198.18.1.3";
 /// The VIP in fullnat mode: backends see the balancer's 198.18.2.1.
 const FULLNAT_VIP: &str = "198.18.1.4";
+/// The QUIC VIP's port (on the dsr address, UDP, `quic = true`).
+const QUIC_PORT: u16 = 443;
+/// Where hola-backend serves QUIC (`--quic`), for the QUIC VIP.
+pub(super) const QUIC_LISTEN: &str = "0.0.0.0:443";
 
 pub(super) fn config_path() -> PathBuf {
     lab_dir().join("hola.toml")
@@ -81,6 +85,18 @@ pub(super) fn balancer() -> String {
         for (addr, weight) in backends.iter().zip(WEIGHTS) {
             s += &format!("\n[[vip.backend]]\naddress = \"{addr}\"\nweight = {weight}\n");
         }
+    }
+    // QUIC: short headers go to the backend whose server ID (hola-backend
+    // --server-id i on bi) their connection ID carries.
+    s += &format!(
+        "\n[[vip]]\naddress = \"{DSR_VIP_V4}\"\nport = {QUIC_PORT}\nprotocol = \"udp\"\n\
+         mode = \"dsr\"\nquic = true\n"
+    );
+    for (i, (addr, weight)) in v4.iter().zip(WEIGHTS).enumerate() {
+        s += &format!(
+            "\n[[vip.backend]]\naddress = \"{addr}\"\nweight = {weight}\nserver_id = {}\n",
+            i + 1
+        );
     }
     s
 }
@@ -170,5 +186,15 @@ mod tests {
             );
         }
         assert!(c.contains("fullnat_source_v4 = \"198.18.2.1\""));
+        assert!(c.contains("port = 443\nprotocol = \"udp\"\nmode = \"dsr\"\nquic = true\n"));
+        for i in 1..=3 {
+            assert!(
+                c.contains(&format!(
+                    "address = \"198.18.0.1{i}\"\nweight = {}\nserver_id = {i}\n",
+                    WEIGHTS[i - 1]
+                )),
+                "b{i} with server ID {i} in {c}"
+            );
+        }
     }
 }

@@ -169,7 +169,7 @@ fn start() -> Result<()> {
     topology::build().context("building the lab topology")?;
     fs::create_dir_all(BPFFS)
         .with_context(|| format!("creating {BPFFS} (is bpffs mounted on /sys/fs/bpf?)"))?;
-    processes::start_backends(&["0.0.0.0:80", "[::]:80"], true)?;
+    processes::start_backends(&["0.0.0.0:80", "[::]:80"], Some(config::QUIC_LISTEN), true)?;
     processes::attach_peer("lb")?;
 
     let config = config_path();
@@ -196,7 +196,8 @@ fn print_next_steps() {
     println!(
         "\nThe lab is up: hola balances 198.18.1.1:80 (dsr, tcp and udp), 198.18.1.2:80 (tunnel),
 198.18.1.3:80 (nat), 198.18.1.4:80 (fullnat) and [2001:db8:1::1]:80 (dsr) over b1, b2, b3
-(weights 1, 1, 2). Try:
+(weights 1, 1, 2), and QUIC on 198.18.1.1:443/udp (dsr, quic = true: b1, b2, b3 have server
+IDs 1, 2, 3, carried in their connection IDs; ALPN hola-echo). Try:
 
   for i in $(seq 8); do ip netns exec hola-lab-client curl -s http://198.18.1.1/; done
   for i in $(seq 8); do ip netns exec hola-lab-client curl -s http://198.18.1.2/; done

@@ -192,16 +192,21 @@ fn hola_path() -> Result<String> {
         .context("target dir is not UTF-8")
 }
 
-/// Starts hola-backend on every backend, listening on `listen`; with
-/// `decap`, also attaches hola-decap to each backend's eth0 (tunnel mode).
-pub(super) fn start_backends(listen: &[&str], decap: bool) -> Result<()> {
+/// Starts hola-backend on every backend, listening on `listen`, and
+/// serving QUIC on `quic` (if any) with server ID `i` on backend `bi`;
+/// with `decap`, also attaches hola-decap to each backend's eth0 (tunnel
+/// mode).
+pub(super) fn start_backends(listen: &[&str], quic: Option<&str>, decap: bool) -> Result<()> {
     let hola = hola_path()?;
-    for b in backends() {
+    for (i, b) in backends().enumerate() {
         let p = Proc::named(&b);
         let mut cmd = in_ns(&b, backend_bin());
         cmd.args(["--name", &b]);
         for l in listen {
             cmd.args(["--listen", l]);
+        }
+        if let Some(q) = quic {
+            cmd.args(["--quic", q, "--server-id", &(i + 1).to_string()]);
         }
         cmd.arg("--verbose");
         let pid = p.spawn(cmd)?;

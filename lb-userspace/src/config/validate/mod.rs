@@ -18,6 +18,7 @@ use super::values::{format_duration, format_port_range};
 use super::{ClusterConfig, Config, Global};
 use crate::maglev::is_prime;
 
+mod quic;
 mod vip;
 
 /// Reports `key` of the `owner` check type, set in a check of type `kind`.

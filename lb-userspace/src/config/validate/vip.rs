@@ -61,6 +61,7 @@ impl Config {
             sink.about_backend(None);
         }
         self.check_fullnat_source(sink, path, vip);
+        super::quic::check_quic(sink, path, vip);
     }
 
     /// A fullnat VIP needs the balancer's source address of its family.
