@@ -93,11 +93,29 @@ pub enum Reason {
     /// VIP's current Maglev table says and not recorded. A rate of these
     /// is what `hola stats` calls flood mode.
     FwdFlood = 17,
+    /// XDP_TX/XDP_REDIRECT: an ICMP error addressed to a `dsr` or `tunnel`
+    /// VIP, quoting a packet the VIP sent (its address and port to a
+    /// client): sent to the backend the flow's flow-table entry names, as
+    /// the flow's data is (MACs rewritten, or encapsulated).
+    FwdIcmpFlow = 18,
+    /// XDP_TX/XDP_REDIRECT: as `FwdIcmpFlow`, the flow not in the flow
+    /// table: sent to the backend the VIP's Maglev table gives the flow
+    /// (for TCP during a grace period, the one its packets would go to).
+    /// Records no flow.
+    FwdIcmpMaglev = 19,
+    /// XDP_TX: a `tunnel` VIP's packet that would not fit its egress
+    /// interface's MTU once encapsulated, answered to the client with ICMP
+    /// "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big"
+    /// from the VIP, in place of the packet.
+    TxTooBig = 20,
+    /// XDP_DROP: as `TxTooBig`, but this CPU has sent its allowance of
+    /// such answers in the current second: dropped unanswered.
+    DropTooBig = 21,
 }
 
 impl Reason {
     /// Number of reasons: the size of the `REASONS` array.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 22;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -119,6 +137,10 @@ impl Reason {
         Reason::FwdPeerFlow,
         Reason::FwdSyn,
         Reason::FwdFlood,
+        Reason::FwdIcmpFlow,
+        Reason::FwdIcmpMaglev,
+        Reason::TxTooBig,
+        Reason::DropTooBig,
     ];
 
     /// Stable snake_case name used in stats output.
@@ -142,6 +164,10 @@ impl Reason {
             Reason::FwdPeerFlow => "fwd_peer_flow",
             Reason::FwdSyn => "fwd_syn",
             Reason::FwdFlood => "fwd_flood",
+            Reason::FwdIcmpFlow => "fwd_icmp_flow",
+            Reason::FwdIcmpMaglev => "fwd_icmp_maglev",
+            Reason::TxTooBig => "tx_too_big",
+            Reason::DropTooBig => "drop_too_big",
         }
     }
 }

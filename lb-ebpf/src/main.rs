@@ -18,6 +18,7 @@ mod csum;
 mod flows;
 mod forward;
 mod icmp;
+mod icmp_flow;
 mod lookup;
 mod maps;
 mod nat;
