@@ -384,7 +384,7 @@ fn run(net: &'static Net) {
         .reasons
         .iter()
         .filter(|(n, r)| n.starts_with("fwd_icmp") && r.packets > 0)
-        .map(|(n, r)| (n.clone(), r.packets))
+        .map(|(n, r)| (*n, r.packets))
         .collect();
     println!(
         "balancer: {reasons:?}; connections: {:?}",
@@ -398,7 +398,7 @@ fn run(net: &'static Net) {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(
         reasons,
-        vec![("fwd_icmp_flow".to_string(), 2)],
+        vec![("fwd_icmp_flow", 2)],
         "both errors went by the flow table"
     );
 }
