@@ -28,6 +28,7 @@ use crate::{
         eth::{self, ETH_P_IP, ETH_P_IPV6},
         ipv4, ipv6, l4,
     },
+    too_big,
     verdict::{self, Verdict},
 };
 
@@ -186,6 +187,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     }
 
     if mode == VIP_MODE_TUNNEL {
+        too_big::check(ctx, eth.l3_off, backend, inner)?;
         forward::encap(ctx, eth.l3_off, backend, inner, hash)?;
     } else {
         if mode == VIP_MODE_NAT || mode == VIP_MODE_FULLNAT {

@@ -492,3 +492,183 @@ fn icmp_errors_follow_the_previous_table_during_a_grace_period() {
         panic!("{f}");
     }
 }
+
+/// The answer `hola_too_big` must make to the frame `input` (untagged, its
+/// IP packet from `client` to `vip`): MACs swapped, a new IP header from
+/// the VIP to the client, ICMP "fragmentation needed" (3/4) or ICMPv6
+/// "packet too big" (2/0) reporting `mtu`, and the first 512 bytes of the
+/// packet, checksums computed here.
+fn too_big_answer(input: &[u8], vip: IpAddr, client: IpAddr, mtu: u32) -> Vec<u8> {
+    let quote = &input[14..14 + 512];
+    let mut f = Vec::new();
+    f.extend_from_slice(&input[6..12]);
+    f.extend_from_slice(&input[0..6]);
+    f.extend_from_slice(&input[12..14]);
+    match (vip, client) {
+        (IpAddr::V4(v), IpAddr::V4(c)) => {
+            let mut h = vec![0x45, 0xc0];
+            h.extend_from_slice(&540u16.to_be_bytes());
+            h.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+            h.extend_from_slice(&v.octets());
+            h.extend_from_slice(&c.octets());
+            let ck = fold(sum16(&h));
+            h[10..12].copy_from_slice(&ck.to_be_bytes());
+            let mut m = vec![3, 4, 0, 0, 0, 0];
+            m.extend_from_slice(&(mtu as u16).to_be_bytes());
+            m.extend_from_slice(quote);
+            let ck = fold(sum16(&m));
+            m[2..4].copy_from_slice(&ck.to_be_bytes());
+            f.extend_from_slice(&h);
+            f.extend_from_slice(&m);
+        }
+        (IpAddr::V6(v), IpAddr::V6(c)) => {
+            let mut h = vec![0x60, 0, 0, 0];
+            h.extend_from_slice(&520u16.to_be_bytes());
+            h.extend_from_slice(&[58, 64]);
+            h.extend_from_slice(&v.octets());
+            h.extend_from_slice(&c.octets());
+            let mut m = vec![2, 0, 0, 0];
+            m.extend_from_slice(&mtu.to_be_bytes());
+            m.extend_from_slice(quote);
+            let ck = fold(sum16(&v.octets()) + sum16(&c.octets()) + 520 + 58 + sum16(&m));
+            m[2..4].copy_from_slice(&ck.to_be_bytes());
+            f.extend_from_slice(&h);
+            f.extend_from_slice(&m);
+        }
+        _ => panic!("one family"),
+    }
+    f
+}
+
+/// Tunnel "too big" (issue 16 item 2): the egress (here the test run's
+/// ingress, lo, ifindex 1: the backends are reached by XDP_TX) has an MTU
+/// of 1,400; a tunnel VIP's packet that would exceed it once encapsulated
+/// is answered, one that fits (or IPv4 without DF) is encapsulated.
+#[test]
+fn tunnel_too_big_is_answered() {
+    require_root();
+    // SAFETY: unshare only affects the calling thread.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "unshare(CLONE_NEWNET)");
+    pin_to_cpu0();
+    let mut dp = Dataplane::load(DataplaneConfig {
+        flow_capacity_per_cpu: 4096,
+        nat_capacity: 4096,
+        ..Default::default()
+    })
+    .expect("loading the balancer (the verifier must accept it)");
+    let (t4, t6) = (vip("198.18.1.2", 80), vip("2001:db8:1::2", 80));
+    let (b4, b6) = ("198.18.3.1", "2001:db8:3::1");
+    for (v, b) in [(t4, b4), (t6, b6)] {
+        dp.add_vip(VipSpec {
+            vip: v,
+            mode: Mode::Tunnel,
+            src_hash: false,
+            table_size: 1021,
+        })
+        .expect("add VIP");
+        dp.set_backends(&v, &[backend(b)]).expect("set backends");
+    }
+    dp.set_egress_mtus(&[(1, 1400)]).expect("EGRESS_MTU");
+    let (c4, c6) = ("198.18.0.1", "2001:db8::1");
+    let syn = |src: &str, dst: &str, payload: usize| {
+        Pkt::new(
+            src,
+            dst,
+            L4::Tcp {
+                sport: 41000,
+                dport: 80,
+                flags: hola_tests::packet::TCP_SYN,
+                payload: vec![0x5a; payload],
+            },
+        )
+    };
+    let answer = |name: &str, p: &Pkt, v: VipAddr, mtu: u32| {
+        let input = p.bytes();
+        Row {
+            name: name.into(),
+            output: too_big_answer(&input, p.dst, p.src, mtu),
+            input,
+            action: XDP_TX,
+            reason: Reason::TxTooBig,
+            vip: Some(v),
+            backend: None,
+        }
+    };
+    let encap = |name: &str, p: &Pkt, v: VipAddr, b: &str| Row {
+        name: name.into(),
+        input: p.bytes(),
+        output: tunnelled(&p.l3(), p.tos, flow_hash(&p.flow_key(), false), ip(b)),
+        action: XDP_TX,
+        reason: Reason::FwdSyn,
+        vip: Some(v),
+        backend: Some(ip(b)),
+    };
+    // IPv4: 1,381 + 20 > 1,400; 1,380 + 20 fits.
+    let big4 = syn(c4, "198.18.1.2", 1341);
+    let rows = vec![
+        answer(
+            "IPv4 with DF, 1,401 bytes once encapsulated: fragmentation needed, MTU 1,380",
+            &big4,
+            t4,
+            1380,
+        ),
+        encap(
+            "IPv4, 1,400 bytes once encapsulated: encapsulated",
+            &syn(c4, "198.18.1.2", 1340),
+            t4,
+            b4,
+        ),
+        encap(
+            "IPv4 without DF, too big: encapsulated all the same",
+            &big4.clone().frag(0),
+            t4,
+            b4,
+        ),
+        answer(
+            "IPv6, 1,401 bytes once encapsulated: packet too big, MTU 1,360",
+            &syn(c6, "2001:db8:1::2", 1301),
+            t6,
+            1360,
+        ),
+        encap(
+            "IPv6, 1,400 bytes once encapsulated: encapsulated",
+            &syn(c6, "2001:db8:1::2", 1300),
+            t6,
+            b6,
+        ),
+    ];
+    let mut failures: Vec<String> = rows.iter().filter_map(|r| check(&mut dp, r)).collect();
+    // No MTU known: nothing is checked.
+    dp.set_egress_mtus(&[]).expect("EGRESS_MTU");
+    if let Some(f) = check(
+        &mut dp,
+        &encap("no egress MTU known: encapsulated", &big4, t4, b4),
+    ) {
+        failures.push(f);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+    // The rate limit: at most ANSWERS_PER_SEC (100) answers per CPU and
+    // second; the rest are dropped, counted.
+    dp.set_egress_mtus(&[(1, 1400)]).expect("EGRESS_MTU");
+    let input = big4.bytes();
+    let start = std::time::Instant::now();
+    let before = snapshot(&dp);
+    for _ in 0..300 {
+        run(dp.program().expect("program"), &input).expect("test run");
+    }
+    let secs = start.elapsed().as_secs() + 1;
+    let d = diff(&before, &snapshot(&dp));
+    let sent = d.get("reason.tx_too_big.packets").copied().unwrap_or(0);
+    let dropped = d.get("reason.drop_too_big.packets").copied().unwrap_or(0);
+    assert_eq!(
+        sent + dropped,
+        300,
+        "every packet answered or dropped: {d:?}"
+    );
+    assert!(
+        sent <= 100 * (secs + 1) && dropped > 0,
+        "{sent} answers and {dropped} drops in {secs} s: at most 100 answers a second"
+    );
+}

@@ -17,6 +17,7 @@ mod counters;
 mod flows;
 mod inspect;
 mod load;
+mod mtu;
 mod nat;
 mod tables;
 mod vip_filter;

@@ -323,6 +323,10 @@ impl Owner {
         if let Err(e) = self.dp.end_grace_periods() {
             tracing::warn!(error = %e, "ending the previous Maglev tables' grace periods");
         }
+        // An egress interface's MTU may change under us (tunnel "too big").
+        if let Err(e) = self.dp.refresh_egress_mtus() {
+            tracing::warn!(error = %e, "re-reading the egress interfaces' MTUs");
+        }
         self.outliers();
         self.save_health();
         if self.checks.ramping(&self.config) {
