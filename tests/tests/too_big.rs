@@ -49,7 +49,7 @@ fn reason(dp: &Dataplane, name: &str) -> u64 {
     let s = dp.stats().expect("stats");
     s.reasons
         .iter()
-        .find(|(n, _)| *n == name)
+        .find(|(n, _)| n.to_string() == name)
         .map_or(0, |(_, r)| r.packets)
 }
 
@@ -165,10 +165,28 @@ fn a_tunnel_vip_behind_a_smaller_mtu_answers_too_big() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let seen: Vec<(String, u64)> = dp
+        .stats()
+        .expect("stats")
+        .reasons
+        .iter()
+        .filter(|(_, r)| r.packets > 0)
+        .map(|(n, r)| (n.to_string(), r.packets))
+        .collect();
     assert_eq!(
         mtu,
         Some(1380),
-        "the client's route cache toward the VIP after the answer"
+        "the client's route cache toward the VIP after the answer (balancer: {seen:?}; client: {})",
+        ns_cmd(
+            &cl,
+            "nstat",
+            &[
+                "-az",
+                "IcmpInDestUnreachs",
+                "IcmpInErrors",
+                "IcmpInCsumErrors"
+            ]
+        )
     );
     assert_eq!(reason(&dp, "tx_too_big"), 1, "one answer sent");
 
