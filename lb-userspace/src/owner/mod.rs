@@ -312,7 +312,8 @@ impl Owner {
         self.save_health();
     }
 
-    /// Once a second: counters sampled, NAT swept, outliers, slow start.
+    /// Once a second: counters sampled, NAT swept, egress MTUs re-read,
+    /// outliers, slow start.
     fn every_second(&mut self) {
         if let Ok(s) = self.dp.stats() {
             self.prev = self.last.take();
