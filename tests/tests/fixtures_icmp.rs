@@ -606,7 +606,7 @@ fn tunnel_too_big_is_answered() {
     };
     // IPv4: 1,381 + 20 > 1,400; 1,380 + 20 fits.
     let big4 = syn(c4, "198.18.1.2", 1341);
-    let rows = vec![
+    let rows = [
         answer(
             "IPv4 with DF, 1,401 bytes once encapsulated: fragmentation needed, MTU 1,380",
             &big4,
