@@ -745,8 +745,9 @@ fn icmp_backend_is_the_flows(
 ///   flow has expired, or passed;
 /// - for a VIP's address: an IPv4 fragment is dropped; IPv6 with an
 ///   extension header passes; not TCP/UDP passes (an ICMP error quoting a
-///   flow's ports may be translated toward a NAT backend); no VIP on that
-///   port passes;
+///   flow's ports may be translated toward a NAT backend; one quoting a
+///   dsr or tunnel VIP's packet goes to its flow's backend:
+///   `icmp_about_flow`); no VIP on that port passes;
 /// - for a VIP: dropped if it has no backend or its backend's next hop is
 ///   unresolved; otherwise forwarded as a new or established flow (fullnat:
 ///   dropped when no source port is free); a TCP SYN that misses the flow
