@@ -32,6 +32,10 @@ pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
 pub const CLUSTER_STATE: &str = "CLUSTER_STATE";
 pub const CLUSTER_LOST: &str = "CLUSTER_LOST";
 pub const QUIC_SERVERS: &str = "QUIC_SERVERS";
+pub const EGRESS_MTU: &str = "EGRESS_MTU";
+pub const EGRESS_MTU_MIN: &str = "EGRESS_MTU_MIN";
+pub const TOO_BIG_RATE: &str = "TOO_BIG_RATE";
+pub const TOO_BIG_MTU: &str = "TOO_BIG_MTU";
 
 /// Slots of `ICMP_PROGS`: the programs `hola_lb` tail-calls for ICMP
 /// errors about NAT flows.
@@ -43,8 +47,10 @@ pub const ICMP_TO_BACKEND: u32 = 1;
 pub const NAT_REQUEST: u32 = 2;
 /// Slot of the NAT reply program.
 pub const NAT_REPLY: u32 = 3;
+/// Slot of the tunnel "too big" program.
+pub const TOO_BIG: u32 = 4;
 /// Slots of `ICMP_PROGS`, one per tail-called program above.
-pub const ICMP_PROGS_LEN: u32 = 4;
+pub const ICMP_PROGS_LEN: u32 = 5;
 
 /// The `SETTINGS` global (see [`crate::Settings`]).
 pub const SETTINGS: &str = "SETTINGS";
@@ -56,5 +62,6 @@ pub const PROG_ICMP_TO_CLIENT: &str = "hola_icmp_to_client";
 pub const PROG_ICMP_TO_BACKEND: &str = "hola_icmp_to_backend";
 pub const PROG_NAT_REQUEST: &str = "hola_nat_request";
 pub const PROG_NAT_REPLY: &str = "hola_nat_reply";
+pub const PROG_TOO_BIG: &str = "hola_too_big";
 pub const PROG_PASS: &str = "bench_pass";
 pub const PROG_MACSWAP: &str = "bench_macswap";

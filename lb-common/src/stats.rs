@@ -112,11 +112,29 @@ pub enum Reason {
     /// clear, another config rotation codepoint or length in the ID's
     /// first octet. Balanced as any packet.
     FwdQuicBadId = 21,
+    /// XDP_TX/XDP_REDIRECT: an ICMP error addressed to a `dsr` or `tunnel`
+    /// VIP, quoting a packet the VIP sent (its address and port to a
+    /// client): sent to the backend the flow's flow-table entry names, as
+    /// the flow's data is (MACs rewritten, or encapsulated).
+    FwdIcmpFlow = 22,
+    /// XDP_TX/XDP_REDIRECT: as `FwdIcmpFlow`, the flow not in the flow
+    /// table: sent to the backend the VIP's Maglev table gives the flow
+    /// (for TCP during a grace period, the one its packets would go to).
+    /// Records no flow.
+    FwdIcmpMaglev = 23,
+    /// XDP_TX: a `tunnel` VIP's packet that would not fit its egress
+    /// interface's MTU once encapsulated, answered to the client with ICMP
+    /// "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big"
+    /// from the VIP, in place of the packet.
+    TxTooBig = 24,
+    /// XDP_DROP: as `TxTooBig`, but this CPU has sent its allowance of
+    /// such answers in the current second: dropped unanswered.
+    DropTooBig = 25,
 }
 
 impl Reason {
     /// Number of reasons: the size of the `REASONS` array.
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 26;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -142,6 +160,10 @@ impl Reason {
         Reason::FwdQuicUnknownId,
         Reason::FwdQuicIdDown,
         Reason::FwdQuicBadId,
+        Reason::FwdIcmpFlow,
+        Reason::FwdIcmpMaglev,
+        Reason::TxTooBig,
+        Reason::DropTooBig,
     ];
 
     /// Stable snake_case name used in stats output.
@@ -169,6 +191,10 @@ impl Reason {
             Reason::FwdQuicUnknownId => "fwd_quic_unknown_id",
             Reason::FwdQuicIdDown => "fwd_quic_id_down",
             Reason::FwdQuicBadId => "fwd_quic_bad_id",
+            Reason::FwdIcmpFlow => "fwd_icmp_flow",
+            Reason::FwdIcmpMaglev => "fwd_icmp_maglev",
+            Reason::TxTooBig => "tx_too_big",
+            Reason::DropTooBig => "drop_too_big",
         }
     }
 }

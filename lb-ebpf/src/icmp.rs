@@ -21,7 +21,7 @@ use lb_common::{
 };
 
 use crate::{
-    csum, forward,
+    csum, forward, icmp_flow,
     maps::BACKENDS,
     nat::{self, Layout},
     parse::ptr_at,
@@ -32,17 +32,17 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_ICMPV6: u8 = 58;
 
 /// The packet an ICMP error quotes.
-struct Quoted {
+pub struct Quoted {
     /// Offset of its IP header (right after the 8-byte ICMP header).
     l3: usize,
     /// Offset of its TCP/UDP header.
     l4: usize,
-    proto: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
+    pub proto: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
     /// Network order, as in the packet.
-    sport: u16,
-    dport: u16,
+    pub sport: u16,
+    pub dport: u16,
 }
 
 /// The quoted packet of an ICMP error that may concern a flow: IPv4
@@ -285,7 +285,9 @@ fn to_client(
     })
 }
 
-/// An ICMP error addressed to a VIP address: if it quotes a reply of a NAT
+/// An ICMP error addressed to a VIP address: if it quotes a packet a
+/// `dsr` or `tunnel` VIP sent (from that very address), it goes to the
+/// flow's backend untouched (`icmp_flow`); if it quotes a reply of a NAT
 /// flow (VIP → client), it goes to the flow's backend, addressed to it and
 /// quoting the reply as the backend sent it (for fullnat, to the
 /// balancer's fullnat address and port).
@@ -297,6 +299,24 @@ fn to_backend(
     outer_dst: &[u8; 16],
 ) -> Result<Verdict, Reason> {
     let q = quoted(ctx, at, end)?;
+    if q.src == *outer_dst
+        && let Some(vip) = icmp_flow::vip_of(&q, at.family)
+    {
+        return icmp_flow::to_flow_backend(ctx, at, &q, &vip);
+    }
+    to_nat_backend(ctx, at, &q, outer_dst)
+}
+
+/// The NAT half of [`to_backend`]. Not inlined: its stack frame and the
+/// `dsr`/`tunnel` path's are never live together (the verifier bounds the
+/// sum of a call chain's frames).
+#[inline(never)]
+fn to_nat_backend(
+    ctx: &XdpContext,
+    at: &Layout,
+    q: &Quoted,
+    outer_dst: &[u8; 16],
+) -> Result<Verdict, Reason> {
     // The quoted reply is VIP → client: the request's key is the swap.
     let req = FlowKey {
         src: q.dst,

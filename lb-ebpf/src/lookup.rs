@@ -29,6 +29,7 @@ use crate::{
         ipv4, ipv6, l4,
     },
     quic,
+    too_big,
     verdict::{self, Verdict},
 };
 
@@ -106,7 +107,9 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     }
 
     if proto != PROTO_TCP && proto != PROTO_UDP {
-        if is_icmp(family, proto) && nat::active() {
+        // Errors about any VIP's flows (dsr and tunnel too) go on to the
+        // flow's backend: the ICMP program decides.
+        if is_icmp(family, proto) {
             // SAFETY: the index is a slot of ICMP_PROGS.
             unsafe { ICMP_PROGS.tail_call(ctx, ICMP_TO_BACKEND) };
         }
@@ -197,6 +200,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     }
 
     if mode == VIP_MODE_TUNNEL {
+        too_big::check(ctx, eth.l3_off, backend, inner)?;
         forward::encap(ctx, eth.l3_off, backend, inner, hash)?;
     } else {
         if mode == VIP_MODE_NAT || mode == VIP_MODE_FULLNAT {
@@ -331,7 +335,7 @@ fn not_vip(
 /// A flow-table entry's backend, if it can still take the flow: it exists,
 /// belongs to the VIP and is not down.
 #[inline(always)]
-fn usable(flow: FlowValue, vip_id: u32) -> Option<(u32, u32, &'static Backend)> {
+pub fn usable(flow: FlowValue, vip_id: u32) -> Option<(u32, u32, &'static Backend)> {
     let b = BACKENDS.get(flow.backend_id)?;
     (b.flags & (BACKEND_F_ACTIVE | BACKEND_F_DOWN) == BACKEND_F_ACTIVE && b.vip_id == vip_id)
         .then_some((flow.backend_id, flow.hash, b))
@@ -362,7 +366,7 @@ fn is_icmp(family: u8, proto: u8) -> bool {
 /// first, then the all-ports VIP, from the address's inline slots, or from
 /// `VIPS` when the address has more VIPs than slots.
 #[inline(always)]
-fn find_vip(key: &FlowKey, addr: *const AddrVips) -> Option<VipMeta> {
+pub fn find_vip(key: &FlowKey, addr: *const AddrVips) -> Option<VipMeta> {
     // SAFETY: a pointer into a map value returned by the lookup; entries are
     // replaced whole (not preallocated, freed after an RCU grace period), so
     // it stays valid while the program runs.
@@ -407,7 +411,7 @@ fn find_vip(key: &FlowKey, addr: *const AddrVips) -> Option<VipMeta> {
 
 /// The backend id in the VIP's Maglev slot for `hash` (0 when none).
 #[inline(always)]
-fn pick(vip: &VipMeta, hash: u32) -> u32 {
+pub fn pick(vip: &VipMeta, hash: u32) -> u32 {
     if vip.ring_size == 0 {
         return 0;
     }

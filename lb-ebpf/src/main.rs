@@ -18,12 +18,14 @@ mod csum;
 mod flows;
 mod forward;
 mod icmp;
+mod icmp_flow;
 mod lookup;
 mod maps;
 mod nat;
 mod nat_syn;
 mod parse;
 mod quic;
+mod too_big;
 mod verdict;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
@@ -71,6 +73,16 @@ pub fn hola_icmp_to_client(ctx: XdpContext) -> u32 {
 pub fn hola_icmp_to_backend(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = icmp::entry(&ctx, true).unwrap_or_else(verdict::Verdict::from);
+    verdict::count(verdict.reason, bytes);
+    verdict.action
+}
+
+/// Tail-called by `hola_lb` for a `tunnel` VIP's packet that would not fit
+/// its egress interface's MTU once encapsulated: answers "too big".
+#[xdp]
+pub fn hola_too_big(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = too_big::entry(&ctx).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
     verdict.action
 }

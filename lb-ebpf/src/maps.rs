@@ -219,3 +219,30 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
 #[map]
 pub static QUIC_SERVERS: HashMap<lb_common::quic::QuicServerKey, u32> =
     HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+// Tunnel "too big" (issue 16 item 2). Not pinned: userspace writes them
+// anew at every start, from the interfaces' MTUs.
+
+/// Egress interface (ifindex) → its MTU: every interface a tunnel packet
+/// can leave by (the ones hola is attached to, and every egress a backend's
+/// next hop names; `TX_PORTS`). Written by userspace at start and
+/// whenever an MTU changes (re-read every second); read by `hola_lb` for a
+/// `tunnel` VIP's packet larger than `EGRESS_MTU_MIN`.
+#[map]
+pub static EGRESS_MTU: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+
+/// One element: the smallest MTU in `EGRESS_MTU` (0: none known, nothing
+/// is checked). A tunnel packet whose encapsulated size fits it needs no
+/// lookup in `EGRESS_MTU`. Written by userspace with `EGRESS_MTU`; read by
+/// `hola_lb`.
+#[map]
+pub static EGRESS_MTU_MIN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per CPU: the "too big" answers sent in the current second (the rate
+/// limit of `hola_too_big`). Written and read by the program only.
+#[map]
+pub static TOO_BIG_RATE: PerCpuArray<FloodState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU: the egress MTU `hola_lb` found exceeded, for the `hola_too_big`
+/// program it tail-calls (a tail call runs on the same CPU, right after).
+#[map]
+pub static TOO_BIG_MTU: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);

@@ -28,7 +28,8 @@ impl From<Reason> for Verdict {
             | Reason::DropNoBackend
             | Reason::DropNoNexthop
             | Reason::DropNatExpired
-            | Reason::DropNatNoPort => xdp_action::XDP_DROP,
+            | Reason::DropNatNoPort
+            | Reason::DropTooBig => xdp_action::XDP_DROP,
             // Forwarding reasons carry their own action (TX or REDIRECT) and
             // never arrive here; if one did, aborting makes it visible.
             Reason::FwdEstablished
@@ -42,6 +43,9 @@ impl From<Reason> for Verdict {
             | Reason::FwdQuicBadId
             | Reason::FwdNatReply
             | Reason::FwdNatIcmp
+            | Reason::FwdIcmpFlow
+            | Reason::FwdIcmpMaglev
+            | Reason::TxTooBig
             | Reason::Aborted => xdp_action::XDP_ABORTED,
         };
         Verdict { reason, action }

@@ -197,6 +197,9 @@ fn start_owner(cfg: &Config, ifindexes: &[u32]) -> anyhow::Result<Owner> {
         dp.add_tx_port(*ifindex)
             .with_context(|| format!("adding {iface} to the redirect map"))?;
     }
+    // Tunnel "too big" needs the egress MTUs (followed every second after).
+    dp.refresh_egress_mtus()
+        .context("writing the egress interfaces' MTUs to EGRESS_MTU")?;
     // The cluster is off unless configured (the switch is a pinned map and
     // outlives a daemon that had one).
     if cfg.cluster.is_none() {

@@ -614,6 +614,9 @@ struct Judged {
     vip: Option<usize>,
     /// Its flow (for the Maglev check of a new flow).
     key: Option<FlowKey>,
+    /// An ICMP error about a dsr or tunnel flow: the VIP that flow is of
+    /// (the error credits no VIP counter, so not in `vip`).
+    icmp_vip: Option<usize>,
 }
 
 impl Judged {
@@ -622,6 +625,7 @@ impl Judged {
             allowed: vec![r],
             vip: None,
             key: None,
+            icmp_vip: None,
         }
     }
 
@@ -630,8 +634,108 @@ impl Judged {
             allowed: r.to_vec(),
             vip: None,
             key: None,
+            icmp_vip: None,
         }
     }
+}
+
+/// Issue 16 item 1: an ICMP error to a VIP address that quotes a TCP or
+/// UDP packet from that address and the port of a `dsr` or `tunnel` VIP
+/// there (an all-ports VIP: any port) is about that VIP's flow, the quoted
+/// tuple reversed: it goes to the flow's backend as the flow's data would
+/// (`fwd_icmp_flow` from the flow table, `fwd_icmp_maglev` from the Maglev
+/// table), or is dropped as the data would be (no backend, no next hop).
+/// Anything else: None (the rest of the oracle judges it).
+fn icmp_about_flow(p: &Plane, f: &[u8], ip: &Ip) -> Option<Judged> {
+    use Reason::*;
+    if ip.proto != icmp_proto(ip) || !quotes_ports(f, ip) {
+        return None;
+    }
+    let q = ip.l4 + 8;
+    let addr = |b: &[u8]| -> IpAddr {
+        if let Ok(a) = <[u8; 16]>::try_from(b) {
+            IpAddr::V6(a.into())
+        } else {
+            IpAddr::V4(<[u8; 4]>::try_from(b).expect("4 bytes").into())
+        }
+    };
+    let (src, dst, proto, ports) = if ip.v6 {
+        (
+            addr(&f[q + 8..q + 24]),
+            addr(&f[q + 24..q + 40]),
+            f[q + 6],
+            q + 40,
+        )
+    } else {
+        let hl = usize::from(f[q] & 0x0f) * 4;
+        (
+            addr(&f[q + 12..q + 16]),
+            addr(&f[q + 16..q + 20]),
+            f[q + 9],
+            q + hl,
+        )
+    };
+    if src != ip.dst {
+        return None;
+    }
+    let (sport, dport) = (be16(f, ports), be16(f, ports + 2));
+    let pr = if proto == TCP { Proto::Tcp } else { Proto::Udp };
+    let find = |port: u16| {
+        (0..p.vips.len()).find(|&i| {
+            let v = &p.vips[i].vip;
+            v.addr == src && v.proto == pr && v.port == port
+        })
+    };
+    let i = find(sport).or_else(|| find(0))?;
+    let def = &p.vips[i];
+    if !matches!(def.mode, Mode::Dsr | Mode::Tunnel) {
+        return None;
+    }
+    let allowed = if def.backends.is_empty() {
+        vec![DropNoBackend]
+    } else if def.backends.iter().all(|b| b.nexthop.is_none()) {
+        vec![DropNoNexthop]
+    } else {
+        vec![FwdIcmpFlow, FwdIcmpMaglev]
+    };
+    let mut k = FlowKey::default();
+    let (s, d) = (octets(dst), octets(src));
+    k.src[..s.len()].copy_from_slice(&s);
+    k.dst[..d.len()].copy_from_slice(&d);
+    k.family = if ip.v6 { FAMILY_V6 } else { FAMILY_V4 };
+    k.sport = dport.to_be();
+    k.dport = sport.to_be();
+    k.proto = proto;
+    Some(Judged {
+        allowed,
+        vip: None,
+        key: Some(k),
+        icmp_vip: Some(i),
+    })
+}
+
+/// The backend an error about a flow went to must be the flow's: its
+/// flow-table entry's (`fwd_icmp_flow`, and only when there is one), else
+/// the Maglev table's.
+fn icmp_backend_is_the_flows(
+    p: &Plane,
+    v: &VipDef,
+    key: &FlowKey,
+    reason: Reason,
+    to: IpAddr,
+) -> Result<(), String> {
+    let entry =
+        p.dp.flow_entry(key)
+            .and_then(|e| p.dp.backend_by_id(&v.vip, e.backend_id));
+    let want = match (reason, entry) {
+        (Reason::FwdIcmpFlow, Some(b)) => Some(b),
+        (Reason::FwdIcmpMaglev, None) => p.dp.maglev_backend(&v.vip, key),
+        (r, e) => return Err(format!("{r:?} with the flow's entry {e:?}")),
+    };
+    if want != Some(to) {
+        return Err(format!("sent to {to}; the flow's backend is {want:?}"));
+    }
+    Ok(())
 }
 
 /// - not IPv4/IPv6: passes; two VLAN tags: passes;
@@ -643,8 +747,9 @@ impl Judged {
 ///   flow has expired, or passed;
 /// - for a VIP's address: an IPv4 fragment is dropped; IPv6 with an
 ///   extension header passes; not TCP/UDP passes (an ICMP error quoting a
-///   flow's ports may be translated toward a NAT backend); no VIP on that
-///   port passes;
+///   flow's ports may be translated toward a NAT backend; one quoting a
+///   dsr or tunnel VIP's packet goes to its flow's backend:
+///   `icmp_about_flow`); no VIP on that port passes;
 /// - for a VIP: dropped if it has no backend or its backend's next hop is
 ///   unresolved; otherwise forwarded as a new or established flow (fullnat:
 ///   dropped when no source port is free); a TCP SYN that misses the flow
@@ -681,6 +786,9 @@ fn judge(p: &Plane, f: &[u8]) -> Judged {
         return Judged::only(PassIpv6ExtHdr);
     }
     if ip.proto != TCP && ip.proto != UDP {
+        if let Some(j) = icmp_about_flow(p, f, &ip) {
+            return j;
+        }
         if p.nat && ip.proto == icmp_proto(&ip) && quotes_ports(f, &ip) {
             return Judged::any(&[PassNotVip, FwdNatIcmp]);
         }
@@ -724,6 +832,7 @@ fn judge(p: &Plane, f: &[u8]) -> Judged {
         allowed,
         vip: Some(vip),
         key: Some(flow_key(&ip, sport, dport)),
+        icmp_vip: None,
     }
 }
 
@@ -986,6 +1095,14 @@ fn check(
             }),
             (Reason::FwdNatReply, _) => nat_reply(p, frame, &ip_in, &out, &ip_out),
             (Reason::FwdNatIcmp, _) => nat_icmp(frame, &ip_in, &out, &ip_out),
+            (Reason::FwdIcmpFlow | Reason::FwdIcmpMaglev, _) => match (j.icmp_vip, j.key) {
+                (Some(i), Some(key)) => {
+                    let v = &p.vips[i];
+                    forwarded_to_backend(v, frame, &ip_in, &out, &ip_out, action)
+                        .and_then(|b| icmp_backend_is_the_flows(p, v, &key, reason, b))
+                }
+                _ => Err(format!("{name} for no dsr or tunnel flow")),
+            },
             _ => Err(format!("{name} forwarded without a VIP")),
         };
         if let Err(e) = r {
@@ -1677,6 +1794,16 @@ enum Target {
         quote: u8,
         quoted_options: u8,
     },
+    /// An ICMP error from a router to a dsr or tunnel VIP, quoting the
+    /// VIP's reply to a client (`keep` bytes after its IP header); first,
+    /// when `flow`, a packet of that flow, so that the flow table has it.
+    FlowIcmp {
+        vip: Index,
+        flow: bool,
+        kind: Option<u8>,
+        code: u8,
+        keep: u8,
+    },
     /// Random bytes, an Ethernet type perhaps forced.
     Noise {
         size: Size,
@@ -1931,6 +2058,7 @@ fn run_case(
                 _ => unreachable!(),
             }
         }
+        Target::FlowIcmp { .. } => flow_icmp(h, lim, p, c, stats, &mut frames)?,
         Target::Noise {
             size,
             ethertype,
@@ -1966,6 +2094,103 @@ fn run_case(
         Ok(_) => Ok(()),
         Err(e) => Err((e, frames)),
     }
+}
+
+/// A `Target::FlowIcmp` case's error (and, first, its flow's packet, run
+/// and checked as a case of its own).
+fn flow_icmp(
+    h: &Harness,
+    lim: &Limits,
+    p: &Plane,
+    c: &Case,
+    stats: &RefCell<BTreeMap<String, u64>>,
+    frames: &mut Frames,
+) -> Result<Built, (Failure, Frames)> {
+    let Target::FlowIcmp {
+        vip,
+        flow,
+        kind,
+        code,
+        keep,
+    } = &c.target
+    else {
+        unreachable!("called for FlowIcmp only")
+    };
+    let ours: Vec<usize> = (0..p.vips.len())
+        .filter(|&i| matches!(p.vips[i].mode, Mode::Dsr | Mode::Tunnel))
+        .collect();
+    let v = &p.vips[ours[vip.index(ours.len())]];
+    let v6 = v.vip.addr.is_ipv6();
+    let client = client_addr(v6, 1 + c.client % 2);
+    let cport = 42000 + c.sport % 16;
+    if *flow {
+        let data = build(
+            lim,
+            (LB_MAC, CLIENT_MAC),
+            client,
+            v.vip.addr,
+            &body_for(v, cport, c.sport, ACK),
+            &Shape::plain(),
+        );
+        frames.prelude = Some(data.frame.clone());
+        check(h, p, &data.frame, stats).map_err(|f| {
+            (
+                Failure {
+                    msg: format!("the flow's packet before the case: {}", f.msg),
+                    allowed: f.allowed,
+                },
+                Frames {
+                    plane: p.name,
+                    prelude: None,
+                    frame: data.frame.clone(),
+                },
+            )
+        })?;
+    }
+    // The VIP's reply: its port and the client's swapped.
+    let body = match body_for(v, cport, c.sport, ACK) {
+        Body::Tcp {
+            sport,
+            dport,
+            flags,
+        } => Body::Tcp {
+            sport: dport,
+            dport: sport,
+            flags,
+        },
+        Body::Udp { sport, dport } => Body::Udp {
+            sport: dport,
+            dport: sport,
+        },
+        other => other,
+    };
+    let q = build(
+        lim,
+        ([0; 6], [0; 6]),
+        v.vip.addr,
+        client,
+        &body,
+        &Shape::plain(),
+    );
+    let quoted = cut_quote(&q.frame[q.l3..], q.l4 - q.l3, usize::from(*keep % 41));
+    let kind = kind.unwrap_or(if v6 {
+        1 + keep % 3
+    } else {
+        [3, 11][usize::from(keep % 2)]
+    });
+    let err = Body::IcmpError {
+        kind,
+        code: *code,
+        quoted,
+    };
+    Ok(build(
+        lim,
+        (LB_MAC, CLIENT_MAC),
+        router_addr(v6),
+        v.vip.addr,
+        &err,
+        &c.shape,
+    ))
 }
 
 /// The first `keep` bytes of a quoted packet's transport header and
@@ -2133,6 +2358,20 @@ fn target() -> impl Strategy<Value = Target> {
                     quote,
                     quoted_options,
                 }
+            }),
+        3 => (
+            any::<Index>(),
+            any::<bool>(),
+            prop_oneof![4 => Just(None), 1 => any::<u8>().prop_map(Some)],
+            prop_oneof![Just(4u8), Just(0u8), any::<u8>()],
+            prop_oneof![3 => Just(40u8), 1 => any::<u8>()],
+        )
+            .prop_map(|(vip, flow, kind, code, keep)| Target::FlowIcmp {
+                vip,
+                flow,
+                kind,
+                code,
+                keep,
             }),
         2 => (
             size(),
@@ -2368,6 +2607,8 @@ fn fuzz_packets_through_the_kernel() {
             "fwd_established",
             "fwd_nat_reply",
             "fwd_nat_icmp",
+            "fwd_icmp_flow",
+            "fwd_icmp_maglev",
             "redirect",
             "refused by the kernel",
         ] {

@@ -110,6 +110,7 @@ impl Dataplane {
             (names::ICMP_TO_BACKEND, names::PROG_ICMP_TO_BACKEND),
             (names::NAT_REQUEST, names::PROG_NAT_REQUEST),
             (names::NAT_REPLY, names::PROG_NAT_REPLY),
+            (names::TOO_BIG, names::PROG_TOO_BIG),
         ] {
             let p: &mut Xdp = program(&mut ebpf, name)?;
             p.load()

@@ -18,6 +18,7 @@ mod counters;
 mod flows;
 mod inspect;
 mod load;
+mod mtu;
 mod nat;
 mod quic;
 mod tables;

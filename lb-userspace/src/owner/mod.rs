@@ -312,7 +312,8 @@ impl Owner {
         self.save_health();
     }
 
-    /// Once a second: counters sampled, NAT swept, outliers, slow start.
+    /// Once a second: counters sampled, NAT swept, egress MTUs re-read,
+    /// outliers, slow start.
     fn every_second(&mut self) {
         if let Ok(s) = self.dp.stats() {
             self.prev = self.last.take();
@@ -322,6 +323,10 @@ impl Owner {
         self.sweep_nat();
         if let Err(e) = self.dp.end_grace_periods() {
             tracing::warn!(error = %e, "ending the previous Maglev tables' grace periods");
+        }
+        // An egress interface's MTU may change under us (tunnel "too big").
+        if let Err(e) = self.dp.refresh_egress_mtus() {
+            tracing::warn!(error = %e, "re-reading the egress interfaces' MTUs");
         }
         self.outliers();
         self.save_health();
