@@ -23,9 +23,13 @@ mod maps;
 mod nat;
 mod nat_syn;
 mod parse;
+mod probe;
 mod verdict;
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 #[xdp]
 pub fn hola_lb(ctx: XdpContext) -> u32 {
@@ -72,6 +76,13 @@ pub fn hola_icmp_to_backend(ctx: XdpContext) -> u32 {
     let verdict = icmp::entry(&ctx, true).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
     verdict.action
+}
+
+/// tc egress on `lo`: carries the daemon's health probes through the VIP
+/// (packets with a probe mark) to their backend; passes everything else.
+#[classifier]
+pub fn hola_probe(ctx: TcContext) -> i32 {
+    probe::run(&ctx)
 }
 
 #[cfg(not(test))]

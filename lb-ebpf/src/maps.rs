@@ -207,3 +207,13 @@ pub static REASONS: PerCpuArray<ReasonStats> = PerCpuArray::with_max_entries(Rea
 /// userspace for every interface a backend names; read by bpf_redirect_map.
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+// ---------------------------------------------------------------------------
+// Health probes through the VIP (`hola_probe`, lb-ebpf/src/probe.rs). The
+// program also reads `BACKENDS` (the backend a probe's mark names).
+
+/// One element: the interface the balancer is attached to, where a probe
+/// goes whose backend's `ifindex` is 0 (reached through that interface).
+/// Written by userspace when it attaches `hola_probe`; read by it.
+#[map]
+pub static PROBE_EGRESS: Array<u32> = Array::with_max_entries(1, 0);

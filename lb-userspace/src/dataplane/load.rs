@@ -298,6 +298,45 @@ impl Dataplane {
             .expect("the balancer program is loaded by Dataplane::load")
     }
 
+    /// Attaches `hola_probe` (checks through the VIP) to `lo`'s egress as
+    /// a tcx link, which lasts as long as this daemon; a probe whose
+    /// backend is reached through the balancer's own interface leaves by
+    /// `egress_ifindex`.
+    pub fn attach_probe(&mut self, egress_ifindex: u32) -> Result<(), DataplaneError> {
+        use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
+        let name = names::PROG_PROBE;
+        let mut egress: aya::maps::Array<&mut MapData, u32> = self
+            .ebpf
+            .map_mut(names::PROBE_EGRESS)
+            .ok_or(DataplaneError::MissingMap(names::PROBE_EGRESS))?
+            .try_into()
+            .map_err(|source| DataplaneError::Map {
+                name: names::PROBE_EGRESS,
+                source,
+            })?;
+        egress
+            .set(0, egress_ifindex, 0)
+            .map_err(map_err(names::PROBE_EGRESS))?;
+        let p: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Program {
+                name,
+                source: ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        p.load()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        p.attach_with_options(
+            "lo",
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map(drop)
+        .map_err(|source| DataplaneError::Program { name, source })
+    }
+
     /// Attaches the balancer to `iface` in `mode`.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
         self.program()?

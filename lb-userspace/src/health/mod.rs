@@ -15,6 +15,7 @@ pub mod outlier;
 pub mod probe;
 pub mod saved;
 pub mod state;
+pub mod through;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
@@ -64,6 +65,7 @@ pub fn jobs(config: &Config) -> Vec<Job> {
                     backend: b.address,
                     port: check.port.unwrap_or(v.port),
                     check: check.clone(),
+                    via: None,
                 }));
             }
             if let Some(agent) = v.agent_for(b) {
