@@ -114,23 +114,30 @@ pub enum Failed {
 }
 
 /// Runs one probe, bounded by the check's timeout. A probe through the
-/// VIP that fails is followed by the same check to the backend's own
-/// address, so that the reason says whether only the data path fails.
+/// VIP runs beside the same check to the backend's own address, so that a
+/// failure's reason says whether only the data path fails; side by side,
+/// the result comes within the timeout either way.
 pub async fn probe(t: &Target) -> Probe {
     let start = Instant::now();
-    let outcome = bounded(t).await;
-    let latency = start.elapsed();
-    let (Some(via), Err(failed)) = (t.via, &outcome) else {
-        return Probe::of(&outcome, latency);
+    let Some(via) = t.via else {
+        let outcome = bounded(t).await;
+        return Probe::of(&outcome, start.elapsed());
     };
-    let direct = Target {
+    let own = Target {
         via: None,
         ..t.clone()
     };
-    let direct = bounded(&direct)
-        .await
-        .map(|p| p.to_string())
-        .map_err(|f| f.to_string());
+    let (outcome, direct) = tokio::join!(
+        async {
+            let o = bounded(t).await;
+            (o, start.elapsed())
+        },
+        bounded(&own)
+    );
+    let (outcome, latency) = outcome;
+    let Err(failed) = &outcome else {
+        return Probe::of(&outcome, latency);
+    };
     Probe {
         ok: false,
         detail: through::failure_detail(
@@ -138,7 +145,7 @@ pub async fn probe(t: &Target) -> Probe {
             t.backend,
             via.tunnel,
             &failed.to_string(),
-            Some(direct),
+            Some(direct.map(|p| p.to_string()).map_err(|f| f.to_string())),
         ),
         latency_ms: latency.as_millis() as u64,
     }
