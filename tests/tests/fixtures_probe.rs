@@ -48,6 +48,10 @@ fn backend(addr: &str, ifindex: u32) -> BackendSpec {
     }
 }
 
+/// A row: its name, the input frame, the skb's mark, the verdict and the
+/// output frame it must give.
+type Row = (&'static str, Vec<u8>, u32, u32, Vec<u8>);
+
 /// One run with the skb's mark set (`__sk_buff.mark`, at offset 8; the
 /// fields before it must be zero): (verdict, output frame).
 fn run(prog: &SchedClassifier, input: &[u8], mark: u32) -> (u32, Vec<u8>) {
@@ -144,7 +148,7 @@ fn probes_leave_as_the_balancer_sends_a_clients_packet() {
     let probe_dsr = syn("198.18.1.1");
     let probe_tun = syn("198.18.1.2");
     let mark = |id: u32, way: u32| probe_mark(id, way).expect("an id that fits");
-    let rows: Vec<(&str, Vec<u8>, u32, u32, Vec<u8>)> = vec![
+    let rows: Vec<Row> = vec![
         (
             "no mark: not a probe, untouched",
             probe_dsr.bytes(),
