@@ -5,6 +5,8 @@
 //! `DOWN` flags.
 //!
 //! - [`probe`]: one probe (TCP, HTTP, UDP, exec), typed outcomes;
+//! - [`through`]: checks through the VIP (the marked socket, the probes'
+//!   routing rule, the failure's reason);
 //! - [`agent`]: the agent check and its reports;
 //! - [`state`]: rise/fall, agent state, effective weights, slow start;
 //! - [`outlier`]: the passive outlier rule;
