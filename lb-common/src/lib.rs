@@ -11,6 +11,7 @@ pub mod backend;
 pub mod flow;
 pub mod hash;
 pub mod maps;
+pub mod probe;
 pub mod quic;
 pub mod settings;
 pub mod stats;

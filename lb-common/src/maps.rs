@@ -17,6 +17,7 @@ pub const VIP_STATS: &str = "VIP_STATS";
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
 pub const REASONS: &str = "REASONS";
 pub const TX_PORTS: &str = "TX_PORTS";
+pub const PROBE_EGRESS: &str = "PROBE_EGRESS";
 pub const NAT: &str = "NAT";
 pub const NAT_SYN: &str = "NAT_SYN";
 pub const FULLNAT_FLOWS: &str = "FULLNAT_FLOWS";
@@ -63,5 +64,7 @@ pub const PROG_ICMP_TO_BACKEND: &str = "hola_icmp_to_backend";
 pub const PROG_NAT_REQUEST: &str = "hola_nat_request";
 pub const PROG_NAT_REPLY: &str = "hola_nat_reply";
 pub const PROG_TOO_BIG: &str = "hola_too_big";
+/// The tc egress program that carries probes through the VIP (on `lo`).
+pub const PROG_PROBE: &str = "hola_probe";
 pub const PROG_PASS: &str = "bench_pass";
 pub const PROG_MACSWAP: &str = "bench_macswap";

@@ -26,9 +26,13 @@ mod nat_syn;
 mod parse;
 mod quic;
 mod too_big;
+mod probe;
 mod verdict;
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 #[xdp]
 pub fn hola_lb(ctx: XdpContext) -> u32 {
@@ -85,6 +89,13 @@ pub fn hola_too_big(ctx: XdpContext) -> u32 {
     let verdict = too_big::entry(&ctx).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
     verdict.action
+}
+
+/// tc egress on `lo`: carries the daemon's health probes through the VIP
+/// (packets with a probe mark) to their backend; passes everything else.
+#[classifier]
+pub fn hola_probe(ctx: TcContext) -> i32 {
+    probe::run(&ctx)
 }
 
 #[cfg(not(test))]

@@ -246,3 +246,13 @@ pub static TOO_BIG_RATE: PerCpuArray<FloodState> = PerCpuArray::with_max_entries
 /// program it tail-calls (a tail call runs on the same CPU, right after).
 #[map]
 pub static TOO_BIG_MTU: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+// ---------------------------------------------------------------------------
+// Health probes through the VIP (`hola_probe`, lb-ebpf/src/probe.rs). The
+// program also reads `BACKENDS` (the backend a probe's mark names).
+
+/// One element: the interface the balancer is attached to, where a probe
+/// goes whose backend's `ifindex` is 0 (reached through that interface).
+/// Written by userspace when it attaches `hola_probe`; read by it.
+#[map]
+pub static PROBE_EGRESS: Array<u32> = Array::with_max_entries(1, 0);

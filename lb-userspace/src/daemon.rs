@@ -206,8 +206,26 @@ fn start_owner(cfg: &Config, ifindexes: &[u32]) -> anyhow::Result<Owner> {
         dp.set_cluster(false)
             .context("switching cluster replication off in the data plane")?;
     }
+    // Checks through the VIP: without the program they go to the backends'
+    // own addresses (and say so once).
+    let probe = dp
+        .attach_probe(ifindexes[0])
+        .map_err(|e| format!("attaching hola_probe to lo: {e}"))
+        .and_then(|()| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("a runtime for netlink: {e}"))?
+                .block_on(crate::health::through::install_route())
+        });
+    if let Err(e) = &probe {
+        tracing::warn!(error = %e, "health checks go to the backends' own addresses, not through the VIP");
+    }
     let state_file = cfg.global.state_file.clone();
     let mut owner = Owner::new(dp, cfg.clone(), state_file.clone(), ifindexes[0]);
+    if probe.is_ok() {
+        owner.through_vip();
+    }
     owner.start().map_err(|e| anyhow::anyhow!("{e}"))?;
     state::persist(&state_file, cfg)
         .with_context(|| format!("writing the state file {}", state_file.display()))?;

@@ -381,13 +381,16 @@ fn bgp_announces_by_health_drains_and_bfd_drops_dead_nodes() {
     let requests = Loop::start(&lab);
     std::thread::sleep(Duration::from_secs(1));
 
-    // 2. Every check of node 1 fails (its probes are dropped; its data
-    // plane still forwards): node 1 withdraws, the router drops it.
+    // 2. Every check of node 1 fails (its probes are dropped: those
+    // through the VIP, the default for dsr, and those to the backends' own
+    // addresses; its data plane still forwards): node 1 withdraws, the
+    // router drops it.
     let nft = |script: &str| netlab::netns::exec(&lab.t.ns("n1"), "nft", &[script]);
     let fail = Instant::now();
     nft(
         "add table inet hbg_checks; add chain inet hbg_checks out { type filter hook output \
-         priority 0; }; add rule inet hbg_checks out ip daddr 198.18.0.0/24 tcp dport 80 drop",
+         priority 0; }; add rule inet hbg_checks out ip daddr { 198.18.0.0/24, 198.18.1.1 } \
+         tcp dport 80 drop",
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let withdrawn = wait_state(&daemons[0], "withdrawn", Duration::from_secs(5));

@@ -64,7 +64,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub use bgp::{BgpConfig, BgpPeer};
 pub use error::{ConfigError, ConfigErrors, Subject};
 pub use values::{
-    Bounds, CheckKind, HashKind, Initial, Ipv4Cidr, Ipv6Cidr, Protocol, VipMode, XdpMode,
+    Bounds, CheckKind, HashKind, Initial, Ipv4Cidr, Ipv6Cidr, Protocol, Through, VipMode, XdpMode,
     format_duration, format_port_range, parse_duration,
 };
 
@@ -488,6 +488,9 @@ pub struct HealthConfig {
     /// or hola's first start): up, or down until `rise` passes.
     #[serde(default, skip_serializing_if = "Initial::is_up")]
     pub initial: Initial,
+    /// `None`: by the VIP's mode (`HealthConfig::through_vip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<Through>,
 }
 
 impl HealthConfig {
@@ -509,7 +512,17 @@ impl HealthConfig {
             command: Vec::new(),
             slow_start: None,
             initial: Initial::Up,
+            through: None,
         }
+    }
+
+    /// Whether the check goes through the VIP (`through`): as written, or
+    /// by default for IPv4 dsr and tunnel VIPs. nat and fullnat reach the
+    /// backend's own address as a client's packet does, and probes through
+    /// an IPv6 VIP are not carried yet: those go to the backend's address.
+    pub fn through_vip(&self, mode: VipMode, vip: IpAddr) -> bool {
+        let carried = matches!(mode, VipMode::Dsr | VipMode::Tunnel) && vip.is_ipv4();
+        carried && self.through != Some(Through::Backend) && self.kind != CheckKind::Exec
     }
 }
 

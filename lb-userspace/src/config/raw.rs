@@ -20,7 +20,7 @@ use super::defaults::*;
 use super::error::Sink;
 use super::validate::{FULLNAT_SOURCE_V4_EXAMPLE, FULLNAT_SOURCE_V6_EXAMPLE, foreign_key};
 use super::values::{
-    CheckKind, Choice, DURATION_RULE, Initial, parse_duration, parse_metrics_address,
+    CheckKind, Choice, DURATION_RULE, Initial, Through, parse_duration, parse_metrics_address,
 };
 use super::{AgentConfig, BackendConfig, Config, Global, HealthConfig, OutlierConfig, VipConfig};
 
@@ -257,6 +257,7 @@ struct RawHealth {
     command: Option<Vec<String>>,
     slow_start: Option<String>,
     initial: Option<String>,
+    through: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -571,6 +572,9 @@ impl RawHealth {
         h.timeout = duration(sink, "timeout", self.timeout).unwrap_or(timeout_for(h.interval));
         h.slow_start = duration(sink, "slow_start", self.slow_start);
         h.initial = sink.choice(&format!("{path}.initial"), self.initial.take(), Initial::Up);
+        if let Some(t) = self.through.take() {
+            h.through = Some(sink.choice(&format!("{path}.through"), Some(t), Through::Vip));
+        }
         let count = |sink: &mut Sink<'_>, key: &str, v: Option<i64>, default: u32| {
             sink.int(&format!("{path}.{key}"), v, default, HEALTH_COUNT_RANGE)
         };

@@ -625,6 +625,7 @@ expect_status = 204
 expect_body = "ok"
 slow_start = "30s"
 initial = "down"
+through = "backend"
 [[vip.backend]]
 address = "198.18.0.11"
 [[vip.backend]]
@@ -669,6 +670,7 @@ fn health_checks_parse_and_round_trip() {
             command: Vec::new(),
             slow_start: Some(Duration::from_secs(30)),
             initial: crate::config::Initial::Down,
+            through: Some(crate::config::Through::Backend),
         }
     );
     let tcp = v.backends[1].health.as_ref().unwrap();
@@ -1077,6 +1079,51 @@ fn check_tables_from_json_fill_defaults() {
     assert!(
         e.to_string()
             .starts_with("invalid value: integer `-1`, expected u32"),
+        "{e}"
+    );
+}
+
+#[test]
+fn checks_go_through_the_vip_by_default_for_dsr_and_tunnel_ipv4() {
+    use crate::config::{Through, VipMode};
+    let v4: IpAddr = "198.18.1.1".parse().unwrap();
+    let v6: IpAddr = "2001:db8:1::1".parse().unwrap();
+    let mut h = HealthConfig::new(CheckKind::Tcp);
+    assert!(h.through_vip(VipMode::Dsr, v4));
+    assert!(h.through_vip(VipMode::Tunnel, v4));
+    assert!(
+        !h.through_vip(VipMode::Nat, v4),
+        "nat: the backend's address"
+    );
+    assert!(!h.through_vip(VipMode::FullNat, v4));
+    assert!(!h.through_vip(VipMode::Dsr, v6), "IPv6: not carried yet");
+    h.through = Some(Through::Vip);
+    assert!(h.through_vip(VipMode::Dsr, v4));
+    assert!(
+        !h.through_vip(VipMode::Nat, v4),
+        "vip on nat means as today"
+    );
+    h.through = Some(Through::Backend);
+    assert!(!h.through_vip(VipMode::Dsr, v4));
+    assert!(!h.through_vip(VipMode::Tunnel, v4));
+    let mut exec = HealthConfig::new(CheckKind::Exec);
+    exec.through = Some(Through::Vip);
+    assert!(
+        !exec.through_vip(VipMode::Dsr, v4),
+        "a command is not a packet"
+    );
+}
+
+#[test]
+fn a_misspelt_through_is_an_error_naming_the_choices() {
+    let e = parse(
+        &health_text("type = \"tcp\"\nthrough = \"vips\"\n"),
+        "hola.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("vip[0].health.through = \"vips\": must be one of \"vip\", \"backend\""),
         "{e}"
     );
 }

@@ -307,6 +307,19 @@ impl Initial {
     }
 }
 
+/// Where a health check is addressed: `vip`, to the VIP and carried to
+/// the backend as a client's packet is (dsr: to its MAC; tunnel:
+/// encapsulated), so that a backend the data path cannot reach fails it;
+/// `backend`, to the backend's own address. Unset: `vip` for dsr and
+/// tunnel VIPs (IPv4), `backend` otherwise (nat and fullnat reach the
+/// backend's own address anyway).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Through {
+    Vip,
+    Backend,
+}
+
 /// The TOML spelling of each enum value; must agree with the serde renames
 /// above (the round-trip test checks it).
 pub(super) trait Choice: Copy + PartialEq + 'static {
@@ -368,6 +381,11 @@ impl Choice for Initial {
     const CHOICES: &'static [(&'static str, Self)] = &[("up", Self::Up), ("down", Self::Down)];
 }
 
+impl Choice for Through {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("vip", Self::Vip), ("backend", Self::Backend)];
+}
+
 impl Choice for XdpMode {
     const CHOICES: &'static [(&'static str, Self)] = &[
         ("auto", Self::Auto),
@@ -385,7 +403,9 @@ macro_rules! display_choice {
         }
     )*};
 }
-display_choice!(Protocol, VipMode, HashKind, XdpMode, CheckKind, Initial);
+display_choice!(
+    Protocol, VipMode, HashKind, XdpMode, CheckKind, Initial, Through
+);
 
 // ---------------------------------------------------------------------------
 // Address prefixes

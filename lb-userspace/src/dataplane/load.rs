@@ -308,6 +308,57 @@ impl Dataplane {
             .expect("the balancer program is loaded by Dataplane::load")
     }
 
+    /// Loads `hola_probe` (checks through the VIP) with `egress_ifindex`,
+    /// where a probe whose backend is reached through the balancer's own
+    /// interface leaves; nothing is attached (BPF_PROG_TEST_RUN can run it).
+    pub fn load_probe(
+        &mut self,
+        egress_ifindex: u32,
+    ) -> Result<&mut aya::programs::SchedClassifier, DataplaneError> {
+        let name = names::PROG_PROBE;
+        let mut egress: aya::maps::Array<&mut MapData, u32> = self
+            .ebpf
+            .map_mut(names::PROBE_EGRESS)
+            .ok_or(DataplaneError::MissingMap(names::PROBE_EGRESS))?
+            .try_into()
+            .map_err(|source| DataplaneError::Map {
+                name: names::PROBE_EGRESS,
+                source,
+            })?;
+        egress
+            .set(0, egress_ifindex, 0)
+            .map_err(map_err(names::PROBE_EGRESS))?;
+        let p: &mut aya::programs::SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Program {
+                name,
+                source: ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        if p.fd().is_err() {
+            p.load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        Ok(p)
+    }
+
+    /// Loads `hola_probe` ([`Self::load_probe`]) and attaches it to `lo`'s
+    /// egress as a tcx link, which lasts as long as this daemon.
+    pub fn attach_probe(&mut self, egress_ifindex: u32) -> Result<(), DataplaneError> {
+        use aya::programs::{LinkOrder, TcAttachType, tc::TcAttachOptions};
+        let name = names::PROG_PROBE;
+        self.load_probe(egress_ifindex)?
+            .attach_with_options(
+                "lo",
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map(drop)
+            .map_err(|source| DataplaneError::Program { name, source })
+    }
+
     /// Attaches the balancer to `iface` in `mode`.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
         self.program()?

@@ -5,6 +5,8 @@
 //! `DOWN` flags.
 //!
 //! - [`probe`]: one probe (TCP, HTTP, UDP, exec), typed outcomes;
+//! - [`through`]: checks through the VIP (the marked socket, the probes'
+//!   routing rule, the failure's reason);
 //! - [`agent`]: the agent check and its reports;
 //! - [`state`]: rise/fall, agent state, effective weights, slow start;
 //! - [`outlier`]: the passive outlier rule;
@@ -15,6 +17,7 @@ pub mod outlier;
 pub mod probe;
 pub mod saved;
 pub mod state;
+pub mod through;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
@@ -64,6 +67,7 @@ pub fn jobs(config: &Config) -> Vec<Job> {
                     backend: b.address,
                     port: check.port.unwrap_or(v.port),
                     check: check.clone(),
+                    via: None,
                 }));
             }
             if let Some(agent) = v.agent_for(b) {

@@ -14,6 +14,7 @@ use tokio::{
     time::Instant,
 };
 
+use super::through::{self, Via};
 use crate::{
     config::{CheckKind, HealthConfig},
     model::VipAddr,
@@ -26,6 +27,9 @@ pub struct Target {
     pub backend: IpAddr,
     pub port: u16,
     pub check: HealthConfig,
+    /// Through the VIP (`through = "vip"`): addressed to the VIP, carried
+    /// to the backend by `hola_probe`. `None`: to the backend's address.
+    pub via: Option<Via>,
 }
 
 /// The result of one probe.
@@ -109,38 +113,101 @@ pub enum Failed {
     Report(String),
 }
 
-/// Runs one probe, bounded by the check's timeout.
+/// Runs one probe, bounded by the check's timeout. A probe through the
+/// VIP runs beside the same check to the backend's own address, so that a
+/// failure's reason says whether only the data path fails; side by side,
+/// the result comes within the timeout either way.
 pub async fn probe(t: &Target) -> Probe {
     let start = Instant::now();
+    let Some(via) = t.via else {
+        let outcome = bounded(t).await;
+        return Probe::of(&outcome, start.elapsed());
+    };
+    let own = Target {
+        via: None,
+        ..t.clone()
+    };
+    let (outcome, direct) = tokio::join!(
+        async {
+            let o = bounded(t).await;
+            (o, start.elapsed())
+        },
+        bounded(&own)
+    );
+    let (outcome, latency) = outcome;
+    let Err(failed) = &outcome else {
+        return Probe::of(&outcome, latency);
+    };
+    Probe {
+        ok: false,
+        detail: through::failure_detail(
+            SocketAddr::new(t.vip.addr, t.port),
+            t.backend,
+            via.tunnel,
+            &failed.to_string(),
+            Some(direct.map(|p| p.to_string()).map_err(|f| f.to_string())),
+        ),
+        latency_ms: latency.as_millis() as u64,
+    }
+}
+
+async fn bounded(t: &Target) -> Result<Passed, Failed> {
     let timeout = t.check.timeout;
-    let outcome = match tokio::time::timeout(timeout, run_probe(t)).await {
+    match tokio::time::timeout(timeout, run_probe(t)).await {
         Ok(r) => r,
         Err(_) => Err(Failed::Timeout(timeout)),
+    }
+}
+
+/// A TCP connection to `addr`, through the VIP when `via` says so.
+async fn connect(addr: SocketAddr, via: Option<(Via, IpAddr)>) -> Result<TcpStream, Failed> {
+    let Some((via, backend)) = via else {
+        return TcpStream::connect(addr)
+            .await
+            .map_err(|e| connect_failed(addr, &e));
     };
-    Probe::of(&outcome, start.elapsed())
+    let s = through::socket(socket2::Type::STREAM, via, backend)
+        .map_err(|e| Failed::Bind(e.to_string()))?;
+    tokio::net::TcpSocket::from_std_stream(s.into())
+        .connect(addr)
+        .await
+        .map_err(|e| connect_failed(addr, &e))
 }
 
 async fn run_probe(t: &Target) -> Result<Passed, Failed> {
-    let addr = SocketAddr::new(t.backend, t.port);
+    let to = if t.via.is_some() {
+        t.vip.addr
+    } else {
+        t.backend
+    };
+    let addr = SocketAddr::new(to, t.port);
+    let via = t.via.map(|v| (v, t.backend));
     match t.check.kind {
         CheckKind::Tcp => {
-            TcpStream::connect(addr)
-                .await
-                .map_err(|e| connect_failed(addr, &e))?;
+            connect(addr, via).await?;
             Ok(Passed::Connected)
         }
-        CheckKind::Http => http_probe(t, addr).await,
+        CheckKind::Http => http_probe(t, addr, via).await,
         CheckKind::Udp => {
-            let bind: SocketAddr = if t.backend.is_ipv4() {
-                "0.0.0.0:0"
-            } else {
-                "[::]:0"
-            }
-            .parse()
-            .expect("literal");
-            let s = UdpSocket::bind(bind)
-                .await
-                .map_err(|e| Failed::Bind(e.to_string()))?;
+            let s = match via {
+                Some((via, backend)) => {
+                    let s = through::socket(socket2::Type::DGRAM, via, backend)
+                        .map_err(|e| Failed::Bind(e.to_string()))?;
+                    UdpSocket::from_std(s.into()).map_err(|e| Failed::Bind(e.to_string()))?
+                }
+                None => {
+                    let bind: SocketAddr = if t.backend.is_ipv4() {
+                        "0.0.0.0:0"
+                    } else {
+                        "[::]:0"
+                    }
+                    .parse()
+                    .expect("literal");
+                    UdpSocket::bind(bind)
+                        .await
+                        .map_err(|e| Failed::Bind(e.to_string()))?
+                }
+            };
             s.connect(addr)
                 .await
                 .map_err(|e| connect_failed(addr, &e))?;
@@ -201,9 +268,14 @@ const HTTP_BODY_LIMIT: usize = 64 * 1024;
 
 /// HTTP/1.1 GET of the check's path with its Host header; the status must
 /// be the expected one, and the body (when asked) contain a substring.
-async fn http_probe(t: &Target, addr: SocketAddr) -> Result<Passed, Failed> {
+async fn http_probe(
+    t: &Target,
+    addr: SocketAddr,
+    via: Option<(Via, IpAddr)>,
+) -> Result<Passed, Failed> {
     let want = t.check.expect_body.as_deref();
-    let (status, body) = http_get(&t.check, addr, want.is_some()).await?;
+    let stream = connect(addr, via).await?;
+    let (status, body) = http_exchange(&t.check, addr, stream, want.is_some()).await?;
     if status != t.check.expect_status {
         return Err(Failed::Status {
             got: status,
@@ -229,12 +301,20 @@ pub async fn http_get(
     addr: SocketAddr,
     read_body: bool,
 ) -> Result<(u16, String), Failed> {
+    let stream = connect(addr, None).await?;
+    http_exchange(check, addr, stream, read_body).await
+}
+
+/// The GET of [`http_get`] on a connection already made to `addr`.
+async fn http_exchange(
+    check: &HealthConfig,
+    addr: SocketAddr,
+    stream: TcpStream,
+    read_body: bool,
+) -> Result<(u16, String), Failed> {
     use http_body_util::{BodyExt as _, Empty, Limited};
     use hyper::body::Bytes;
 
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| connect_failed(addr, &e))?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -285,6 +365,7 @@ pub(super) mod tests {
             backend: "127.0.0.1".parse().expect("ip"),
             port,
             check,
+            via: None,
         }
     }
 
@@ -305,6 +386,7 @@ pub(super) mod tests {
             command: Vec::new(),
             slow_start: None,
             initial: crate::config::Initial::Up,
+            through: None,
         }
     }
 

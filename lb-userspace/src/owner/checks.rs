@@ -4,11 +4,13 @@
 
 use std::{net::IpAddr, time::Duration, time::Instant};
 
+use lb_common::probe::{PROBE_DSR, PROBE_TUNNEL, probe_mark};
+
 use super::{MAX_EVENTS, Owner};
 use crate::{
     cluster::wire::Entry,
-    config::OutlierConfig,
-    health::{self, CheckEvent, saved::SavedChecks},
+    config::{OutlierConfig, VipMode},
+    health::{self, CheckEvent, saved::SavedChecks, through::Via},
     model::{VipAddr, now_ms},
     stats::Event,
 };
@@ -17,11 +19,31 @@ impl Owner {
     /// Tells the checker what to probe, and keeps one state per checked
     /// backend (a backend whose check changes keeps its state).
     pub(super) fn publish_targets(&mut self) {
-        let jobs = health::jobs(&self.config);
+        let mut jobs = health::jobs(&self.config);
+        if self.probe_through {
+            for j in &mut jobs {
+                if let health::Job::Health(t) = j {
+                    t.via = self.via(t);
+                }
+            }
+        }
         self.checks.track(&jobs);
         if let Some(tx) = &self.targets {
             let _ = tx.send(jobs);
         }
+    }
+
+    /// How `t`'s probe goes through the VIP, if its check says so (and its
+    /// backend has an id in the tables to name in the mark).
+    fn via(&self, t: &health::Target) -> Option<Via> {
+        let v = self.config.vips.iter().find(|v| v.key() == t.vip)?;
+        if !t.check.through_vip(v.mode, t.vip.addr) {
+            return None;
+        }
+        let tunnel = v.mode == VipMode::Tunnel;
+        let id = self.dp.backend_id(&t.vip, t.backend)?;
+        let mark = probe_mark(id, if tunnel { PROBE_TUNNEL } else { PROBE_DSR })?;
+        Some(Via { mark, tunnel })
     }
 
     pub(super) fn check_event(&mut self, e: CheckEvent) {

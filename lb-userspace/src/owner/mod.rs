@@ -149,6 +149,9 @@ pub struct Owner {
     ingress_ifindex: u32,
     /// BGP: where the addresses to announce go (`[bgp]` only).
     announcing: Option<announce::Announcing>,
+    /// Checks may go through the VIP: `hola_probe` is attached and the
+    /// probes' route installed (`through_vip`).
+    probe_through: bool,
 }
 
 impl Owner {
@@ -213,6 +216,16 @@ impl Owner {
             cluster: None,
             ingress_ifindex,
             announcing: None,
+            probe_through: false,
+        }
+    }
+
+    /// Lets checks go through the VIP from now on (`hola_probe` attached,
+    /// the marked probes' route installed).
+    pub fn through_vip(&mut self) {
+        self.probe_through = true;
+        if self.targets.is_some() {
+            self.publish_targets();
         }
     }
 
