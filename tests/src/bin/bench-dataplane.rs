@@ -186,6 +186,7 @@ fn main() {
             mode: Mode::Dsr,
             src_hash: false,
             table_size: 65537,
+            quic: false,
         })
         .expect("add VIP");
     let bs: Vec<_> = (1..=10)
