@@ -31,6 +31,8 @@ pub const PEER_FLOWS: &str = "PEER_FLOWS";
 pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
 pub const CLUSTER_STATE: &str = "CLUSTER_STATE";
 pub const CLUSTER_LOST: &str = "CLUSTER_LOST";
+pub const FRAGS: &str = "FRAGS";
+pub const FRAG_SCRATCH: &str = "FRAG_SCRATCH";
 
 /// Slots of `ICMP_PROGS`: the programs `hola_lb` tail-calls for ICMP
 /// errors about NAT flows.
@@ -42,8 +44,12 @@ pub const ICMP_TO_BACKEND: u32 = 1;
 pub const NAT_REQUEST: u32 = 2;
 /// Slot of the NAT reply program.
 pub const NAT_REPLY: u32 = 3;
+/// Slot of the fragment program.
+pub const FRAG: u32 = 4;
+/// Slot of the fragmented-reply program.
+pub const FRAG_REPLY: u32 = 5;
 /// Slots of `ICMP_PROGS`, one per tail-called program above.
-pub const ICMP_PROGS_LEN: u32 = 4;
+pub const ICMP_PROGS_LEN: u32 = 6;
 
 /// The `SETTINGS` global (see [`crate::Settings`]).
 pub const SETTINGS: &str = "SETTINGS";
@@ -55,5 +61,7 @@ pub const PROG_ICMP_TO_CLIENT: &str = "hola_icmp_to_client";
 pub const PROG_ICMP_TO_BACKEND: &str = "hola_icmp_to_backend";
 pub const PROG_NAT_REQUEST: &str = "hola_nat_request";
 pub const PROG_NAT_REPLY: &str = "hola_nat_reply";
+pub const PROG_FRAG: &str = "hola_frag";
+pub const PROG_FRAG_REPLY: &str = "hola_frag_reply";
 pub const PROG_PASS: &str = "bench_pass";
 pub const PROG_MACSWAP: &str = "bench_macswap";

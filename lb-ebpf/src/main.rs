@@ -17,6 +17,7 @@ mod cluster;
 mod csum;
 mod flows;
 mod forward;
+mod frag;
 mod icmp;
 mod lookup;
 mod maps;
@@ -30,7 +31,7 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 #[xdp]
 pub fn hola_lb(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let verdict = lookup::try_lb(&ctx, bytes).unwrap_or_else(verdict::Verdict::from);
+    let verdict = lookup::try_lb::<false>(&ctx, bytes).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
     verdict.action
 }
@@ -70,6 +71,26 @@ pub fn hola_icmp_to_client(ctx: XdpContext) -> u32 {
 pub fn hola_icmp_to_backend(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = icmp::entry(&ctx, true).unwrap_or_else(verdict::Verdict::from);
+    verdict::count(verdict.reason, bytes);
+    verdict.action
+}
+
+/// Tail-called by `hola_lb` for a fragment to a VIP address, or from a NAT
+/// VIP's backend: the first is balanced, the later ones follow it.
+#[xdp]
+pub fn hola_frag(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = frag::entry(&ctx, bytes).unwrap_or_else(verdict::Verdict::from);
+    verdict::count(verdict.reason, bytes);
+    verdict.action
+}
+
+/// Tail-called by `hola_frag` for a first fragment from a NAT VIP's
+/// backend not addressed to a VIP: a fragmented reply is translated back.
+#[xdp]
+pub fn hola_frag_reply(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = frag::reply_entry(&ctx).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
     verdict.action
 }

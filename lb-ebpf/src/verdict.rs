@@ -36,6 +36,8 @@ impl From<Reason> for Verdict {
             | Reason::FwdPeerFlow
             | Reason::FwdSyn
             | Reason::FwdFlood
+            | Reason::FwdFragment
+            | Reason::FwdFragmentEarly
             | Reason::FwdNatReply
             | Reason::FwdNatIcmp
             | Reason::Aborted => xdp_action::XDP_ABORTED,

@@ -109,6 +109,8 @@ impl Dataplane {
             (names::ICMP_TO_BACKEND, names::PROG_ICMP_TO_BACKEND),
             (names::NAT_REQUEST, names::PROG_NAT_REQUEST),
             (names::NAT_REPLY, names::PROG_NAT_REPLY),
+            (names::FRAG, names::PROG_FRAG),
+            (names::FRAG_REPLY, names::PROG_FRAG_REPLY),
         ] {
             let p: &mut Xdp = program(&mut ebpf, name)?;
             p.load()
