@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod flow;
+pub mod frag;
 pub mod hash;
 pub mod maps;
 pub mod probe;

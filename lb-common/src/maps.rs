@@ -37,6 +37,8 @@ pub const EGRESS_MTU: &str = "EGRESS_MTU";
 pub const EGRESS_MTU_MIN: &str = "EGRESS_MTU_MIN";
 pub const TOO_BIG_RATE: &str = "TOO_BIG_RATE";
 pub const TOO_BIG_MTU: &str = "TOO_BIG_MTU";
+pub const FRAGS: &str = "FRAGS";
+pub const FRAG_SCRATCH: &str = "FRAG_SCRATCH";
 
 /// Slots of `ICMP_PROGS`: the programs `hola_lb` tail-calls for ICMP
 /// errors about NAT flows.
@@ -50,8 +52,12 @@ pub const NAT_REQUEST: u32 = 2;
 pub const NAT_REPLY: u32 = 3;
 /// Slot of the tunnel "too big" program.
 pub const TOO_BIG: u32 = 4;
+/// Slot of the fragment program.
+pub const FRAG: u32 = 5;
+/// Slot of the fragmented-reply program.
+pub const FRAG_REPLY: u32 = 6;
 /// Slots of `ICMP_PROGS`, one per tail-called program above.
-pub const ICMP_PROGS_LEN: u32 = 5;
+pub const ICMP_PROGS_LEN: u32 = 7;
 
 /// The `SETTINGS` global (see [`crate::Settings`]).
 pub const SETTINGS: &str = "SETTINGS";
@@ -66,5 +72,7 @@ pub const PROG_NAT_REPLY: &str = "hola_nat_reply";
 pub const PROG_TOO_BIG: &str = "hola_too_big";
 /// The tc egress program that carries probes through the VIP (on `lo`).
 pub const PROG_PROBE: &str = "hola_probe";
+pub const PROG_FRAG: &str = "hola_frag";
+pub const PROG_FRAG_REPLY: &str = "hola_frag_reply";
 pub const PROG_PASS: &str = "bench_pass";
 pub const PROG_MACSWAP: &str = "bench_macswap";

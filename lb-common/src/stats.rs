@@ -53,7 +53,11 @@ pub enum Reason {
     PassIpv6ExtHdr = 3,
     /// XDP_DROP: a header is truncated or impossible.
     DropMalformed = 4,
-    /// XDP_DROP: an IPv4 fragment addressed to a VIP address.
+    /// XDP_DROP: a fragment to a VIP address that cannot be placed: a later
+    /// fragment whose datagram is unknown (its first fragment not seen, or
+    /// seen longer ago than the fragment lifetime) when the address has
+    /// more than one VIP of its protocol (so which VIP is not known), or
+    /// the fragment program is not loaded.
     DropFragment = 5,
     /// XDP_DROP: the VIP has no backend to send a new flow to.
     DropNoBackend = 6,
@@ -130,11 +134,21 @@ pub enum Reason {
     /// XDP_DROP: as `TxTooBig`, but this CPU has sent its allowance of
     /// such answers in the current second: dropped unanswered.
     DropTooBig = 25,
+    /// XDP_TX/XDP_REDIRECT: a later fragment (no transport header), sent
+    /// the way its datagram went (`FRAGS`): to a VIP's backend, or a NAT
+    /// reply's back to its client.
+    FwdFragment = 26,
+    /// XDP_TX/XDP_REDIRECT: a later fragment that arrived before its
+    /// datagram's first: its VIP (the address's only VIP of its protocol)
+    /// placed it by the datagram's hash (addresses, protocol, id), and the
+    /// datagram's other fragments, the first too, follow it.
+    FwdFragmentEarly = 27,
 }
 
 impl Reason {
     /// Number of reasons: the size of the `REASONS` array.
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 28;
+    pub const COUNT: u32 = 20;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -164,6 +178,8 @@ impl Reason {
         Reason::FwdIcmpMaglev,
         Reason::TxTooBig,
         Reason::DropTooBig,
+        Reason::FwdFragment,
+        Reason::FwdFragmentEarly,
     ];
 
     /// Stable snake_case name used in stats output.
@@ -195,6 +211,8 @@ impl Reason {
             Reason::FwdIcmpMaglev => "fwd_icmp_maglev",
             Reason::TxTooBig => "tx_too_big",
             Reason::DropTooBig => "drop_too_big",
+            Reason::FwdFragment => "fwd_fragment",
+            Reason::FwdFragmentEarly => "fwd_fragment_early",
         }
     }
 }

@@ -8,7 +8,9 @@ use lb_common::{
     backend::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP},
     flow::{NEW_FLOW_FLOOD, NEW_FLOW_MAGLEV, NEW_FLOW_PEER, NEW_FLOW_SYN, is_syn, v4_addr},
     hash::flow_hash,
-    maps::{ICMP_TO_BACKEND, ICMP_TO_CLIENT, NAT_REPLY, NAT_REQUEST},
+    maps::{
+        FRAG as FRAG_SLOT, FRAG_REPLY, ICMP_TO_BACKEND, ICMP_TO_CLIENT, NAT_REPLY, NAT_REQUEST,
+    },
     vip::{
         ADDR_F_OVERFLOW, ADDR_SLOTS, VIP_F_QUIC, VIP_F_SRC_HASH, VIP_MODE_FULLNAT, VIP_MODE_MASK,
         VIP_MODE_NAT, VIP_MODE_TUNNEL, fold_v6, vip_filter_bit,
@@ -18,7 +20,7 @@ use lb_common::{
 use crate::{
     cluster, flows,
     forward::{self, Inner},
-    icmp,
+    frag, icmp,
     maps::{
         BACKENDS, ICMP_PROGS, NAT_SCRATCH, NAT_SOURCES4, NAT_SOURCES6, PEER_FLOWS, RINGS,
         VIP_ADDRS4, VIP_ADDRS6, VIP_FILTER, VIP_STATS, VIPS,
@@ -26,6 +28,7 @@ use crate::{
     nat::{self, Layout},
     parse::{
         eth::{self, ETH_P_IP, ETH_P_IPV6},
+        frag::{self as pfrag, NEXTHDR_FRAGMENT},
         ipv4, ipv6, l4,
     },
     quic,
@@ -33,8 +36,17 @@ use crate::{
     verdict::{self, Verdict},
 };
 
-pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
+/// `FRAG`: false in `hola_lb`, which hands every fragment to `hola_frag`
+/// (one branch, on a path the fragment bits already take); true in
+/// `hola_frag` for a first fragment, which is balanced as any packet and
+/// its datagram remembered (`frag::remember`). The constant compiles the
+/// fragment work out of `hola_lb`.
+#[inline(always)]
+pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     let eth = eth::parse(ctx)?;
+    // `FRAG` only: the datagram's id, and whether this is the first of
+    // several fragments (then its datagram is remembered).
+    let (mut frag_id, mut first_of_many) = ([0u8; 4], false);
     // The key is built field by field once the packet is known to be for a
     // VIP address: `FlowKey::default()` would cost a byte-wise memset (the
     // BPF backend emits a libcall) on every packet, VIP or not.
@@ -58,15 +70,23 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
                     return Err(Reason::PassNotVip);
                 }
                 let from_backend = NAT_SOURCES4.get_ptr(u32::from_ne_bytes(ip.saddr)).is_some();
-                return not_vip(ctx, &at, ip.is_fragment, from_backend);
+                return not_vip::<FRAG>(ctx, &at, ip.is_fragment, from_backend);
             }
         };
-        if ip.is_fragment {
-            return Err(Reason::DropFragment);
-        }
+        end = if ip.is_fragment {
+            if !FRAG {
+                // SAFETY: the index is a slot of ICMP_PROGS.
+                unsafe { ICMP_PROGS.tail_call(ctx, FRAG_SLOT) };
+                return Err(Reason::DropFragment);
+            }
+            let f = pfrag::v4(ctx, eth.l3_off, ip.l4_off)?;
+            (frag_id, first_of_many) = (f.id.to_ne_bytes(), f.more);
+            first_end(f.more, ip.l4_off, eth.l3_off + ip.tot_len as usize)
+        } else {
+            eth.l3_off + ip.tot_len as usize
+        };
         (src, dst) = (v4_addr(ip.saddr), v4_addr(ip.daddr));
         (family, proto, l4_off) = (FAMILY_V4, ip.proto, ip.l4_off);
-        end = eth.l3_off + ip.tot_len as usize;
         inner = Inner::V4 {
             tot_len: ip.tot_len,
             tos: ip.tos,
@@ -89,15 +109,30 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
                     return Err(Reason::PassNotVip);
                 }
                 let from_backend = NAT_SOURCES6.get_ptr(ip.saddr).is_some();
-                return not_vip(ctx, &at, false, from_backend);
+                let fragment = ip.nexthdr == NEXTHDR_FRAGMENT;
+                return not_vip::<FRAG>(ctx, &at, fragment, from_backend);
             }
         };
+        let (mut next, mut at) = (ip.nexthdr, ip.l4_off);
+        end = ip.l4_off + ip.payload_len as usize;
         if ipv6::is_extension(ip.nexthdr) {
-            return Err(Reason::PassIpv6ExtHdr);
+            if ip.nexthdr != NEXTHDR_FRAGMENT {
+                return Err(Reason::PassIpv6ExtHdr);
+            }
+            if !FRAG {
+                // SAFETY: the index is a slot of ICMP_PROGS.
+                unsafe { ICMP_PROGS.tail_call(ctx, FRAG_SLOT) };
+                return Err(Reason::DropFragment);
+            }
+            let f = pfrag::v6(ctx, eth.l3_off, end)?;
+            if ipv6::is_extension(f.proto) {
+                return Err(Reason::PassIpv6ExtHdr);
+            }
+            (frag_id, first_of_many) = (f.id.to_ne_bytes(), f.more);
+            (next, at) = (f.proto, f.l4_off);
         }
         (src, dst) = (ip.saddr, ip.daddr);
-        (family, proto, l4_off) = (FAMILY_V6, ip.nexthdr, ip.l4_off);
-        end = ip.l4_off + ip.payload_len as usize;
+        (family, proto, l4_off) = (FAMILY_V6, next, at);
         inner = Inner::V6 {
             payload_len: ip.payload_len,
             tclass: ip.tclass,
@@ -115,7 +150,12 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
         }
         return Err(Reason::PassNotVip);
     }
-    let ports = l4::parse(ctx, l4_off, proto, end)?;
+    let l4_end = if FRAG {
+        first_end(first_of_many, l4_off, end)
+    } else {
+        end
+    };
+    let ports = l4::parse(ctx, l4_off, proto, l4_end)?;
     let key = FlowKey {
         src,
         dst,
@@ -160,6 +200,13 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
         }
         .and_then(|f| usable(f, vip.vip_id));
     }
+    if FRAG
+        && first_of_many
+        && let Some(c) = frag::early_choice(&key, frag_id).and_then(|f| usable(f, vip.vip_id))
+    {
+        // A later fragment came first and chose the datagram's backend.
+        (chosen, reason) = (Some(c), Reason::FwdFragment);
+    }
     if chosen.is_none() && cluster::active() {
         // SAFETY: the value is copied out at once (see `flows::lookup`).
         chosen = unsafe { PEER_FLOWS.get(&key) }.and_then(|f| usable(*f, vip.vip_id));
@@ -189,6 +236,9 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     // not be sent is not a flow yet.
     if backend.flags & BACKEND_F_NEXTHOP == 0 {
         return Err(Reason::DropNoNexthop);
+    }
+    if FRAG && first_of_many {
+        frag::remember(&key, frag_id, backend_id, hash, mode, backend);
     }
     // (A fullnat flow is recorded by the NAT program, with its port.)
     if (reason == Reason::FwdNewFlow || reason == Reason::FwdPeerFlow) && mode != VIP_MODE_FULLNAT {
@@ -306,13 +356,22 @@ fn place(vip: &VipMeta, hash: u32, key: &FlowKey, tcp_flags: u8) -> (Reason, u32
 /// reply to a NAT flow (or an ICMP error about one) is translated back;
 /// everything else passes untouched.
 #[inline(always)]
-fn not_vip(
+fn not_vip<const FRAG: bool>(
     ctx: &XdpContext,
     at: &Layout,
     fragment: bool,
     from_backend: bool,
 ) -> Result<Verdict, Reason> {
     if fragment {
+        // A backend's fragmented reply is translated back; any other
+        // fragment passes
+        // (`hola_lb` hands it to `hola_frag`, which follows a later
+        // fragment and hands a first one to `hola_frag_reply`.)
+        if from_backend {
+            let slot = if FRAG { FRAG_REPLY } else { FRAG_SLOT };
+            // SAFETY: the index is a slot of ICMP_PROGS.
+            unsafe { ICMP_PROGS.tail_call(ctx, slot) };
+        }
         return Err(Reason::PassNotVip);
     }
     if is_icmp(at.family, at.proto) {
@@ -330,6 +389,14 @@ fn not_vip(
         unsafe { ICMP_PROGS.tail_call(ctx, NAT_REPLY) };
     }
     Err(Reason::PassNotVip)
+}
+
+/// Where the transport header of a first fragment may reach: the whole
+/// datagram's length is in it (UDP's length field), not this fragment's,
+/// so the check against the datagram's end is left to the backend.
+#[inline(always)]
+fn first_end(more: bool, l4_off: usize, end: usize) -> usize {
+    if more { l4_off + 0xffff } else { end }
 }
 
 /// A flow-table entry's backend, if it can still take the flow: it exists,

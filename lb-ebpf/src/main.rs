@@ -17,6 +17,7 @@ mod cluster;
 mod csum;
 mod flows;
 mod forward;
+mod frag;
 mod icmp;
 mod icmp_flow;
 mod lookup;
@@ -37,7 +38,7 @@ use aya_ebpf::{
 #[xdp]
 pub fn hola_lb(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let verdict = lookup::try_lb(&ctx, bytes).unwrap_or_else(verdict::Verdict::from);
+    let verdict = lookup::try_lb::<false>(&ctx, bytes).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
     verdict.action
 }
@@ -91,11 +92,31 @@ pub fn hola_too_big(ctx: XdpContext) -> u32 {
     verdict.action
 }
 
+/// Tail-called by `hola_lb` for a fragment to a VIP address, or from a NAT
+/// VIP's backend: the first is balanced, the later ones follow it.
+#[xdp]
+pub fn hola_frag(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = frag::entry(&ctx, bytes).unwrap_or_else(verdict::Verdict::from);
+    verdict::count(verdict.reason, bytes);
+    verdict.action
+}
+
 /// tc egress on `lo`: carries the daemon's health probes through the VIP
 /// (packets with a probe mark) to their backend; passes everything else.
 #[classifier]
 pub fn hola_probe(ctx: TcContext) -> i32 {
     probe::run(&ctx)
+}
+
+/// Tail-called by `hola_frag` for a first fragment from a NAT VIP's
+/// backend not addressed to a VIP: a fragmented reply is translated back.
+#[xdp]
+pub fn hola_frag_reply(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = frag::reply_entry(&ctx).unwrap_or_else(verdict::Verdict::from);
+    verdict::count(verdict.reason, bytes);
+    verdict.action
 }
 
 #[cfg(not(test))]

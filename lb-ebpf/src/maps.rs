@@ -11,6 +11,7 @@ use lb_common::{
     AddrVips, Backend, BackendStats, FlowKey, FlowValue, HandshakeStats, NatValue, Reason,
     ReasonStats, VipKey, VipMeta, VipStats,
     flow::{FloodState, NatScratch},
+    frag::{FRAG_CAPACITY, FragKey, FragValue},
 };
 
 /// (address, port, protocol) → VIP, for every VIP. Written by userspace
@@ -256,3 +257,21 @@ pub static TOO_BIG_MTU: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// Written by userspace when it attaches `hola_probe`; read by it.
 #[map]
 pub static PROBE_EGRESS: Array<u32> = Array::with_max_entries(1, 0);
+// ---- Fragments ----
+
+/// A fragmented datagram (addresses, protocol, fragment id) → where it
+/// went (`FragValue`: the backend and how it was forwarded, or a NAT
+/// reply's translation), for its later fragments, which carry no ports.
+/// Written by `hola_frag` at a datagram's first fragment (or its first
+/// later fragment, when that came first); read by `hola_frag` for the
+/// fragments after it; entries older than `FRAG_LIFETIME_NS` are not
+/// followed, and the LRU evicts the oldest when full. One LRU list for all
+/// CPUs (the fragments of a datagram may arrive on different CPUs).
+/// Userspace does not touch it.
+#[map]
+pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(FRAG_CAPACITY, 0);
+
+/// Per CPU: where `hola_frag_reply` builds the entry it records (its
+/// stack has no room for it). Written and read by the program only.
+#[map]
+pub static FRAG_SCRATCH: PerCpuArray<FragValue> = PerCpuArray::with_max_entries(1, 0);

@@ -458,7 +458,12 @@ pub fn reply_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
 /// source becomes the VIP again (and for fullnat its destination the
 /// client) and it goes back where the request came from.
 #[inline(always)]
-fn reply(ctx: &XdpContext, at: &Layout, key: &FlowKey, ports: &Ports) -> Result<Verdict, Reason> {
+pub(crate) fn reply(
+    ctx: &XdpContext,
+    at: &Layout,
+    key: &FlowKey,
+    ports: &Ports,
+) -> Result<Verdict, Reason> {
     // An established flow's entry, else a handshake's in progress (its
     // SYN-ACK), copied once (see `nat_copy`).
     let (p, map) = match NAT.get_ptr(key) {

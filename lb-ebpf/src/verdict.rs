@@ -41,6 +41,8 @@ impl From<Reason> for Verdict {
             | Reason::FwdQuicUnknownId
             | Reason::FwdQuicIdDown
             | Reason::FwdQuicBadId
+            | Reason::FwdFragment
+            | Reason::FwdFragmentEarly
             | Reason::FwdNatReply
             | Reason::FwdNatIcmp
             | Reason::FwdIcmpFlow

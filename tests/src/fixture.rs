@@ -122,6 +122,8 @@ pub fn expected_deltas(
                         | Reason::FwdPeerFlow
                         | Reason::FwdSyn
                         | Reason::FwdFlood
+                        | Reason::FwdFragment
+                        | Reason::FwdFragmentEarly
                 ))
         {
             d.insert(format!("backend.{v}.{b}.packets"), 1);

@@ -324,3 +324,46 @@ pub fn gratuitous_arp(ip: Ipv4Addr, mac: [u8; 6]) -> Vec<u8> {
 pub fn mac_text(m: [u8; 6]) -> String {
     m.map(|b| format!("{b:02x}")).join(":")
 }
+
+/// The fragments of `p`'s datagram with identification `id`, its transport
+/// header and payload cut at the given offsets (multiples of 8): whole
+/// frames, IPv4 headers (and their checksums) or IPv6 Fragment headers
+/// built per RFC 791 / RFC 8200.
+pub fn fragments(p: &Pkt, id: u32, cuts: &[usize]) -> Vec<Vec<u8>> {
+    let l3 = p.l3();
+    let v4 = p.src.is_ipv4();
+    let hl = if v4 { 20 } else { 40 };
+    let (head, data) = l3.split_at(hl);
+    let mut bounds = vec![0];
+    bounds.extend_from_slice(cuts);
+    bounds.push(data.len());
+    let mut out = Vec::new();
+    for w in bounds.windows(2) {
+        let (from, to) = (w[0], w[1]);
+        let more = to != data.len();
+        let mut f = p.l2();
+        if v4 {
+            let mut h = head.to_vec();
+            h[2..4].copy_from_slice(&((20 + to - from) as u16).to_be_bytes());
+            h[4..6].copy_from_slice(&(id as u16).to_be_bytes());
+            let fo = (from / 8) as u16 | if more { 0x2000 } else { 0 };
+            h[6..8].copy_from_slice(&fo.to_be_bytes());
+            h[10..12].copy_from_slice(&[0, 0]);
+            let c = fold(sum16(&h));
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&h);
+        } else {
+            let mut h = head.to_vec();
+            h[4..6].copy_from_slice(&((8 + to - from) as u16).to_be_bytes());
+            let next = h[6];
+            h[6] = 44;
+            f.extend_from_slice(&h);
+            f.extend_from_slice(&[next, 0]);
+            f.extend_from_slice(&(((from / 8) as u16) << 3 | u16::from(more)).to_be_bytes());
+            f.extend_from_slice(&id.to_be_bytes());
+        }
+        f.extend_from_slice(&data[from..to]);
+        out.push(f);
+    }
+    out
+}

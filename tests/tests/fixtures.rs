@@ -489,30 +489,7 @@ fn packet_fixtures() {
             tun6,
             ip("2001:db8:3::1"),
         ),
-        // Dropped, counted.
-        Row::untouched(
-            "IPv4 first fragment (MF) to a VIP is dropped",
-            Pkt::new(client, "198.18.1.1", L4::tcp(40000, 80, TCP_SYN))
-                .frag(0x2000)
-                .bytes(),
-            XDP_DROP,
-            Reason::DropFragment,
-        ),
-        Row::untouched(
-            "IPv4 later fragment (offset) to a VIP is dropped",
-            Pkt::new(
-                client,
-                "198.18.1.1",
-                L4::Raw {
-                    proto: 6,
-                    bytes: vec![0; 24],
-                },
-            )
-            .frag(0x00b9)
-            .bytes(),
-            XDP_DROP,
-            Reason::DropFragment,
-        ),
+        // Fragments: tests/tests/fixtures_frag.rs.
         Row::vip_drop(
             "VIP with no backend drops and counts",
             Pkt::new(client, "198.18.1.3", L4::tcp(40000, 80, TCP_SYN)).bytes(),

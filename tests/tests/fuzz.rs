@@ -745,11 +745,11 @@ fn icmp_backend_is_the_flows(
 ///   be a NAT backend's reply (well-formed TCP/UDP from a NAT backend) or
 ///   an ICMP error quoting a flow's ports: then translated, dropped if the
 ///   flow has expired, or passed;
-/// - for a VIP's address: an IPv4 fragment is dropped; IPv6 with an
-///   extension header passes; not TCP/UDP passes (an ICMP error quoting a
-///   flow's ports may be translated toward a NAT backend; one quoting a
-///   dsr or tunnel VIP's packet goes to its flow's backend:
-///   `icmp_about_flow`); no VIP on that port passes;
+/// - fragments to a VIP's address, or from a NAT backend: `check_fragment`;
+/// - for a VIP's address: IPv6 with another extension header passes; not
+///   TCP/UDP passes (an ICMP error quoting a flow's ports may be translated
+///   toward a NAT backend; one quoting a dsr or tunnel VIP's packet goes to
+///   its flow's backend: `icmp_about_flow`); no VIP on that port passes;
 /// - for a VIP: dropped if it has no backend or its backend's next hop is
 ///   unresolved; otherwise forwarded as a new or established flow (fullnat:
 ///   dropped when no source port is free); a TCP SYN that misses the flow
@@ -1026,6 +1026,20 @@ fn check(
     };
 
     let view = &frame[..frame.len().min(h.linear)];
+    if let Some(r) = check_fragment(p, frame, view, action, &out, &changed) {
+        if let Ok(ran) = &r {
+            let name = changed
+                .keys()
+                .find(|k| k.starts_with("reason.") && k.ends_with(".packets"))
+                .map(|k| k["reason.".len()..k.len() - ".packets".len()].to_string())
+                .unwrap_or_default();
+            tally(format!(
+                "{:<17} {name}",
+                action_name(ran.action.unwrap_or(0))
+            ));
+        }
+        return r;
+    }
     let j = judge(p, view);
     let allowed = actions(&j.allowed);
     let fail = |msg: String| fail::<Ran>(&allowed, msg);
@@ -2896,4 +2910,199 @@ fn fuzz_quic_packets_through_the_kernel() {
             );
         }
     }
+// Fragments (issue 16 item 3): their own oracle, since a later fragment has
+// no ports to judge by and where it goes depends on what came before it.
+
+/// A fragment's place: (offset in 8-byte units, more to come, transport
+/// protocol, where its data starts). `Err`: the IPv6 Fragment header does
+/// not fit in the datagram.
+fn frag_info(f: &[u8], ip: &Ip) -> Result<(u16, bool, u8, usize), Reason> {
+    if ip.v6 {
+        if ip.l4 + 8 > ip.end {
+            return Err(Reason::DropMalformed);
+        }
+        let fo = be16(f, ip.l4 + 2);
+        Ok((fo >> 3, fo & 1 != 0, f[ip.l4], ip.l4 + 8))
+    } else {
+        let fo = be16(f, ip.l3 + 6);
+        Ok((fo & 0x1fff, fo & 0x2000 != 0, ip.proto, ip.l4))
+    }
+}
+
+/// The oracle for a fragment (IPv4 with MF or an offset, IPv6 whose next
+/// header is a Fragment header) to a VIP's address, or from a NAT backend
+/// to anywhere else; `None` for any other frame (judged by `judge`).
+///
+/// - to a VIP's address, a first fragment (offset 0) is judged as a packet
+///   (it may be malformed, not for a VIP, or forwarded as any flow's packet,
+///   or as `fwd_fragment` when a later fragment of its datagram placed it);
+///   a later fragment is forwarded after its datagram (`fwd_fragment`),
+///   placed (`fwd_fragment_early`) only when its address has exactly one
+///   VIP of its protocol, or dropped (`drop_fragment`, or for lack of a
+///   backend or next hop);
+/// - from a NAT backend, not to a VIP: passed, or translated back
+///   (`fwd_nat_reply` for a first fragment, `fwd_fragment` for a later
+///   one), or dropped as an expired reply or a Fragment header that does
+///   not fit;
+/// - passed or dropped: untouched; forwarded to a VIP's backend: to the
+///   next hop of a backend of a VIP of that address and protocol, only its
+///   MACs changed (dsr), wrapped in 20/40 bytes (tunnel), or the same size
+///   with a valid IPv4 header checksum if the input's was (nat, fullnat),
+///   and the counters of
+///   that VIP and backend move as the reason says; a translated reply
+///   comes from a NAT VIP's address, and only its reason counter moves.
+fn check_fragment(
+    p: &Plane,
+    frame: &[u8],
+    view: &[u8],
+    action: u32,
+    out: &[u8],
+    changed: &BTreeMap<String, u64>,
+) -> Option<Result<Ran, Failure>> {
+    use Reason::*;
+    let ip = parse(view).ok()?;
+    if !(ip.fragment || (ip.v6 && ip.proto == 44)) {
+        return None;
+    }
+    let to_vip = p.vips.iter().any(|v| v.vip.addr == ip.dst);
+    let reply = !to_vip && p.nat && p.is_nat_backend(ip.src);
+    if !to_vip && !reply {
+        return None;
+    }
+    let info = frag_info(view, &ip);
+    let allowed: Vec<Reason> = match (info, reply) {
+        (Err(r), _) => vec![r],
+        (Ok((0, ..)), true) => vec![PassNotVip, FwdNatReply, DropNatExpired],
+        (Ok(_), true) => vec![PassNotVip, FwdFragment],
+        (Ok((0, ..)), false) => vec![
+            PassNotVip,
+            PassIpv6ExtHdr,
+            DropMalformed,
+            DropNoBackend,
+            DropNoNexthop,
+            DropNatNoPort,
+            FwdNewFlow,
+            FwdEstablished,
+            FwdSyn,
+            FwdFlood,
+            FwdFragment,
+        ],
+        (Ok((_, _, proto, _)), false) => {
+            let want = if proto == TCP { Proto::Tcp } else { Proto::Udp };
+            let one = (proto == TCP || proto == UDP)
+                && p.vips
+                    .iter()
+                    .filter(|v| v.vip.addr == ip.dst && v.vip.proto == want)
+                    .count()
+                    == 1;
+            if one {
+                vec![
+                    FwdFragment,
+                    FwdFragmentEarly,
+                    DropFragment,
+                    DropNoBackend,
+                    DropNoNexthop,
+                ]
+            } else {
+                vec![FwdFragment, DropFragment]
+            }
+        }
+    };
+    let allowed_text = actions(&allowed);
+    let fail = |msg: String| Some(fail::<Ran>(&allowed_text, msg));
+    let moved: Vec<&String> = changed
+        .keys()
+        .filter(|k| k.starts_with("reason.") && k.ends_with(".packets"))
+        .collect();
+    let [name] = moved.as_slice() else {
+        return fail(format!(
+            "fragment: {} reason counters moved: {changed:?}",
+            moved.len()
+        ));
+    };
+    let name = &name["reason.".len()..name.len() - ".packets".len()];
+    let reason = Reason::ALL.iter().copied().find(|r| r.name() == name)?;
+    if !allowed.contains(&reason) {
+        return fail(format!(
+            "fragment: reason {name}; the design allows {allowed:?}"
+        ));
+    }
+    if !action_of(reason)
+        .split('|')
+        .any(|a| a == action_name(action))
+    {
+        return fail(format!(
+            "fragment: reason {name} came with verdict {}",
+            action_name(action)
+        ));
+    }
+    let ok = Some(Ok(Ran {
+        action: Some(action),
+        out: out.to_vec(),
+    }));
+    let forwarded = action == XDP_TX || action == XDP_REDIRECT;
+    if !forwarded {
+        if out != frame {
+            return fail(format!("fragment {name}: not forwarded, yet changed"));
+        }
+        // Besides the reason's own counters, only a VIP's may move (its
+        // packets count every packet once it is known; `no_backend`).
+        let own = format!("reason.{name}.");
+        if let Some(k) = changed
+            .keys()
+            .find(|k| !k.starts_with(&own) && !k.starts_with("vip."))
+        {
+            return fail(format!("fragment {name}: not forwarded, yet {k} moved"));
+        }
+        return ok;
+    }
+    let Ok(ip_out) = parse(out) else {
+        return fail(format!(
+            "fragment {name}: the output does not parse:\n{}",
+            hex(out)
+        ));
+    };
+    if reply {
+        if !p.vips.iter().any(|v| v.vip.addr == ip_out.src) {
+            return fail(format!(
+                "fragment {name}: a translated reply not from a VIP"
+            ));
+        }
+        if expected_deltas(view.len(), reason, None, None) != *changed {
+            return fail(format!("fragment {name}: counter changes {changed:?}"));
+        }
+        return ok;
+    }
+    let proto = frag_info(view, &ip).map(|i| i.2).unwrap_or(0);
+    let want = if proto == TCP { Proto::Tcp } else { Proto::Udp };
+    let fits = p
+        .vips
+        .iter()
+        .filter(|v| v.vip.addr == ip.dst && v.vip.proto == want)
+        .flat_map(|v| v.backends.iter().map(move |b| (v, b)))
+        .filter(|(_, b)| {
+            b.nexthop
+                .is_some_and(|n| out.len() >= 6 && out[..6] == n.dmac)
+        })
+        .any(|(v, b)| {
+            let shape = match v.mode {
+                Mode::Dsr => out.len() == frame.len() && out[12..] == frame[12..],
+                Mode::Tunnel => out.len() == frame.len() + if ip.v6 { 40 } else { 20 },
+                Mode::Nat | Mode::FullNat => {
+                    out.len() == frame.len()
+                        && (ip_out.v6
+                            || !ipv4_header_ok(frame, ip.l3)
+                            || ipv4_header_ok(out, ip_out.l3))
+                }
+            };
+            shape && expected_deltas(view.len(), reason, Some(v.vip), Some(b.addr)) == *changed
+        });
+    if !fits {
+        return fail(format!(
+            "fragment {name}: no VIP of {} and backend explain the output and counters {changed:?}\n{}",
+            ip.dst,
+            hex(out)
+        ));
+    }
+    ok
 }

@@ -3,6 +3,7 @@
 //! that does not fit is `Reason::DropMalformed`.
 
 pub mod eth;
+pub mod frag;
 pub mod ipv4;
 pub mod ipv6;
 pub mod l4;

@@ -111,6 +111,8 @@ impl Dataplane {
             (names::NAT_REQUEST, names::PROG_NAT_REQUEST),
             (names::NAT_REPLY, names::PROG_NAT_REPLY),
             (names::TOO_BIG, names::PROG_TOO_BIG),
+            (names::FRAG, names::PROG_FRAG),
+            (names::FRAG_REPLY, names::PROG_FRAG_REPLY),
         ] {
             let p: &mut Xdp = program(&mut ebpf, name)?;
             p.load()
