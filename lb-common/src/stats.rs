@@ -148,7 +148,6 @@ pub enum Reason {
 impl Reason {
     /// Number of reasons: the size of the `REASONS` array.
     pub const COUNT: u32 = 28;
-    pub const COUNT: u32 = 20;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [

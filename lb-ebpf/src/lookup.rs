@@ -31,8 +31,7 @@ use crate::{
         frag::{self as pfrag, NEXTHDR_FRAGMENT},
         ipv4, ipv6, l4,
     },
-    quic,
-    too_big,
+    quic, too_big,
     verdict::{self, Verdict},
 };
 

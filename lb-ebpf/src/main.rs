@@ -25,9 +25,9 @@ mod maps;
 mod nat;
 mod nat_syn;
 mod parse;
+mod probe;
 mod quic;
 mod too_big;
-mod probe;
 mod verdict;
 
 use aya_ebpf::{

@@ -41,6 +41,7 @@ fn backend(addr: &str, port: u16) -> BackendSpec {
     BackendSpec {
         addr,
         weight: 1,
+        server_id: 0,
         up: true,
         port,
         nexthop: Some(Nexthop {
@@ -388,6 +389,7 @@ fn fragment_fixtures() {
             mode,
             src_hash: false,
             table_size: 1021,
+            quic: false,
         })
         .expect("add VIP");
         dp.set_backends(&v, &[be]).expect("set backends");

@@ -32,6 +32,7 @@ fn backend(addr: &str) -> BackendSpec {
     BackendSpec {
         addr,
         weight: 1,
+        server_id: 0,
         up: true,
         port: 0,
         nexthop: Some(Nexthop {
@@ -248,6 +249,7 @@ fn icmp_errors_reach_the_flows_backend() {
             mode: c.mode,
             src_hash: false,
             table_size: 1021,
+            quic: false,
         })
         .expect("add VIP");
         let v6 = c.vip.addr.is_ipv6();
@@ -456,6 +458,7 @@ fn icmp_errors_follow_the_previous_table_during_a_grace_period() {
         mode: Mode::Dsr,
         src_hash: false,
         table_size: 1021,
+        quic: false,
     })
     .expect("add VIP");
     let three: Vec<BackendSpec> = ["198.18.7.1", "198.18.7.2", "198.18.7.3"]
@@ -565,6 +568,7 @@ fn tunnel_too_big_is_answered() {
             mode: Mode::Tunnel,
             src_hash: false,
             table_size: 1021,
+            quic: false,
         })
         .expect("add VIP");
         dp.set_backends(&v, &[backend(b)]).expect("set backends");

@@ -38,6 +38,7 @@ fn backend(addr: &str, ifindex: u32) -> BackendSpec {
     BackendSpec {
         addr,
         weight: 1,
+        server_id: 0,
         up: true,
         port: 0,
         nexthop: Some(Nexthop {
@@ -114,6 +115,7 @@ fn probes_leave_as_the_balancer_sends_a_clients_packet() {
             mode,
             src_hash: false,
             table_size: 1021,
+            quic: false,
         })
         .expect("add VIP");
     }

@@ -2910,6 +2910,9 @@ fn fuzz_quic_packets_through_the_kernel() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------
 // Fragments (issue 16 item 3): their own oracle, since a later fragment has
 // no ports to judge by and where it goes depends on what came before it.
 

@@ -252,6 +252,7 @@ fn run(net: &'static Net) {
             BackendSpec {
                 addr,
                 weight: 1,
+                server_id: 0,
                 nexthop: Some(nexthop),
                 up: true,
                 port: 0,
@@ -269,6 +270,7 @@ fn run(net: &'static Net) {
             mode,
             src_hash: false,
             table_size: 1021,
+            quic: false,
         })
         .expect("add VIP");
         dp.set_backends(&v, &backends).expect("set backends");

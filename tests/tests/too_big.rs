@@ -101,6 +101,7 @@ fn a_tunnel_vip_behind_a_smaller_mtu_answers_too_big() {
             mode: Mode::Tunnel,
             src_hash: false,
             table_size: 1021,
+            quic: false,
         })
         .expect("add VIP");
         dp.set_backends(
@@ -108,6 +109,7 @@ fn a_tunnel_vip_behind_a_smaller_mtu_answers_too_big() {
             &[BackendSpec {
                 addr: "198.18.0.11".parse().expect("address"),
                 weight: 1,
+                server_id: 0,
                 up: true,
                 port: 0,
                 nexthop: Some(nexthop),

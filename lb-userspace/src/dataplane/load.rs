@@ -25,6 +25,17 @@ fn mask_of(prefix: u8) -> u32 {
     if prefix >= 32 { 0 } else { u32::MAX >> prefix }
 }
 
+/// The programs `hola_lb` tail-calls, by their `ICMP_PROGS` slot.
+const TAIL_CALLED: [(u32, &str); 7] = [
+    (names::ICMP_TO_CLIENT, names::PROG_ICMP_TO_CLIENT),
+    (names::ICMP_TO_BACKEND, names::PROG_ICMP_TO_BACKEND),
+    (names::NAT_REQUEST, names::PROG_NAT_REQUEST),
+    (names::NAT_REPLY, names::PROG_NAT_REPLY),
+    (names::TOO_BIG, names::PROG_TOO_BIG),
+    (names::FRAG, names::PROG_FRAG),
+    (names::FRAG_REPLY, names::PROG_FRAG_REPLY),
+];
+
 impl Dataplane {
     /// Loads the balancer program and creates its maps with `cfg`'s
     /// capacities. Nothing is attached yet.
@@ -105,15 +116,7 @@ impl Dataplane {
                 source,
             })?
         };
-        for (slot, name) in [
-            (names::ICMP_TO_CLIENT, names::PROG_ICMP_TO_CLIENT),
-            (names::ICMP_TO_BACKEND, names::PROG_ICMP_TO_BACKEND),
-            (names::NAT_REQUEST, names::PROG_NAT_REQUEST),
-            (names::NAT_REPLY, names::PROG_NAT_REPLY),
-            (names::TOO_BIG, names::PROG_TOO_BIG),
-            (names::FRAG, names::PROG_FRAG),
-            (names::FRAG_REPLY, names::PROG_FRAG_REPLY),
-        ] {
+        for (slot, name) in TAIL_CALLED {
             let p: &mut Xdp = program(&mut ebpf, name)?;
             p.load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
