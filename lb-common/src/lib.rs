@@ -13,6 +13,7 @@ pub mod hash;
 pub mod maps;
 pub mod settings;
 pub mod stats;
+pub mod trace;
 pub mod vip;
 
 pub use backend::Backend;

@@ -32,6 +32,11 @@ pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
 pub const CLUSTER_STATE: &str = "CLUSTER_STATE";
 pub const CLUSTER_LOST: &str = "CLUSTER_LOST";
 
+// `hola trace` (lb-common/src/trace.rs).
+pub const TRACE_FILTER: &str = "TRACE_FILTER";
+pub const TRACE_STATE: &str = "TRACE_STATE";
+pub const TRACE_RING: &str = "TRACE_RING";
+
 /// Slots of `ICMP_PROGS`: the programs `hola_lb` tail-calls for ICMP
 /// errors about NAT flows.
 pub const ICMP_TO_CLIENT: u32 = 0;

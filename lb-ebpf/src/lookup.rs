@@ -28,6 +28,7 @@ use crate::{
         eth::{self, ETH_P_IP, ETH_P_IPV6},
         ipv4, ipv6, l4,
     },
+    trace,
     verdict::{self, Verdict},
 };
 
@@ -169,6 +170,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
             }
         }
     };
+    trace::note(&vip, backend_id, hash);
     // Checked before the flow is recorded: a flow whose first packet could
     // not be sent is not a flow yet.
     if backend.flags & BACKEND_F_NEXTHOP == 0 {

@@ -23,15 +23,18 @@ mod maps;
 mod nat;
 mod nat_syn;
 mod parse;
+mod trace;
 mod verdict;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]
 pub fn hola_lb(ctx: XdpContext) -> u32 {
+    trace::entry(&ctx);
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = lookup::try_lb(&ctx, bytes).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
+    trace::after(&ctx, &verdict);
     verdict.action
 }
 
@@ -42,6 +45,7 @@ pub fn hola_nat_request(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = nat::request_entry(&ctx).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
+    trace::after(&ctx, &verdict);
     verdict.action
 }
 
@@ -52,6 +56,7 @@ pub fn hola_nat_reply(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = nat::reply_entry(&ctx).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
+    trace::after(&ctx, &verdict);
     verdict.action
 }
 
@@ -62,6 +67,7 @@ pub fn hola_icmp_to_client(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = icmp::entry(&ctx, false).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
+    trace::after(&ctx, &verdict);
     verdict.action
 }
 
@@ -71,6 +77,7 @@ pub fn hola_icmp_to_backend(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = icmp::entry(&ctx, true).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
+    trace::after(&ctx, &verdict);
     verdict.action
 }
 

@@ -11,6 +11,7 @@ use lb_common::{
     AddrVips, Backend, BackendStats, FlowKey, FlowValue, HandshakeStats, NatValue, Reason,
     ReasonStats, VipKey, VipMeta, VipStats,
     flow::{FloodState, NatScratch},
+    trace::{TraceFilter, TraceState},
 };
 
 /// (address, port, protocol) → VIP, for every VIP. Written by userspace
@@ -207,3 +208,23 @@ pub static REASONS: PerCpuArray<ReasonStats> = PerCpuArray::with_max_entries(Rea
 /// userspace for every interface a backend names; read by bpf_redirect_map.
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+// ---- `hola trace` (lb-ebpf/src/trace.rs) ----
+
+/// One element: the trace filter (`enabled` 0 while no trace runs: the
+/// only field the program reads then). Written by userspace (the daemon,
+/// while it serves `hola trace`), read by the program. Not pinned: a trace
+/// lives and dies with its daemon.
+#[map]
+pub static TRACE_FILTER: Array<TraceFilter> = Array::with_max_entries(1, 0);
+
+/// Per CPU: whether the packet in hand is traced, and the decision noted
+/// for it (carried across a tail call). Written and read by the program;
+/// userspace reads the count of records lost.
+#[map]
+pub static TRACE_STATE: PerCpuArray<TraceState> = PerCpuArray::with_max_entries(1, 0);
+
+/// The traced packets' records (`TraceRecord`: before, and after with the
+/// decision). Written by the program while a trace runs, read by userspace.
+#[map]
+pub static TRACE_RING: RingBuf = RingBuf::with_byte_size(lb_common::trace::TRACE_RING_BYTES, 0);

@@ -19,6 +19,7 @@ mod inspect;
 mod load;
 mod nat;
 mod tables;
+mod trace;
 mod vip_filter;
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
@@ -292,6 +293,9 @@ pub struct Dataplane {
     flow_events: aya::maps::RingBuf<MapData>,
     cluster_state: Array<MapData, u32>,
     cluster_lost: PerCpuArray<MapData, u64>,
+    trace_filter: Array<MapData, lb_common::trace::TraceFilter>,
+    trace_state: PerCpuArray<MapData, lb_common::trace::TraceState>,
+    trace_ring: aya::maps::RingBuf<MapData>,
     /// Held so that its slots stay filled while the data plane is not
     /// pinned (a program array empties when its last user goes).
     _icmp_progs: ProgramArray<MapData>,
