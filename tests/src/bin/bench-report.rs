@@ -299,6 +299,7 @@ fn dataplane(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
         ("established_dsr", Some(110.0)),
         ("established_tunnel", Some(130.0)),
         ("established_ipv6", None),
+        ("established_dsr_trace", None),
         ("new_flow", Some(600.0)),
         ("tcp_syn", None),
         ("established_nat", None),
