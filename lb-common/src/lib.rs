@@ -16,6 +16,7 @@ pub mod probe;
 pub mod quic;
 pub mod settings;
 pub mod stats;
+pub mod trace;
 pub mod vip;
 
 pub use backend::Backend;

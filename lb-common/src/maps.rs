@@ -40,6 +40,11 @@ pub const TOO_BIG_MTU: &str = "TOO_BIG_MTU";
 pub const FRAGS: &str = "FRAGS";
 pub const FRAG_SCRATCH: &str = "FRAG_SCRATCH";
 
+// `hola trace` (lb-common/src/trace.rs).
+pub const TRACE_FILTER: &str = "TRACE_FILTER";
+pub const TRACE_STATE: &str = "TRACE_STATE";
+pub const TRACE_RING: &str = "TRACE_RING";
+
 /// Slots of `ICMP_PROGS`: the programs `hola_lb` tail-calls for ICMP
 /// errors about NAT flows.
 pub const ICMP_TO_CLIENT: u32 = 0;

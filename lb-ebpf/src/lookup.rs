@@ -31,7 +31,7 @@ use crate::{
         frag::{self as pfrag, NEXTHDR_FRAGMENT},
         ipv4, ipv6, l4,
     },
-    quic, too_big,
+    quic, too_big, trace,
     verdict::{self, Verdict},
 };
 
@@ -231,6 +231,7 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
             }
         }
     };
+    trace::note(&vip, backend_id, hash);
     // Checked before the flow is recorded: a flow whose first packet could
     // not be sent is not a flow yet.
     if backend.flags & BACKEND_F_NEXTHOP == 0 {

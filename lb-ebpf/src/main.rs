@@ -28,6 +28,7 @@ mod parse;
 mod probe;
 mod quic;
 mod too_big;
+mod trace;
 mod verdict;
 
 use aya_ebpf::{
@@ -37,9 +38,11 @@ use aya_ebpf::{
 
 #[xdp]
 pub fn hola_lb(ctx: XdpContext) -> u32 {
+    trace::entry(&ctx);
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = lookup::try_lb::<false>(&ctx, bytes).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
+    trace::after(&ctx, &verdict);
     verdict.action
 }
 
@@ -50,6 +53,7 @@ pub fn hola_nat_request(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = nat::request_entry(&ctx).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
+    trace::after(&ctx, &verdict);
     verdict.action
 }
 
@@ -60,6 +64,7 @@ pub fn hola_nat_reply(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = nat::reply_entry(&ctx).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
+    trace::after(&ctx, &verdict);
     verdict.action
 }
 
@@ -70,6 +75,7 @@ pub fn hola_icmp_to_client(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = icmp::entry(&ctx, false).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
+    trace::after(&ctx, &verdict);
     verdict.action
 }
 
@@ -79,6 +85,7 @@ pub fn hola_icmp_to_backend(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = icmp::entry(&ctx, true).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
+    trace::after(&ctx, &verdict);
     verdict.action
 }
 
@@ -89,6 +96,7 @@ pub fn hola_too_big(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = too_big::entry(&ctx).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
+    trace::after(&ctx, &verdict);
     verdict.action
 }
 
@@ -99,6 +107,7 @@ pub fn hola_frag(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = frag::entry(&ctx, bytes).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
+    trace::after(&ctx, &verdict);
     verdict.action
 }
 
@@ -116,6 +125,7 @@ pub fn hola_frag_reply(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = frag::reply_entry(&ctx).unwrap_or_else(verdict::Verdict::from);
     verdict::count(verdict.reason, bytes);
+    trace::after(&ctx, &verdict);
     verdict.action
 }
 

@@ -12,6 +12,7 @@ use lb_common::{
     ReasonStats, VipKey, VipMeta, VipStats,
     flow::{FloodState, NatScratch},
     frag::{FRAG_CAPACITY, FragKey, FragValue},
+    trace::{TraceFilter, TraceState},
 };
 
 /// (address, port, protocol) → VIP, for every VIP. Written by userspace
@@ -275,3 +276,22 @@ pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(
 /// stack has no room for it). Written and read by the program only.
 #[map]
 pub static FRAG_SCRATCH: PerCpuArray<FragValue> = PerCpuArray::with_max_entries(1, 0);
+// ---- `hola trace` (lb-ebpf/src/trace.rs) ----
+
+/// One element: the trace filter (`enabled` 0 while no trace runs: the
+/// only field the program reads then). Written by userspace (the daemon,
+/// while it serves `hola trace`), read by the program. Not pinned: a trace
+/// lives and dies with its daemon.
+#[map]
+pub static TRACE_FILTER: Array<TraceFilter> = Array::with_max_entries(1, 0);
+
+/// Per CPU: whether the packet in hand is traced, and the decision noted
+/// for it (carried across a tail call). Written and read by the program;
+/// userspace reads the count of records lost.
+#[map]
+pub static TRACE_STATE: PerCpuArray<TraceState> = PerCpuArray::with_max_entries(1, 0);
+
+/// The traced packets' records (`TraceRecord`: before, and after with the
+/// decision). Written by the program while a trace runs, read by userspace.
+#[map]
+pub static TRACE_RING: RingBuf = RingBuf::with_byte_size(lb_common::trace::TRACE_RING_BYTES, 0);

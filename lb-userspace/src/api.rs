@@ -42,6 +42,10 @@ pub mod paths {
     /// `ApplyReport`.
     pub const APPLY: &str = "/v1/apply";
     pub const NODE_DRAIN: &str = "/v1/node/drain";
+    /// POST a [`TraceSpec`](crate::trace::TraceSpec): answers a stream of
+    /// `TraceLine`s, one JSON object a line, while the trace runs; closing
+    /// the connection ends the trace.
+    pub const TRACE: &str = "/v1/trace";
 }
 
 /// `hola node drain` (`drained: true`) and `undrain`.
@@ -164,6 +168,10 @@ impl Example for BackendWeight {
 
 impl Example for BackendDrain {
     const EXAMPLE: &'static str = r#"{"vip":{"address":"198.18.1.1","port":80,"protocol":"tcp"},"address":"198.18.0.11","drain":true}"#;
+}
+
+impl Example for crate::trace::TraceSpec {
+    const EXAMPLE: &'static str = r#"{"src":{"address":"198.18.0.1"},"dst":{"address":"198.18.1.1","port":80},"proto":"tcp","count":10}"#;
 }
 
 impl Example for ApplyRequest {
@@ -476,6 +484,32 @@ async fn events(State(tx): State<Tx>) -> Result<Response, ApiError> {
     Ok(axum::Json(e).into_response())
 }
 
+/// How many traced packets wait for a slow client before more are dropped
+/// (and counted as lost).
+const TRACE_BUFFER: usize = 1024;
+
+/// `hola trace`: the packets as they come, one JSON line each, then the
+/// line that says how the trace ended. The owner ends the trace when this
+/// response's body is dropped (the client went).
+async fn trace(
+    State(tx): State<Tx>,
+    Json(spec): Json<crate::trace::TraceSpec>,
+) -> Result<Response, ApiError> {
+    let (out, rx) = mpsc::channel(TRACE_BUFFER);
+    ask(&tx, |reply| Request::Trace { spec, out, reply }).await??;
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        let line = rx.recv().await?;
+        let mut s = serde_json::to_string(&line).unwrap_or_default();
+        s.push('\n');
+        Some((Ok::<_, std::convert::Infallible>(s), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response())
+}
+
 async fn fallback(method: Method, uri: Uri) -> ApiError {
     ApiError::not_found(format!(
         "{method} {}: no such endpoint; the endpoints are listed under Control API in \
@@ -489,7 +523,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     let allowed = match path {
         paths::VIPS => "GET lists VIPs, POST adds one",
         p if p.starts_with("/v1/vips/") || p.starts_with("/v1/backends") => "POST",
-        paths::APPLY => "POST",
+        paths::APPLY | paths::TRACE => "POST",
         _ => "GET",
     };
     ApiError::with_status(
@@ -513,6 +547,7 @@ pub fn router(tx: Tx) -> Router {
         .route(paths::EVENTS, get(events))
         .route(paths::APPLY, post(apply))
         .route(paths::NODE_DRAIN, post(node_drain))
+        .route(paths::TRACE, post(trace))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(tx)

@@ -14,21 +14,7 @@ pub async fn call(
     path: &str,
     body: Option<String>,
 ) -> anyhow::Result<(u16, String)> {
-    let stream = UnixStream::connect(socket).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::PermissionDenied {
-            anyhow::anyhow!(
-                "permission denied on the hola control socket {}: it accepts only root; run the \
-                 command as root, e.g. sudo hola ...",
-                socket.display()
-            )
-        } else {
-            anyhow::anyhow!(
-                "cannot reach the hola daemon at {}: {e} (is `hola run` running? use --socket to \
-                 name another socket)",
-                socket.display()
-            )
-        }
-    })?;
+    let stream = connect(socket).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let req = Request::builder()
@@ -83,4 +69,43 @@ pub async fn post<T: serde::Serialize>(socket: &Path, path: &str, body: &T) -> a
     )
     .await
     .map(drop)
+}
+
+/// A connection to the daemon's control socket; the error says what to do.
+async fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
+    UnixStream::connect(socket).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            anyhow::anyhow!(
+                "permission denied on the hola control socket {}: it accepts only root; run the \
+                 command as root, e.g. sudo hola ...",
+                socket.display()
+            )
+        } else {
+            anyhow::anyhow!(
+                "cannot reach the hola daemon at {}: {e} (is `hola run` running? use --socket to \
+                 name another socket)",
+                socket.display()
+            )
+        }
+    })
+}
+
+/// POSTs `body` as JSON to `path` and hands back the answer as it comes
+/// (a streaming answer: `hola trace`). Dropping the body closes the
+/// connection, which tells the daemon the client has gone.
+pub async fn post_stream<T: serde::Serialize>(
+    socket: &Path,
+    path: &str,
+    body: &T,
+) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+    let stream = connect(socket).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header("host", "hola")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_string(body)?)))?;
+    Ok(sender.send_request(req).await?)
 }

@@ -187,6 +187,14 @@ pub enum Request {
     /// `hola node drain` (true) and `undrain`: withdraw every VIP from BGP
     /// while forwarding what still arrives.
     Drain(bool, oneshot::Sender<Result<(), OwnerError>>),
+    /// `hola trace`: answered once the filter is on; the traced packets,
+    /// then how the trace ended, go to `out`. Dropping `out`'s receiver
+    /// ends the trace.
+    Trace {
+        spec: crate::trace::TraceSpec,
+        out: tokio::sync::mpsc::Sender<crate::trace::TraceLine>,
+        reply: oneshot::Sender<Result<(), OwnerError>>,
+    },
 }
 
 #[cfg(test)]

@@ -24,3 +24,4 @@ pub mod reconcile;
 pub mod state;
 pub mod stats;
 pub mod top;
+pub mod trace;

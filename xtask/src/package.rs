@@ -30,6 +30,7 @@ const EXPECTED: &[&str] = &[
     "usr/share/man/man1/hola-run.1",
     "usr/share/man/man1/hola-doctor.1",
     "usr/share/man/man1/hola-top.1",
+    "usr/share/man/man1/hola-trace.1",
     "usr/share/man/man1/hola-vip-add.1",
     "usr/share/bash-completion/completions/hola",
     "usr/share/zsh/vendor-completions/_hola",

@@ -19,7 +19,7 @@ use super::{
     drain::{self, Sample, Status, Watch},
     parse_vip,
     print::{self, Changed, DrainWait},
-    tools,
+    tools, trace,
 };
 
 /// Runs one command line to its end: `Ok` once its answer is printed.
@@ -63,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             cmd: ConfigCmd::Dump,
         } => on_daemon(config_dump(socket)),
         Cmd::Doctor(args) => tools::doctor(&args),
+        Cmd::Trace(args) => on_daemon(trace::run(socket, args)),
         Cmd::Top { filter } => lb_userspace::top::term::run(socket, filter),
         Cmd::Generate { out } => tools::generate(&out),
         Cmd::Config {

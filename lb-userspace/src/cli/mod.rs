@@ -7,6 +7,7 @@ mod dispatch;
 mod drain;
 mod print;
 mod tools;
+mod trace;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -148,6 +149,14 @@ enum Cmd {
         #[arg(long)]
         filter: Option<String>,
     },
+    /// Capture the packets that match at the XDP hook, with what hola did.
+    ///
+    /// One line per packet, as tcpdump prints it, then the verdict's
+    /// reason and action, the VIP, the backend, flow-table hit or Maglev
+    /// slot, and the bytes hola changed. -w writes each packet before and
+    /// after hola's change to a pcap file. Ends at --count, --seconds or
+    /// Ctrl-C; the daemon then switches the filter off.
+    Trace(trace::TraceArgs),
     /// Write the man pages and shell completions into a directory (for
     /// packaging).
     #[command(hide = true)]

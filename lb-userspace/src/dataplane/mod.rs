@@ -22,6 +22,7 @@ mod mtu;
 mod nat;
 mod quic;
 mod tables;
+mod trace;
 mod vip_filter;
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
@@ -298,6 +299,9 @@ pub struct Dataplane {
     quic_servers: HashMap<MapData, lb_common::quic::QuicServerKey, u32>,
     /// What `QUIC_SERVERS` holds.
     quic_copy: BTreeMap<lb_common::quic::QuicServerKey, u32>,
+    trace_filter: Array<MapData, lb_common::trace::TraceFilter>,
+    trace_state: PerCpuArray<MapData, lb_common::trace::TraceState>,
+    trace_ring: aya::maps::RingBuf<MapData>,
     /// Held so that its slots stay filled while the data plane is not
     /// pinned (a program array empties when its last user goes).
     _icmp_progs: ProgramArray<MapData>,

@@ -21,6 +21,7 @@ mod checks;
 mod flow;
 mod replicate;
 mod report;
+mod trace;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -152,6 +153,9 @@ pub struct Owner {
     /// Checks may go through the VIP: `hola_probe` is attached and the
     /// probes' route installed (`through_vip`).
     probe_through: bool,
+    /// `hola trace`: the trace in progress, and the last generation given.
+    tracing: Option<trace::Tracing>,
+    trace_generation: u32,
 }
 
 impl Owner {
@@ -216,6 +220,8 @@ impl Owner {
             cluster: None,
             ingress_ifindex,
             announcing: None,
+            tracing: None,
+            trace_generation: 0,
             probe_through: false,
         }
     }
@@ -309,8 +315,9 @@ impl Owner {
                 Some(e) = inputs.cluster.recv() => self.cluster_event(e),
                 () = sleep_until(deadline), if deadline.is_some() => {}
                 _ = second.tick() => self.every_second(),
-                _ = drain.tick(), if replicating => {}
+                _ = drain.tick(), if replicating || self.tracing.is_some() => {}
             }
+            self.trace_drain();
             self.release_held();
             self.answer_pending();
             self.replicate();
@@ -323,6 +330,7 @@ impl Owner {
         }
         self.answer_pending();
         self.save_health();
+        self.trace_stop();
     }
 
     /// Once a second: counters sampled, NAT swept, egress MTUs re-read,
@@ -399,6 +407,9 @@ impl Owner {
                 reply,
             } => {
                 let _ = reply.send(self.flow(src, dst, proto));
+            }
+            Request::Trace { spec, out, reply } => {
+                let _ = reply.send(self.trace_start(spec, out));
             }
         }
     }

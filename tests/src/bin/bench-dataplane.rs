@@ -18,6 +18,7 @@ use hola_tests::{
     bench::{machine, median},
     packet::{L4, LB_MAC, Pkt, TCP_ACK, TCP_SYN},
 };
+use lb_common::trace::{TRACE_M_SRC, TraceFilter};
 use lb_userspace::{
     dataplane::{
         BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec,
@@ -117,6 +118,21 @@ fn fresh(dst: &str, i: usize, flags: u8) -> Vec<u8> {
 
 /// Flow-table entries per CPU of the full-table case.
 const FULL_TABLE: u32 = 16_384;
+/// A trace filter that is on (and does not expire) but matches another
+/// client than the benchmark's: every packet is checked against it.
+fn unmatched_trace() -> TraceFilter {
+    let mut src = [0u8; 16];
+    src[..4].copy_from_slice(&[198, 18, 77, 7]);
+    TraceFilter {
+        enabled: 1,
+        generation: 1,
+        expires_ns: u64::MAX,
+        src,
+        family: lb_common::FAMILY_V4,
+        fields: TRACE_M_SRC,
+        ..TraceFilter::default()
+    }
+}
 
 fn main() {
     let a = args();
@@ -272,7 +288,7 @@ fn main() {
     let not_vip = not_vip_bytes();
 
     type Path = (&'static str, &'static str);
-    let paths: [Path; 12] = [
+    let paths: [Path; 13] = [
         ("xdp_pass", "baseline: return XDP_PASS"),
         ("macswap_tx", "MAC-swap XDP_TX program"),
         ("not_a_vip", "IPv4 TCP to a non-VIP address"),
@@ -285,6 +301,10 @@ fn main() {
             "established IPv4 TCP flow, tunnel encap",
         ),
         ("established_ipv6", "established IPv6 TCP flow, dsr"),
+        (
+            "established_dsr_trace",
+            "established IPv4 TCP flow, dsr, a `hola trace` filter on that does not match it",
+        ),
         (
             "new_flow",
             "new IPv4 TCP flow (flow-table miss, Maglev, insert)",
@@ -308,6 +328,14 @@ fn main() {
     let mut fresh_counter = 0usize;
     for round in 0..a.rounds {
         for (name, _) in paths {
+            // Only this row runs with a trace on (the others measure the
+            // program as it runs with none).
+            let filter = if name == "established_dsr_trace" {
+                unmatched_trace()
+            } else {
+                TraceFilter::default()
+            };
+            dp.set_trace_filter(&filter).expect("TRACE_FILTER");
             let (prog, mut make): (&Xdp, Maker) = match name {
                 "xdp_pass" => (
                     base.program("bench_pass")
@@ -343,7 +371,9 @@ fn main() {
                     let lb: &Xdp = dp.program_ref();
                     let f: Maker = match name {
                         "not_a_vip" => Box::new(|_| not_vip.clone()),
-                        "established_dsr" => Box::new(|_| established4.clone()),
+                        "established_dsr" | "established_dsr_trace" => {
+                            Box::new(|_| established4.clone())
+                        }
                         "established_tunnel" => Box::new(|_| tunnel4.clone()),
                         "established_ipv6" => Box::new(|_| established6.clone()),
                         "new_flow" => {

@@ -307,6 +307,7 @@ fn dataplane(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
         ("established_dsr", Some(40.0)),
         ("established_tunnel", Some(48.0)),
         ("established_ipv6", Some(45.0)),
+        ("established_dsr_trace", None),
         ("new_flow", Some(450.0)),
         ("new_flow_full", None),
         ("tcp_syn", Some(150.0)),
