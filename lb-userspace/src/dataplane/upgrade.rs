@@ -4,7 +4,7 @@
 //! converters of `layout.rs`).
 //!
 //! The order keeps every flow: the new maps are created and pinned apart
-//! (`maps.next/`) and filled while the old program still runs on the old
+//! (`maps-next/`) and filled while the old program still runs on the old
 //! ones; the new program then replaces the old in each pinned link
 //! (`bpf_link_update`, atomic per packet); what the old program added
 //! between the copy and the swap is copied after it (new entries, counter
@@ -30,12 +30,15 @@ use crate::programs;
 /// [`LAYOUT_CHUNK`]-byte values, NUL-padded). Its own layout never
 /// changes.
 pub const LAYOUT: &str = "LAYOUT";
+/// Where a new `LAYOUT` is pinned before it is renamed over the old one
+/// (bpffs refuses names with a dot).
+const LAYOUT_NEXT: &str = "LAYOUT_NEXT";
 const LAYOUT_CHUNK: usize = 4096;
 const LAYOUT_CHUNKS: u32 = 16;
 
 /// Where the maps that replace pinned ones wait, under the pin directory,
-/// until the new program is attached.
-pub const STAGE: &str = "maps.next";
+/// until the new program is attached (bpffs refuses names with a dot).
+pub const STAGE: &str = "maps-next";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
@@ -129,7 +132,7 @@ pub fn pinned_layout(pin_dir: &Path) -> Result<Option<Layout>, UpgradeError> {
         else {
             continue;
         };
-        if name == LAYOUT || name.ends_with(".next") {
+        if name == LAYOUT || name == LAYOUT_NEXT {
             continue;
         }
         let info = MapInfo::from_pin(&path).map_err(|source| UpgradeError::Pin {
@@ -198,7 +201,7 @@ pub fn write_layout(pin_dir: &Path, layout: &Layout) -> Result<(), UpgradeError>
             .map_err(|e| UpgradeError::Write(e.to_string()))?;
     }
     let dir = pin_dir.join("maps");
-    let (tmp, path) = (dir.join("LAYOUT.next"), dir.join(LAYOUT));
+    let (tmp, path) = (dir.join(LAYOUT_NEXT), dir.join(LAYOUT));
     let _ = std::fs::remove_file(&tmp);
     map.pin(&tmp)
         .map_err(|e| UpgradeError::Write(format!("pinning it at {}: {e}", tmp.display())))?;
@@ -443,7 +446,7 @@ fn topped_up(m: &MapLayout) -> bool {
 
 /// Fills the staged maps of `plan` from the pinned ones (the first copy,
 /// while the old program runs). The staged maps are pinned under
-/// `pin_dir/maps.next` by the loader already.
+/// `pin_dir/maps-next` by the loader already.
 pub(super) fn stage(
     pin_dir: &Path,
     plan: &layout::Plan,
@@ -451,12 +454,18 @@ pub(super) fn stage(
     ncpus: usize,
 ) -> Result<Pending, UpgradeError> {
     let mut staged = Vec::new();
+    let pinned = pinned_layout(pin_dir)?.map(|l| l.maps).unwrap_or_default();
     for (name, action) in &plan.actions {
         if !matches!(action, Action::Convert(_) | Action::Fresh) {
             continue;
         }
-        let old = RawMap::open(&pin_dir.join("maps").join(name), name)?;
-        let new = RawMap::open(&pin_dir.join(STAGE).join(name), name)?;
+        let mut old = RawMap::open(&pin_dir.join("maps").join(name), name)?;
+        let mut new = RawMap::open(&pin_dir.join(STAGE).join(name), name)?;
+        old.layout.version = pinned
+            .iter()
+            .find(|m| m.name == *name)
+            .map_or(1, |m| m.version);
+        new.layout.version = layout::version_of(name);
         let mut before = Vec::new();
         if let Action::Convert(c) = *action {
             let t = Instant::now();

@@ -1,0 +1,319 @@
+//! Upgrades across pinned-map layouts, in the lab: the `hola` of an older
+//! commit of this repository (`tests/upgrade-base.txt`, whose `REASONS`
+//! is shorter and which lacks seven maps) runs the dsr VIP under a loop
+//! of new connections and a set of keep-alive connections; the current
+//! `hola run` then takes over its pins (SIGTERM to the old daemon, the new
+//! one started, as a hitless restart). No request fails, every keep-alive
+//! connection stays on its backend, and no counter goes back.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hola_tests::{
+    daemon::{Daemon, GLOBAL, hola_bin, now_ms},
+    fixture::require_root,
+    netns::spawn_in_ns,
+    topo::{DSR_VIP, Lab, Servers, http_get},
+};
+use serde_json::Value;
+
+/// The commit of `tests/upgrade-base.txt`.
+fn base_commit(root: &Path) -> String {
+    let path = root.join("tests/upgrade-base.txt");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .unwrap_or_else(|| panic!("{} names no commit", path.display()));
+    line.split_whitespace()
+        .next()
+        .expect("a commit")
+        .to_string()
+}
+
+/// The older commit's `hola`, built once per machine (the binary only,
+/// with the cargo that runs the tests, in a target directory of its own:
+/// nothing shared with the current build) and cached under
+/// `target/upgrade-base/COMMIT`.
+fn base_hola() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let commit = base_commit(&root);
+    // target/debug/deps/<test> → target
+    let exe = std::env::current_exe().expect("test executable path");
+    let target = exe.ancestors().nth(3).expect("target dir").to_path_buf();
+    let dir = target.join("upgrade-base").join(&commit);
+    let bin = dir.join("target/debug/hola");
+    if bin.exists() {
+        println!("the hola of {commit}: cached at {}", bin.display());
+        return bin;
+    }
+    let t = Instant::now();
+    println!(
+        "building the hola of {commit} once for this machine in {} (minutes: a whole debug build, eBPF included)",
+        dir.display()
+    );
+    let src = dir.join("src");
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src).expect("the cache directory");
+    let tar = dir.join("src.tar");
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["archive", "--format=tar", "-o"])
+        .arg(&tar)
+        .arg(&commit)
+        .output()
+        .expect("running git archive");
+    assert!(
+        out.status.success(),
+        "git archive {commit} failed (is the clone shallow? the upgrade test needs the commit of tests/upgrade-base.txt; `git fetch --unshallow`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&src)
+        .status()
+        .expect("running tar");
+    assert!(status.success(), "unpacking {}", tar.display());
+    let _ = std::fs::remove_file(&tar);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&src)
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .args(["build", "--locked", "-p", "lb-userspace", "--bin", "hola"])
+        .status()
+        .expect("running cargo build for the older hola");
+    assert!(
+        status.success() && bin.exists(),
+        "building the hola of {commit} in {} failed",
+        src.display()
+    );
+    println!("built the hola of {commit} in {:?}", t.elapsed());
+    bin
+}
+
+fn config() -> String {
+    let mut c = format!(
+        "{GLOBAL}\n[[vip]]\naddress = \"{DSR_VIP}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"dsr\"\n"
+    );
+    for i in 1..=3 {
+        c += &format!(
+            "\n[[vip.backend]]\naddress = \"198.18.0.{}\"\nweight = 1\n",
+            10 + i
+        );
+    }
+    c
+}
+
+fn stats(d: &Daemon) -> Value {
+    serde_json::from_str(&d.ok(&["stats", "--json"])).expect("stats JSON")
+}
+
+fn num(v: &Value, what: &str) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {v}"))
+}
+
+/// (name, packets) of every counter the report has: reasons, the VIP's,
+/// each backend's.
+fn counters(s: &Value) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for (name, r) in s["reasons"].as_object().expect("reasons") {
+        out.push((format!("reason {name}"), num(&r["packets"], name)));
+    }
+    let vip = &s["vips"][0];
+    out.push(("vip packets".into(), num(&vip["packets"], "vip packets")));
+    out.push(("vip new_flows".into(), num(&vip["new_flows"], "new_flows")));
+    for b in vip["backends"].as_array().expect("backends") {
+        let a = b["address"].as_str().expect("address");
+        out.push((format!("backend {a}"), num(&b["packets"], a)));
+    }
+    out
+}
+
+/// (start time in ms, answer) of each request on a new connection.
+type Log = Arc<Mutex<Vec<(u64, Result<String, String>)>>>;
+
+fn new_connections(lab: &Lab, stop: Arc<AtomicBool>) -> (Log, std::thread::JoinHandle<()>) {
+    let log: Log = Arc::default();
+    let l = log.clone();
+    let h = spawn_in_ns(&lab.t.ns("cl"), move || {
+        let vip: SocketAddr = format!("{DSR_VIP}:80").parse().expect("vip");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let t = now_ms();
+            let r = TcpStream::connect_timeout(&vip, Duration::from_millis(1000))
+                .and_then(|mut c| {
+                    c.set_read_timeout(Some(Duration::from_millis(1000)))?;
+                    http_get(&mut c)
+                })
+                .map_err(|e| e.to_string());
+            l.lock().expect("lock").push((t, r));
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    });
+    (log, h)
+}
+
+/// Keep-alive connections: per connection, every answer it had, one
+/// request on each every 20 ms until `stop`.
+type Kept = Arc<Mutex<Vec<Vec<Result<String, String>>>>>;
+
+fn keep_alive(lab: &Lab, n: usize, stop: Arc<AtomicBool>) -> (Kept, std::thread::JoinHandle<()>) {
+    let kept: Kept = Arc::new(Mutex::new(vec![Vec::new(); n]));
+    let k = kept.clone();
+    let h = spawn_in_ns(&lab.t.ns("cl"), move || {
+        let vip: SocketAddr = format!("{DSR_VIP}:80").parse().expect("vip");
+        let mut conns: Vec<_> = (0..n)
+            .map(|_| {
+                let c = TcpStream::connect_timeout(&vip, Duration::from_millis(1000))
+                    .expect("a keep-alive connection");
+                c.set_read_timeout(Some(Duration::from_millis(1000)))
+                    .expect("timeout");
+                c
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            for (i, c) in conns.iter_mut().enumerate() {
+                let r = http_get(c).map_err(|e| e.to_string());
+                k.lock().expect("lock")[i].push(r);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    (kept, h)
+}
+
+#[test]
+fn an_upgrade_across_layouts_keeps_every_flow_and_counter() {
+    require_root();
+    let t0 = Instant::now();
+    let old = base_hola();
+    let built = t0.elapsed();
+    let lab = Lab::new("up1", 3);
+    let _servers = Servers::start(&lab);
+    let mut d = Daemon::start_with(&old, "up1", &lab.t.ns("lb"), &config());
+    let maps = d.bpffs.join("maps");
+    assert!(
+        !maps.join("LAYOUT").exists(),
+        "the older build pins no layout"
+    );
+    let old_reasons = stats(&d)["reasons"].as_object().expect("reasons").len();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (kept, kh) = keep_alive(&lab, 12, stop.clone());
+    let (log, lh) = new_connections(&lab, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let before = stats(&d);
+
+    // The upgrade: the older daemon stops (its program and maps stay,
+    // pinned, forwarding), the current one takes them over.
+    let up = Instant::now();
+    d.kill(libc::SIGTERM);
+    d.bin = hola_bin().to_path_buf();
+    d.spawn();
+    let took = up.elapsed();
+    let up_at = now_ms();
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = stats(&d);
+    stop.store(true, Ordering::Relaxed);
+    kh.join().expect("keep-alive connections");
+    lh.join().expect("request loop");
+
+    let log = log.lock().expect("lock");
+    let failed: Vec<_> = log.iter().filter(|(_, r)| r.is_err()).collect();
+    let after_up = log.iter().filter(|(t, _)| *t >= up_at).count();
+    println!(
+        "{} requests on new connections, {after_up} after the upgrade, {} failed; upgrade (stop, start, API up) in {took:?}",
+        log.len(),
+        failed.len()
+    );
+    assert!(after_up >= 100, "the loop ran on after the upgrade");
+    assert!(
+        failed.is_empty(),
+        "{} requests failed, the first: {:?}\n{}",
+        failed.len(),
+        &failed[..failed.len().min(3)],
+        d.log()
+    );
+    for (i, answers) in kept.lock().expect("lock").iter().enumerate() {
+        let first = answers[0].clone().expect("the first answer");
+        assert!(
+            answers.len() >= 50,
+            "connection {i}: {} requests",
+            answers.len()
+        );
+        assert!(
+            answers.iter().all(|a| a.as_ref() == Ok(&first)),
+            "keep-alive connection {i} left its backend {first}: {:?}",
+            answers
+                .iter()
+                .filter(|a| a.as_ref() != Ok(&first))
+                .take(3)
+                .collect::<Vec<_>>()
+        );
+    }
+
+    // Counters continue: none went back, and the new reasons are there.
+    let (b, a) = (counters(&before), counters(&after));
+    for (name, was) in &b {
+        let now = a
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} is gone after the upgrade"))
+            .1;
+        assert!(now >= *was, "{name}: {was} before the upgrade, {now} after");
+    }
+    let vip = |c: &[(String, u64)]| c.iter().find(|(n, _)| n == "vip packets").expect("vip").1;
+    assert!(vip(&a) > vip(&b), "the VIP counted on");
+    let new_reasons = after["reasons"].as_object().expect("reasons").len();
+    println!("reasons: {old_reasons} before, {new_reasons} after");
+    assert_eq!(
+        (old_reasons, new_reasons),
+        (16, lb_common::Reason::COUNT as usize)
+    );
+
+    // What the upgrade did, and what it left.
+    let text = d.log();
+    for line in [
+        "the pinned maps have another layout: upgrading them",
+        "copied a pinned map into its new layout",
+        "upgrade done",
+    ] {
+        assert!(text.contains(line), "no {line:?} in the log:\n{text}");
+    }
+    assert!(maps.join("LAYOUT").exists(), "the layout is recorded");
+    assert!(!d.bpffs.join("maps-next").exists(), "nothing left staged");
+    for m in ["VIP_FILTER", "PREV_RINGS", "NAT_SYN", "GRACE_SYNS"] {
+        assert!(maps.join(m).exists(), "{m} created");
+    }
+
+    // A restart of the same build now reuses every map as it is.
+    d.kill(libc::SIGTERM);
+    d.spawn();
+    let again = d.log();
+    assert_eq!(
+        again.matches("upgrading them").count(),
+        1,
+        "a restart of the same build upgrades nothing:\n{again}"
+    );
+    println!(
+        "took {:?} ({built:?} of it finding or building the older hola)",
+        t0.elapsed()
+    );
+}
