@@ -317,3 +317,70 @@ fn an_upgrade_across_layouts_keeps_every_flow_and_counter() {
         t0.elapsed()
     );
 }
+
+/// A pinned map whose layout this build cannot convert (here `PREV_UNTIL`
+/// with 16-byte values at the same layout version): `hola run` refuses,
+/// naming the map, both layouts and what to do, before it changes
+/// anything: the pins stay as they were and the attached program forwards
+/// on.
+#[test]
+fn a_layout_without_a_converter_is_refused_before_anything_changes() {
+    use aya::maps::{Array, MapData, MapInfo};
+    require_root();
+    let lab = Lab::new("up2", 3);
+    let _servers = Servers::start(&lab);
+    let mut d = Daemon::start("up2", &lab.t.ns("lb"), &config());
+    d.kill(libc::SIGTERM);
+    let maps = d.bpffs.join("maps");
+    let pin = maps.join("PREV_UNTIL");
+    let entries = MapInfo::from_pin(&pin).expect("PREV_UNTIL").max_entries();
+    let listing = |dir: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .expect("pins")
+            .map(|e| e.expect("pin").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    std::fs::remove_file(&pin).expect("unpin PREV_UNTIL");
+    let other: Array<MapData, [u8; 16]> = Array::create(entries, 0).expect("a map");
+    other.pin(&pin).expect("pin the other layout");
+    let pins = listing(&maps);
+
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", d.ns))
+        .arg(hola_bin())
+        .args(["run", "--config"])
+        .arg(&d.config)
+        .output()
+        .expect("hola run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{err}");
+    assert!(!out.status.success(), "hola run started:\n{err}");
+    let want = format!(
+        "pinned map PREV_UNTIL has layout version 1 (array, key 4 B, value 16 B, {entries} entries) \
+         (pinned by build "
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(
+        err.contains(&format!(
+            "and this build's is version 1 (array, key 4 B, value 8 B, {entries} entries); \
+             this build has no converter from one to the other: run the build that pinned it, \
+             or `hola down` then `hola run`"
+        )),
+        "{err}"
+    );
+    assert_eq!(listing(&maps), pins, "the pins did not change");
+    assert!(!d.bpffs.join("maps-next").exists(), "nothing was staged");
+    // The program attached before still forwards.
+    let answer = spawn_in_ns(&lab.t.ns("cl"), || {
+        let vip: SocketAddr = format!("{DSR_VIP}:80").parse().expect("vip");
+        let mut c = TcpStream::connect_timeout(&vip, Duration::from_secs(1))?;
+        c.set_read_timeout(Some(Duration::from_secs(1)))?;
+        http_get(&mut c)
+    })
+    .join()
+    .expect("client");
+    let answer = answer.expect("an answer through the VIP");
+    assert!(["b1", "b2", "b3"].contains(&answer.as_str()), "{answer}");
+}
