@@ -384,3 +384,109 @@ fn a_layout_without_a_converter_is_refused_before_anything_changes() {
     let answer = answer.expect("an answer through the VIP");
     assert!(["b1", "b2", "b3"].contains(&answer.as_str()), "{answer}");
 }
+
+/// Pins under a test directory of bpffs, removed on drop.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A map of the given kind and sizes, pinned at `path`.
+fn pinned(path: &Path, map_type: u32, key: u32, value: u32, max: u32) -> aya::maps::MapData {
+    let obj = aya_obj::Map::new_from_params(map_type, key, value, max, 0);
+    let m = aya::maps::MapData::create(obj, "hola_test", None).expect("a map");
+    m.pin(path).expect("pinned");
+    m
+}
+
+/// The copy an upgrade makes of hashes: an LRU hash whose 4-byte values
+/// grew to 8 (`ZeroExtend`), every entry; then the top-up after the swap,
+/// which adds only what the new map lacks and leaves what the new program
+/// wrote. A per-CPU hash, CPU by CPU.
+#[test]
+fn hash_maps_are_copied_entry_by_entry_and_cpu_by_cpu() {
+    use aya::maps::{HashMap, Map, PerCpuHashMap, PerCpuValues};
+    use lb_userspace::dataplane::{
+        layout::{Convert, kind},
+        upgrade::{Copied, copy_pinned},
+    };
+    require_root();
+    let dir = PinDir(PathBuf::from("/sys/fs/bpf/hola-test-up3"));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).expect("a bpffs directory");
+    let (a, b) = (dir.0.join("old"), dir.0.join("new"));
+
+    let mut old: HashMap<_, u64, u32> =
+        HashMap::try_from(Map::LruHashMap(pinned(&a, kind::LRU_HASH, 8, 4, 1000))).expect("old");
+    let mut new: HashMap<_, u64, u64> =
+        HashMap::try_from(Map::LruHashMap(pinned(&b, kind::LRU_HASH, 8, 8, 1000))).expect("new");
+    for k in 0..300u64 {
+        old.insert(k, k as u32 * 3, 0).expect("insert");
+    }
+    new.insert(5, 999, 0).expect("insert");
+    let first = copy_pinned("T", &a, &b, Convert::ZeroExtend, false).expect("copy");
+    assert_eq!(
+        first,
+        Copied {
+            copied: 300,
+            dropped: 0
+        }
+    );
+    // Native-endian: the old u32 in the low half of the new u64 (x86_64).
+    assert_eq!(new.get(&7, 0).expect("7"), 21);
+    assert_eq!(new.get(&5, 0).expect("5"), 15, "the copy overwrites");
+    new.insert(5, 777, 0).expect("the new program writes");
+    old.insert(300, 900, 0).expect("the old program adds one");
+    let top_up = copy_pinned("T", &a, &b, Convert::ZeroExtend, true).expect("top-up");
+    assert_eq!(
+        top_up,
+        Copied {
+            copied: 1,
+            dropped: 0
+        }
+    );
+    assert_eq!(new.get(&300, 0).expect("300"), 900);
+    assert_eq!(new.get(&5, 0).expect("5"), 777, "the top-up adds only");
+    assert_eq!(new.keys().count(), 301);
+
+    // Per-CPU: 4-byte values to 12-byte ones, every possible CPU's.
+    let (c, d) = (dir.0.join("pc_old"), dir.0.join("pc_new"));
+    let mut old: PerCpuHashMap<_, u32, u32> =
+        PerCpuHashMap::try_from(Map::PerCpuHashMap(pinned(&c, kind::PERCPU_HASH, 4, 4, 16)))
+            .expect("old");
+    let new: PerCpuHashMap<_, u32, [u32; 3]> =
+        PerCpuHashMap::try_from(Map::PerCpuHashMap(pinned(&d, kind::PERCPU_HASH, 4, 12, 16)))
+            .expect("new");
+    let ncpus = aya::util::nr_cpus().expect("possible CPUs");
+    let values: Vec<u32> = (0..ncpus as u32).map(|cpu| 10 + cpu).collect();
+    old.insert(
+        1,
+        PerCpuValues::try_from(values.clone()).expect("values"),
+        0,
+    )
+    .expect("insert");
+    let copied = copy_pinned("P", &c, &d, Convert::ZeroExtend, false).expect("copy");
+    assert_eq!(
+        copied,
+        Copied {
+            copied: 1,
+            dropped: 0
+        }
+    );
+    let got = new.get(&1, 0).expect("1");
+    for (cpu, want) in values.iter().enumerate() {
+        assert_eq!(got[cpu], [*want, 0, 0], "CPU {cpu}");
+    }
+    // A converter that fits no value drops the entry.
+    let dropped = copy_pinned("P", &c, &d, Convert::Identity, false).expect("copy");
+    assert_eq!(
+        dropped,
+        Copied {
+            copied: 0,
+            dropped: 1
+        }
+    );
+}

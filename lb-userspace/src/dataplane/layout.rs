@@ -426,13 +426,13 @@ mod tests {
     #[test]
     fn reasons_grown_new_maps_and_the_program_array() {
         let old = layout(vec![
-            m("FLOWS", kind::LRU_HASH, 40, 16, 131072, 1),
+            m("FLOWS", kind::LRU_HASH, 40, 8, 131072, 1),
             m("REASONS", kind::PERCPU_ARRAY, 4, 16, 16, 1),
             m("ICMP_PROGS", kind::PROG_ARRAY, 4, 4, 4, 1),
             m("OLD_ONLY", kind::ARRAY, 4, 8, 1, 1),
         ]);
         let new = layout(vec![
-            m("FLOWS", kind::LRU_HASH, 40, 16, 131072, 1),
+            m("FLOWS", kind::LRU_HASH, 40, 8, 131072, 1),
             m("REASONS", kind::PERCPU_ARRAY, 4, 16, 18, 1),
             m("ICMP_PROGS", kind::PROG_ARRAY, 4, 4, 4, 1),
             m("VIP_FILTER", kind::ARRAY, 4, 8, 1024, 1),
@@ -467,8 +467,8 @@ mod tests {
 
     #[test]
     fn capacities_from_the_configuration_are_refused_but_peer_flows() {
-        let old = layout(vec![m("FLOWS", kind::LRU_HASH, 40, 16, 131072, 1)]);
-        let new = layout(vec![m("FLOWS", kind::LRU_HASH, 40, 16, 262144, 1)]);
+        let old = layout(vec![m("FLOWS", kind::LRU_HASH, 40, 8, 131072, 1)]);
+        let new = layout(vec![m("FLOWS", kind::LRU_HASH, 40, 8, 262144, 1)]);
         let e = plan(&old, &new, &[]).unwrap_err();
         assert_eq!(
             e,

@@ -433,6 +433,25 @@ fn copy(
     Ok(done)
 }
 
+/// Copies what the map pinned at `old` holds into the one pinned at `new`
+/// (both of map `name`), converting each entry with `c`, as an upgrade
+/// does: the first copy, or with `only_missing` the top-up after the swap
+/// (entries `new` lacks). For tests and tools: `hola run` copies through
+/// its plan.
+pub fn copy_pinned(
+    name: &str,
+    old: &Path,
+    new: &Path,
+    c: Convert,
+    only_missing: bool,
+) -> Result<Copied, UpgradeError> {
+    let ncpus = super::possible_cpus()
+        .map_err(|e| UpgradeError::Object(format!("possible CPUs: {e}")))? as usize;
+    let (o, n) = (RawMap::open(old, name)?, RawMap::open(new, name)?);
+    let flags = if only_missing { NOEXIST } else { 0 };
+    copy(&o, &n, c, ncpus, flags, None)
+}
+
 /// Whether the old program's later additions to this map are carried over
 /// after the swap: counters (per-CPU arrays but the program's scratch) and
 /// hashes.
@@ -570,5 +589,78 @@ impl Pending {
         }
         tracing::info!(map = %s.name, entries = changed, "counted by the old program after the copy, added");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::maps as names;
+
+    use super::*;
+
+    /// This build's layout, read from its eBPF object, with the default
+    /// configuration on 4 CPUs.
+    #[test]
+    fn this_builds_layout_has_every_pinned_map_with_its_sizes() {
+        let cfg = DataplaneConfig::default();
+        let l = current_layout(&cfg, 4).expect("layout");
+        assert_eq!(l.maps.len(), map_sizes(&cfg, 4).len());
+        assert_eq!(l.build.len(), 16);
+        assert_eq!(l.build, build_id());
+        let get = |n: &str| {
+            let m = l.maps.iter().find(|m| m.name == n).expect(n);
+            (
+                m.map_type,
+                m.key_size,
+                m.value_size,
+                m.max_entries,
+                m.version,
+            )
+        };
+        let flows = 4 * crate::config::defaults::FLOW_CAPACITY_PER_CPU;
+        assert_eq!(get(names::FLOWS), (kind::LRU_HASH, 40, 8, flows, 1));
+        assert_eq!(
+            get(names::REASONS),
+            (kind::PERCPU_ARRAY, 4, 16, lb_common::Reason::COUNT, 1)
+        );
+        assert_eq!(get(names::ICMP_PROGS), (kind::PROG_ARRAY, 4, 4, 4, 1));
+        assert_eq!(
+            get(names::FLOW_EVENTS),
+            (kind::RINGBUF, 0, 0, super::super::FLOW_EVENTS_BYTES, 1)
+        );
+        assert_eq!(
+            get(names::NAT),
+            (
+                kind::LRU_HASH,
+                40,
+                96,
+                crate::config::defaults::NAT_CAPACITY,
+                1
+            )
+        );
+        // `struct bpf_devmap_val`: the ifindex and a program fd.
+        assert_eq!(get(names::TX_PORTS), (kind::DEVMAP_HASH, 4, 8, 64, 1));
+    }
+
+    /// What the `LAYOUT` map holds, exactly.
+    #[test]
+    fn the_recorded_layout_is_json() {
+        let l = Layout {
+            build: "00ff".into(),
+            maps: vec![MapLayout {
+                name: "REASONS".into(),
+                map_type: kind::PERCPU_ARRAY,
+                key_size: 4,
+                value_size: 16,
+                max_entries: 18,
+                version: 1,
+            }],
+        };
+        let json = serde_json::to_string(&l).expect("json");
+        assert_eq!(
+            json,
+            r#"{"build":"00ff","maps":[{"name":"REASONS","map_type":6,"key_size":4,"value_size":16,"max_entries":18,"version":1}]}"#
+        );
+        assert_eq!(serde_json::from_str::<Layout>(&json).expect("back"), l);
     }
 }
