@@ -132,7 +132,13 @@ pub fn pinned_layout(pin_dir: &Path) -> Result<Option<Layout>, UpgradeError> {
         else {
             continue;
         };
-        if name == LAYOUT || name == LAYOUT_NEXT {
+        // Only hola_lb's maps: those the record lists, or (pins older
+        // than records) every pin there. A pin the record does not list
+        // is not this program's: left alone, never removed.
+        let unrecorded = recorded
+            .as_ref()
+            .is_some_and(|l| !l.maps.iter().any(|m| m.name == name));
+        if name == LAYOUT || name == LAYOUT_NEXT || unrecorded {
             continue;
         }
         let info = MapInfo::from_pin(&path).map_err(|source| UpgradeError::Pin {
