@@ -500,6 +500,14 @@ pub(super) fn stage(
                 elapsed_ms = t.elapsed().as_millis() as u64,
                 from = %layout::describe(&old.layout), to = %layout::describe(&new.layout),
                 "copied a pinned map into its new layout");
+        } else if name == lb_common::maps::PEER_FLOWS {
+            tracing::info!(
+                map = %name,
+                pinned = old.layout.max_entries,
+                wanted = new.layout.max_entries,
+                "a new PEER_FLOWS of the configured size replaces the pinned one; \
+                 cluster peers send their flows again when they reconnect"
+            );
         } else {
             tracing::info!(map = %name, "a new, empty map replaces the pinned one");
         }
