@@ -7,6 +7,7 @@
 //! connection stays on its backend, and no counter goes back.
 
 use std::{
+    io::Write as _,
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Command,
@@ -22,90 +23,93 @@ use hola_tests::{
     fixture::require_root,
     netns::spawn_in_ns,
     topo::{DSR_VIP, Lab, Servers, http_get},
+    upgrade_base,
 };
 use serde_json::Value;
 
-/// The commit of `tests/upgrade-base.txt`.
-fn base_commit(root: &Path) -> String {
-    let path = root.join("tests/upgrade-base.txt");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let line = text
-        .lines()
-        .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .unwrap_or_else(|| panic!("{} names no commit", path.display()));
-    line.split_whitespace()
-        .next()
-        .expect("a commit")
-        .to_string()
+/// How long the test waits for a build of the older `hola` that another
+/// process runs (a whole debug build takes about 12 minutes on 2 cores
+/// from nothing, longer beside the rest of `cargo xtask test`).
+const WAIT: Duration = Duration::from_secs(40 * 60);
+
+/// The last lines of the background build's log, for a failure message.
+fn log_tail(commit: &str) -> String {
+    let path = upgrade_base::log_path(commit);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let lines: Vec<_> = text.lines().collect();
+            let from = lines.len().saturating_sub(40);
+            format!("{} ends:\n{}", path.display(), lines[from..].join("\n"))
+        }
+        Err(e) => format!("no log at {}: {e}", path.display()),
+    }
 }
 
-/// The older commit's `hola`, built once per machine (the binary only,
-/// with the cargo that runs the tests, in a target directory of its own:
-/// nothing shared with the current build) and cached under
-/// `target/upgrade-base/COMMIT`.
+/// The older commit's `hola` (`hola_tests::upgrade_base`): from the
+/// machine's cache; else, while another process builds it (`cargo xtask
+/// test` starts that build in the background at its start and sets
+/// `HOLA_UPGRADE_BASE_BACKGROUND`), after waiting for that build (at most
+/// [`WAIT`], saying so every 30 s); else built here.
 fn base_hola() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
         .to_path_buf();
-    let commit = base_commit(&root);
-    // target/debug/deps/<test> → target
-    let exe = std::env::current_exe().expect("test executable path");
-    let target = exe.ancestors().nth(3).expect("target dir").to_path_buf();
-    let dir = target.join("upgrade-base").join(&commit);
-    let bin = dir.join("target/debug/hola");
-    if bin.exists() {
-        println!("the hola of {commit}: cached at {}", bin.display());
-        return bin;
-    }
+    let commit = upgrade_base::base_commit(&root).unwrap_or_else(|e| panic!("{e}"));
+    let background = std::env::var_os(upgrade_base::BACKGROUND_ENV).is_some();
     let t = Instant::now();
-    println!(
-        "building the hola of {commit} once for this machine in {} (minutes: a whole debug build, eBPF included)",
-        dir.display()
-    );
-    let src = dir.join("src");
-    let _ = std::fs::remove_dir_all(&src);
-    std::fs::create_dir_all(&src).expect("the cache directory");
-    let tar = dir.join("src.tar");
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(&root)
-        .args(["archive", "--format=tar", "-o"])
-        .arg(&tar)
-        .arg(&commit)
-        .output()
-        .expect("running git archive");
-    assert!(
-        out.status.success(),
-        "git archive {commit} failed (is the clone shallow? the upgrade test needs the commit of tests/upgrade-base.txt; `git fetch --unshallow`): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status = Command::new("tar")
-        .arg("-xf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(&src)
-        .status()
-        .expect("running tar");
-    assert!(status.success(), "unpacking {}", tar.display());
-    let _ = std::fs::remove_file(&tar);
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&src)
-        .env("CARGO_TARGET_DIR", dir.join("target"))
-        // No debug info: a shorter build and a smaller cache.
-        .env("CARGO_PROFILE_DEV_DEBUG", "0")
-        .args(["build", "--locked", "-p", "lb-userspace", "--bin", "hola"])
-        .status()
-        .expect("running cargo build for the older hola");
-    assert!(
-        status.success() && bin.exists(),
-        "building the hola of {commit} in {} failed",
-        src.display()
-    );
-    println!("built the hola of {commit} in {:?}", t.elapsed());
-    bin
+    let mut said: Option<Instant> = None;
+    loop {
+        if let Some(bin) = upgrade_base::cached(&commit) {
+            println!("the hola of {commit}: cached at {}", bin.display());
+            return bin;
+        }
+        let lock = upgrade_base::lock_file(&commit).unwrap_or_else(|e| panic!("{e}"));
+        match lock.try_lock() {
+            Ok(()) => {
+                if upgrade_base::cached(&commit).is_some() {
+                    continue;
+                }
+                assert!(
+                    !background,
+                    "the build of the hola of {commit} that `cargo xtask test` started in the \
+                     background ended without a binary in {}; {}",
+                    upgrade_base::dir(&commit).display(),
+                    log_tail(&commit)
+                );
+                let cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+                return upgrade_base::build_locked(&root, &commit, cargo, None, None)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => {
+                panic!("locking {}.lock: {e}", upgrade_base::dir(&commit).display())
+            }
+        }
+        assert!(
+            t.elapsed() < WAIT,
+            "waited {WAIT:?} for another process's build of the hola of {commit} (it holds {}.lock) \
+             and it has not finished; {}",
+            upgrade_base::dir(&commit).display(),
+            log_tail(&commit)
+        );
+        if said.is_none_or(|s| s.elapsed() >= Duration::from_secs(30)) {
+            // To stderr directly, not through the captured test output: a
+            // person watching the run sees why it pauses.
+            let _ = writeln!(
+                std::io::stderr(),
+                "upgrade test: waiting for the build of the hola of {commit} that another process \
+                 runs (it holds {}.lock; a build `cargo xtask test` started logs to {}): {} s so \
+                 far, at most {} s",
+                upgrade_base::dir(&commit).display(),
+                upgrade_base::log_path(&commit).display(),
+                t.elapsed().as_secs(),
+                WAIT.as_secs()
+            );
+            said = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 fn config() -> String {
