@@ -79,13 +79,29 @@ pub fn lock_file(commit: &str) -> Result<File, String> {
 pub fn build_locked(
     root: &Path,
     commit: &str,
-    mut cargo: Command,
+    cargo: Command,
     log: Option<&File>,
     group: Option<&AtomicU32>,
 ) -> Result<PathBuf, String> {
     if let Some(bin) = cached(commit) {
         return Ok(bin);
     }
+    let built = build_in_tmp(root, commit, cargo, log, group);
+    if built.is_err() {
+        // A failed build's target directory is gigabytes; its log says why.
+        let _ = std::fs::remove_dir_all(Path::new(CACHE).join(format!("{commit}.tmp")));
+    }
+    built
+}
+
+/// [`build_locked`] once the cache is known to lack the build.
+fn build_in_tmp(
+    root: &Path,
+    commit: &str,
+    mut cargo: Command,
+    log: Option<&File>,
+    group: Option<&AtomicU32>,
+) -> Result<PathBuf, String> {
     let t = Instant::now();
     let out = || -> Result<Stdio, String> {
         match log {
