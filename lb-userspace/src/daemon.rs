@@ -191,6 +191,14 @@ fn start_owner(cfg: &Config, ifindexes: &[u32]) -> anyhow::Result<Owner> {
             tracing::info!(interface = %iface, mode = %how, "attached");
         }
     }
+    // The new program runs everywhere: an upgrade's new maps take the old
+    // ones' place, and the layout is recorded for the next start.
+    dp.finish_pinned().with_context(|| {
+        format!(
+            "finishing the pinned maps' upgrade under {}",
+            bpffs.display()
+        )
+    })?;
     // Every attached interface can be a redirect target: a NAT reply that
     // comes in on the backends' side leaves on the clients'.
     for (iface, ifindex) in cfg.global.interfaces.iter().zip(ifindexes) {

@@ -124,6 +124,8 @@ pub struct Daemon {
     pub config: PathBuf,
     pub socket: PathBuf,
     pub bpffs: PathBuf,
+    /// The `hola` it runs: [`hola_bin`] but in upgrade tests.
+    pub bin: PathBuf,
     child: Option<Child>,
 }
 
@@ -131,6 +133,11 @@ impl Daemon {
     /// Writes `config_toml` (with `@DIR@` and `@BPFFS@` replaced) and starts
     /// `hola run` in namespace `ns`; returns once the API answers.
     pub fn start(name: &str, ns: &str, config_toml: &str) -> Self {
+        Self::start_with(hola_bin(), name, ns, config_toml)
+    }
+
+    /// [`Daemon::start`] with another build of `hola` (CLI and daemon).
+    pub fn start_with(bin: &Path, name: &str, ns: &str, config_toml: &str) -> Self {
         let dir = PathBuf::from(format!("/tmp/hola-test-{name}"));
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/hola-test-{name}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -152,6 +159,7 @@ impl Daemon {
             dir,
             config,
             bpffs,
+            bin: bin.to_path_buf(),
             child: None,
         };
         d.spawn();
@@ -177,7 +185,7 @@ impl Daemon {
         // and the pins must outlive the process.
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns))
-            .arg(hola_bin())
+            .arg(&self.bin)
             .arg("run")
             .arg("--config")
             .arg(&self.config)
@@ -238,7 +246,7 @@ impl Daemon {
 
     /// `hola --socket S ARGS...`
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(hola_bin())
+        Command::new(&self.bin)
             .arg("--socket")
             .arg(&self.socket)
             .args(args)

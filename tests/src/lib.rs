@@ -9,3 +9,4 @@ pub mod fixture;
 pub mod netns;
 pub mod packet;
 pub mod topo;
+pub mod upgrade_base;

@@ -10,6 +10,7 @@ mod package;
 mod run;
 mod test;
 mod toolchain;
+mod upgrade_base;
 
 use std::{
     env,
@@ -80,6 +81,10 @@ enum Cmd {
         #[arg(long, default_value = "release")]
         profile: String,
     },
+    /// Build the upgrade test's older hola (tests/upgrade-base.txt) into the machine's cache,
+    /// /var/cache/hola/upgrade-base/COMMIT, now (`cargo xtask test` otherwise starts it in the
+    /// background); waits if another process builds it.
+    UpgradeBase,
     /// Print the import graph of lb-userspace's modules, bottom up, and check it has no cycle.
     Modgraph,
     /// Fuzz the balancer: generated and mangled frames through BPF_PROG_TEST_RUN,
@@ -104,6 +109,7 @@ fn main() -> ExitCode {
             .and_then(|()| package::package(&profile))
             .and_then(|deb| if check { package::check(&deb) } else { Ok(()) }),
         Cmd::Modgraph => modgraph::print(repo_root()),
+        Cmd::UpgradeBase => upgrade_base::build_now(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,7 +26,7 @@ pub(crate) fn test(extra: &[String]) -> Result<()> {
     let mut privileged = cargo(&["test", "-p", "hola-tests", "--", "--test-threads=1"]);
     privileged.args(extra);
 
-    let steps: Vec<(&str, Command)> = vec![
+    let mut steps: Vec<(&str, Command)> = vec![
         ("format", cargo(&["fmt", "--all", "--check"])),
         (
             "clippy",
@@ -139,19 +139,27 @@ pub(crate) fn test(extra: &[String]) -> Result<()> {
                 "dev",
             ]),
         ),
-        ("privileged tests", privileged),
     ];
 
-    let total = steps.len() + 2;
+    // + setup, module graph, privileged tests
+    let total = steps.len() + 3;
     println!("==> [1/{total}] setup");
     toolchain::setup(false).context("step `setup` failed")?;
     // The library's modules must not import each other in a cycle
     // (docs/architecture.md); cheap, so before the builds.
     println!("==> [2/{total}] module graph: cargo xtask modgraph");
     crate::modgraph::check(crate::repo_root()).context("step `module graph` failed")?;
+    // The upgrade test's older hola: built beside the steps below on a new
+    // machine (xtask/src/upgrade_base.rs); ended if a step fails.
+    let base = crate::upgrade_base::start().context("starting the older hola's build")?;
+    if base.is_some() {
+        privileged.env(crate::upgrade_base::BACKGROUND_ENV, "1");
+    }
+    steps.push(("privileged tests", privileged));
     for (i, (name, mut cmd)) in steps.into_iter().enumerate() {
         println!("==> [{}/{total}] {name}: {}", i + 3, show(&cmd));
         run_status(&mut cmd).with_context(|| format!("step `{name}` failed"))?;
     }
+    drop(base);
     Ok(())
 }

@@ -14,7 +14,11 @@ use lb_common::{
     quic::QuicServerKey,
 };
 
-use super::{Dataplane, DataplaneConfig, DataplaneError, FLOW_EVENTS_BYTES, map_err};
+use super::{
+    Dataplane, DataplaneConfig, DataplaneError, FLOW_EVENTS_BYTES,
+    layout::{self, Action},
+    map_err, upgrade,
+};
 use crate::{
     model::{Proto, VipAddr, addr_from_bytes},
     programs,
@@ -60,39 +64,26 @@ impl Dataplane {
         let ncpus = super::possible_cpus()?;
         let settings = settings(&cfg, ncpus);
         let mut loader = EbpfLoader::new();
-        let mut pins = Vec::new();
         for (name, size) in map_sizes(&cfg, ncpus) {
             loader.map_max_entries(name, size);
-            if let Some(dir) = pin_dir {
-                let path = dir.join("maps").join(name);
-                match check_pinned_size(&path, name, size) {
-                    // Only peers' flows: unused without [cluster], and sent
-                    // again by every peer in the snapshot that starts each
-                    // of its connections (which a restart makes anew), so
-                    // a new map of the new size loses nothing for good.
-                    Err(DataplaneError::PinnedSize { pinned, .. }) if name == names::PEER_FLOWS => {
-                        std::fs::remove_file(&path).map_err(|source| DataplaneError::Unpin {
-                            path: path.clone(),
-                            source,
-                        })?;
-                        tracing::info!(
-                            map = name,
-                            pinned,
-                            wanted = size,
-                            "a new PEER_FLOWS of the configured size replaces the pinned one; \
-                             cluster peers send their flows again when they reconnect"
-                        );
-                    }
-                    r => r?,
-                }
-                pins.push((name, path));
-            }
         }
-        if let Some(dir) = pin_dir {
-            std::fs::create_dir_all(dir.join("maps")).map_err(|e| DataplaneError::PinDir {
-                dir: dir.to_path_buf(),
-                source: e,
-            })?;
+        // With pins: what becomes of each pinned map (refused here, before
+        // anything changes, when one cannot be carried over), and where
+        // each of this build's maps is pinned: in place, or staged apart
+        // when it replaces a pinned map of another layout.
+        let plan = match pin_dir {
+            Some(dir) => Some(plan_pins(&cfg, ncpus, dir)?),
+            None => None,
+        };
+        let mut pins = Vec::new();
+        if let (Some(dir), Some((plan, _))) = (pin_dir, &plan) {
+            for (name, action) in &plan.actions {
+                let sub = match action {
+                    Action::Convert(_) | Action::Fresh => upgrade::STAGE,
+                    Action::Reuse | Action::Create => "maps",
+                };
+                pins.push((name.as_str(), dir.join(sub).join(name)));
+            }
         }
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
@@ -127,6 +118,16 @@ impl Dataplane {
                 .set(slot, fd, 0)
                 .map_err(map_err(names::ICMP_PROGS))?;
         }
+
+        let upgrade = match (pin_dir, plan) {
+            (Some(dir), Some((plan, current))) if plan.migrates() => {
+                Some(upgrade::stage(dir, &plan, current, ncpus as usize)?)
+            }
+            (Some(dir), Some((_, current))) => {
+                Some(upgrade::Pending::record_only(dir, current, ncpus as usize))
+            }
+            _ => None,
+        };
 
         macro_rules! take {
             ($name:expr) => {{
@@ -177,6 +178,7 @@ impl Dataplane {
             trace_state: take!(names::TRACE_STATE),
             trace_ring: take!(names::TRACE_RING),
             _icmp_progs: icmp_progs,
+            upgrade,
             ebpf,
             tables: Tables::new(capacity(&cfg)).with_grace(cfg.table_grace),
             cfg,
@@ -226,6 +228,18 @@ impl Dataplane {
         self.tables =
             Tables::adopt(capacity(&self.cfg), adopted, &backends).with_grace(self.cfg.table_grace);
         Ok(())
+    }
+
+    /// Once the balancer is attached to every interface: ends an upgrade
+    /// across layouts (what the old program added meanwhile carried over,
+    /// the new maps pinned in the old ones' place, which frees them), and
+    /// records this build's layout beside the pins. Nothing to do without
+    /// pins.
+    pub fn finish_pinned(&mut self) -> Result<(), DataplaneError> {
+        match self.upgrade.take() {
+            Some(u) => Ok(u.finish()?),
+            None => Ok(()),
+        }
     }
 
     /// Attaches the balancer to `iface`, keeping the attachment as a bpf_link
@@ -462,23 +476,61 @@ fn capacity(cfg: &DataplaneConfig) -> Capacity {
     }
 }
 
-/// Refuses to reuse a pinned map whose capacity differs from the one asked
-/// for: aya would reuse it silently, and the program would then be sized
-/// differently from its maps.
-fn check_pinned_size(path: &Path, name: &'static str, wanted: u32) -> Result<(), DataplaneError> {
-    if !path.exists() {
-        return Ok(());
+/// The plan for the maps pinned under `pin_dir` and this build's layout
+/// (with `cfg`'s capacities), and the pin directories made ready. Maps
+/// staged by an upgrade that did not finish are removed: the old maps are
+/// still pinned in place, and this start copies them again.
+fn plan_pins(
+    cfg: &DataplaneConfig,
+    ncpus: u32,
+    dir: &Path,
+) -> Result<(layout::Plan, layout::Layout), DataplaneError> {
+    let current = upgrade::current_layout(cfg, ncpus)?;
+    let plan = match upgrade::pinned_layout(dir)? {
+        Some(old) => {
+            let plan = layout::plan(&old, &current, layout::CONVERTERS)
+                .map_err(upgrade::UpgradeError::from)?;
+            if plan.migrates() {
+                tracing::info!(from_build = %old.build, to_build = %current.build,
+                    replaced = plan.actions.iter().filter(|(_, a)| matches!(a, Action::Convert(_) | Action::Fresh)).count(),
+                    created = plan.actions.iter().filter(|(_, a)| *a == Action::Create).count(),
+                    "the pinned maps have another layout: upgrading them");
+            }
+            plan
+        }
+        None => layout::plan(
+            &layout::Layout {
+                build: String::new(),
+                maps: Vec::new(),
+            },
+            &current,
+            &[],
+        )
+        .map_err(upgrade::UpgradeError::from)?,
+    };
+    let mkdir = |d: PathBuf| {
+        std::fs::create_dir_all(&d).map_err(|e| DataplaneError::PinDir { dir: d, source: e })
+    };
+    mkdir(dir.join("maps"))?;
+    let stage = dir.join(upgrade::STAGE);
+    if stage.exists() {
+        for e in std::fs::read_dir(&stage).map_err(|e| DataplaneError::PinDir {
+            dir: stage.clone(),
+            source: e,
+        })? {
+            let p = e
+                .and_then(|e| std::fs::remove_file(e.path()).map(|()| e.path()))
+                .map_err(|e| DataplaneError::PinDir {
+                    dir: stage.clone(),
+                    source: e,
+                })?;
+            tracing::info!(pin = %p.display(), "removed a map staged by an upgrade that did not finish");
+        }
     }
-    let info = aya::maps::MapInfo::from_pin(path).map_err(map_err(name))?;
-    let pinned = info.max_entries();
-    if pinned != wanted {
-        return Err(DataplaneError::PinnedSize {
-            path: PathBuf::from(path),
-            pinned,
-            wanted,
-        });
+    if plan.migrates() {
+        mkdir(stage)?;
     }
-    Ok(())
+    Ok((plan, current))
 }
 
 /// Removes everything `hola run` pinned under `pin_dir` (links first, so the
@@ -488,7 +540,7 @@ pub fn unpin_all(pin_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     if !pin_dir.exists() {
         return Ok(removed);
     }
-    for sub in ["links", "maps"] {
+    for sub in ["links", "maps", upgrade::STAGE] {
         let dir = pin_dir.join(sub);
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries {

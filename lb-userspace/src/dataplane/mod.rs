@@ -12,17 +12,21 @@
 //! - [`flows`]: `FLOWS`, `PEER_FLOWS`, `FLOW_EVENTS` and the cluster switch;
 //! - [`counters`]: every per-CPU counter, summed;
 //! - [`vip_filter`]: `VIP_FILTER`, the bitmap of VIP addresses;
-//! - [`quic`]: `QUIC_SERVERS`, the server IDs of `quic` VIPs.
+//! - [`quic`]: `QUIC_SERVERS`, the server IDs of `quic` VIPs;
+//! - [`layout`], [`upgrade`]: the pinned maps' layouts, and upgrades that
+//!   convert them.
 
 mod counters;
 mod flows;
 mod inspect;
+pub mod layout;
 mod load;
 mod mtu;
 mod nat;
 mod quic;
 mod tables;
 mod trace;
+pub mod upgrade;
 mod vip_filter;
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
@@ -191,11 +195,6 @@ pub enum DataplaneError {
         name: &'static str,
         source: aya::maps::MapError,
     },
-    #[error("removing the pinned map {path} to resize it: {source}")]
-    Unpin {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
     #[error(
         "creating the pin directory {dir}: {source} (is bpffs mounted there? hola run mounts it at /sys/fs/bpf)"
     )]
@@ -203,14 +202,10 @@ pub enum DataplaneError {
         dir: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "pinned map {path} holds {pinned} entries but the configuration asks for {wanted}; capacities cannot change under a running data plane: run `hola down` first (this drops every flow) or restore the old setting"
-    )]
-    PinnedSize {
-        path: std::path::PathBuf,
-        pinned: u32,
-        wanted: u32,
-    },
+    /// Pinned maps this build cannot take over (refused before anything
+    /// changed), or an upgrade across layouts that failed.
+    #[error(transparent)]
+    Upgrade(#[from] upgrade::UpgradeError),
     #[error("attaching to {iface}: {message}")]
     Attach { iface: String, message: String },
     #[error("map TX_PORTS: {0}")]
@@ -305,6 +300,9 @@ pub struct Dataplane {
     /// Held so that its slots stay filled while the data plane is not
     /// pinned (a program array empties when its last user goes).
     _icmp_progs: ProgramArray<MapData>,
+    /// With pins, until [`Dataplane::finish_pinned`]: the upgrade to end
+    /// once the program is attached, or only the layout to record.
+    upgrade: Option<upgrade::Pending>,
     cfg: DataplaneConfig,
     ncpus: usize,
     /// What the VIP, backend and Maglev maps hold.
