@@ -94,6 +94,7 @@ pub const CONFIG_SIZED: &[&str] = &[
     names::NAT_SOURCES4,
     names::NAT_SOURCES6,
     names::PEER_FLOWS,
+    names::QUIC_SERVERS,
 ];
 
 /// Per-CPU arrays that hold the program's working state, not counters:

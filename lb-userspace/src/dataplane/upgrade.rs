@@ -637,7 +637,10 @@ mod tests {
             get(names::REASONS),
             (kind::PERCPU_ARRAY, 4, 16, lb_common::Reason::COUNT, 1)
         );
-        assert_eq!(get(names::ICMP_PROGS), (kind::PROG_ARRAY, 4, 4, 4, 1));
+        assert_eq!(
+            get(names::ICMP_PROGS),
+            (kind::PROG_ARRAY, 4, 4, names::ICMP_PROGS_LEN, 1)
+        );
         assert_eq!(
             get(names::FLOW_EVENTS),
             (kind::RINGBUF, 0, 0, super::super::FLOW_EVENTS_BYTES, 1)
