@@ -3,9 +3,10 @@
 //! backend (its eth1, the same MTU, `hola-decap` on it). The balancer
 //! redirects the backend's packets out of eth1 and reads the egress MTUs
 //! from the kernel itself (`refresh_egress_mtus`). A client datagram of
-//! 1,500 bytes with DF is answered with "fragmentation needed" (MTU 1,380:
-//! 1,400 minus the outer IPv4 header), which the client's kernel takes (its
-//! route cache); then a TCP client whose path MTU is unknown sends a
+//! 1,500 bytes with DF is answered with "fragmentation needed" (ICMP type
+//! 3 code 4 from the VIP, MTU 1,380: 1,400 minus the outer IPv4 header, as
+//! the client's socket reads it from its error queue), which the client's
+//! kernel takes (its route cache); then a TCP client whose path MTU is unknown sends a
 //! 20,000-byte request through the tunnel VIP: its full-size segments are
 //! answered the same way, it lowers its segments, and the request
 //! completes over the 1,400-byte link.
@@ -46,6 +47,61 @@ fn cached_mtu(ns: &str) -> Option<u32> {
     let mut w = out.split_whitespace();
     w.by_ref().find(|x| *x == "mtu")?;
     w.next().and_then(|v| v.parse().ok())
+}
+
+/// The one ICMP error queued on `u` (IP_RECVERR): (errno, origin, type,
+/// code, info — the MTU for "fragmentation needed" — and the sender).
+fn icmp_error(u: &UdpSocket) -> (u32, u8, u8, u8, u32, std::net::Ipv4Addr) {
+    let mut data = [0u8; 2048];
+    let mut control = [0u64; 64];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive
+    // the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: recvmsg on our own socket into the buffers msg points to.
+    let n = unsafe {
+        libc::recvmsg(
+            u.as_raw_fd(),
+            &raw mut msg,
+            libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+        )
+    };
+    assert!(
+        n >= 0,
+        "reading the client socket's error queue: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: msg was filled by the kernel; CMSG_* walk its control buffer.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&raw const msg);
+        assert!(!c.is_null(), "no control message with the error");
+        assert_eq!(
+            ((*c).cmsg_level, (*c).cmsg_type),
+            (libc::IPPROTO_IP, libc::IP_RECVERR),
+            "the control message is the IP error"
+        );
+        let e: libc::sock_extended_err = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+        let from: libc::sockaddr_in = std::ptr::read_unaligned(
+            libc::CMSG_DATA(c)
+                .add(std::mem::size_of::<libc::sock_extended_err>())
+                .cast(),
+        );
+        (
+            e.ee_errno,
+            e.ee_origin,
+            e.ee_type,
+            e.ee_code,
+            e.ee_info,
+            std::net::Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)),
+        )
+    }
 }
 
 fn reason(dp: &Dataplane, name: &str) -> u64 {
@@ -134,25 +190,30 @@ fn a_tunnel_vip_behind_a_smaller_mtu_answers_too_big() {
     assert_eq!(cached_mtu(&cl), None, "no path MTU known before");
     // The socket stays open until the answer is in: the kernel lowers the
     // path MTU only for an error that finds its socket.
-    let _socket = in_ns(&cl, || {
+    let socket = in_ns(&cl, || {
         let u = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        let v = libc::IP_PMTUDISC_DO;
-        // SAFETY: a setsockopt of an int on our own socket.
-        let rc = unsafe {
-            libc::setsockopt(
-                u.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&raw const v).cast(),
-                std::mem::size_of::<i32>() as u32,
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "IP_MTU_DISCOVER: {}",
-            std::io::Error::last_os_error()
-        );
+        // DF on every datagram, and ICMP errors queued on the socket.
+        for (opt, v) in [
+            (libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO),
+            (libc::IP_RECVERR, 1),
+        ] {
+            // SAFETY: a setsockopt of an int on our own socket.
+            let rc = unsafe {
+                libc::setsockopt(
+                    u.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    opt,
+                    (&raw const v).cast(),
+                    std::mem::size_of::<i32>() as u32,
+                )
+            };
+            assert_eq!(
+                rc,
+                0,
+                "setsockopt {opt}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
         u.send_to(&[0x5a; 1472], (VIP, 53))
             .expect("send 1,500 bytes");
         u
@@ -179,6 +240,21 @@ fn a_tunnel_vip_behind_a_smaller_mtu_answers_too_big() {
         "the client's route cache toward the VIP after the answer (balancer: {seen:?})",
     );
     assert_eq!(reason(&dp, "tx_too_big"), 1, "one answer sent");
+    // The answer itself: ICMP type 3 code 4 (fragmentation needed) from the
+    // VIP, next-hop MTU 1,380 (the egress's 1,400 minus the outer IPv4
+    // header); the kernel reports it as EMSGSIZE.
+    assert_eq!(
+        icmp_error(&socket),
+        (
+            libc::EMSGSIZE as u32,
+            libc::SO_EE_ORIGIN_ICMP,
+            3,
+            4,
+            1380,
+            VIP.parse().expect("vip"),
+        ),
+        "the client's socket got fragmentation needed from the VIP"
+    );
 
     // TCP: a large request through the tunnel VIP, the path MTU unknown.
     ns_cmd(&cl, "ip", &["route", "flush", "cache"]);
