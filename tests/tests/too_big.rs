@@ -1,17 +1,21 @@
-//! Tunnel "too big" (issue 16 item 2) with real sockets: netlab's lab, the
-//! balancer's egress toward the tunnel VIP's backend at an MTU of 1,400 in
-//! `EGRESS_MTU` (the one link of the lab stays at 1,500: a veth drops
-//! frames over its own MTU on the way in, before XDP). A client datagram of 1,500 bytes with DF is answered
-//! with "fragmentation needed" (MTU 1,380: 1,400 minus the outer IPv4
-//! header), which the client's kernel takes (its route cache); then a TCP
-//! client whose path MTU is unknown sends a 20,000-byte request through the
-//! tunnel VIP: its full-size segments are answered the same way, it lowers
-//! its segments, and the request completes.
+//! Tunnel "too big" (issue 16 item 2) with real sockets: netlab's lab, and
+//! a second link of MTU 1,400 from the balancer's eth1 to the tunnel VIP's
+//! backend (its eth1, the same MTU, `hola-decap` on it). The balancer
+//! redirects the backend's packets out of eth1 and reads the egress MTUs
+//! from the kernel itself (`refresh_egress_mtus`). A client datagram of
+//! 1,500 bytes with DF is answered with "fragmentation needed" (ICMP type
+//! 3 code 4 from the VIP, MTU 1,380: 1,400 minus the outer IPv4 header, as
+//! the client's socket reads it from its error queue), which the client's
+//! kernel takes (its route cache); then a TCP client whose path MTU is unknown sends a
+//! 20,000-byte request through the tunnel VIP: its full-size segments are
+//! answered the same way, it lowers its segments, and the request
+//! completes over the 1,400-byte link.
 //!
 //! ```text
 //!   cl 198.18.0.1  ─┐
-//!   lb 198.18.0.2  ─┤ br0 (ns sw)     egress MTU 1400 for the tunnel
-//!   b1 198.18.0.11 ─┘   tunnel VIP 198.18.1.2 on b1's lo
+//!   lb 198.18.0.2  ─┤ br0 (ns sw)
+//!   b1 198.18.0.11 ─┘   tunnel VIP 198.18.1.2 on b1's lo; b1 answers on eth0
+//!   lb eth1 ── MTU 1400 ── b1 eth1: the balancer's egress for the tunnel
 //! ```
 
 use std::{
@@ -25,10 +29,11 @@ use aya::programs::xdp::XdpMode;
 use hola_tests::{
     fixture::require_root,
     netns::{in_ns, ns_cmd, spawn_in_ns},
-    topo::Lab,
+    topo::{Lab, attach},
 };
-use lb_userspace::dataplane::{
-    BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec,
+use lb_userspace::{
+    dataplane::{BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec},
+    programs,
 };
 use netlab::lab::{Family, LabSpec};
 
@@ -42,6 +47,61 @@ fn cached_mtu(ns: &str) -> Option<u32> {
     let mut w = out.split_whitespace();
     w.by_ref().find(|x| *x == "mtu")?;
     w.next().and_then(|v| v.parse().ok())
+}
+
+/// The one ICMP error queued on `u` (IP_RECVERR): (errno, origin, type,
+/// code, info — the MTU for "fragmentation needed" — and the sender).
+fn icmp_error(u: &UdpSocket) -> (u32, u8, u8, u8, u32, std::net::Ipv4Addr) {
+    let mut data = [0u8; 2048];
+    let mut control = [0u64; 64];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive
+    // the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: recvmsg on our own socket into the buffers msg points to.
+    let n = unsafe {
+        libc::recvmsg(
+            u.as_raw_fd(),
+            &raw mut msg,
+            libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+        )
+    };
+    assert!(
+        n >= 0,
+        "reading the client socket's error queue: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: msg was filled by the kernel; CMSG_* walk its control buffer.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&raw const msg);
+        assert!(!c.is_null(), "no control message with the error");
+        assert_eq!(
+            ((*c).cmsg_level, (*c).cmsg_type),
+            (libc::IPPROTO_IP, libc::IP_RECVERR),
+            "the control message is the IP error"
+        );
+        let e: libc::sock_extended_err = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+        let from: libc::sockaddr_in = std::ptr::read_unaligned(
+            libc::CMSG_DATA(c)
+                .add(std::mem::size_of::<libc::sock_extended_err>())
+                .cast(),
+        );
+        (
+            e.ee_errno,
+            e.ee_origin,
+            e.ee_type,
+            e.ee_code,
+            e.ee_info,
+            std::net::Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)),
+        )
+    }
 }
 
 fn reason(dp: &Dataplane, name: &str) -> u64 {
@@ -63,11 +123,21 @@ fn a_tunnel_vip_behind_a_smaller_mtu_answers_too_big() {
         vips: &[VIP],
     });
     let t = &lab.t;
+    // The tunnel's egress: a link of its own whose two ends have an MTU of
+    // 1,400 (a veth drops frames over its own MTU on the way in). A veth
+    // takes redirected frames only while its peer has XDP: b1's eth1 has
+    // `hola-decap`, which it needs anyway.
+    t.link("lb", "eth1", "b1", "eth1");
+    for h in ["lb", "b1"] {
+        t.ip(h, &["link", "set", "eth1", "mtu", "1400"]);
+    }
+    let _decap = attach(&t.ns("b1"), programs::DECAP, "hola_decap", "eth1");
     let eth0 = t.ifindex("lb", "eth0");
+    let eth1 = t.ifindex("lb", "eth1");
     let nexthop = Nexthop {
-        dmac: t.mac("b1", "eth0"),
-        smac: t.mac("lb", "eth0"),
-        ifindex: 0,
+        dmac: t.mac("b1", "eth1"),
+        smac: t.mac("lb", "eth1"),
+        ifindex: eth1,
     };
     let mut dp = in_ns(&t.ns("lb"), move || {
         let mut dp = Dataplane::load(DataplaneConfig {
@@ -78,70 +148,74 @@ fn a_tunnel_vip_behind_a_smaller_mtu_answers_too_big() {
         dp.attach("eth0", XdpMode::Driver)
             .expect("attach balancer to eth0 in driver mode");
         dp.add_tx_port(eth0).expect("TX_PORTS");
+        dp.add_tx_port(eth1).expect("TX_PORTS");
         let mtus = dp.refresh_egress_mtus().expect("EGRESS_MTU");
         assert_eq!(
             mtus,
-            vec![(eth0, 1500)],
-            "the egress MTU as the kernel has it"
+            vec![(eth0, 1500), (eth1, 1400)],
+            "the egress MTUs as the kernel has them"
         );
+        // In the balancer's namespace: a backend's nexthop interface goes
+        // into TX_PORTS, whose ifindexes the kernel resolves in the
+        // namespace of the thread that writes them.
+        for (port, proto) in [(80, Proto::Tcp), (53, Proto::Udp)] {
+            let v = VipAddr {
+                addr: VIP.parse().expect("vip"),
+                port,
+                proto,
+            };
+            dp.add_vip(VipSpec {
+                vip: v,
+                mode: Mode::Tunnel,
+                src_hash: false,
+                table_size: 1021,
+                quic: false,
+            })
+            .expect("add VIP");
+            dp.set_backends(
+                &v,
+                &[BackendSpec {
+                    addr: "198.18.0.11".parse().expect("address"),
+                    weight: 1,
+                    server_id: 0,
+                    up: true,
+                    port: 0,
+                    nexthop: Some(nexthop),
+                }],
+            )
+            .expect("set backends");
+        }
         dp
     });
-    // The egress toward the backend is 1,400 bytes. (The lab has one link:
-    // a veth drops frames over its own MTU on the way in, so eth0 itself
-    // keeps 1,500 for the client's frames and the map says 1,400.)
-    dp.set_egress_mtus(&[(eth0, 1400)]).expect("EGRESS_MTU");
-    for (port, proto) in [(80, Proto::Tcp), (53, Proto::Udp)] {
-        let v = VipAddr {
-            addr: VIP.parse().expect("vip"),
-            port,
-            proto,
-        };
-        dp.add_vip(VipSpec {
-            vip: v,
-            mode: Mode::Tunnel,
-            src_hash: false,
-            table_size: 1021,
-            quic: false,
-        })
-        .expect("add VIP");
-        dp.set_backends(
-            &v,
-            &[BackendSpec {
-                addr: "198.18.0.11".parse().expect("address"),
-                weight: 1,
-                server_id: 0,
-                up: true,
-                port: 0,
-                nexthop: Some(nexthop),
-            }],
-        )
-        .expect("set backends");
-    }
-
     // A datagram of 1,500 bytes with DF (IP_PMTUDISC_DO).
     let cl = t.ns("cl");
     assert_eq!(cached_mtu(&cl), None, "no path MTU known before");
     // The socket stays open until the answer is in: the kernel lowers the
     // path MTU only for an error that finds its socket.
-    let _socket = in_ns(&cl, || {
+    let socket = in_ns(&cl, || {
         let u = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        let v = libc::IP_PMTUDISC_DO;
-        // SAFETY: a setsockopt of an int on our own socket.
-        let rc = unsafe {
-            libc::setsockopt(
-                u.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&raw const v).cast(),
-                std::mem::size_of::<i32>() as u32,
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "IP_MTU_DISCOVER: {}",
-            std::io::Error::last_os_error()
-        );
+        // DF on every datagram, and ICMP errors queued on the socket.
+        for (opt, v) in [
+            (libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO),
+            (libc::IP_RECVERR, 1),
+        ] {
+            // SAFETY: a setsockopt of an int on our own socket.
+            let rc = unsafe {
+                libc::setsockopt(
+                    u.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    opt,
+                    (&raw const v).cast(),
+                    std::mem::size_of::<i32>() as u32,
+                )
+            };
+            assert_eq!(
+                rc,
+                0,
+                "setsockopt {opt}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
         u.send_to(&[0x5a; 1472], (VIP, 53))
             .expect("send 1,500 bytes");
         u
@@ -168,6 +242,21 @@ fn a_tunnel_vip_behind_a_smaller_mtu_answers_too_big() {
         "the client's route cache toward the VIP after the answer (balancer: {seen:?})",
     );
     assert_eq!(reason(&dp, "tx_too_big"), 1, "one answer sent");
+    // The answer itself: ICMP type 3 code 4 (fragmentation needed) from the
+    // VIP, next-hop MTU 1,380 (the egress's 1,400 minus the outer IPv4
+    // header); the kernel reports it as EMSGSIZE.
+    assert_eq!(
+        icmp_error(&socket),
+        (
+            libc::EMSGSIZE as u32,
+            libc::SO_EE_ORIGIN_ICMP,
+            3,
+            4,
+            1380,
+            VIP.parse().expect("vip"),
+        ),
+        "the client's socket got fragmentation needed from the VIP"
+    );
 
     // TCP: a large request through the tunnel VIP, the path MTU unknown.
     ns_cmd(&cl, "ip", &["route", "flush", "cache"]);
@@ -217,7 +306,7 @@ fn a_tunnel_vip_behind_a_smaller_mtu_answers_too_big() {
                 .map(|(n, r)| (n.to_string(), r.packets))
                 .collect::<Vec<_>>(),
             ns_cmd(&t.ns("lb"), "ip", &["-s", "link"]),
-            ns_cmd(&t.ns("b1"), "ip", &["-s", "link", "show", "eth0"]),
+            ns_cmd(&t.ns("b1"), "ip", &["-s", "link", "show", "eth1"]),
         )
     };
     let answer = answer.unwrap_or_else(|e| panic!("{e}\n{}", diag()));
@@ -235,11 +324,11 @@ fn a_tunnel_vip_behind_a_smaller_mtu_answers_too_big() {
     println!("client {CLIENT}: request of {REQUEST} bytes completed");
 
     // MTU changes are followed (the daemon re-reads them every second).
-    t.ip("lb", &["link", "set", "eth0", "mtu", "1450"]);
+    t.ip("lb", &["link", "set", "eth1", "mtu", "1450"]);
     let mtus = in_ns(&t.ns("lb"), move || {
         let m = dp.refresh_egress_mtus().expect("EGRESS_MTU");
         drop(dp);
         m
     });
-    assert_eq!(mtus, vec![(eth0, 1450)], "the new MTU");
+    assert_eq!(mtus, vec![(eth0, 1500), (eth1, 1450)], "the new MTU");
 }
