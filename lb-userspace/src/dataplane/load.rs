@@ -44,7 +44,14 @@ impl Dataplane {
     /// Loads the balancer program and creates its maps with `cfg`'s
     /// capacities. Nothing is attached yet.
     pub fn load(cfg: DataplaneConfig) -> Result<Self, DataplaneError> {
-        let mut dp = Self::load_with(cfg, None)?;
+        Self::load_object(cfg, programs::HOLA)
+    }
+
+    /// [`Dataplane::load`] of another build of the balancer's object (the
+    /// same maps and programs): `bench-dataplane` loads
+    /// [`programs::HOLA_NO_TRACE`] beside [`programs::HOLA`] this way.
+    pub fn load_object(cfg: DataplaneConfig, object: &[u8]) -> Result<Self, DataplaneError> {
+        let mut dp = Self::load_with(cfg, None, object)?;
         dp.vip_filter_rebuild()?;
         Ok(dp)
     }
@@ -54,13 +61,17 @@ impl Dataplane {
     /// contents: the VIPs, backends, tables, flows and counters in them are
     /// adopted, so a restart moves no flow and resets no counter.
     pub fn load_pinned(cfg: DataplaneConfig, pin_dir: &Path) -> Result<Self, DataplaneError> {
-        let mut dp = Self::load_with(cfg, Some(pin_dir))?;
+        let mut dp = Self::load_with(cfg, Some(pin_dir), programs::HOLA)?;
         dp.adopt()?;
         dp.vip_filter_rebuild()?;
         Ok(dp)
     }
 
-    fn load_with(cfg: DataplaneConfig, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
+    fn load_with(
+        cfg: DataplaneConfig,
+        pin_dir: Option<&Path>,
+        object: &[u8],
+    ) -> Result<Self, DataplaneError> {
         let ncpus = super::possible_cpus()?;
         let settings = settings(&cfg, ncpus);
         let mut loader = EbpfLoader::new();
@@ -90,7 +101,7 @@ impl Dataplane {
         }
         let mut ebpf = loader
             .override_global(names::SETTINGS, &settings, true)
-            .load(programs::HOLA)?;
+            .load(object)?;
         let prog: &mut Xdp = program(&mut ebpf, names::PROG_LB)?;
         prog.load().map_err(|source| DataplaneError::Program {
             name: names::PROG_LB,

@@ -116,6 +116,152 @@ fn fresh(dst: &str, i: usize, flags: u8) -> Vec<u8> {
     .bytes()
 }
 
+/// The three VIPs (dsr, tunnel, IPv6 dsr) of 10 backends each that the
+/// established paths run through.
+fn provision(dp: &mut Dataplane) {
+    let vips = [
+        ("198.18.1.1", Mode::Dsr, "198.18.2."),
+        ("198.18.1.2", Mode::Tunnel, "198.18.3."),
+        ("2001:db8:1::1", Mode::Dsr, "2001:db8:2::"),
+    ];
+    for (addr, mode, prefix) in vips {
+        let vip = VipAddr {
+            addr: addr.parse().expect("vip"),
+            port: 80,
+            proto: Proto::Tcp,
+        };
+        dp.add_vip(VipSpec {
+            vip,
+            mode,
+            src_hash: false,
+            table_size: 65537,
+            quic: false,
+        })
+        .expect("add VIP");
+        let bs: Vec<_> = (1..=10)
+            .map(|i| backend(format!("{prefix}{i}").parse().expect("backend")))
+            .collect();
+        dp.set_backends(&vip, &bs).expect("backends");
+    }
+}
+
+/// Flow-table entries per CPU of the trace-hook comparison's two balancers.
+const HOOKS_FLOWS: u32 = 65_536;
+
+/// The paths measured with `hola trace`'s hooks (no trace on) and without
+/// them.
+const HOOK_PATHS: [&str; 4] = [
+    "not_a_vip",
+    "established_dsr",
+    "established_tunnel",
+    "established_ipv6",
+];
+
+/// Two balancers loaded and provisioned alike through `Dataplane`: the
+/// object the daemon runs (its trace hooks in, `TRACE_FILTER` off) and the
+/// one built with lb-ebpf's `no-trace` feature (no hooks).
+struct HookPair {
+    hooks: Dataplane,
+    none: Dataplane,
+}
+
+impl HookPair {
+    fn load() -> Self {
+        let load = |object: &[u8], what: &str| {
+            let mut dp = Dataplane::load_object(
+                DataplaneConfig {
+                    flow_capacity_per_cpu: HOOKS_FLOWS,
+                    new_flow_rate: 0,
+                    ..Default::default()
+                },
+                object,
+            )
+            .unwrap_or_else(|e| panic!("loading the balancer {what}: {e}"));
+            provision(&mut dp);
+            dp.set_trace_filter(&TraceFilter::default())
+                .expect("TRACE_FILTER");
+            dp
+        };
+        Self {
+            hooks: load(programs::HOLA, "with its trace hooks"),
+            none: load(programs::HOLA_NO_TRACE, "built without trace hooks"),
+        }
+    }
+
+    /// One round: each path of `HOOK_PATHS` measured with hooks and
+    /// without, back to back, the order swapped every other round so that
+    /// neither build always runs first. Returns [with hooks ns, without ns]
+    /// per path, in `HOOK_PATHS`' order.
+    fn round(&self, round: usize, calls: usize, packet: &dyn Fn(&str) -> Vec<u8>) -> Vec<[f64; 2]> {
+        HOOK_PATHS
+            .iter()
+            .map(|name| {
+                let input = packet(name);
+                let m = |dp: &Dataplane, calls| {
+                    measure(dp.program_ref(), &mut |_| input.clone(), calls)
+                };
+                if round == 0 {
+                    // The first packet of an established path makes its
+                    // flow-table entry: made here, outside the measurement.
+                    m(&self.hooks, 1);
+                    m(&self.none, 1);
+                }
+                let m = |dp: &Dataplane| m(dp, calls);
+                if round.is_multiple_of(2) {
+                    let h = m(&self.hooks);
+                    [h, m(&self.none)]
+                } else {
+                    let n = m(&self.none);
+                    [m(&self.hooks), n]
+                }
+            })
+            .collect()
+    }
+}
+
+/// Median, smallest and largest round of `v`.
+fn summary(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    let med = median(&mut s);
+    (med, s[0], s[s.len() - 1])
+}
+
+/// The comparison's JSON: per path, each build's rounds and median (and
+/// net of `pass`, the `return XDP_PASS` median), the median of the rounds'
+/// differences (with hooks - without) and the verdict. The rule: the hooks
+/// are within noise when |median difference| is at most the larger of the
+/// two builds' spreads (largest - smallest round); one round has no spread,
+/// so no verdict (null).
+fn hooks_json(rounds: &[Vec<[f64; 2]>], pass: f64) -> serde_json::Value {
+    let mut paths = serde_json::Map::new();
+    for (i, name) in HOOK_PATHS.iter().enumerate() {
+        let side = |k: usize| -> Vec<f64> { rounds.iter().map(|r| r[i][k]).collect() };
+        let (h, n) = (side(0), side(1));
+        let diffs: Vec<f64> = h.iter().zip(&n).map(|(a, b)| a - b).collect();
+        let (diff, _, _) = summary(&diffs);
+        let build = |v: &[f64]| {
+            let (med, lo, hi) = summary(v);
+            json!({"median_ns": med, "net_ns": med - pass, "min_ns": lo, "max_ns": hi, "spread_ns": hi - lo, "rounds": v})
+        };
+        let (hj, nj) = (build(&h), build(&n));
+        let noise = hj["spread_ns"]
+            .as_f64()
+            .unwrap_or(0.0)
+            .max(nj["spread_ns"].as_f64().unwrap_or(0.0));
+        let within = (rounds.len() > 1).then_some(diff.abs() <= noise);
+        paths.insert(
+            (*name).into(),
+            json!({"hooks": hj, "none": nj, "diff_ns": diff, "diff_rounds": diffs, "noise_ns": noise, "within_noise": within}),
+        );
+    }
+    json!({
+        "what": "the balancer with `hola trace`'s hooks and no trace on, against the same program built without them (lb-ebpf's `no-trace` feature)",
+        "flow_capacity_per_cpu": HOOKS_FLOWS,
+        "rule": "within noise when |median over rounds of (with hooks - without)| <= max(spread of either build's rounds), spread = largest - smallest round; no verdict from one round",
+        "paths": paths,
+    })
+}
+
 /// Flow-table entries per CPU of the full-table case.
 const FULL_TABLE: u32 = 16_384;
 /// A trace filter that is on (and does not expire) but matches another
@@ -158,30 +304,8 @@ fn main() {
     })
     .expect("loading the balancer");
     eprintln!("loaded in {:.1} s", t0.elapsed().as_secs_f64());
-    let vips = [
-        ("198.18.1.1", Mode::Dsr, "198.18.2."),
-        ("198.18.1.2", Mode::Tunnel, "198.18.3."),
-        ("2001:db8:1::1", Mode::Dsr, "2001:db8:2::"),
-    ];
-    for (addr, mode, prefix) in vips {
-        let vip = VipAddr {
-            addr: addr.parse().expect("vip"),
-            port: 80,
-            proto: Proto::Tcp,
-        };
-        dp.add_vip(VipSpec {
-            vip,
-            mode,
-            src_hash: false,
-            table_size: 65537,
-            quic: false,
-        })
-        .expect("add VIP");
-        let bs: Vec<_> = (1..=10)
-            .map(|i| backend(format!("{prefix}{i}").parse().expect("backend")))
-            .collect();
-        dp.set_backends(&vip, &bs).expect("backends");
-    }
+    provision(&mut dp);
+    let hooks = HookPair::load();
 
     // A full flow table: every new flow evicts one (the LRU's shrink path),
     // which an empty 4,000,000-entry table never reaches in a run.
@@ -325,6 +449,7 @@ fn main() {
         ),
     ];
     let mut results: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut hook_rounds: Vec<Vec<[f64; 2]>> = Vec::new();
     let mut fresh_counter = 0usize;
     for round in 0..a.rounds {
         for (name, _) in paths {
@@ -396,6 +521,12 @@ fn main() {
             let ns = measure(prog, &mut |i| inputs[i].clone(), a.calls);
             results.entry(name).or_default().push(ns);
         }
+        hook_rounds.push(hooks.round(round, a.calls, &|name| match name {
+            "not_a_vip" => not_vip.clone(),
+            "established_dsr" => established4.clone(),
+            "established_tunnel" => tunnel4.clone(),
+            _ => established6.clone(),
+        }));
         eprintln!("round {}/{} done", round + 1, a.rounds);
     }
 
@@ -422,6 +553,28 @@ fn main() {
     for l in &table {
         println!("{l}");
     }
+    let hooks_doc = hooks_json(&hook_rounds, pass);
+    println!("\ntrace hooks, no trace on, against none (net ns; difference = median of rounds)");
+    println!(
+        "{:<20} {:>10} {:>10} {:>10} {:>8}  verdict",
+        "path", "hooks", "none", "diff", "noise"
+    );
+    for name in HOOK_PATHS {
+        let p = &hooks_doc["paths"][name];
+        let v = |k: &str| p[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{name:<20} {:>10.1} {:>10.1} {:>+10.1} {:>8.1}  {}",
+            p["hooks"]["net_ns"].as_f64().unwrap_or(f64::NAN),
+            p["none"]["net_ns"].as_f64().unwrap_or(f64::NAN),
+            v("diff_ns"),
+            v("noise_ns"),
+            match p["within_noise"].as_bool() {
+                Some(true) => "within noise",
+                Some(false) => "outside noise",
+                None => "one round: not judged",
+            }
+        );
+    }
     let mut doc = machine();
     doc.insert("method".into(), "BPF_PROG_TEST_RUN, repeat=1 per call, kernel-measured duration averaged over calls; net = median - median(xdp_pass)".into());
     doc.insert("rounds".into(), a.rounds.into());
@@ -433,6 +586,7 @@ fn main() {
     doc.insert("full_table_per_cpu".into(), FULL_TABLE.into());
     doc.insert("full_table_flows".into(), flows_after_fill.into());
     doc.insert("paths".into(), json_paths.into());
+    doc.insert("trace_hooks".into(), hooks_doc);
     if let Some(dir) = std::path::Path::new(&a.out).parent() {
         std::fs::create_dir_all(dir).expect("create output directory");
     }
