@@ -380,6 +380,84 @@ fn dataplane(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
          tail calls cost about 40 ns on the reply path and buy each NAT program a\n\
          stack of its own.\n",
     );
+    if !d["trace_hooks"].is_null() {
+        trace_hooks(out, targets, d);
+    }
+}
+
+const TRACE_HOOKS_METHOD: &str = "\
+`hola trace` checks a filter at three points of the program (one array load
+and a branch each while no trace runs; issue 18 asks that this cost nothing
+measurable). The benchmark loads, through `Dataplane` and provisioned alike
+(the three VIPs above, a flow table of {flows} entries per CPU), the
+balancer the daemon runs, with `TRACE_FILTER` off, and the same program
+built with lb-ebpf's `no-trace` feature, which compiles the hooks out;
+within each round every path runs on one and then the other (the order
+swapped every other round). The difference is the median over rounds of
+(with hooks - without) in the same round; the noise is the larger of the
+two builds' spreads (largest - smallest round); the hooks are **within
+noise** when |difference| ≤ noise. One round has no spread and is not
+judged.
+";
+
+/// The verdict on one path of the trace-hook comparison.
+fn hooks_verdict(within: Option<bool>) -> &'static str {
+    match within {
+        Some(true) => "within noise",
+        Some(false) => "**outside noise**",
+        None => "one round: not judged",
+    }
+}
+
+/// "Trace hooks, no trace on, against none": the comparison
+/// bench-dataplane writes under `trace_hooks`.
+fn trace_hooks(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
+    let t = &d["trace_hooks"];
+    let flows = group_digits(t["flow_capacity_per_cpu"].as_u64().unwrap_or(0));
+    let _ = write!(
+        out,
+        "\n### Trace hooks, no trace on, against none\n\n{}\n",
+        TRACE_HOOKS_METHOD.replace("{flows}", &flows)
+    );
+    out.push_str(
+        "| path | with hooks: net ns | rounds (ns) | without: net ns | rounds (ns) | difference | noise | |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+    );
+    for name in [
+        "not_a_vip",
+        "established_dsr",
+        "established_tunnel",
+        "established_ipv6",
+    ] {
+        let p = &t["paths"][name];
+        if p.is_null() {
+            continue;
+        }
+        let what = match s(&d["paths"][name], "what") {
+            "" => name,
+            w => w,
+        };
+        let (diff, noise) = (f(p, "diff_ns"), f(p, "noise_ns"));
+        let within = p["within_noise"].as_bool();
+        let _ = writeln!(
+            out,
+            "| {what} | {:.1} | {} | {:.1} | {} | {diff:+.1} | {noise:.1} | {} |",
+            f(&p["hooks"], "net_ns"),
+            spread(&rounds(&p["hooks"], None), 1.0, 1),
+            f(&p["none"], "net_ns"),
+            spread(&rounds(&p["none"], None), 1.0, 1),
+            hooks_verdict(within),
+        );
+        if let Some(met) = within {
+            targets.push(Target {
+                what: format!(
+                    "data plane: `hola trace`'s hooks, no trace on, within noise of none: {what}"
+                ),
+                measured: format!("{diff:+.1} ns (noise {noise:.1} ns)"),
+                met,
+            });
+        }
+    }
 }
 
 const FORWARD_METHOD: &str = "\
@@ -854,4 +932,57 @@ fn plot<'a>(path: &Path, get: &dyn Fn(&str) -> Option<&'a Value>) {
     }
     root.present()
         .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `trace_hooks` section of two paths: one judged within noise, one
+    /// outside; and the same from one round, not judged.
+    #[test]
+    fn trace_hooks_table_and_targets() {
+        let side = |r: &[f64]| serde_json::json!({"net_ns": r[0] - 40.0, "rounds": r});
+        let doc = |rounds: usize| {
+            let n = |v: &[f64]| v[..rounds].to_vec();
+            serde_json::json!({
+                "paths": {"not_a_vip": {"what": "IPv4 TCP to a non-VIP address"}},
+                "trace_hooks": {"flow_capacity_per_cpu": 65536, "paths": {
+                    "established_dsr": {"hooks": side(&n(&[90.0, 92.0])), "none": side(&n(&[89.0, 93.0])),
+                        "diff_ns": 1.0, "noise_ns": 4.0, "within_noise": (rounds > 1).then_some(true)},
+                    "not_a_vip": {"hooks": side(&n(&[60.0, 61.0])), "none": side(&n(&[50.0, 51.0])),
+                        "diff_ns": 10.0, "noise_ns": 1.0, "within_noise": (rounds > 1).then_some(false)},
+                }}
+            })
+        };
+        let mut out = String::new();
+        let mut targets = Vec::new();
+        trace_hooks(&mut out, &mut targets, &doc(2));
+        assert!(out.contains("65,536 entries per CPU"), "{out}");
+        assert!(
+            out.contains("| established_dsr | 50.0 | 90.0–92.0 | 49.0 | 89.0–93.0 | +1.0 | 4.0 | within noise |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| IPv4 TCP to a non-VIP address | 20.0 | 60.0–61.0 | 10.0 | 50.0–51.0 | +10.0 | 1.0 | **outside noise** |"),
+            "{out}"
+        );
+        let met: Vec<_> = targets
+            .iter()
+            .map(|t| (t.measured.as_str(), t.met))
+            .collect();
+        assert_eq!(
+            met,
+            [
+                ("+10.0 ns (noise 1.0 ns)", false),
+                ("+1.0 ns (noise 4.0 ns)", true)
+            ]
+        );
+
+        let mut out = String::new();
+        let mut targets = Vec::new();
+        trace_hooks(&mut out, &mut targets, &doc(1));
+        assert_eq!(out.matches("one round: not judged").count(), 2, "{out}");
+        assert!(targets.is_empty());
+    }
 }
