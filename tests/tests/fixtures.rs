@@ -2042,3 +2042,84 @@ fn removing_a_vip_keeps_its_filter_neighbours() {
         "{second} shares {first}'s filter word and is still a VIP"
     );
 }
+
+/// A change that moves tens of thousands of slots (one backend of three
+/// going down in a 65,537-slot table, behind a VIP whose table sits first
+/// in `RINGS`) reaches the kernel whole: the batched slot writes put every
+/// slot where an independent Maglev build says, at the VIP's own offset.
+#[test]
+fn a_change_of_many_slots_reaches_the_kernel_whole() {
+    require_root();
+    let mut dp = Dataplane::load(DataplaneConfig {
+        flow_capacity_per_cpu: 1024,
+        nat_capacity: 1024,
+        ..Default::default()
+    })
+    .expect("loading the balancer");
+    let (first, big) = (
+        vip("198.18.8.1", 80, Proto::Tcp),
+        vip("198.18.8.2", 80, Proto::Tcp),
+    );
+    for (v, size) in [(first, 251), (big, 65_537)] {
+        dp.add_vip(VipSpec {
+            vip: v,
+            mode: Mode::Dsr,
+            src_hash: false,
+            table_size: size,
+            quic: false,
+        })
+        .expect("add VIP");
+    }
+    dp.set_backends(&first, &[backend("198.18.9.1", 1)])
+        .expect("backends of the first VIP");
+    let addrs = ["198.18.9.11", "198.18.9.12", "198.18.9.13"];
+    let mut specs: Vec<BackendSpec> = addrs.iter().map(|a| backend(a, 1)).collect();
+    // What the kernel must hold: Maglev over the backends' ids, a down one
+    // taking no slot, each id read as its address.
+    let expected = |dp: &Dataplane, specs: &[BackendSpec]| -> Vec<Option<IpAddr>> {
+        let input: Vec<lb_userspace::maglev::MaglevBackend> = specs
+            .iter()
+            .map(|b| lb_userspace::maglev::MaglevBackend {
+                id: dp.backend_id(&big, b.addr).expect("an id"),
+                key: lb_userspace::maglev::backend_key(b.addr, 80),
+                weight: if b.up { b.weight } else { 0 },
+            })
+            .collect();
+        lb_userspace::maglev::build(&input, 65_537)
+            .expect("Maglev build")
+            .into_iter()
+            .map(|id| {
+                specs
+                    .iter()
+                    .find(|b| dp.backend_id(&big, b.addr) == Some(id))
+                    .map(|b| b.addr)
+            })
+            .collect()
+    };
+    dp.set_backends(&big, &specs).expect("three backends");
+    let before = dp.kernel_table(&big).expect("reading RINGS");
+    assert!(
+        before == expected(&dp, &specs),
+        "RINGS holds the three-backend table"
+    );
+    specs[1].up = false;
+    dp.set_backends(&big, &specs).expect("one backend down");
+    let after = dp.kernel_table(&big).expect("reading RINGS");
+    assert!(
+        after == expected(&dp, &specs),
+        "RINGS holds the table without the down backend"
+    );
+    let down: IpAddr = addrs[1].parse().expect("literal");
+    // (Maglev may move a few other slots too: 9 here.)
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    let owned = before.iter().filter(|b| **b == Some(down)).count();
+    assert!(
+        !after.contains(&Some(down)) && moved >= owned && owned > 20_000,
+        "the down backend's {owned} slots (about a third) all moved: {moved} moved"
+    );
+    assert_eq!(
+        dp.kernel_table(&first).expect("reading RINGS"),
+        vec![Some("198.18.9.1".parse().expect("literal")); 251],
+        "the first VIP's table is untouched"
+    );
+}

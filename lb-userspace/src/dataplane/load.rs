@@ -157,6 +157,8 @@ impl Dataplane {
             .iter()
             .collect::<Result<_, _>>()
             .map_err(map_err(names::QUIC_SERVERS))?;
+        let rings_fd = super::batch::array_fd(&ebpf, names::RINGS)?;
+        let prev_rings_fd = super::batch::array_fd(&ebpf, names::PREV_RINGS)?;
         Ok(Self {
             quic_servers,
             quic_copy,
@@ -166,6 +168,8 @@ impl Dataplane {
             backends_map: take!(names::BACKENDS),
             rings: take!(names::RINGS),
             prev_rings: take!(names::PREV_RINGS),
+            rings_fd,
+            prev_rings_fd,
             prev_until: take!(names::PREV_UNTIL),
             graces: Default::default(),
             vip_filter: take!(names::VIP_FILTER),

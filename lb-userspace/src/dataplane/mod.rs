@@ -16,6 +16,7 @@
 //! - [`layout`], [`upgrade`]: the pinned maps' layouts, and upgrades that
 //!   convert them.
 
+mod batch;
 mod counters;
 mod flows;
 mod inspect;
@@ -270,6 +271,10 @@ pub struct Dataplane {
     backends_map: Array<MapData, Backend>,
     rings: Array<MapData, u32>,
     prev_rings: Array<MapData, u32>,
+    /// `RINGS` and `PREV_RINGS` again, for batch updates (aya's `Array`
+    /// does not lend its descriptor).
+    rings_fd: std::os::fd::OwnedFd,
+    prev_rings_fd: std::os::fd::OwnedFd,
     prev_until: Array<MapData, u64>,
     /// The grace periods this daemon started and has not ended yet: VIP id
     /// → its `PREV_UNTIL`.

@@ -3,14 +3,14 @@
 //! zeroed for a new id): a plan's writes executed in order, and what the
 //! tables say about VIPs, backends and slots.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, os::fd::AsFd as _};
 
 use aya::maps::PerCpuValues;
 use lb_common::{
     AddrVips, Backend, BackendStats, FlowKey, HandshakeStats, VipKey, VipStats, maps as names,
 };
 
-use super::{Dataplane, DataplaneError, ignore_missing, map_err, monotonic_ns};
+use super::{Dataplane, DataplaneError, batch, ignore_missing, map_err, monotonic_ns};
 use crate::{
     model::{BackendSpec, VipAddr, VipSpec, addr_bytes},
     reconcile::{NatState, Plan, PlanError, Planner, Write},
@@ -26,19 +26,76 @@ fn vip_key(v: &VipAddr) -> VipKey {
     }
 }
 
+/// How many writes from the start of `writes` are slot writes of one kind
+/// (`Slot`, or `PrevSlot`): 0 when the first is neither.
+fn slot_run(writes: &[Write]) -> usize {
+    let same = |a: &Write, b: &Write| {
+        matches!(
+            (a, b),
+            (Write::Slot { .. }, Write::Slot { .. })
+                | (Write::PrevSlot { .. }, Write::PrevSlot { .. })
+        )
+    };
+    match writes.first() {
+        Some(w @ (Write::Slot { .. } | Write::PrevSlot { .. })) => {
+            writes.iter().take_while(|o| same(w, o)).count()
+        }
+        _ => 0,
+    }
+}
+
 impl Dataplane {
     /// Makes every write of `plan`, in order, and keeps its result. When a
     /// write fails the rest are not made, and the VIPs the plan touched are
     /// written in full by the next plan (the kernel may hold part of it).
+    ///
+    /// A run of slot writes to one map (`RINGS` or `PREV_RINGS`) is made in
+    /// one batch: the order is kept, and nothing after a failed entry is
+    /// written, as with one write at a time.
     pub fn apply(&mut self, plan: Plan) -> Result<(), DataplaneError> {
-        for w in &plan.writes {
-            if let Err(e) = self.write(w) {
+        let mut rest = &plan.writes[..];
+        while let Some(first) = rest.first() {
+            let run = slot_run(rest);
+            let done = if run > 1 {
+                self.write_slots(&rest[..run])
+            } else {
+                self.write(first)
+            };
+            if let Err(e) = done {
                 self.tables.commit_failed(plan);
                 return Err(e);
             }
+            rest = &rest[run.max(1)..];
         }
         self.tables.commit(plan);
         self.sync_quic()
+    }
+
+    /// Writes a run of `Slot` (or of `PrevSlot`) writes in one batch; one
+    /// at a time where the kernel has no batch update.
+    fn write_slots(&mut self, run: &[Write]) -> Result<(), DataplaneError> {
+        let (mut keys, mut values) = (Vec::with_capacity(run.len()), Vec::with_capacity(run.len()));
+        for w in run {
+            if let Write::Slot { index, id } | Write::PrevSlot { index, id } = w {
+                keys.push(*index);
+                values.push(*id);
+            }
+        }
+        let (fd, name) = match run[0] {
+            Write::Slot { .. } => (self.rings_fd.as_fd(), names::RINGS),
+            _ => (self.prev_rings_fd.as_fd(), names::PREV_RINGS),
+        };
+        match batch::update_u32_array(fd, &keys, &values) {
+            Ok(()) => Ok(()),
+            Err(e) if batch::unsupported(&e) => run.iter().try_for_each(|w| self.write(w)),
+            Err(io_error) => Err(DataplaneError::Map {
+                name,
+                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_update_batch",
+                    io_error,
+                }),
+            }),
+        }
     }
 
     /// Plans with `f` on the current tables, then applies.

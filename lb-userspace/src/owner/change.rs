@@ -67,6 +67,7 @@ impl Owner {
     /// say. A plan the tables refuse writes nothing; a write the kernel
     /// refuses stops the plan, and `old` is planned again in full.
     pub(super) fn reconcile(&mut self, config: &Config) -> Result<(), OwnerError> {
+        let started = std::time::Instant::now();
         let mut want = reconcile::desired(config, &self.checks, &self.nexthops);
         reconcile::hold_unresolved(&mut want, &self.held());
         let plan = reconcile::plan(self.dp.tables(), &want)
@@ -74,7 +75,15 @@ impl Owner {
         if plan.writes.is_empty() {
             return Ok(());
         }
-        self.dp.apply(plan).map_err(|e| {
+        let (writes, planned) = (plan.writes.len(), started.elapsed());
+        let applied = self.dp.apply(plan);
+        tracing::debug!(
+            writes,
+            plan_ms = planned.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "map writes made"
+        );
+        applied.map_err(|e| {
             let kind = match e {
                 DataplaneError::Plan(_) => ErrorKind::Invalid,
                 _ => ErrorKind::Failed,

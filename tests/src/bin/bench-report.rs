@@ -760,9 +760,10 @@ fn control(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
         spread(&rounds(add, None), 1e-3, 3),
     );
     out.push_str(
-        "\nThe add time is dominated by the per-slot map writes: about a tenth of the\n\
-         65,537 slots change owner when an 11th backend joins, one\n\
-         `bpf_map_update_elem` each; batched updates are the way to cut it.\n",
+        "\nAbout a tenth of the 65,537 slots change owner when an 11th backend\n\
+         joins; their writes (and the previous table's, for the grace period)\n\
+         are made in one `BPF_MAP_UPDATE_BATCH` call per map (until 2026-12-03\n\
+         one `bpf_map_update_elem` each, which dominated this time).\n",
     );
 }
 
