@@ -94,7 +94,9 @@ pub fn checks(s: &Seen) -> Vec<Check> {
             own,
             "packets hola passes to the kernel (health-check answers, ARP, ICMP, traffic \
              to the balancer itself) are dropped when their source is routed out of \
-             another interface",
+             another interface; answers to checks through the VIP come from the VIP's \
+             address, so strict filtering drops them unless the VIP is routed out of \
+             this interface",
         ));
     }
     c.push(maps(s));
