@@ -514,8 +514,9 @@ fn withdraw_on_down(b: &crate::config::BgpConfig) -> anyhow::Result<()> {
 }
 
 /// `hola down`: withdraws every VIP from BGP (with `[bgp]`), then removes
-/// every pin (links first: the program detaches at once), leaving nothing
-/// of hola in the kernel once no process holds it.
+/// every pin (links first: the program detaches at once) and the routing
+/// rule and table of checks through the VIP, leaving nothing of hola in
+/// the kernel once no process holds it.
 pub fn down(
     bpffs_dir: &Path,
     control_socket: &Path,
@@ -538,6 +539,17 @@ pub fn down(
         for p in removed {
             println!("removed {}", p.display());
         }
+    }
+    // Checks through the VIP left their routing rule and table (only
+    // marked packets use them; nothing does once hola is down).
+    let routes = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("a runtime for netlink")?
+        .block_on(crate::health::through::remove_route())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for r in routes {
+        println!("removed {r}");
     }
     Ok(())
 }

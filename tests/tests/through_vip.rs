@@ -205,7 +205,7 @@ fn a_dsr_backend_without_the_vip_and_a_tunnel_backend_without_decap_are_marked_d
     let name = "thv";
     let mut lab = ThroughLab::new(name);
     let _servers = Servers::start_on((1..=2).map(|i| lab.t.ns(&backend(i).0)).collect());
-    let d = Daemon::start(name, &lab.t.ns(BALANCER), &config());
+    let mut d = Daemon::start(name, &lab.t.ns(BALANCER), &config());
     // Every check has passed at least once.
     std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS));
     let b1 = backend(1).1;
@@ -232,5 +232,42 @@ fn a_dsr_backend_without_the_vip_and_a_tunnel_backend_without_decap_are_marked_d
             let e = ThroughLab::decap_on(&lab.t, 1);
             lab.decap.insert(1, e);
         },
+    );
+
+    // `hola down` removes the probes' routing rule and table with the pins.
+    let table = lb_userspace::health::through::PROBE_TABLE.to_string();
+    let rules = |lab: &ThroughLab| lab.t.ip(BALANCER, &["rule", "show"]);
+    let routes = |lab: &ThroughLab| lab.t.ip(BALANCER, &["route", "show", "table", &table]);
+    assert!(
+        rules(&lab).contains(&format!("lookup {table}")),
+        "the rule while hola runs: {}",
+        rules(&lab)
+    );
+    assert!(
+        routes(&lab).contains("default dev lo"),
+        "the route while hola runs: {}",
+        routes(&lab)
+    );
+    let down = d.down();
+    let said = String::from_utf8_lossy(&down.stdout);
+    assert!(
+        down.status.success(),
+        "hola down: {said}{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(
+        said.contains("removed the probe rule")
+            && said.contains(&format!("removed the route `default dev lo table {table}`")),
+        "hola down says what it removed: {said}"
+    );
+    assert!(
+        !rules(&lab).contains(&format!("lookup {table}")),
+        "no rule after hola down: {}",
+        rules(&lab)
+    );
+    assert_eq!(
+        routes(&lab).trim(),
+        "",
+        "no route in table {table} after hola down"
     );
 }

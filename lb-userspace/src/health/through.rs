@@ -83,6 +83,47 @@ pub fn failure_detail(
     s
 }
 
+/// The rule that looks marked probes up in [`PROBE_TABLE`], as a request
+/// on `handle` (to add, or as the message to delete).
+fn probe_rule(handle: &rtnetlink::Handle) -> rtnetlink::RuleAddRequest<Ipv4Addr> {
+    let mut rule = handle
+        .rule()
+        .add()
+        .v4()
+        .fw_mark(lb_common::probe::PROBE_MARK_TAG)
+        .table_id(PROBE_TABLE)
+        .priority(PROBE_RULE_PRIORITY)
+        .action(netlink_packet_route::rule::RuleAction::ToTable);
+    rule.message_mut()
+        .attributes
+        .push(netlink_packet_route::rule::RuleAttribute::FwMask(
+            PROBE_MARK_MASK,
+        ));
+    rule
+}
+
+/// [`PROBE_TABLE`]'s one route, `default dev lo`.
+fn probe_route() -> netlink_packet_route::route::RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .table_id(PROBE_TABLE)
+        .output_interface(LOOPBACK_IFINDEX)
+        .scope(netlink_packet_route::route::RouteScope::Link)
+        .build()
+}
+
+/// The rule as `ip rule` shows it, for messages.
+fn rule_text() -> String {
+    format!(
+        "fwmark {:#x}/{PROBE_MARK_MASK:#x} lookup {PROBE_TABLE}",
+        lb_common::probe::PROBE_MARK_TAG
+    )
+}
+
+/// Whether a netlink error is `errno`.
+fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.to_io().raw_os_error() == Some(errno))
+}
+
 /// Installs (idempotently) the rule that looks marked probes up in
 /// [`PROBE_TABLE`] and that table's one route, `default dev lo`: probes
 /// leave by `lo`, where `hola_probe` takes them (a NOARP device, so no
@@ -92,41 +133,47 @@ pub async fn install_route() -> Result<(), String> {
         rtnetlink::new_connection().map_err(|e| format!("opening a netlink socket: {e}"))?;
     let task = tokio::spawn(conn);
     let result = async {
-        let mut rule = handle
-            .rule()
-            .add()
-            .v4()
-            .fw_mark(lb_common::probe::PROBE_MARK_TAG)
-            .table_id(PROBE_TABLE)
-            .priority(PROBE_RULE_PRIORITY)
-            .action(netlink_packet_route::rule::RuleAction::ToTable);
-        rule.message_mut()
-            .attributes
-            .push(netlink_packet_route::rule::RuleAttribute::FwMask(
-                PROBE_MARK_MASK,
-            ));
-        match rule.execute().await {
-            Err(rtnetlink::Error::NetlinkError(m))
-                if m.to_io().raw_os_error() == Some(libc::EEXIST) => {}
-            r => r.map_err(|e| {
-                format!(
-                    "adding the rule `fwmark {:#x}/{PROBE_MARK_MASK:#x} lookup {PROBE_TABLE}`: {e}",
-                    lb_common::probe::PROBE_MARK_TAG
-                )
-            })?,
+        match probe_rule(&handle).execute().await {
+            Err(e) if is_errno(&e, libc::EEXIST) => {}
+            r => r.map_err(|e| format!("adding the rule `{}`: {e}", rule_text()))?,
         }
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .table_id(PROBE_TABLE)
-            .output_interface(LOOPBACK_IFINDEX)
-            .scope(netlink_packet_route::route::RouteScope::Link)
-            .build();
         handle
             .route()
-            .add(route)
+            .add(probe_route())
             .replace()
             .execute()
             .await
             .map_err(|e| format!("adding the route `default dev lo table {PROBE_TABLE}`: {e}"))
+    }
+    .await;
+    task.abort();
+    result
+}
+
+/// Removes what [`install_route`] installed (`hola down`): what was
+/// removed, as lines to print (none when neither was there).
+pub async fn remove_route() -> Result<Vec<String>, String> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| format!("opening a netlink socket: {e}"))?;
+    let task = tokio::spawn(conn);
+    let result = async {
+        let mut removed = Vec::new();
+        let rule = probe_rule(&handle).message_mut().clone();
+        match handle.rule().del(rule).execute().await {
+            Ok(()) => removed.push(format!("the probe rule `{}`", rule_text())),
+            Err(e) if is_errno(&e, libc::ENOENT) => {}
+            Err(e) => return Err(format!("removing the rule `{}`: {e}", rule_text())),
+        }
+        match handle.route().del(probe_route()).execute().await {
+            Ok(()) => removed.push(format!("the route `default dev lo table {PROBE_TABLE}`")),
+            Err(e) if is_errno(&e, libc::ESRCH) || is_errno(&e, libc::ENOENT) => {}
+            Err(e) => {
+                return Err(format!(
+                    "removing the route `default dev lo table {PROBE_TABLE}`: {e}"
+                ));
+            }
+        }
+        Ok(removed)
     }
     .await;
     task.abort();
