@@ -216,23 +216,33 @@ fn start_owner(cfg: &Config, ifindexes: &[u32]) -> anyhow::Result<Owner> {
     }
     // Checks through the VIP: without the program they go to the backends'
     // own addresses (and say so once).
+    let egress = &cfg.global.interfaces[0];
     let probe = dp
-        .attach_probe(ifindexes[0])
-        .map_err(|e| format!("attaching hola_probe to lo: {e}"))
+        .attach_probe(ifindexes[0], egress)
+        .map_err(|e| format!("attaching hola_probe to lo and {egress}: {e}"))
         .and_then(|()| {
-            tokio::runtime::Builder::new_current_thread()
+            let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| format!("a runtime for netlink: {e}"))?
-                .block_on(crate::health::through::install_route())
+                .map_err(|e| format!("a runtime for netlink: {e}"))?;
+            rt.block_on(crate::health::through::install_route())?;
+            Ok(rt.block_on(crate::health::through::install_route_v6(ifindexes[0])))
         });
-    if let Err(e) = &probe {
-        tracing::warn!(error = %e, "health checks go to the backends' own addresses, not through the VIP");
+    match &probe {
+        Err(e) => tracing::warn!(
+            error = %e,
+            "health checks go to the backends' own addresses, not through the VIP"
+        ),
+        Ok(Err(e)) => tracing::warn!(
+            error = %e,
+            "health checks of IPv6 VIPs go to the backends' own addresses, not through the VIP"
+        ),
+        Ok(Ok(())) => {}
     }
     let state_file = cfg.global.state_file.clone();
     let mut owner = Owner::new(dp, cfg.clone(), state_file.clone(), ifindexes[0]);
-    if probe.is_ok() {
-        owner.through_vip();
+    if let Ok(v6) = &probe {
+        owner.through_vip(v6.is_ok());
     }
     owner.start().map_err(|e| anyhow::anyhow!("{e}"))?;
     state::persist(&state_file, cfg)

@@ -3,7 +3,7 @@
 //! `Dataplane` as the daemon provisions it. Each row states the input
 //! frame, the socket mark, the exact verdict and the exact output bytes.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use hola_tests::{
@@ -32,8 +32,9 @@ fn bmac(last: u8) -> [u8; 6] {
 /// (`ifindex` 0: the probe leaves by `PROBE_EGRESS`).
 fn backend(addr: &str, ifindex: u32) -> BackendSpec {
     let addr: IpAddr = addr.parse().expect("backend address");
-    let IpAddr::V4(a) = addr else {
-        unreachable!("IPv4 rows only")
+    let last = match addr {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15],
     };
     BackendSpec {
         addr,
@@ -42,7 +43,7 @@ fn backend(addr: &str, ifindex: u32) -> BackendSpec {
         up: true,
         port: 0,
         nexthop: Some(Nexthop {
-            dmac: bmac(a.octets()[3]),
+            dmac: bmac(last),
             smac: LB_MAC,
             ifindex,
         }),
@@ -95,6 +96,45 @@ fn tunnelled(p: &Pkt, to: Ipv4Addr, dmac: [u8; 6]) -> Vec<u8> {
     f
 }
 
+/// The same for an IPv6 probe: an outer IPv6 header (RFC 2473) from the
+/// default tunnel prefix 2001:db8:ffff::/112 with the flow hash's low 16
+/// bits, the hash's low 20 bits as flow label.
+fn tunnelled6(p: &Pkt, tclass: u8, to: Ipv6Addr, dmac: [u8; 6]) -> Vec<u8> {
+    let hash = flow_hash(&p.flow_key(), false);
+    let inner = with_tclass(&p.l3(), 0, tclass);
+    let mut f = Vec::new();
+    f.extend_from_slice(&dmac);
+    f.extend_from_slice(&LB_MAC);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    let mut src = "2001:db8:ffff::"
+        .parse::<Ipv6Addr>()
+        .expect("literal")
+        .octets();
+    src[14..16].copy_from_slice(&((hash & 0xffff) as u16).to_be_bytes());
+    let fl = hash & 0xf_ffff;
+    f.extend_from_slice(&[
+        0x60 | (tclass >> 4),
+        (tclass << 4) | (fl >> 16) as u8,
+        (fl >> 8) as u8,
+        fl as u8,
+    ]);
+    f.extend_from_slice(&(inner.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[41, 64]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&to.octets());
+    f.extend_from_slice(&inner);
+    f
+}
+
+/// `frame` with the IPv6 header at `l3` given traffic class `tclass`
+/// (`Pkt` writes 0; the TCP checksum does not cover it).
+fn with_tclass(frame: &[u8], l3: usize, tclass: u8) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[l3] = 0x60 | (tclass >> 4);
+    f[l3 + 1] = (tclass << 4) | (f[l3 + 1] & 0x0f);
+    f
+}
+
 #[test]
 fn probes_leave_as_the_balancer_sends_a_clients_packet() {
     require_root();
@@ -126,6 +166,29 @@ fn probes_leave_as_the_balancer_sends_a_clients_packet() {
     .expect("dsr backends");
     dp.set_backends(&tun, &[backend("198.18.0.13", 0)])
         .expect("tunnel backends");
+    let dsr6 = VipAddr {
+        addr: "2001:db8:1::1".parse().expect("literal"),
+        ..dsr
+    };
+    let tun6 = VipAddr {
+        addr: "2001:db8:1::2".parse().expect("literal"),
+        ..dsr
+    };
+    for (vip, mode, b) in [
+        (dsr6, Mode::Dsr, "2001:db8::11"),
+        (tun6, Mode::Tunnel, "2001:db8::13"),
+    ] {
+        dp.add_vip(VipSpec {
+            vip,
+            mode,
+            src_hash: false,
+            table_size: 1021,
+            quic: false,
+        })
+        .expect("add IPv6 VIP");
+        dp.set_backends(&vip, &[backend(b, 0)])
+            .expect("IPv6 backends");
+    }
     let id = |vip: &VipAddr, a: &str| {
         dp.backend_id(vip, a.parse().expect("literal"))
             .expect("a backend id")
@@ -135,6 +198,7 @@ fn probes_leave_as_the_balancer_sends_a_clients_packet() {
         id(&dsr, "198.18.0.12"),
         id(&tun, "198.18.0.13"),
     );
+    let (b6_11, b6_13) = (id(&dsr6, "2001:db8::11"), id(&tun6, "2001:db8::13"));
     let prog = dp
         .load_probe(EGRESS)
         .expect("the verifier accepts hola_probe");
@@ -142,13 +206,29 @@ fn probes_leave_as_the_balancer_sends_a_clients_packet() {
     // The balancer's probe of 198.18.1.1:80 from its own address, as the
     // kernel hands it to lo's egress (lo's MACs are zero).
     let syn = |dst: &str| {
-        let mut p = Pkt::new("198.18.0.2", dst, L4::tcp(40123, 80, TCP_SYN));
+        let src = if dst.contains(':') {
+            "2001:db8::2"
+        } else {
+            "198.18.0.2"
+        };
+        let mut p = Pkt::new(src, dst, L4::tcp(40123, 80, TCP_SYN));
         p.dmac = [0; 6];
         p.smac = [0; 6];
         p
     };
     let probe_dsr = syn("198.18.1.1");
     let probe_tun = syn("198.18.1.2");
+    // IPv6 probes reach the program on the balancer's interface, routed to
+    // hola's link-local next hop (its MAC, 02:68:6f:6c:61:00; the
+    // interface's own as source).
+    let syn6 = |dst: &str| {
+        let mut p = syn(dst);
+        p.dmac = [0x02, 0x68, 0x6f, 0x6c, 0x61, 0x00];
+        p.smac = LB_MAC;
+        p
+    };
+    let probe_dsr6 = syn6("2001:db8:1::1");
+    let probe_tun6 = syn6("2001:db8:1::2");
     let mark = |id: u32, way: u32| probe_mark(id, way).expect("an id that fits");
     let rows: Vec<Row> = vec![
         (
@@ -185,6 +265,32 @@ fn probes_leave_as_the_balancer_sends_a_clients_packet() {
             mark(b13, PROBE_TUNNEL),
             TC_ACT_REDIRECT,
             tunnelled(&probe_tun, Ipv4Addr::new(198, 18, 0, 13), bmac(13)),
+        ),
+        (
+            "IPv6 dsr: the backend's MACs, the VIP still the destination",
+            probe_dsr6.bytes(),
+            mark(b6_11, PROBE_DSR),
+            TC_ACT_REDIRECT,
+            with_macs(&probe_dsr6.bytes(), bmac(0x11), LB_MAC),
+        ),
+        (
+            "IPv6 tunnel: IPv6-in-IPv6 from the tunnel source to the backend",
+            with_tclass(&probe_tun6.bytes(), 14, 0x28),
+            mark(b6_13, PROBE_TUNNEL),
+            TC_ACT_REDIRECT,
+            tunnelled6(
+                &probe_tun6,
+                0x28,
+                "2001:db8::13".parse().expect("literal"),
+                bmac(0x13),
+            ),
+        ),
+        (
+            "an IPv4 probe marked for an IPv6 backend: dropped",
+            probe_dsr.bytes(),
+            mark(b6_11, PROBE_DSR),
+            TC_ACT_SHOT,
+            probe_dsr.bytes(),
         ),
         (
             "an id no backend holds: dropped (the check then fails)",

@@ -517,11 +517,10 @@ impl HealthConfig {
     }
 
     /// Whether the check goes through the VIP (`through`): as written, or
-    /// by default for IPv4 dsr and tunnel VIPs. nat and fullnat reach the
-    /// backend's own address as a client's packet does, and probes through
-    /// an IPv6 VIP are not carried yet: those go to the backend's address.
-    pub fn through_vip(&self, mode: VipMode, vip: IpAddr) -> bool {
-        let carried = matches!(mode, VipMode::Dsr | VipMode::Tunnel) && vip.is_ipv4();
+    /// by default for dsr and tunnel VIPs (IPv4 and IPv6). nat and fullnat
+    /// reach the backend's own address as a client's packet does.
+    pub fn through_vip(&self, mode: VipMode) -> bool {
+        let carried = matches!(mode, VipMode::Dsr | VipMode::Tunnel);
         carried && self.through != Some(Through::Backend) && self.kind != CheckKind::Exec
     }
 }

@@ -1084,34 +1084,22 @@ fn check_tables_from_json_fill_defaults() {
 }
 
 #[test]
-fn checks_go_through_the_vip_by_default_for_dsr_and_tunnel_ipv4() {
+fn checks_go_through_the_vip_by_default_for_dsr_and_tunnel() {
     use crate::config::{Through, VipMode};
-    let v4: IpAddr = "198.18.1.1".parse().unwrap();
-    let v6: IpAddr = "2001:db8:1::1".parse().unwrap();
     let mut h = HealthConfig::new(CheckKind::Tcp);
-    assert!(h.through_vip(VipMode::Dsr, v4));
-    assert!(h.through_vip(VipMode::Tunnel, v4));
-    assert!(
-        !h.through_vip(VipMode::Nat, v4),
-        "nat: the backend's address"
-    );
-    assert!(!h.through_vip(VipMode::FullNat, v4));
-    assert!(!h.through_vip(VipMode::Dsr, v6), "IPv6: not carried yet");
+    assert!(h.through_vip(VipMode::Dsr));
+    assert!(h.through_vip(VipMode::Tunnel));
+    assert!(!h.through_vip(VipMode::Nat), "nat: the backend's address");
+    assert!(!h.through_vip(VipMode::FullNat));
     h.through = Some(Through::Vip);
-    assert!(h.through_vip(VipMode::Dsr, v4));
-    assert!(
-        !h.through_vip(VipMode::Nat, v4),
-        "vip on nat means as today"
-    );
+    assert!(h.through_vip(VipMode::Dsr));
+    assert!(!h.through_vip(VipMode::Nat), "vip on nat means as today");
     h.through = Some(Through::Backend);
-    assert!(!h.through_vip(VipMode::Dsr, v4));
-    assert!(!h.through_vip(VipMode::Tunnel, v4));
+    assert!(!h.through_vip(VipMode::Dsr));
+    assert!(!h.through_vip(VipMode::Tunnel));
     let mut exec = HealthConfig::new(CheckKind::Exec);
     exec.through = Some(Through::Vip);
-    assert!(
-        !exec.through_vip(VipMode::Dsr, v4),
-        "a command is not a packet"
-    );
+    assert!(!exec.through_vip(VipMode::Dsr), "a command is not a packet");
 }
 
 #[test]

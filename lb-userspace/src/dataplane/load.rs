@@ -381,19 +381,28 @@ impl Dataplane {
         Ok(p)
     }
 
-    /// Loads `hola_probe` ([`Self::load_probe`]) and attaches it to `lo`'s
-    /// egress as a tcx link, which lasts as long as this daemon.
-    pub fn attach_probe(&mut self, egress_ifindex: u32) -> Result<(), DataplaneError> {
+    /// Loads `hola_probe` ([`Self::load_probe`]) and attaches it to the
+    /// egress of `lo` (IPv4 probes leave by it) and of the balancer's
+    /// interface `egress` (IPv6 probes: see `health::through`) as tcx
+    /// links, which last as long as this daemon.
+    pub fn attach_probe(
+        &mut self,
+        egress_ifindex: u32,
+        egress: &str,
+    ) -> Result<(), DataplaneError> {
         use aya::programs::{LinkOrder, TcAttachType, tc::TcAttachOptions};
         let name = names::PROG_PROBE;
-        self.load_probe(egress_ifindex)?
-            .attach_with_options(
-                "lo",
+        let p = self.load_probe(egress_ifindex)?;
+        for iface in ["lo", egress] {
+            p.attach_with_options(
+                iface,
                 TcAttachType::Egress,
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
             .map(drop)
-            .map_err(|source| DataplaneError::Program { name, source })
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        Ok(())
     }
 
     /// Attaches the balancer to `iface` in `mode`.

@@ -7,7 +7,9 @@
 //! interface. The backend answers from the VIP to the balancer's own
 //! address, which the probe socket is bound to.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+
+use futures_util::TryStreamExt as _;
 
 use lb_common::probe::PROBE_MARK_MASK;
 use rtnetlink::RouteMessageBuilder;
@@ -83,23 +85,47 @@ pub fn failure_detail(
     s
 }
 
-/// The rule that looks marked probes up in [`PROBE_TABLE`], as a request
-/// on `handle` (to add, or as the message to delete).
-fn probe_rule(handle: &rtnetlink::Handle) -> rtnetlink::RuleAddRequest<Ipv4Addr> {
-    let mut rule = handle
+/// The rule that looks marked probes of one family up in [`PROBE_TABLE`],
+/// as a request to add (its message is the one to delete).
+fn probe_rule(handle: &rtnetlink::Handle, v6: bool) -> rtnetlink::RuleAddRequest {
+    let mut r = handle
         .rule()
         .add()
-        .v4()
         .fw_mark(lb_common::probe::PROBE_MARK_TAG)
         .table_id(PROBE_TABLE)
         .priority(PROBE_RULE_PRIORITY)
         .action(netlink_packet_route::rule::RuleAction::ToTable);
-    rule.message_mut()
-        .attributes
+    let m = r.message_mut();
+    m.header.family = if v6 {
+        netlink_packet_route::AddressFamily::Inet6
+    } else {
+        netlink_packet_route::AddressFamily::Inet
+    };
+    m.attributes
         .push(netlink_packet_route::rule::RuleAttribute::FwMask(
             PROBE_MARK_MASK,
         ));
-    rule
+    r
+}
+
+/// The link-local next hop IPv6 probes are routed to (`fe80::686f:6c61`,
+/// "hola"): no host has it; a permanent neighbour entry on the
+/// balancer's interface gives it a MAC, so no neighbour discovery is
+/// sent, and `hola_probe` on that interface's egress takes the probe
+/// before it leaves. (IPv4 probes leave by `lo`; Linux turns an IPv6
+/// route through `lo` into a reject route.)
+pub const PROBE_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0x686f, 0x6c61);
+/// The MAC of [`PROBE_GATEWAY_V6`] (locally administered; `hola_probe`
+/// writes the backend's MACs over it).
+const PROBE_GATEWAY_MAC: [u8; 6] = [0x02, 0x68, 0x6f, 0x6c, 0x61, 0x00];
+
+/// [`PROBE_TABLE`]'s IPv6 route: `default via fe80::686f:6c61 dev IFACE`.
+fn probe_route_v6(ifindex: u32) -> netlink_packet_route::route::RouteMessage {
+    RouteMessageBuilder::<Ipv6Addr>::new()
+        .table_id(PROBE_TABLE)
+        .output_interface(ifindex)
+        .gateway(PROBE_GATEWAY_V6)
+        .build()
 }
 
 /// [`PROBE_TABLE`]'s one route, `default dev lo`.
@@ -112,9 +138,10 @@ fn probe_route() -> netlink_packet_route::route::RouteMessage {
 }
 
 /// The rule as `ip rule` shows it, for messages.
-fn rule_text() -> String {
+fn rule_text(v6: bool) -> String {
     format!(
-        "fwmark {:#x}/{PROBE_MARK_MASK:#x} lookup {PROBE_TABLE}",
+        "{}fwmark {:#x}/{PROBE_MARK_MASK:#x} lookup {PROBE_TABLE}",
+        if v6 { "-6 " } else { "" },
         lb_common::probe::PROBE_MARK_TAG
     )
 }
@@ -124,19 +151,13 @@ fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.to_io().raw_os_error() == Some(errno))
 }
 
-/// Installs (idempotently) the rule that looks marked probes up in
-/// [`PROBE_TABLE`] and that table's one route, `default dev lo`: probes
-/// leave by `lo`, where `hola_probe` takes them (a NOARP device, so no
-/// neighbour is needed for the VIP). Only packets with a probe mark use it.
+/// Installs (idempotently) the rule that looks marked IPv4 probes up in
+/// [`PROBE_TABLE`] and that table's route, `default dev lo`: probes leave
+/// by `lo`, where `hola_probe` takes them (a NOARP device, so no neighbour
+/// is needed for the VIP). Only packets with a probe mark use it.
 pub async fn install_route() -> Result<(), String> {
-    let (conn, handle, _) =
-        rtnetlink::new_connection().map_err(|e| format!("opening a netlink socket: {e}"))?;
-    let task = tokio::spawn(conn);
-    let result = async {
-        match probe_rule(&handle).execute().await {
-            Err(e) if is_errno(&e, libc::EEXIST) => {}
-            r => r.map_err(|e| format!("adding the rule `{}`: {e}", rule_text()))?,
-        }
+    netlink(async |handle| {
+        add_rule(handle, false).await?;
         handle
             .route()
             .add(probe_route())
@@ -144,33 +165,130 @@ pub async fn install_route() -> Result<(), String> {
             .execute()
             .await
             .map_err(|e| format!("adding the route `default dev lo table {PROBE_TABLE}`: {e}"))
-    }
-    .await;
+    })
+    .await
+}
+
+/// The same for IPv6 probes: the rule, a permanent neighbour for
+/// [`PROBE_GATEWAY_V6`] on the balancer's interface `ifindex`, and the
+/// route `default via fe80::686f:6c61 dev IFACE` in [`PROBE_TABLE`].
+/// Fails where the interface has no IPv6 (then checks of IPv6 VIPs go to
+/// the backends' own addresses).
+pub async fn install_route_v6(ifindex: u32) -> Result<(), String> {
+    netlink(async |handle| {
+        add_rule(handle, true).await?;
+        handle
+            .neighbours()
+            .add(ifindex, IpAddr::V6(PROBE_GATEWAY_V6))
+            .link_layer_address(&PROBE_GATEWAY_MAC)
+            .state(netlink_packet_route::neighbour::NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                format!("adding the neighbour {PROBE_GATEWAY_V6} on ifindex {ifindex}: {e}")
+            })?;
+        handle
+            .route()
+            .add(probe_route_v6(ifindex))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                format!(
+                    "adding the route `default via {PROBE_GATEWAY_V6} table {PROBE_TABLE}` \
+                     (ifindex {ifindex}): {e}"
+                )
+            })
+    })
+    .await
+}
+
+/// Runs `f` with a netlink handle of its own.
+async fn netlink<T>(
+    f: impl AsyncFnOnce(&rtnetlink::Handle) -> Result<T, String>,
+) -> Result<T, String> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| format!("opening a netlink socket: {e}"))?;
+    let task = tokio::spawn(conn);
+    let result = f(&handle).await;
     task.abort();
     result
 }
 
+/// Adds the probe rule of one family; there already is fine.
+async fn add_rule(handle: &rtnetlink::Handle, v6: bool) -> Result<(), String> {
+    match probe_rule(handle, v6).execute().await {
+        Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+        r => r.map_err(|e| format!("adding the rule `{}`: {e}", rule_text(v6))),
+    }
+}
+
 /// Removes what [`install_route`] installed (`hola down`): what was
-/// removed, as lines to print (none when neither was there).
+/// removed, as lines to print (none when nothing was there).
 pub async fn remove_route() -> Result<Vec<String>, String> {
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|e| format!("opening a netlink socket: {e}"))?;
     let task = tokio::spawn(conn);
     let result = async {
         let mut removed = Vec::new();
-        let rule = probe_rule(&handle).message_mut().clone();
-        match handle.rule().del(rule).execute().await {
-            Ok(()) => removed.push(format!("the probe rule `{}`", rule_text())),
-            Err(e) if is_errno(&e, libc::ENOENT) => {}
-            Err(e) => return Err(format!("removing the rule `{}`: {e}", rule_text())),
+        for v6 in [false, true] {
+            let rule = probe_rule(&handle, v6).message_mut().clone();
+            match handle.rule().del(rule).execute().await {
+                Ok(()) => removed.push(format!("the probe rule `{}`", rule_text(v6))),
+                Err(e) if is_errno(&e, libc::ENOENT) => {}
+                Err(e) => return Err(format!("removing the rule `{}`: {e}", rule_text(v6))),
+            }
         }
+        let gone = |e: &rtnetlink::Error| is_errno(e, libc::ESRCH) || is_errno(e, libc::ENOENT);
         match handle.route().del(probe_route()).execute().await {
             Ok(()) => removed.push(format!("the route `default dev lo table {PROBE_TABLE}`")),
-            Err(e) if is_errno(&e, libc::ESRCH) || is_errno(&e, libc::ENOENT) => {}
+            Err(e) if gone(&e) => {}
             Err(e) => {
                 return Err(format!(
                     "removing the route `default dev lo table {PROBE_TABLE}`: {e}"
                 ));
+            }
+        }
+        // The IPv6 route and neighbour, on whichever interface they are.
+        let mut neighbours = handle
+            .neighbours()
+            .get()
+            .set_address_family(netlink_packet_route::AddressFamily::Inet6)
+            .execute();
+        let mut ours = Vec::new();
+        while let Some(m) = neighbours
+            .try_next()
+            .await
+            .map_err(|e| format!("listing IPv6 neighbours: {e}"))?
+        {
+            let is_gateway = m.attributes.iter().any(|a| {
+                matches!(a, netlink_packet_route::neighbour::NeighbourAttribute::Destination(
+                    netlink_packet_route::neighbour::NeighbourAddress::Inet6(ip)) if *ip == PROBE_GATEWAY_V6)
+            });
+            if is_gateway {
+                ours.push(m);
+            }
+        }
+        for m in ours {
+            let ifindex = m.header.ifindex;
+            match handle.route().del(probe_route_v6(ifindex)).execute().await {
+                Ok(()) => removed.push(format!(
+                    "the route `default via {PROBE_GATEWAY_V6} table {PROBE_TABLE}` (ifindex {ifindex})"
+                )),
+                Err(e) if gone(&e) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "removing the route `default via {PROBE_GATEWAY_V6} table {PROBE_TABLE}`: {e}"
+                    ));
+                }
+            }
+            match handle.neighbours().del(m).execute().await {
+                Ok(()) => removed.push(format!(
+                    "the neighbour {PROBE_GATEWAY_V6} (ifindex {ifindex})"
+                )),
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(format!("removing the neighbour {PROBE_GATEWAY_V6}: {e}")),
             }
         }
         Ok(removed)

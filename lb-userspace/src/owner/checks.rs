@@ -37,7 +37,7 @@ impl Owner {
     /// backend has an id in the tables to name in the mark).
     fn via(&self, t: &health::Target) -> Option<Via> {
         let v = self.config.vips.iter().find(|v| v.key() == t.vip)?;
-        if !t.check.through_vip(v.mode, t.vip.addr) {
+        if !t.check.through_vip(v.mode) || (t.vip.addr.is_ipv6() && !self.probe_through_v6) {
             return None;
         }
         let tunnel = v.mode == VipMode::Tunnel;

@@ -153,6 +153,9 @@ pub struct Owner {
     /// Checks may go through the VIP: `hola_probe` is attached and the
     /// probes' route installed (`through_vip`).
     probe_through: bool,
+    /// The same for IPv6 VIPs (their route through the balancer's
+    /// interface could be installed).
+    probe_through_v6: bool,
     /// `hola trace`: the trace in progress, and the last generation given.
     tracing: Option<trace::Tracing>,
     trace_generation: u32,
@@ -223,13 +226,16 @@ impl Owner {
             tracing: None,
             trace_generation: 0,
             probe_through: false,
+            probe_through_v6: false,
         }
     }
 
-    /// Lets checks go through the VIP from now on (`hola_probe` attached,
-    /// the marked probes' route installed).
-    pub fn through_vip(&mut self) {
+    /// Lets checks of IPv4 VIPs, and of IPv6 ones when `v6`, go through
+    /// the VIP from now on (`hola_probe` attached, the marked probes'
+    /// routes installed).
+    pub fn through_vip(&mut self, v6: bool) {
         self.probe_through = true;
+        self.probe_through_v6 = v6;
         if self.targets.is_some() {
             self.publish_targets();
         }
