@@ -125,7 +125,7 @@ pub const NEW_FLOW_FLOOD: u8 = 3;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FloodState {
-    /// `bpf_ktime_get_ns` when the window began.
+    /// `bpf_ktime_get_coarse_ns` when the window began.
     pub window_ns: u64,
     /// Flows recorded (or refused) since then.
     pub inserts: u64,

@@ -190,8 +190,19 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
     if chosen.is_some() {
         reason = Reason::FwdQuicServerId;
     }
+    // A dsr or tunnel SYN is looked up in no flow table (as Katran's is
+    // not in its LRU): a SYN starts a connection, so Maglev decides, and
+    // it is never recorded, so a SYN of a new flow (most SYNs, all of a
+    // spoofed flood's) would only pay for a miss in a cold bucket. One
+    // that reuses a recorded 5-tuple is a new connection too. nat and
+    // fullnat SYNs still look: their translation is found by the backend
+    // the flow table gives.
+    let unlooked = proto == PROTO_TCP
+        && is_syn(ports.tcp_flags)
+        && mode != VIP_MODE_NAT
+        && mode != VIP_MODE_FULLNAT;
     // fullnat keeps its flows apart (with the source port they were given).
-    if chosen.is_none() {
+    if chosen.is_none() && !unlooked {
         chosen = if mode == VIP_MODE_FULLNAT {
             flows::lookup_fullnat(&key)
         } else {
@@ -206,7 +217,7 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
         // A later fragment came first and chose the datagram's backend.
         (chosen, reason) = (Some(c), Reason::FwdFragment);
     }
-    if chosen.is_none() && cluster::active() {
+    if chosen.is_none() && !unlooked && cluster::active() {
         // SAFETY: the value is copied out at once (see `flows::lookup`).
         chosen = unsafe { PEER_FLOWS.get(&key) }.and_then(|f| usable(*f, vip.vip_id));
         if chosen.is_some() {
@@ -294,8 +305,9 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
     })
 }
 
-/// A flow-table miss (not found among peers' flows either): why it goes
-/// where it goes, and the backend id (0: none).
+/// A flow-table miss (not found among peers' flows either), or a dsr or
+/// tunnel SYN (looked up in neither): why it goes where it goes, and the
+/// backend id (0: none).
 ///
 /// - `FwdSyn`: a SYN, sent where the table says and not recorded in the
 ///   flow table (the flow is recorded at its first non-SYN packet), so
@@ -314,7 +326,7 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
 fn place(vip: &VipMeta, hash: u32, key: &FlowKey, tcp_flags: u8) -> (Reason, u32) {
     let tcp = key.proto == PROTO_TCP;
     let syn = tcp && is_syn(tcp_flags);
-    let (prev, mut now) = if tcp {
+    let (prev, now) = if tcp {
         flows::previous(vip, hash)
     } else {
         (0, 0)
@@ -325,9 +337,6 @@ fn place(vip: &VipMeta, hash: u32, key: &FlowKey, tcp_flags: u8) -> (Reason, u32
             flows::remember_syn(key, id, hash);
         }
         return (Reason::FwdSyn, id);
-    }
-    if now == 0 {
-        now = flows::now();
     }
     if flows::over_rate(now) {
         return (Reason::FwdFlood, pick(vip, hash));

@@ -63,7 +63,7 @@ pub static RINGS: Array<u32> = Array::with_max_entries(65537, 0);
 #[map]
 pub static PREV_RINGS: Array<u32> = Array::with_max_entries(65537, 0);
 
-/// VIP id → until when (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) its
+/// VIP id → until when (CLOCK_MONOTONIC; read with `bpf_ktime_get_coarse_ns`) its
 /// `PREV_RINGS` slots hold: the table change's time plus the grace period
 /// (0: no previous table). Written by userspace with each table change,
 /// read by the program on a non-SYN TCP miss.

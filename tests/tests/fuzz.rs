@@ -753,7 +753,8 @@ fn icmp_backend_is_the_flows(
 /// - for a VIP: dropped if it has no backend or its backend's next hop is
 ///   unresolved; otherwise forwarded as a new or established flow (fullnat:
 ///   dropped when no source port is free); a TCP SYN that misses the flow
-///   table as an unrecorded SYN (`fwd_syn`); a new flow over the insert
+///   table as an unrecorded SYN (`fwd_syn`; in dsr and tunnel mode every
+///   SYN, recorded 5-tuple or not); a new flow over the insert
 ///   rate limit unrecorded (`fwd_flood`).
 fn judge(p: &Plane, f: &[u8]) -> Judged {
     use Reason::*;
@@ -812,8 +813,9 @@ fn judge(p: &Plane, f: &[u8]) -> Judged {
     };
     let def = &p.vips[vip];
     // A TCP SYN (SYN set, ACK clear) is never recorded in the flow table
-    // (a nat or fullnat SYN's translation waits in NAT_SYN); any other new
-    // flow is, unless over the insert rate limit.
+    // (a nat or fullnat SYN's translation waits in NAT_SYN), and in dsr and
+    // tunnel mode not looked up there either; any other new flow is
+    // recorded, unless over the insert rate limit.
     let syn = ip.proto == TCP && f[ip.l4 + 13] & (SYN | ACK) == SYN;
     let allowed = if def.backends.is_empty() {
         vec![DropNoBackend]
@@ -821,8 +823,12 @@ fn judge(p: &Plane, f: &[u8]) -> Judged {
         vec![DropNoNexthop]
     } else if syn && def.mode == Mode::FullNat {
         vec![FwdSyn, FwdEstablished, DropNatNoPort]
-    } else if syn {
+    } else if syn && def.mode == Mode::Nat {
         vec![FwdSyn, FwdEstablished]
+    } else if syn {
+        // dsr and tunnel: a SYN is looked up in no flow table, so even one
+        // reusing a recorded 5-tuple goes where the table says.
+        vec![FwdSyn]
     } else if def.mode == Mode::FullNat {
         vec![FwdNewFlow, FwdEstablished, FwdFlood, DropNatNoPort]
     } else {

@@ -149,8 +149,8 @@ impl Dataplane {
                 .set(*index, *id, 0)
                 .map_err(map_err(names::PREV_RINGS)),
             Write::PrevUntil { vip_id, grace } => {
-                // The program compares it with bpf_ktime_get_ns, which is
-                // CLOCK_MONOTONIC.
+                // The program compares it with bpf_ktime_get_coarse_ns:
+                // CLOCK_MONOTONIC as of the last tick.
                 let until = if grace.is_zero() {
                     0
                 } else {
