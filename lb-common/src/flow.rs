@@ -121,7 +121,8 @@ pub const NEW_FLOW_PEER: u8 = 2;
 pub const NEW_FLOW_FLOOD: u8 = 3;
 
 /// One per-CPU element of `FLOOD`: the program's count of the flows it
-/// recorded in the current one-second window, for the insert rate limit.
+/// recorded in the current one-second window, for the insert rate limit,
+/// and of the SYNs it saw (a SYN flood: see `syns`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FloodState {
@@ -129,8 +130,12 @@ pub struct FloodState {
     pub window_ns: u64,
     /// Flows recorded (or refused) since then.
     pub inserts: u64,
+    /// SYNs of `dsr` and `tunnel` VIPs since then (layout version 2). Over
+    /// `new_flow_rate`, the window's further SYNs skip the flow-table
+    /// lookups (a SYN flood's are all misses in cold buckets).
+    pub syns: u64,
 }
-const _: () = assert!(core::mem::size_of::<FloodState>() == 16);
+const _: () = assert!(core::mem::size_of::<FloodState>() == 24);
 
 /// The length of the insert rate limit's window.
 pub const FLOOD_WINDOW_NS: u64 = 1_000_000_000;

@@ -88,12 +88,39 @@ pub fn over_rate(now: u64) -> bool {
         None => return false,
     };
     let s: &mut FloodState = s;
+    next_window(s, now);
+    s.inserts += 1;
+    s.inserts > u64::from(limit)
+}
+
+/// Counts a SYN of a `dsr` or `tunnel` VIP; whether this CPU has seen more
+/// than its `new_flow_rate` of them in the current second: a SYN flood.
+/// Then the SYN is looked up in no flow table (see `lookup::try_lb`).
+#[inline(always)]
+pub fn syn_flood() -> bool {
+    let limit: u32 = setting!(new_flow_rate);
+    if limit == 0 {
+        return false;
+    }
+    let s = match FLOOD.get_ptr_mut(0) {
+        // SAFETY: per-CPU element, used only by this CPU while it runs.
+        Some(s) => unsafe { &mut *s },
+        None => return false,
+    };
+    let s: &mut FloodState = s;
+    next_window(s, now());
+    s.syns += 1;
+    s.syns > u64::from(limit)
+}
+
+/// Starts a new window when the current one is over.
+#[inline(always)]
+fn next_window(s: &mut FloodState, now: u64) {
     if now.wrapping_sub(s.window_ns) >= FLOOD_WINDOW_NS {
         s.window_ns = now;
         s.inserts = 0;
+        s.syns = 0;
     }
-    s.inserts += 1;
-    s.inserts > u64::from(limit)
 }
 
 /// The backend id the VIP's previous Maglev table gives `hash`, while its

@@ -190,17 +190,20 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
     if chosen.is_some() {
         reason = Reason::FwdQuicServerId;
     }
-    // A dsr or tunnel SYN is looked up in no flow table (as Katran's is
-    // not in its LRU): a SYN starts a connection, so Maglev decides, and
-    // it is never recorded, so a SYN of a new flow (most SYNs, all of a
-    // spoofed flood's) would only pay for a miss in a cold bucket. One
-    // that reuses a recorded 5-tuple is a new connection too. nat and
-    // fullnat SYNs still look: their translation is found by the backend
-    // the flow table gives.
+    // During a SYN flood (this CPU saw more than `new_flow_rate` SYNs of
+    // dsr and tunnel VIPs this second), a dsr or tunnel SYN is looked up
+    // in no flow table: a flood's SYNs are all misses in cold buckets,
+    // which cost three times what the rest of a SYN does. Maglev decides.
+    // Outside a flood a SYN looks: one that reuses the 5-tuple of a
+    // recorded flow (a client reusing its port) must go where the entry
+    // says, because its ACK will (a SYN records nothing), even after a
+    // table change moved the slot. nat and fullnat SYNs always look: their
+    // translation is found by the backend the flow table gives.
     let unlooked = proto == PROTO_TCP
         && is_syn(ports.tcp_flags)
         && mode != VIP_MODE_NAT
-        && mode != VIP_MODE_FULLNAT;
+        && mode != VIP_MODE_FULLNAT
+        && flows::syn_flood();
     // fullnat keeps its flows apart (with the source port they were given).
     if chosen.is_none() && !unlooked {
         chosen = if mode == VIP_MODE_FULLNAT {
@@ -306,8 +309,8 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
 }
 
 /// A flow-table miss (not found among peers' flows either), or a dsr or
-/// tunnel SYN (looked up in neither): why it goes where it goes, and the
-/// backend id (0: none).
+/// tunnel SYN during a SYN flood (looked up in neither): why it goes where
+/// it goes, and the backend id (0: none).
 ///
 /// - `FwdSyn`: a SYN, sent where the table says and not recorded in the
 ///   flow table (the flow is recorded at its first non-SYN packet), so

@@ -1,8 +1,11 @@
-//! Packet fixtures for a TCP SYN in dsr and tunnel mode (issue 15): it is
-//! looked up in no flow table (neither `FLOWS` nor `PEER_FLOWS`) and recorded
-//! in none, so the VIP's current Maglev table decides, also for a SYN that
-//! reuses the 5-tuple of a recorded flow (a new connection). nat SYNs still
-//! look the flow table up: their translation is found by its backend. The
+//! Packet fixtures for a TCP SYN in dsr and tunnel mode (issue 15). A SYN
+//! is recorded in no flow table. Outside a SYN flood it is looked up as any
+//! packet is, so a SYN reusing the 5-tuple of a recorded flow goes where
+//! the entry says (its ACK will). During a SYN flood (more than
+//! `new_flow_rate` SYNs on the CPU this second) it is looked up in no flow
+//! table (neither `FLOWS` nor `PEER_FLOWS`): the VIP's current Maglev table
+//! decides. nat SYNs always look the flow table up: their translation is
+//! found by its backend. The
 //! real balancer run by the kernel through BPF_PROG_TEST_RUN, provisioned
 //! through `Dataplane`; each row states the verdict, the output, the exact
 //! counter changes and the flow tables' contents after it.
@@ -165,11 +168,35 @@ fn syn_of(ack: &Pkt) -> Pkt {
     s
 }
 
+/// The insert rate limit, and the SYN rate over which SYNs skip the
+/// lookups, per CPU and second.
+const RATE: u32 = 100;
+
+/// Starts a fresh rate window: the program's window is one second long and
+/// starts anew at the first packet after it ended.
+fn next_window() {
+    std::thread::sleep(Duration::from_millis(1100));
+}
+
+/// Puts this CPU in a SYN flood: a fresh window, then `RATE` + 1 SYNs of
+/// other clients to the dsr VIP `v` (every later SYN this second skips the
+/// lookups; the rows that follow take milliseconds).
+fn syn_flood(dp: &mut Dataplane, v: VipAddr) {
+    next_window();
+    let dst = v.addr.to_string();
+    for i in 0..=RATE as u16 {
+        let p = tcp("198.18.0.77", &dst, 50000 + i, TCP_SYN);
+        let (action, _) = run(dp.program().expect("program"), &p.bytes()).expect("test run");
+        assert_eq!(action, XDP_TX, "a flood SYN is forwarded");
+    }
+}
+
 /// dsr (IPv4, IPv6) and tunnel: a SYN reusing a recorded flow's 5-tuple
-/// after a change moved its slot goes by the current table and leaves the
-/// entry as it was; the flow's ACK keeps the recorded backend.
+/// after a change moved its slot goes to the recorded backend, and during
+/// a SYN flood by the current table; either way the entry stays as it
+/// was and the flow's ACK keeps the recorded backend.
 #[test]
-fn a_syn_is_looked_up_in_no_flow_table() {
+fn a_syn_is_looked_up_in_no_flow_table_during_a_syn_flood() {
     require_root();
     pin_to_cpu0();
     let mut dp = Dataplane::load(DataplaneConfig {
@@ -177,7 +204,7 @@ fn a_syn_is_looked_up_in_no_flow_table() {
         nat_capacity: 4096,
         // No grace period: the rows are about the flow table alone.
         table_grace: Duration::ZERO,
-        new_flow_rate: 0,
+        new_flow_rate: RATE,
         peer_flows: 4096,
         ..Default::default()
     })
@@ -212,6 +239,8 @@ fn a_syn_is_looked_up_in_no_flow_table() {
             _ if src == CLIENT6 => "dsr IPv6",
             _ => "dsr",
         };
+        // (64 inserts: under the rate in a fresh window.)
+        next_window();
         let (ack, x, y) = moved_flow(&mut dp, v, src, 40000, &four(p));
         let key = ack.flow_key();
         let entry = dp.flow_entry(&key);
@@ -234,8 +263,18 @@ fn a_syn_is_looked_up_in_no_flow_table() {
         ));
         failures.extend(row(
             &mut dp,
+            &format!("{mode}: a SYN reusing the recorded 5-tuple goes where the entry says"),
+            &syn_of(&ack),
+            Reason::FwdEstablished,
+            v,
+            x,
+            out,
+        ));
+        syn_flood(&mut dp, dsr4);
+        failures.extend(row(
+            &mut dp,
             &format!(
-                "{mode}: a SYN reusing the recorded 5-tuple is a new connection: the table's backend now"
+                "{mode}: during a SYN flood, a SYN reusing it is looked up nowhere: the table's backend now"
             ),
             &syn_of(&ack),
             Reason::FwdSyn,
@@ -263,6 +302,7 @@ fn a_syn_is_looked_up_in_no_flow_table() {
     // than the table's): its SYN goes by the table and is recorded nowhere;
     // its ACK takes the peer's flow and records it here.
     dp.set_cluster(true).expect("CLUSTER_STATE");
+    syn_flood(&mut dp, dsr4);
     let g = tcp(CLIENT, "198.18.8.1", 41000, TCP_ACK);
     let key = g.flow_key();
     let y = dp.maglev_backend(&dsr4, &key).expect("a backend");
@@ -278,7 +318,7 @@ fn a_syn_is_looked_up_in_no_flow_table() {
     dp.install_peer_flow(&key, peer).expect("PEER_FLOWS");
     failures.extend(row(
         &mut dp,
-        "cluster: a SYN whose 5-tuple a peer recorded goes by the table",
+        "cluster, SYN flood: a SYN whose 5-tuple a peer recorded goes by the table",
         &syn_of(&g),
         Reason::FwdSyn,
         dsr4,
@@ -307,10 +347,13 @@ fn a_syn_is_looked_up_in_no_flow_table() {
     assert_eq!(dp.flow_entry(&key), Some(peer), "cluster: recorded here");
     dp.set_cluster(false).expect("CLUSTER_STATE");
 
-    // nat: a SYN still looks the flow table up (its translation is found
-    // by the recorded backend): a SYN reusing a recorded flow's 5-tuple
-    // goes to that backend, with the flow's translation.
+    // nat: a SYN looks the flow table up even during a SYN flood (its
+    // translation is found by the recorded backend): a SYN reusing a
+    // recorded flow's 5-tuple goes to that backend, with the flow's
+    // translation.
+    next_window();
     let (ack, x, _) = moved_flow(&mut dp, nat4, CLIENT, 42000, &four("198.18.11."));
+    syn_flood(&mut dp, dsr4);
     let entry = dp.flow_entry(&ack.flow_key());
     failures.extend(row(
         &mut dp,

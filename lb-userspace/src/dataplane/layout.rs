@@ -60,7 +60,10 @@ pub const LEGACY_BUILD: &str = "unrecorded (a build before layout versions)";
 /// map's version (and add a [`CONVERTERS`] row from the previous one, or
 /// upgrades from it are refused) whenever its key or value is read
 /// differently, including at the same sizes.
-pub const VERSIONS: &[(&str, u32)] = &[];
+pub const VERSIONS: &[(&str, u32)] = &[
+    // 2: `FloodState` gained `syns` (24 bytes).
+    (names::FLOOD, 2),
+];
 
 /// The version of `name`'s layout in this build.
 pub fn version_of(name: &str) -> u32 {
@@ -154,10 +157,15 @@ pub struct Converter {
     pub convert: Convert,
 }
 
-/// The converters this build has, for layouts [`VERSIONS`] bumped. Empty
-/// while every map is at version 1: a grown build-sized array (`REASONS`)
-/// and a new map need none.
-pub const CONVERTERS: &[Converter] = &[];
+/// The converters this build has, for layouts [`VERSIONS`] bumped (a
+/// grown build-sized array such as `REASONS`, and a new map, need none).
+pub const CONVERTERS: &[Converter] = &[Converter {
+    map: names::FLOOD,
+    from: 1,
+    to: 2,
+    // No SYN counted yet in the current window.
+    convert: Convert::ZeroExtend,
+}];
 
 /// What an upgrade does with one map of the new build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -347,6 +347,26 @@ fn main() {
     let flows_after_fill = dp_full.flow_entries().expect("flow entries").len();
     eprintln!("the full table holds {flows_after_fill} flows");
 
+    // A SYN flood: a data plane whose SYN-flood switch (`new_flow_rate`
+    // SYNs a second per CPU, here 1) is on after a round's first SYN, so
+    // that its SYNs are looked up in no flow table, as during a flood.
+    let mut dp_flood = Dataplane::load(DataplaneConfig {
+        flow_capacity_per_cpu: 65_536,
+        new_flow_rate: 1,
+        ..Default::default()
+    })
+    .expect("loading the SYN-flood balancer");
+    dp_flood
+        .add_vip(VipSpec {
+            vip: full_vip,
+            mode: Mode::Dsr,
+            src_hash: false,
+            table_size: 65537,
+            quic: false,
+        })
+        .expect("add VIP");
+    dp_flood.set_backends(&full_vip, &bs).expect("backends");
+
     // NAT mode on a data plane of its own, so that the other paths run
     // with no NAT VIP (a NAT VIP makes every packet not for a VIP look for
     // a NAT reply).
@@ -412,7 +432,7 @@ fn main() {
     let not_vip = not_vip_bytes();
 
     type Path = (&'static str, &'static str);
-    let paths: [Path; 13] = [
+    let paths: [Path; 14] = [
         ("xdp_pass", "baseline: return XDP_PASS"),
         ("macswap_tx", "MAC-swap XDP_TX program"),
         ("not_a_vip", "IPv4 TCP to a non-VIP address"),
@@ -434,6 +454,10 @@ fn main() {
             "new IPv4 TCP flow (flow-table miss, Maglev, insert)",
         ),
         ("tcp_syn", "TCP SYN of a new flow"),
+        (
+            "tcp_syn_flood",
+            "TCP SYN of a new flow during a SYN flood (looked up in no flow table)",
+        ),
         (
             "new_flow_full",
             "new IPv4 TCP flow into a full flow table (evicts one)",
@@ -482,6 +506,14 @@ fn main() {
                     (
                         dp_full.program_ref(),
                         Box::new(move |i| fresh("198.18.1.1", start + i, TCP_ACK)),
+                    )
+                }
+                "tcp_syn_flood" => {
+                    let start = fresh_counter;
+                    fresh_counter += a.calls;
+                    (
+                        dp_flood.program_ref(),
+                        Box::new(move |i| fresh("198.18.1.1", start + i, TCP_SYN)),
                     )
                 }
                 "established_nat" | "nat_reply" | "not_a_vip_nat" => {

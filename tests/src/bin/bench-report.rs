@@ -311,6 +311,7 @@ fn dataplane(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
         ("new_flow", Some(450.0)),
         ("new_flow_full", None),
         ("tcp_syn", Some(150.0)),
+        ("tcp_syn_flood", Some(150.0)),
         ("established_nat", Some(90.0)),
         ("nat_reply", Some(90.0)),
         ("not_a_vip_nat", None),
