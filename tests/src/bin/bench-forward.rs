@@ -4,8 +4,11 @@
 //! sends UDP frames of N flows out of `g0`; the contender on the peer `l0`
 //! sends them back (XDP_TX); `bench_sink` on `g0` counts and drops them.
 //! The generator runs on CPU 0; `l0`'s NAPI is threaded and pinned to
-//! CPU 1. Contenders alternate within each round. Writes
-//! target/bench/forward.json and prints a table (docs/benchmarks.md).
+//! CPU 1. Contenders alternate within each round. Beside the rate, each
+//! measurement records the balancer CPU's time per packet (`cpu_ns`).
+//! Writes target/bench/forward.json (or, for a run of some contenders or
+//! flow counts only, target/bench/forward-partial.json) and prints a table
+//! (docs/benchmarks.md).
 
 use std::{
     collections::BTreeMap,
