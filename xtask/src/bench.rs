@@ -18,7 +18,7 @@ pub(crate) enum Bench {
     },
     /// Packets per second through a veth: hola against the XDP_TX ceiling (needs root); writes target/bench/forward.json.
     Forward {
-        /// Passed to bench-forward, e.g. `--rounds 3 --seconds 1` or `--smoke`.
+        /// Passed to bench-forward, e.g. `--rounds 3 --seconds 1`, `--contenders hola_dsr --flows 1000,syn` or `--smoke`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

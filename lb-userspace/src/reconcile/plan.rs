@@ -110,6 +110,14 @@ pub struct NatState {
 /// the others hold 0, "as now"), and its `PREV_UNTIL` expire `grace` from
 /// now. Only the slots that differ from what they hold are written; none
 /// at all when `next` changes no slot, or without a grace period.
+///
+/// When no moved slot had an owner (the VIP had no backend: its first
+/// table, or its first after all its backends went), no flow can have
+/// been placed by the table being replaced, so there is nothing to keep:
+/// the VIP's grace period is ended instead (one `PREV_UNTIL` write, which
+/// also ends an earlier period, as a period of empty slots would), and the
+/// program's miss path skips the clock and `PREV_RINGS` reads it would
+/// otherwise pay for every TCP miss until the period ran out.
 fn previous_table(state: &mut VipState, next: &[u32], grace: Duration) -> Vec<Write> {
     let moved = state.ring.iter().zip(next).any(|(have, want)| have != want);
     if grace.is_zero() || !moved {
@@ -121,6 +129,14 @@ fn previous_table(state: &mut VipState, next: &[u32], grace: Duration) -> Vec<Wr
         .zip(next)
         .map(|(&have, &want)| if have != want { have } else { 0 })
         .collect();
+    if want.iter().all(|&id| id == 0) {
+        // The slots keep what they hold (`state.prev` still says what that
+        // is): they are not read while `PREV_UNTIL` is 0.
+        return vec![Write::PrevUntil {
+            vip_id: state.id,
+            grace: Duration::ZERO,
+        }];
+    }
     let mut writes: Vec<Write> = want
         .iter()
         .enumerate()

@@ -802,6 +802,55 @@ fn a_table_change_writes_the_previous_table_and_its_expiry_before_the_slots() {
 }
 
 #[test]
+fn a_table_replacing_an_empty_one_ends_the_grace_period_instead_of_starting_one() {
+    let c = one_vip("", &[("198.18.0.11", 1), ("198.18.0.12", 1)]);
+    let mut t = Tables::new(CAP).with_grace(GRACE);
+    let w = step(&mut t, &c, &Checks::default());
+    let ends = Write::PrevUntil {
+        vip_id: 1,
+        grace: Duration::ZERO,
+    };
+    // add_vip ends it once (a new VIP's previous table is empty), and the
+    // first table, which replaces only empty slots, ends it again rather
+    // than starting 60 s of a previous table that names no backend.
+    assert_eq!(w.iter().filter(|x| **x == ends).count(), 2, "{w:?}");
+    assert!(
+        !w.iter()
+            .any(|x| matches!(x, Write::PrevUntil { grace, .. } if *grace == GRACE)),
+        "no grace period: {w:?}"
+    );
+    let vip = key(&c, 0);
+    let first = ring(&t, vip);
+
+    // Every backend gone, then back: the table they come back to replaces
+    // empty slots again, so that change starts no grace period either.
+    let empty = one_vip("", &[]);
+    let w = step(&mut t, &empty, &Checks::default());
+    let mut want = prev_writes(&[0; 7], &first);
+    want.push(Write::PrevUntil {
+        vip_id: 1,
+        grace: GRACE,
+    });
+    want.extend(slot_writes(0, &first, &[0; 7]));
+    assert_eq!(
+        w[..want.len()],
+        want[..],
+        "going empty keeps the flows' backends for the grace period"
+    );
+    let w = step(&mut t, &c, &Checks::default());
+    assert!(w.contains(&ends), "{w:?}");
+    assert!(
+        !w.iter().any(|x| matches!(x, Write::PrevSlot { .. })),
+        "the previous slots are left as they are: {w:?}"
+    );
+    assert_eq!(
+        t.vip(&vip).expect("vip").prev.as_deref(),
+        Some(&first[..]),
+        "and the copy still says what they hold"
+    );
+}
+
+#[test]
 fn a_change_that_moves_no_slot_keeps_the_previous_table_and_its_expiry() {
     let c = one_vip("", &[("198.18.0.11", 1), ("198.18.0.12", 1)]);
     let mut t = Tables::new(CAP).with_grace(GRACE);

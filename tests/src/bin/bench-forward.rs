@@ -4,8 +4,11 @@
 //! sends UDP frames of N flows out of `g0`; the contender on the peer `l0`
 //! sends them back (XDP_TX); `bench_sink` on `g0` counts and drops them.
 //! The generator runs on CPU 0; `l0`'s NAPI is threaded and pinned to
-//! CPU 1. Contenders alternate within each round. Writes
-//! target/bench/forward.json and prints a table (docs/benchmarks.md).
+//! CPU 1. Contenders alternate within each round. Beside the rate, each
+//! measurement records the balancer CPU's time per packet (`cpu_ns`).
+//! Writes target/bench/forward.json (or, for a run of some contenders or
+//! flow counts only, target/bench/forward-partial.json) and prints a table
+//! (docs/benchmarks.md).
 
 use std::{
     collections::BTreeMap,
@@ -33,6 +36,11 @@ struct Args {
     rounds: usize,
     seconds: f64,
     out: String,
+    /// Contenders to run besides the ceiling (`macswap_tx` always runs:
+    /// every ratio is to it); all when empty.
+    only: Vec<String>,
+    /// Flow counts to run (`syn` for the SYN flood); all when empty.
+    flows: Vec<u32>,
 }
 
 fn args() -> Args {
@@ -40,23 +48,50 @@ fn args() -> Args {
         rounds: 3,
         seconds: 1.0,
         out: "target/bench/forward.json".into(),
+        only: Vec::new(),
+        flows: Vec::new(),
     };
+    let mut out = None;
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
         match k.as_str() {
             "--rounds" => a.rounds = v().parse().expect("--rounds N"),
             "--seconds" => a.seconds = v().parse().expect("--seconds S"),
-            "--out" => a.out = v(),
+            "--out" => out = Some(v()),
+            "--contenders" => a.only = v().split(',').map(str::to_string).collect(),
+            "--flows" => {
+                a.flows = v()
+                    .split(',')
+                    .map(|f| match f {
+                        "syn" => SYN_FLOOD,
+                        n => n
+                            .replace('_', "")
+                            .parse()
+                            .unwrap_or_else(|_| panic!("--flows {f}: a flow count or `syn`")),
+                    })
+                    .collect()
+            }
             "--smoke" => {
                 a.rounds = 1;
                 a.seconds = 0.2;
             }
             other => {
-                panic!("unknown argument {other}; use --rounds N --seconds S --out FILE or --smoke")
+                panic!(
+                    "unknown argument {other}; use --rounds N --seconds S --out FILE \
+                     --contenders hola_dsr,... --flows 1000,syn or --smoke"
+                )
             }
         }
     }
+    // A partial run never overwrites the full run bench-report renders.
+    a.out = out.unwrap_or_else(|| {
+        if a.only.is_empty() && a.flows.is_empty() {
+            a.out.clone()
+        } else {
+            "target/bench/forward-partial.json".into()
+        }
+    });
     a
 }
 
@@ -68,6 +103,20 @@ fn pin_to(cpu: usize) {
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
+}
+
+/// CPU time (ns) the tasks `pids` have run so far (`/proc/PID/schedstat`,
+/// first field). The balancer's CPU does its work in `l0`'s NAPI thread
+/// (the contender, and `g0`'s NAPI with the sink, run as a softirq on its
+/// way out; without IRQ time accounting that is charged to the thread) and
+/// in that CPU's ksoftirqd when softirqs are deferred. Unlike packets per
+/// second, the time per packet does not depend on the CPU share the thread
+/// gets from a machine that also runs other work.
+fn cpu_ns(pids: &[String]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// The flow count of the SYN-flood column: every frame a new TCP flow.
@@ -143,6 +192,17 @@ fn main() {
     if pids.trim().is_empty() {
         eprintln!("no threaded NAPI for l0: the balancer shares the generator's CPU");
     }
+    // Where the balancer's CPU time is counted: l0's NAPI thread and that
+    // CPU's ksoftirqd.
+    let mut busy: Vec<String> = pids.split_whitespace().map(str::to_string).collect();
+    busy.extend(
+        cmd(
+            "sh",
+            &["-c", &format!("pgrep -x ksoftirqd/{} || true", ncpus - 1)],
+        )
+        .split_whitespace()
+        .map(str::to_string),
+    );
     for pid in pids.split_whitespace() {
         let _ = std::process::Command::new("taskset")
             .args(["-p", "-c", &(ncpus - 1).to_string(), pid])
@@ -191,7 +251,7 @@ fn main() {
         f
     };
 
-    let contenders: [(&str, &str); 5] = [
+    let all_contenders: [(&str, &str); 5] = [
         ("macswap_tx", "MAC-swap XDP_TX program (the ceiling)"),
         ("hola_dsr", "hola, dsr"),
         ("hola_tunnel", "hola, tunnel (IPIP encap)"),
@@ -201,6 +261,17 @@ fn main() {
             "nftables DNAT with conntrack over the same 10 backends, kernel forwarding",
         ),
     ];
+    let contenders: Vec<(&str, &str)> = all_contenders
+        .into_iter()
+        .filter(|(n, _)| *n == "macswap_tx" || a.only.is_empty() || a.only.iter().any(|o| o == n))
+        .collect();
+    for o in &a.only {
+        assert!(
+            all_contenders.iter().any(|(n, _)| n == o),
+            "--contenders {o}: not one of {:?}",
+            all_contenders.map(|(n, _)| n)
+        );
+    }
     // The DNAT contender's kernel side: an address, forwarding, the backends
     // reached through l0 at g0's MAC (where the sink counts them).
     t.ip("lb", &["addr", "add", "198.18.0.2/24", "dev", "l0"]);
@@ -234,7 +305,11 @@ fn main() {
         t.sysctl("lb", kv);
     }
     // Flow counts; the last (every frame a new TCP flow) is the SYN flood.
-    let flow_counts = [1u32, 1_000, 100_000, SYN_FLOOD];
+    let flow_counts: Vec<u32> = if a.flows.is_empty() {
+        vec![1, 1_000, 100_000, SYN_FLOOD]
+    } else {
+        a.flows.clone()
+    };
     let lb_ns = t.ns("lb");
     let make = |name: &str| -> Contender {
         let name = name.to_string();
@@ -332,6 +407,8 @@ fn main() {
 
     let mut results: BTreeMap<(String, u32), Vec<f64>> = BTreeMap::new();
     let mut generated: BTreeMap<(String, u32), Vec<f64>> = BTreeMap::new();
+    // Per measurement: the balancer CPU's busy ns per packet received.
+    let mut cpu: BTreeMap<(String, u32), Vec<f64>> = BTreeMap::new();
     // Per hola measurement: how many packets recorded a new flow, went
     // through unrecorded (SYNs, inserts over the rate limit) or hit the table.
     let mut recorded: BTreeMap<(String, u32), Vec<serde_json::Value>> = BTreeMap::new();
@@ -340,9 +417,9 @@ fn main() {
     // namespace.
     hola_tests::netns::enter(&format!("/run/netns/{gen_ns}"));
     for round in 0..a.rounds {
-        for (name, _) in contenders {
+        for &(name, _) in &contenders {
             let c = make(name);
-            for flows in flow_counts {
+            for &flows in &flow_counts {
                 let frame = if flows == SYN_FLOOD {
                     &syn_frame
                 } else {
@@ -378,6 +455,12 @@ fn main() {
                 let mut ctx = [0u8; 24];
                 ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
                 ctx[12..16].copy_from_slice(&g0.to_ne_bytes());
+                // A line to start an outside profiler on (perf, bpftool).
+                eprintln!(
+                    "round {round} {name:<12} {:>9} flows: measuring",
+                    label(flows)
+                );
+                let cpu_before = cpu_ns(&busy);
                 let start = Instant::now();
                 let mut sent = 0u64;
                 while start.elapsed().as_secs_f64() < a.seconds {
@@ -395,6 +478,10 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(50));
                 let got = read(&generator) - before;
                 let pps = got as f64 / el;
+                let ns_per_packet = (cpu_ns(&busy) - cpu_before) as f64 / got.max(1) as f64;
+                cpu.entry((name.to_string(), flows))
+                    .or_default()
+                    .push(ns_per_packet);
                 if let (Some(b), Some(a)) = (verdicts_before, verdict_counts(&c)) {
                     let delta = |n: &str| a.get(n).unwrap_or(&0) - b.get(n).unwrap_or(&0);
                     recorded
@@ -408,7 +495,8 @@ fn main() {
                         }));
                 }
                 eprintln!(
-                    "round {round} {name:<12} {:>9} flows: sent {:.2} Mpps, received {:.2} Mpps",
+                    "round {round} {name:<12} {:>9} flows: sent {:.2} Mpps, received {:.2} Mpps, \
+                     {ns_per_packet:.0} ns of the balancer's CPU per packet",
                     label(flows),
                     sent as f64 / el / 1e6,
                     pps / 1e6
@@ -444,26 +532,43 @@ fn main() {
             )
         })
         .collect();
+    let ceiling_ns: BTreeMap<u32, f64> = flow_counts
+        .iter()
+        .map(|f| {
+            (
+                *f,
+                median(&mut cpu[&("macswap_tx".to_string(), *f)].clone()),
+            )
+        })
+        .collect();
     println!(
-        "{:<14} {:>9} {:>10} {:>10} {:>14}",
-        "contender", "flows", "Mpps", "of ceiling", "generator Mpps"
+        "{:<14} {:>9} {:>10} {:>10} {:>14} {:>10} {:>10}",
+        "contender", "flows", "Mpps", "of ceiling", "generator Mpps", "CPU ns/pkt", "CPU ratio"
     );
     let mut rows = Vec::new();
-    for (name, what) in contenders {
-        for flows in flow_counts {
+    for &(name, what) in &contenders {
+        for &flows in &flow_counts {
             let mut v = results[&(name.to_string(), flows)].clone();
             let med = median(&mut v);
             let ratio = med / ceiling[&flows];
             let g = median(&mut generated[&(name.to_string(), flows)].clone());
+            let mut ns = cpu[&(name.to_string(), flows)].clone();
+            let med_ns = median(&mut ns);
+            // What the pps ratio would be with the CPU to itself.
+            let cpu_ratio = ceiling_ns[&flows] / med_ns;
             println!(
-                "{name:<14} {:>9} {:>10.3} {:>9.0}% {:>14.3}",
+                "{name:<14} {:>9} {:>10.3} {:>9.0}% {:>14.3} {:>10.0} {:>9.0}%",
                 label(flows),
                 med / 1e6,
                 ratio * 100.0,
-                g / 1e6
+                g / 1e6,
+                med_ns,
+                cpu_ratio * 100.0
             );
             let mut row = json!({"contender": name, "what": what, "flows": flows, "median_pps": med,
-                "ratio_to_ceiling": ratio, "rounds": v, "generator_median_pps": g});
+                "ratio_to_ceiling": ratio, "rounds": v, "generator_median_pps": g,
+                "median_cpu_ns_per_packet": med_ns, "cpu_ns_per_packet_rounds": ns,
+                "cpu_ratio_to_ceiling": cpu_ratio});
             if let Some(r) = recorded.get(&(name.to_string(), flows)) {
                 row["verdicts_per_round"] = r.clone().into();
             }

@@ -472,7 +472,16 @@ beyond 60,000 flows; checksums kept valid) and transmits it out of `g0`. The
 contender on `l0` sends it back to `g0` (XDP_TX, or kernel forwarding for
 DNAT), where `bench_sink` counts and drops it. `l0`'s NAPI runs threaded,
 pinned to CPU 1. The SYN-flood column sends TCP SYNs of a new source (address
-and port) in every frame. Contenders:
+and port) in every frame. The balancer CPU's time per packet is the CPU
+time of `l0`'s NAPI thread and of CPU 1's ksoftirqd (`/proc/PID/schedstat`)
+over the packets received: the contender, the veth receive and transmit and
+the sink's softirq, which runs in that thread. Unlike packets per second,
+it does not depend on the share of CPU 1 the thread gets on a machine that
+runs other work too; \"by CPU time\" is the ceiling's time per packet over
+the contender's, what the ratio of rates would be with CPU 1 to the
+balancer alone (the time per packet still grows with cache pollution and
+with the rate itself, so it is a second reading, not a correction).
+Contenders:
 
 - `macswap_tx`: the MAC-swap XDP_TX program, the ceiling;
 - `hola_dsr`, `hola_tunnel`, `hola_nat`: the balancer as the daemon
@@ -491,7 +500,7 @@ fn forward(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
          \"of the ceiling\" is the ratio to `macswap_tx` at the same flow count.\n\n",
         d["rounds"], d["seconds_per_measurement"],
     );
-    out.push_str("| contender | flows | Mpps (median) | rounds | of the ceiling | generator Mpps | flows recorded / s | new, not recorded / s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    out.push_str("| contender | flows | Mpps (median) | rounds | of the ceiling | generator Mpps | flows recorded / s | new, not recorded / s | balancer CPU ns / packet | of the ceiling, by CPU time |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     let secs = d["seconds_per_measurement"].as_f64().unwrap_or(1.0);
     let rows = d["results"].as_array().expect("forward results");
     let mut last = "";
@@ -507,9 +516,17 @@ fn forward(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
             ceiling_max = ceiling_max.max(f(r, "median_pps"));
         }
         let (rec, unrec) = recorded_rates(r, secs);
+        // Absent from a run made before bench-forward measured them.
+        let (cpu_ns, cpu_ratio) = match (
+            r["median_cpu_ns_per_packet"].as_f64(),
+            r["cpu_ratio_to_ceiling"].as_f64(),
+        ) {
+            (Some(ns), Some(x)) => (format!("{ns:.0}"), format!("{:.0} %", x * 100.0)),
+            _ => (String::new(), String::new()),
+        };
         let _ = writeln!(
             out,
-            "| {label} | {} | {:.3} | {} | {:.0} % | {:.2} | {rec} | {unrec} |",
+            "| {label} | {} | {:.3} | {} | {:.0} % | {:.2} | {rec} | {unrec} | {cpu_ns} | {cpu_ratio} |",
             flows_label(r["flows"].as_u64().unwrap_or(0)),
             f(r, "median_pps") / 1e6,
             spread(&rounds(r, None), 1e-6, 3),
