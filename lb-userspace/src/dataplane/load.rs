@@ -90,7 +90,7 @@ impl Dataplane {
         if let (Some(dir), Some((plan, _))) = (pin_dir, &plan) {
             for (name, action) in &plan.actions {
                 let sub = match action {
-                    Action::Convert(_) | Action::Fresh => upgrade::STAGE,
+                    Action::Convert(_) | Action::Derive { .. } | Action::Fresh => upgrade::STAGE,
                     Action::Reuse | Action::Create => "maps",
                 };
                 pins.push((name.as_str(), dir.join(sub).join(name)));
@@ -170,6 +170,7 @@ impl Dataplane {
             graces: Default::default(),
             vip_filter: take!(names::VIP_FILTER),
             flows: take!(names::FLOWS),
+            flows4: take!(names::FLOWS4),
             vip_stats: take!(names::VIP_STATS),
             backend_stats: take!(names::BACKEND_STATS),
             handshakes: take!(names::HANDSHAKES),
@@ -427,12 +428,10 @@ pub(super) fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
 }
 
 /// Every map's capacity, from the load-time settings.
-pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 30] {
+pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 31] {
     [
-        (
-            names::FLOWS,
-            cfg.flow_capacity_per_cpu.saturating_mul(ncpus),
-        ),
+        (names::FLOWS4, flows4_capacity(cfg, ncpus)),
+        (names::FLOWS, flows6_capacity(cfg, ncpus)),
         (names::VIPS, cfg.max_vips),
         (names::VIP_ADDRS4, cfg.max_vips),
         (names::VIP_ADDRS6, cfg.max_vips),
@@ -466,10 +465,27 @@ pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u3
     ]
 }
 
+/// `FLOWS4`' entries (IPv4 flows): `flow_capacity_per_cpu` per possible
+/// CPU, what the setting has always meant.
+pub fn flows4_capacity(cfg: &DataplaneConfig, ncpus: u32) -> u32 {
+    cfg.flow_capacity_per_cpu.saturating_mul(ncpus)
+}
+
+/// `FLOWS`' entries (IPv6 flows): a quarter of `FLOWS4`'s, at least 1,024
+/// per possible CPU (or `FLOWS4`'s, when smaller). An IPv6 entry costs
+/// about 1.4 times an IPv4 one (its key is 40 bytes, not 16): at a
+/// quarter, the two tables together take a little less kernel memory than
+/// the one table of `FlowKey`s they replace did at the same setting
+/// (docs/benchmarks.md, "Kernel memory"), rather than 1.7 times as much.
+pub fn flows6_capacity(cfg: &DataplaneConfig, ncpus: u32) -> u32 {
+    let v4 = flows4_capacity(cfg, ncpus);
+    (v4 / 4).max(1024u32.saturating_mul(ncpus)).min(v4)
+}
+
 /// `GRACE_SYNS`' entries: a sixteenth of `FLOWS`, at least 4,096 (only
 /// SYNs during a grace period, in the slots a change moved, go there).
 pub fn grace_syns_capacity(cfg: &DataplaneConfig, ncpus: u32) -> u32 {
-    (cfg.flow_capacity_per_cpu.saturating_mul(ncpus) / 16).max(4096)
+    (flows4_capacity(cfg, ncpus) / 16).max(4096)
 }
 
 /// `NAT_SYN`'s entries: a quarter of `NAT`'s, at least 1,024 (handshakes
@@ -504,6 +520,7 @@ fn plan_pins(
             if plan.migrates() {
                 tracing::info!(from_build = %old.build, to_build = %current.build,
                     replaced = plan.actions.iter().filter(|(_, a)| matches!(a, Action::Convert(_) | Action::Fresh)).count(),
+                    derived = plan.actions.iter().filter(|(_, a)| matches!(a, Action::Derive { .. })).count(),
                     created = plan.actions.iter().filter(|(_, a)| *a == Action::Create).count(),
                     "the pinned maps have another layout: upgrading them");
             }
@@ -600,10 +617,12 @@ mod tests {
     }
 
     /// `PEER_FLOWS` takes one entry without `[cluster]`; with one, as many
-    /// as `FLOWS` (per-CPU capacity × possible CPUs) or `peer_flow_capacity`.
+    /// as `FLOWS4` (per-CPU capacity × possible CPUs) or `peer_flow_capacity`.
     #[test]
     fn peer_flows_sized_from_the_cluster() {
         let global = "[global]\ninterfaces = [\"eth0\"]\nflow_capacity_per_cpu = 1000\n";
+        const BIG: &str = "[global]\ninterfaces = [\"eth0\"]\nflow_capacity_per_cpu = 100000\n";
+        const MID: &str = "[global]\ninterfaces = [\"eth0\"]\nflow_capacity_per_cpu = 2000\n";
         let cluster = "[cluster]\nid = \"a\"\nkey = \"0123456789abcdef\"\n";
         let sizes = |text: &str, ncpus: u32| {
             let c = crate::config::parse(text, "hola.toml").unwrap_or_else(|e| panic!("{e}"));
@@ -611,7 +630,12 @@ mod tests {
         };
 
         let alone = sizes(global, 4);
+        assert_eq!(size_of(&alone, names::FLOWS4), 4000);
+        // IPv6: a quarter, but at least 1,024 per CPU and at most FLOWS4.
         assert_eq!(size_of(&alone, names::FLOWS), 4000);
+        assert_eq!(size_of(&sizes(BIG, 4), names::FLOWS4), 400_000);
+        assert_eq!(size_of(&sizes(BIG, 4), names::FLOWS), 100_000);
+        assert_eq!(size_of(&sizes(MID, 2), names::FLOWS), 2048);
         assert_eq!(size_of(&alone, names::PEER_FLOWS), 1);
 
         let default = sizes(&format!("{global}{cluster}"), 4);
@@ -631,8 +655,12 @@ mod tests {
         assert_eq!(d.peer_flows, super::super::PEER_FLOWS_OFF);
         assert_eq!(size_of(&map_sizes(&d, 2), names::PEER_FLOWS), 1);
         assert_eq!(
-            size_of(&map_sizes(&d, 2), names::FLOWS),
+            size_of(&map_sizes(&d, 2), names::FLOWS4),
             2 * crate::config::defaults::FLOW_CAPACITY_PER_CPU
+        );
+        assert_eq!(
+            size_of(&map_sizes(&d, 2), names::FLOWS),
+            crate::config::defaults::FLOW_CAPACITY_PER_CPU / 2
         );
         // Every other map is sized the same with or without a cluster.
         for ((name, a), (_, b)) in alone.iter().zip(&set) {
