@@ -75,6 +75,16 @@ impl Dataplane {
         self.peer_flows.get(key, 0).ok()
     }
 
+    /// The two flow tables as they are: `FLOWS4`'s entries (IPv4, 16-byte
+    /// keys) and `FLOWS`' (IPv6). For tests and tools that check which
+    /// table a flow is in.
+    pub fn flow_tables(&self) -> Result<FlowTables, DataplaneError> {
+        Ok((
+            walk(self.flows4.iter(), names::FLOWS4)?,
+            walk(self.flows.iter(), names::FLOWS)?,
+        ))
+    }
+
     /// Every `FLOWS4` and `FLOWS` entry (whole-table walks: for a peer's
     /// snapshot), IPv4 keys widened to `FlowKey`s.
     pub fn flow_entries(&self) -> Result<Vec<(FlowKey, FlowValue)>, DataplaneError> {
@@ -117,6 +127,9 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// `FLOWS4`'s entries and `FLOWS`', as [`Dataplane::flow_tables`] reads them.
+pub type FlowTables = (Vec<(FlowKey4, FlowValue)>, Vec<(FlowKey, FlowValue)>);
 
 /// The entries of a `FLOWS4` walk, keys widened to `FlowKey`s.
 fn walk4(

@@ -607,6 +607,86 @@ mod tests {
         );
     }
 
+    /// The upgrade from a build with one flow table (`FLOWS` 1) to this
+    /// one: `FLOWS` converted (its IPv6 entries kept, at its new capacity),
+    /// `FLOWS4` made from it (its IPv4 entries, keys narrowed).
+    #[test]
+    fn one_flow_table_split_in_two() {
+        let old = layout(vec![m("FLOWS", kind::LRU_HASH, 40, 8, 8192, 1)]);
+        let new = layout(vec![
+            m("FLOWS4", kind::LRU_HASH, 16, 8, 8192, 1),
+            m("FLOWS", kind::LRU_HASH, 40, 8, 2048, 2),
+        ]);
+        let p = plan(&old, &new, CONVERTERS).expect("plan");
+        assert_eq!(
+            p.actions,
+            vec![
+                (
+                    "FLOWS4".to_string(),
+                    Action::Derive {
+                        from: "FLOWS",
+                        convert: Convert::Entry(flows::to_v4)
+                    }
+                ),
+                (
+                    "FLOWS".into(),
+                    Action::Convert(Convert::Entry(flows::keep_v6))
+                ),
+            ]
+        );
+        assert!(p.migrates());
+        assert!(p.removed.is_empty());
+        // This build's own pins: both reused.
+        let same = plan(&new, &new, CONVERTERS).expect("plan");
+        assert!(same.actions.iter().all(|(_, a)| *a == Action::Reuse));
+        // Without the converters the split is refused, not done halfway.
+        assert!(matches!(
+            plan(&old, &new, &[]),
+            Err(LayoutError::NoConverter { .. })
+        ));
+
+        let key = |family: u8, src: [u8; 16]| lb_common::FlowKey {
+            src,
+            dst: lb_common::flow::v4_addr([198, 18, 1, 1]),
+            sport: 40000u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: lb_common::PROTO_TCP,
+            family,
+            _pad: [0; 2],
+        };
+        let bytes = |k: &lb_common::FlowKey| -> Vec<u8> {
+            // SAFETY: a FlowKey is 40 bytes of integers, no padding bytes.
+            unsafe { std::mem::transmute::<lb_common::FlowKey, [u8; 40]>(*k) }.to_vec()
+        };
+        let value = [7u8, 0, 0, 0, 0xaa, 0xbb, 0xcc, 0xdd];
+        let k4 = key(
+            lb_common::FAMILY_V4,
+            lb_common::flow::v4_addr([198, 18, 0, 1]),
+        );
+        let k6 = key(
+            lb_common::FAMILY_V6,
+            [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        );
+        let to4 = Convert::Entry(flows::to_v4);
+        let keep6 = Convert::Entry(flows::keep_v6);
+        let mut narrowed = vec![198, 18, 0, 1, 198, 18, 1, 1];
+        narrowed.extend(40000u16.to_be_bytes());
+        narrowed.extend(80u16.to_be_bytes());
+        narrowed.extend([lb_common::PROTO_TCP, 0, 0, 0]);
+        assert_eq!(
+            to4.entry(&bytes(&k4), &value, 16, 8),
+            Some((narrowed, value.to_vec()))
+        );
+        assert_eq!(to4.entry(&bytes(&k6), &value, 16, 8), None);
+        assert_eq!(keep6.entry(&bytes(&k4), &value, 40, 8), None);
+        assert_eq!(
+            keep6.entry(&bytes(&k6), &value, 40, 8),
+            Some((bytes(&k6), value.to_vec()))
+        );
+        // A key of another size is no FlowKey: dropped, not misread.
+        assert_eq!(to4.entry(&[0u8; 39], &value, 16, 8), None);
+    }
+
     fn widen(v: &[u8]) -> Option<Vec<u8>> {
         // u32 → u64, little or big end alike for these tests' values.
         let x = u32::from_ne_bytes(v.try_into().ok()?);

@@ -42,7 +42,7 @@ use lb_common::{
 };
 
 pub use self::{
-    flows::monotonic_ns,
+    flows::{FlowTables, monotonic_ns},
     inspect::{PinnedMap, build_tag, pinned_maps},
     load::unpin_all,
 };
