@@ -18,7 +18,7 @@ use lb_common::{
     hash::flow_hash,
 };
 use lb_userspace::dataplane::{
-    BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec,
+    BackendSpec, Dataplane, DataplaneConfig, FlowTables, Mode, Nexthop, Proto, VipAddr, VipSpec,
 };
 
 const XDP_TX: u32 = 3;
@@ -101,12 +101,7 @@ fn value(dp: &Dataplane, v: &VipAddr, to: IpAddr, p: &Pkt) -> FlowValue {
 }
 
 /// Both tables' exact contents, sorted by key.
-fn tables(
-    dp: &Dataplane,
-) -> (
-    Vec<(FlowKey4, FlowValue)>,
-    Vec<(lb_common::FlowKey, FlowValue)>,
-) {
+fn tables(dp: &Dataplane) -> FlowTables {
     let (mut v4, mut v6) = dp.flow_tables().expect("reading FLOWS4 and FLOWS");
     v4.sort_by_key(|(k, _)| (k.src, k.dst, k.sport, k.dport, k.proto));
     v6.sort_by_key(|(k, _)| (k.src, k.dst, k.sport, k.dport, k.proto));
