@@ -169,7 +169,7 @@ pub struct FlowEvent {
     /// The flow hash (flow events).
     pub hash: u32,
     pub _pad: u32,
-    /// A flow event: the client's 5-tuple (the `FLOWS` key); a NAT event:
+    /// A flow event: the client's 5-tuple (as a `FlowKey` for either family; `FLOWS4` holds IPv4 ones narrowed); a NAT event:
     /// the reply's (the `NAT` key).
     pub key: FlowKey,
     /// A NAT event: the entry as written.
@@ -216,7 +216,7 @@ pub fn is_syn(f: u8) -> bool {
     f & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
-/// [`FlowEvent::kind`]: a new `FLOWS` entry (a flow-table miss given a
+/// [`FlowEvent::kind`]: a new `FLOWS4` or `FLOWS` entry (a flow-table miss given a
 /// backend by Maglev).
 pub const FLOW_EVENT_FLOW: u32 = 1;
 /// [`FlowEvent::kind`]: a new `NAT` entry.

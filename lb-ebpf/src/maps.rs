@@ -112,7 +112,7 @@ pub static FLOWS4: LruHashMap<FlowKey4, FlowValue> =
 #[map]
 pub static PEER_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65536, 0);
 
-/// Cluster: the entries the program creates (`FlowEvent`: new `FLOWS` and
+/// Cluster: the entries the program creates (`FlowEvent`: new `FLOWS4`/`FLOWS` and
 /// `NAT` entries), for userspace to replicate to peers. Written by the
 /// program while `CLUSTER_STATE` is on; read by userspace. An event that
 /// finds the buffer full is lost and counted in `CLUSTER_LOST`.
