@@ -31,6 +31,72 @@ pub fn v4_addr(a: [u8; 4]) -> [u8; 16] {
     u128::from(u32::from_ne_bytes(a)).to_ne_bytes()
 }
 
+/// Key of the `FLOWS4` LRU hash (IPv4 flows): the 5-tuple as it arrived,
+/// in 16 bytes, so that the kernel hashes four words and compares two
+/// where `FlowKey` costs ten and five. `FLOWS` keeps the IPv6 flows.
+///
+/// Addresses and ports in network byte order. Aligned to 8 bytes: the
+/// program builds it with two 8-byte stores (see [`FlowKey4::of`]).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
+const _: () = assert!(core::mem::align_of::<FlowKey4>() == 8);
+
+impl FlowKey4 {
+    /// The IPv4 key of an IPv4 `FlowKey` (its addresses' first four
+    /// bytes), read and written as whole aligned words: the addresses at
+    /// offsets 0 and 16 and the ports at 32 of the 8-aligned `FlowKey`.
+    #[inline(always)]
+    pub fn of(k: &FlowKey) -> Self {
+        let p = (k as *const FlowKey).cast::<u32>();
+        // SAFETY: `FlowKey` is 8-aligned and 40 bytes: the u32 words at
+        // byte offsets 0 (the source's first four bytes), 16 (the
+        // destination's) and 32 (both ports, as laid out) are inside it
+        // and aligned.
+        let (src, dst, ports) = unsafe { (p.read(), p.add(4).read(), p.add(8).read()) };
+        let proto = u64::from(k.proto);
+        // Two 8-byte words whose bytes are, in memory order, (src, dst)
+        // and (sport, dport, proto, 0, 0, 0).
+        #[cfg(target_endian = "little")]
+        let words = [
+            u64::from(src) | u64::from(dst) << 32,
+            u64::from(ports) | proto << 32,
+        ];
+        #[cfg(target_endian = "big")]
+        let words = [
+            u64::from(src) << 32 | u64::from(dst),
+            u64::from(ports) << 32 | proto << 24,
+        ];
+        // SAFETY: `Self` is 16 bytes of byte arrays and integers with no
+        // invalid bit pattern, the size of two u64 words.
+        unsafe { core::mem::transmute::<[u64; 2], Self>(words) }
+    }
+
+    /// The `FlowKey` this key is the IPv4 form of (for userspace: one
+    /// listing of both tables).
+    pub fn widen(&self) -> FlowKey {
+        FlowKey {
+            src: v4_addr(self.src),
+            dst: v4_addr(self.dst),
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            family: crate::FAMILY_V4,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// Value of the `FLOWS` LRU hash.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -103,7 +169,7 @@ pub struct FlowEvent {
     /// The flow hash (flow events).
     pub hash: u32,
     pub _pad: u32,
-    /// A flow event: the client's 5-tuple (the `FLOWS` key); a NAT event:
+    /// A flow event: the client's 5-tuple (as a `FlowKey` for either family; `FLOWS4` holds IPv4 ones narrowed); a NAT event:
     /// the reply's (the `NAT` key).
     pub key: FlowKey,
     /// A NAT event: the entry as written.
@@ -155,7 +221,7 @@ pub fn is_syn(f: u8) -> bool {
     f & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
-/// [`FlowEvent::kind`]: a new `FLOWS` entry (a flow-table miss given a
+/// [`FlowEvent::kind`]: a new `FLOWS4` or `FLOWS` entry (a flow-table miss given a
 /// backend by Maglev).
 pub const FLOW_EVENT_FLOW: u32 = 1;
 /// [`FlowEvent::kind`]: a new `NAT` entry.
@@ -290,6 +356,7 @@ pub fn expired_at(last_ns: u64, closed_ns: u64, proto: u8, now_ns: u64, t: &NatT
 
 crate::pod!(
     FlowKey,
+    FlowKey4,
     FlowValue,
     NatValue,
     HandshakeStats,
@@ -297,3 +364,34 @@ crate::pod!(
     FlowEvent,
     FloodState
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ipv4_key_holds_the_5_tuple_and_widens_back() {
+        let k = FlowKey {
+            src: v4_addr([198, 18, 0, 1]),
+            dst: v4_addr([198, 18, 1, 1]),
+            sport: 40000u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: crate::PROTO_TCP,
+            family: crate::FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let k4 = FlowKey4::of(&k);
+        assert_eq!(
+            k4,
+            FlowKey4 {
+                src: [198, 18, 0, 1],
+                dst: [198, 18, 1, 1],
+                sport: 40000u16.to_be(),
+                dport: 80u16.to_be(),
+                proto: crate::PROTO_TCP,
+                _pad: [0; 3],
+            }
+        );
+        assert_eq!(k4.widen(), k);
+    }
+}

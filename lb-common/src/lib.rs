@@ -20,7 +20,7 @@ pub mod trace;
 pub mod vip;
 
 pub use backend::Backend;
-pub use flow::{FlowKey, FlowValue, HandshakeStats, NatValue};
+pub use flow::{FlowKey, FlowKey4, FlowValue, HandshakeStats, NatValue};
 pub use settings::Settings;
 pub use stats::{BackendStats, Reason, ReasonStats, VipStats};
 pub use vip::{AddrVips, VipKey, VipMeta, VipSlot};

@@ -13,6 +13,7 @@ pub const PREV_UNTIL: &str = "PREV_UNTIL";
 pub const FLOOD: &str = "FLOOD";
 pub const GRACE_SYNS: &str = "GRACE_SYNS";
 pub const FLOWS: &str = "FLOWS";
+pub const FLOWS4: &str = "FLOWS4";
 pub const VIP_STATS: &str = "VIP_STATS";
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
 pub const REASONS: &str = "REASONS";

@@ -25,7 +25,7 @@ fn lost() {
     }
 }
 
-/// A new `FLOWS` entry. A full ring buffer loses the event, counted (the
+/// A new flow-table entry (`FLOWS4` or `FLOWS`). A full ring buffer loses the event, counted (the
 /// flow is still forwarded; peers learn it from the next snapshot).
 #[inline(always)]
 pub fn flow_created(key: &FlowKey, backend_id: u32, hash: u32) {

@@ -4,19 +4,27 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    FlowKey, FlowValue, VipMeta,
+    FAMILY_V4, FlowKey, FlowKey4, FlowValue, VipMeta,
     flow::{FLOOD_WINDOW_NS, FloodState},
 };
 
-use crate::maps::{FLOOD, FLOWS, FULLNAT_FLOWS, GRACE_SYNS, PREV_RINGS, PREV_UNTIL};
+use crate::maps::{FLOOD, FLOWS, FLOWS4, FULLNAT_FLOWS, GRACE_SYNS, PREV_RINGS, PREV_UNTIL};
 
-/// The flow-table entry of `key`, copied out.
+/// The flow-table entry of `key`, copied out: IPv4 flows in `FLOWS4`,
+/// IPv6 ones in `FLOWS`.
 #[inline(always)]
 pub fn lookup(key: &FlowKey) -> Option<FlowValue> {
     // SAFETY: the value is copied out at once, before this program inserts
     // into the map (an LRU element is reused as soon as it is evicted, not
     // freed: see `nat::nat_copy`).
-    unsafe { FLOWS.get(key) }.copied()
+    unsafe {
+        if key.family == FAMILY_V4 {
+            FLOWS4.get(&FlowKey4::of(key))
+        } else {
+            FLOWS.get(key)
+        }
+    }
+    .copied()
 }
 
 /// The fullnat flow-table entry of `key`: backend id and source port.
@@ -57,7 +65,12 @@ pub fn syn_seen(key: &FlowKey) -> Option<FlowValue> {
 /// still forwards this packet; the next one finds the same backend again.
 #[inline(always)]
 pub fn record(key: &FlowKey, backend_id: u32, hash: u32) {
-    let _ = FLOWS.insert(key, &FlowValue { backend_id, hash }, 0);
+    let value = FlowValue { backend_id, hash };
+    let _ = if key.family == FAMILY_V4 {
+        FLOWS4.insert(&FlowKey4::of(key), &value, 0)
+    } else {
+        FLOWS.insert(key, &value, 0)
+    };
 }
 
 /// The monotonic clock the grace period and the rate limit are kept in:

@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use lb_common::{
-    AddrVips, Backend, BackendStats, FlowKey, FlowValue, HandshakeStats, NatValue, Reason,
-    ReasonStats, VipKey, VipMeta, VipStats,
+    AddrVips, Backend, BackendStats, FlowKey, FlowKey4, FlowValue, HandshakeStats, NatValue,
+    Reason, ReasonStats, VipKey, VipMeta, VipStats,
     flow::{FloodState, NatScratch},
     frag::{FRAG_CAPACITY, FragKey, FragValue},
     trace::{TraceFilter, TraceState},
@@ -85,12 +85,21 @@ pub static GRACE_SYNS: LruHashMap<FlowKey, FlowValue> =
 #[map]
 pub static FLOOD: PerCpuArray<FloodState> = PerCpuArray::with_max_entries(1, 0);
 
-/// 5-tuple → backend id and flow hash. An LRU hash with per-CPU LRU lists
-/// (no common LRU), so CPUs do not contend on eviction while a flow that
-/// moves to another CPU still finds its entry. Written by the program on a
-/// miss, read by the program; userspace reads it for `hola flow`.
+/// IPv6 flows: 5-tuple → backend id and flow hash. An LRU hash with
+/// per-CPU LRU lists (no common LRU), so CPUs do not contend on eviction
+/// while a flow that moves to another CPU still finds its entry. Written
+/// by the program on a miss, read by the program; userspace reads it for
+/// `hola flow`. IPv4 flows are in `FLOWS4`.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+
+/// IPv4 flows, as `FLOWS` with a 16-byte key (`FlowKey4`): the kernel
+/// hashes 4 words of it where a `FlowKey` costs 10, and its elements are
+/// 24 bytes smaller. Written by the program on a miss, read by the
+/// program; userspace reads it for `hola flow`.
+#[map]
+pub static FLOWS4: LruHashMap<FlowKey4, FlowValue> =
     LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
 
 /// Cluster: flows learned from peers (5-tuple → this node's backend id and
@@ -103,7 +112,7 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
 #[map]
 pub static PEER_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65536, 0);
 
-/// Cluster: the entries the program creates (`FlowEvent`: new `FLOWS` and
+/// Cluster: the entries the program creates (`FlowEvent`: new `FLOWS4`/`FLOWS` and
 /// `NAT` entries), for userspace to replicate to peers. Written by the
 /// program while `CLUSTER_STATE` is on; read by userspace. An event that
 /// finds the buffer full is lost and counted in `CLUSTER_LOST`.

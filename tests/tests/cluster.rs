@@ -420,7 +420,7 @@ fn without_cluster(config: &str) -> String {
 }
 
 /// `PEER_FLOWS` is preallocated (an LRU hash): a node with `[cluster]` has
-/// as many entries as `FLOWS` by default or `peer_flow_capacity`, a node
+/// as many entries as `FLOWS4` (the IPv4 flow table) by default or `peer_flow_capacity`, a node
 /// without one a single entry. A data plane pinned with another size gets
 /// a new `PEER_FLOWS` (peers send their flows again when they reconnect);
 /// every other map is adopted.
@@ -433,20 +433,20 @@ fn peer_flows_is_sized_from_the_cluster() {
     let config = lab.config(1, 1, KEY, true);
 
     let mut d = lab.start("hcf-default", 1, &config);
-    assert_eq!(pinned_max_entries(&d, names::FLOWS), flows);
+    assert_eq!(pinned_max_entries(&d, names::FLOWS4), flows);
     assert_eq!(pinned_max_entries(&d, names::PEER_FLOWS), flows);
     let o = d.down();
     assert!(o.status.success(), "hola down: {o:?}");
 
     let sized = config.replace("[cluster]\n", "[cluster]\npeer_flow_capacity = 5000\n");
     let mut d = lab.start("hcf-sized", 1, &sized);
-    assert_eq!(pinned_max_entries(&d, names::FLOWS), flows);
+    assert_eq!(pinned_max_entries(&d, names::FLOWS4), flows);
     assert_eq!(pinned_max_entries(&d, names::PEER_FLOWS), 5000);
     let o = d.down();
     assert!(o.status.success(), "hola down: {o:?}");
 
     let mut d = lab.start("hcf-alone", 1, &without_cluster(&config));
-    assert_eq!(pinned_max_entries(&d, names::FLOWS), flows);
+    assert_eq!(pinned_max_entries(&d, names::FLOWS4), flows);
     assert_eq!(pinned_max_entries(&d, names::PEER_FLOWS), 1);
 
     // The same pins under a configuration with [cluster]: PEER_FLOWS is

@@ -305,9 +305,23 @@ fn an_upgrade_across_layouts_keeps_every_flow_and_counter() {
     }
     assert!(maps.join("LAYOUT").exists(), "the layout is recorded");
     assert!(!d.bpffs.join("maps-next").exists(), "nothing left staged");
-    for m in ["VIP_FILTER", "PREV_RINGS", "NAT_SYN", "GRACE_SYNS"] {
+    for m in [
+        "VIP_FILTER",
+        "PREV_RINGS",
+        "NAT_SYN",
+        "GRACE_SYNS",
+        "FLOWS4",
+    ] {
         assert!(maps.join(m).exists(), "{m} created");
     }
+    // The old build's one flow table split in two: its IPv4 flows (every
+    // flow of this test) moved to FLOWS4, whose key is 16 bytes.
+    let flows4 = aya::maps::MapInfo::from_pin(maps.join("FLOWS4")).expect("FLOWS4");
+    assert_eq!(flows4.key_size(), 16);
+    assert!(
+        text.contains("map=FLOWS4"),
+        "FLOWS4 is filled from the old FLOWS:\n{text}"
+    );
 
     // A restart of the same build now reuses every map as it is.
     d.kill(libc::SIGTERM);

@@ -139,9 +139,9 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CLUSTER_QUEUE: u32 = 1 << 16;
 pub const CLUSTER_QUEUE_RANGE: Bounds<u32> = Bounds::new(1, 1 << 24);
 /// `peer_flow_capacity`: entries of `PEER_FLOWS`, in total (it has one LRU
-/// list for all CPUs). Without the key it is as large as `FLOWS`
+/// list for all CPUs). Without the key it is as large as `FLOWS4`
 /// (`flow_capacity_per_cpu` × possible CPUs), which depends on the machine,
-/// so it has no constant here. The top is what `FLOWS` holds at the
+/// so it has no constant here. The top is what `FLOWS4` holds at the
 /// largest `flow_capacity_per_cpu` on 64 CPUs.
 pub const PEER_FLOW_CAPACITY_RANGE: Bounds<u32> = Bounds::new(1, 1 << 30);
 /// Length of a cluster id and of a node name.

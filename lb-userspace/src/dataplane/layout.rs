@@ -60,10 +60,11 @@ pub const LEGACY_BUILD: &str = "unrecorded (a build before layout versions)";
 /// map's version (and add a [`CONVERTERS`] row from the previous one, or
 /// upgrades from it are refused) whenever its key or value is read
 /// differently, including at the same sizes.
-pub const VERSIONS: &[(&str, u32)] = &[
-    // 2: `FloodState` gained `syns` (24 bytes).
-    (names::FLOOD, 2),
-];
+///
+/// - `FLOWS` 2: IPv6 flows only; IPv4 flows moved to `FLOWS4` (16-byte
+///   keys). Version 1 held both.
+/// - `FLOOD` 2: `FloodState` gained `syns` (24 bytes).
+pub const VERSIONS: &[(&str, u32)] = &[(names::FLOWS, 2), (names::FLOOD, 2)];
 
 /// The version of `name`'s layout in this build.
 pub fn version_of(name: &str) -> u32 {
@@ -80,6 +81,7 @@ pub fn version_of(name: &str) -> u32 {
 /// the entries both sizes hold.
 pub const CONFIG_SIZED: &[&str] = &[
     names::FLOWS,
+    names::FLOWS4,
     names::VIPS,
     names::VIP_ADDRS4,
     names::VIP_ADDRS6,
@@ -105,6 +107,9 @@ pub const CONFIG_SIZED: &[&str] = &[
 /// the copy.
 pub const SCRATCH: &[&str] = &[names::FLOOD, names::NAT_SCRATCH, names::FULLNAT_CURSOR];
 
+/// An entry converter: the old key and value to the new ones, or `None`.
+pub type EntryFn = fn(&[u8], &[u8]) -> Option<(Vec<u8>, Vec<u8>)>;
+
 /// How one entry of a map becomes an entry of the new layout.
 #[derive(Clone, Copy, Debug)]
 pub enum Convert {
@@ -116,6 +121,10 @@ pub enum Convert {
     /// A function of the old value (per CPU for per-CPU maps); `None`
     /// drops the entry. Keys are kept.
     Value(fn(&[u8]) -> Option<Vec<u8>>),
+    /// A function of the old key and value to the new ones (hashes that
+    /// are not per CPU only): a key that changes size, or entries that
+    /// go to another map (`None` drops the entry).
+    Entry(EntryFn),
 }
 
 impl PartialEq for Convert {
@@ -126,6 +135,7 @@ impl PartialEq for Convert {
             }
             // The same function (for plans' comparisons in tests).
             (Convert::Value(a), Convert::Value(b)) => std::ptr::fn_addr_eq(*a, *b),
+            (Convert::Entry(a), Convert::Entry(b)) => std::ptr::fn_addr_eq(*a, *b),
             _ => false,
         }
     }
@@ -144,6 +154,27 @@ impl Convert {
                 v
             }),
             Convert::Value(f) => f(old).filter(|v| v.len() == new_size),
+            // Keys change: only `entry` applies it.
+            Convert::Entry(_) => None,
+        }
+    }
+
+    /// One entry of a hash in the new layout: its key and value, `None`
+    /// when dropped (the converter's choice, or sizes that do not fit).
+    pub fn entry(
+        &self,
+        key: &[u8],
+        old: &[u8],
+        new_key: usize,
+        new_size: usize,
+    ) -> Option<(Vec<u8>, Vec<u8>)> {
+        match self {
+            Convert::Entry(f) => {
+                f(key, old).filter(|(k, v)| k.len() == new_key && v.len() == new_size)
+            }
+            c => (key.len() == new_key)
+                .then(|| c.value(old, new_size).map(|v| (key.to_vec(), v)))
+                .flatten(),
         }
     }
 }
@@ -152,20 +183,74 @@ impl Convert {
 #[derive(Clone, Copy, Debug)]
 pub struct Converter {
     pub map: &'static str,
+    /// `None`: from `map`'s own pinned entries. `Some(other)`: `map` is
+    /// new in this build and filled from the pinned map `other` (at
+    /// version `from`), as when one map is split into two.
+    pub source: Option<&'static str>,
     pub from: u32,
     pub to: u32,
     pub convert: Convert,
 }
 
-/// The converters this build has, for layouts [`VERSIONS`] bumped (a
-/// grown build-sized array such as `REASONS`, and a new map, need none).
-pub const CONVERTERS: &[Converter] = &[Converter {
-    map: names::FLOOD,
-    from: 1,
-    to: 2,
-    // No SYN counted yet in the current window.
-    convert: Convert::ZeroExtend,
-}];
+/// The converters this build has, for layouts [`VERSIONS`] bumped and
+/// maps made from others. A grown build-sized array (`REASONS`) and a new
+/// empty map need none.
+pub const CONVERTERS: &[Converter] = &[
+    // FLOWS 1 held IPv4 and IPv6 flows: its IPv6 ones stay, its IPv4 ones
+    // go to the new FLOWS4.
+    Converter {
+        map: names::FLOWS,
+        source: None,
+        from: 1,
+        to: 2,
+        convert: Convert::Entry(flows::keep_v6),
+    },
+    Converter {
+        map: names::FLOWS4,
+        source: Some(names::FLOWS),
+        from: 1,
+        to: 1,
+        convert: Convert::Entry(flows::to_v4),
+    },
+    Converter {
+        map: names::FLOOD,
+        source: None,
+        from: 1,
+        to: 2,
+        // No SYN counted yet in the current window.
+        convert: Convert::ZeroExtend,
+    },
+];
+
+/// The flow-table split (`FLOWS` 1 into `FLOWS` 2 and `FLOWS4`).
+mod flows {
+    use lb_common::{FAMILY_V4, FlowKey, FlowKey4};
+
+    fn key(k: &[u8]) -> Option<FlowKey> {
+        (k.len() == size_of::<FlowKey>())
+            // SAFETY: exactly a FlowKey's bytes, a plain-old-data type
+            // with no invalid bit pattern; read unaligned.
+            .then(|| unsafe { std::ptr::read_unaligned(k.as_ptr().cast::<FlowKey>()) })
+    }
+
+    /// A `FLOWS` 1 entry that stays in `FLOWS` 2: an IPv6 flow's.
+    pub(super) fn keep_v6(k: &[u8], v: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+        key(k)
+            .filter(|f| f.family != FAMILY_V4)
+            .map(|_| (k.to_vec(), v.to_vec()))
+    }
+
+    /// A `FLOWS` 1 entry that goes to `FLOWS4`: an IPv4 flow's, its key
+    /// narrowed to 16 bytes, its value (backend id, hash) as it was.
+    pub(super) fn to_v4(k: &[u8], v: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+        let f = key(k).filter(|f| f.family == FAMILY_V4)?;
+        let k4 = FlowKey4::of(&f);
+        // SAFETY: FlowKey4 is 16 bytes of integers without padding bytes
+        // (its `_pad` is a field, zeroed).
+        let bytes: [u8; 16] = unsafe { std::mem::transmute(k4) };
+        Some((bytes.to_vec(), v.to_vec()))
+    }
+}
 
 /// What an upgrade does with one map of the new build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +263,13 @@ pub enum Action {
     /// Another layout: a new map, filled from the pinned one entry by
     /// entry, replaces it once the new program is attached.
     Convert(Convert),
+    /// Not pinned, but made from the pinned map `from` (a map split in
+    /// two): a new map, filled from it entry by entry (the converter
+    /// choosing which), pinned once the new program is attached.
+    Derive {
+        from: &'static str,
+        convert: Convert,
+    },
     /// Another layout or a map only a program of one build may use (a
     /// program array) while the program changes: a new, empty map replaces
     /// it once the new program is attached.
@@ -196,9 +288,12 @@ impl Plan {
     /// Whether the program's maps change under it (some map replaced):
     /// the new maps are staged and swapped in with the program.
     pub fn migrates(&self) -> bool {
-        self.actions
-            .iter()
-            .any(|(_, a)| matches!(a, Action::Convert(_) | Action::Fresh))
+        self.actions.iter().any(|(_, a)| {
+            matches!(
+                a,
+                Action::Convert(_) | Action::Derive { .. } | Action::Fresh
+            )
+        })
     }
 
     pub fn action(&self, name: &str) -> Option<Action> {
@@ -259,7 +354,8 @@ pub fn per_cpu(map_type: u32) -> bool {
     )
 }
 
-fn array_like(t: u32) -> bool {
+/// Whether a map is indexed by position (an array) rather than hashed.
+pub fn array_like(t: u32) -> bool {
     matches!(t, kind::ARRAY | kind::PERCPU_ARRAY)
 }
 
@@ -283,7 +379,7 @@ pub fn plan(old: &Layout, new: &Layout, converters: &[Converter]) -> Result<Plan
     let mut actions = Vec::with_capacity(new.maps.len());
     for n in &new.maps {
         let action = match pinned.get(n.name.as_str()) {
-            None => Action::Create,
+            None => derived(n, &pinned, converters),
             Some(o) => one(o, n, &old.build, converters)?,
         };
         actions.push((n.name.clone(), action));
@@ -309,6 +405,25 @@ pub fn plan(old: &Layout, new: &Layout, converters: &[Converter]) -> Result<Plan
     Ok(plan)
 }
 
+/// What to do with the new build's `n`, not pinned: made from another
+/// pinned map when a converter says so (that map at its version, of the
+/// same kind), else created empty.
+fn derived(n: &MapLayout, pinned: &BTreeMap<&str, &MapLayout>, converters: &[Converter]) -> Action {
+    converters
+        .iter()
+        .filter(|c| c.map == n.name && c.to == n.version)
+        .find_map(|c| {
+            let src = pinned.get(c.source?)?;
+            (src.version == c.from && same_shape(src.map_type, n.map_type)).then_some(
+                Action::Derive {
+                    from: c.source?,
+                    convert: c.convert,
+                },
+            )
+        })
+        .unwrap_or(Action::Create)
+}
+
 /// What to do with one pinned map `o` for the new build's `n`.
 fn one(
     o: &MapLayout,
@@ -320,7 +435,12 @@ fn one(
         && o.key_size == n.key_size
         && o.value_size == n.value_size
         && o.version == n.version;
-    if o.max_entries != n.max_entries && CONFIG_SIZED.contains(&n.name.as_str()) {
+    // (A map whose layout version changes is a new map filled by its
+    // converter: its capacity is this build's reading of the setting.)
+    if o.max_entries != n.max_entries
+        && o.version == n.version
+        && CONFIG_SIZED.contains(&n.name.as_str())
+    {
         // Only peers' flows, sent again by every peer when it reconnects
         // (which a restart makes it do): a new map loses nothing for good.
         if n.name == names::PEER_FLOWS {
@@ -362,8 +482,8 @@ fn one(
     }
     converters
         .iter()
-        .find(|c| c.map == n.name && c.from == o.version && c.to == n.version)
-        .filter(|_| o.key_size == n.key_size)
+        .find(|c| c.map == n.name && c.source.is_none() && c.from == o.version && c.to == n.version)
+        .filter(|c| o.key_size == n.key_size || matches!(c.convert, Convert::Entry(_)))
         .map(|c| Action::Convert(c.convert))
         .ok_or_else(refuse)
 }
@@ -496,6 +616,86 @@ mod tests {
         );
     }
 
+    /// The upgrade from a build with one flow table (`FLOWS` 1) to this
+    /// one: `FLOWS` converted (its IPv6 entries kept, at its new capacity),
+    /// `FLOWS4` made from it (its IPv4 entries, keys narrowed).
+    #[test]
+    fn one_flow_table_split_in_two() {
+        let old = layout(vec![m("FLOWS", kind::LRU_HASH, 40, 8, 8192, 1)]);
+        let new = layout(vec![
+            m("FLOWS4", kind::LRU_HASH, 16, 8, 8192, 1),
+            m("FLOWS", kind::LRU_HASH, 40, 8, 2048, 2),
+        ]);
+        let p = plan(&old, &new, CONVERTERS).expect("plan");
+        assert_eq!(
+            p.actions,
+            vec![
+                (
+                    "FLOWS4".to_string(),
+                    Action::Derive {
+                        from: "FLOWS",
+                        convert: Convert::Entry(flows::to_v4)
+                    }
+                ),
+                (
+                    "FLOWS".into(),
+                    Action::Convert(Convert::Entry(flows::keep_v6))
+                ),
+            ]
+        );
+        assert!(p.migrates());
+        assert!(p.removed.is_empty());
+        // This build's own pins: both reused.
+        let same = plan(&new, &new, CONVERTERS).expect("plan");
+        assert!(same.actions.iter().all(|(_, a)| *a == Action::Reuse));
+        // Without the converters the split is refused, not done halfway.
+        assert!(matches!(
+            plan(&old, &new, &[]),
+            Err(LayoutError::NoConverter { .. })
+        ));
+
+        let key = |family: u8, src: [u8; 16]| lb_common::FlowKey {
+            src,
+            dst: lb_common::flow::v4_addr([198, 18, 1, 1]),
+            sport: 40000u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: lb_common::PROTO_TCP,
+            family,
+            _pad: [0; 2],
+        };
+        let bytes = |k: &lb_common::FlowKey| -> Vec<u8> {
+            // SAFETY: a FlowKey is 40 bytes of integers, no padding bytes.
+            unsafe { std::mem::transmute::<lb_common::FlowKey, [u8; 40]>(*k) }.to_vec()
+        };
+        let value = [7u8, 0, 0, 0, 0xaa, 0xbb, 0xcc, 0xdd];
+        let k4 = key(
+            lb_common::FAMILY_V4,
+            lb_common::flow::v4_addr([198, 18, 0, 1]),
+        );
+        let k6 = key(
+            lb_common::FAMILY_V6,
+            [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        );
+        let to4 = Convert::Entry(flows::to_v4);
+        let keep6 = Convert::Entry(flows::keep_v6);
+        let mut narrowed = vec![198, 18, 0, 1, 198, 18, 1, 1];
+        narrowed.extend(40000u16.to_be_bytes());
+        narrowed.extend(80u16.to_be_bytes());
+        narrowed.extend([lb_common::PROTO_TCP, 0, 0, 0]);
+        assert_eq!(
+            to4.entry(&bytes(&k4), &value, 16, 8),
+            Some((narrowed, value.to_vec()))
+        );
+        assert_eq!(to4.entry(&bytes(&k6), &value, 16, 8), None);
+        assert_eq!(keep6.entry(&bytes(&k4), &value, 40, 8), None);
+        assert_eq!(
+            keep6.entry(&bytes(&k6), &value, 40, 8),
+            Some((bytes(&k6), value.to_vec()))
+        );
+        // A key of another size is no FlowKey: dropped, not misread.
+        assert_eq!(to4.entry(&[0u8; 39], &value, 16, 8), None);
+    }
+
     fn widen(v: &[u8]) -> Option<Vec<u8>> {
         // u32 → u64, little or big end alike for these tests' values.
         let x = u32::from_ne_bytes(v.try_into().ok()?);
@@ -517,6 +717,7 @@ mod tests {
         );
         let table = [Converter {
             map: "NAT",
+            source: None,
             from: 1,
             to: 2,
             convert: Convert::Value(widen),
@@ -603,6 +804,7 @@ mod tests {
             describe(&m("REASONS", kind::PERCPU_ARRAY, 4, 16, 18, 1)),
             "version 1 (percpu_array, key 4 B, value 16 B, 18 entries)"
         );
-        assert_eq!(version_of(names::FLOWS), 1);
+        assert_eq!(version_of(names::FLOWS), 2);
+        assert_eq!(version_of(names::FLOWS4), 1);
     }
 }

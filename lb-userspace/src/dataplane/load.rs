@@ -90,7 +90,7 @@ impl Dataplane {
         if let (Some(dir), Some((plan, _))) = (pin_dir, &plan) {
             for (name, action) in &plan.actions {
                 let sub = match action {
-                    Action::Convert(_) | Action::Fresh => upgrade::STAGE,
+                    Action::Convert(_) | Action::Derive { .. } | Action::Fresh => upgrade::STAGE,
                     Action::Reuse | Action::Create => "maps",
                 };
                 pins.push((name.as_str(), dir.join(sub).join(name)));
@@ -174,6 +174,7 @@ impl Dataplane {
             graces: Default::default(),
             vip_filter: take!(names::VIP_FILTER),
             flows: take!(names::FLOWS),
+            flows4: take!(names::FLOWS4),
             vip_stats: take!(names::VIP_STATS),
             backend_stats: take!(names::BACKEND_STATS),
             handshakes: take!(names::HANDSHAKES),
@@ -440,12 +441,10 @@ pub(super) fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
 }
 
 /// Every map's capacity, from the load-time settings.
-pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 30] {
+pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 31] {
     [
-        (
-            names::FLOWS,
-            cfg.flow_capacity_per_cpu.saturating_mul(ncpus),
-        ),
+        (names::FLOWS4, flows4_capacity(cfg, ncpus)),
+        (names::FLOWS, flows6_capacity(cfg, ncpus)),
         (names::VIPS, cfg.max_vips),
         (names::VIP_ADDRS4, cfg.max_vips),
         (names::VIP_ADDRS6, cfg.max_vips),
@@ -479,10 +478,29 @@ pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u3
     ]
 }
 
+/// `FLOWS4`' entries (IPv4 flows): `flow_capacity_per_cpu` per possible
+/// CPU, what the setting has always meant.
+pub fn flows4_capacity(cfg: &DataplaneConfig, ncpus: u32) -> u32 {
+    cfg.flow_capacity_per_cpu.saturating_mul(ncpus)
+}
+
+/// `FLOWS`' entries (IPv6 flows): a quarter of `FLOWS4`'s, but at least
+/// 4,096 per possible CPU or as many as `FLOWS4` when that is fewer (so a
+/// small table, as tests and labs use, holds as many flows of either
+/// family). An IPv6 entry takes 112 bytes of kernel memory, an IPv4 one
+/// 88 (its key is 16 bytes, not 40): at a quarter, the two tables take 116
+/// bytes per configured entry where the one table of `FlowKey`s they
+/// replace took 112 (docs/benchmarks.md, "Kernel memory"), not 200 as two
+/// full-size tables would.
+pub fn flows6_capacity(cfg: &DataplaneConfig, ncpus: u32) -> u32 {
+    let v4 = flows4_capacity(cfg, ncpus);
+    (v4 / 4).max(v4.min(4096u32.saturating_mul(ncpus)))
+}
+
 /// `GRACE_SYNS`' entries: a sixteenth of `FLOWS`, at least 4,096 (only
 /// SYNs during a grace period, in the slots a change moved, go there).
 pub fn grace_syns_capacity(cfg: &DataplaneConfig, ncpus: u32) -> u32 {
-    (cfg.flow_capacity_per_cpu.saturating_mul(ncpus) / 16).max(4096)
+    (flows4_capacity(cfg, ncpus) / 16).max(4096)
 }
 
 /// `NAT_SYN`'s entries: a quarter of `NAT`'s, at least 1,024 (handshakes
@@ -517,6 +535,7 @@ fn plan_pins(
             if plan.migrates() {
                 tracing::info!(from_build = %old.build, to_build = %current.build,
                     replaced = plan.actions.iter().filter(|(_, a)| matches!(a, Action::Convert(_) | Action::Fresh)).count(),
+                    derived = plan.actions.iter().filter(|(_, a)| matches!(a, Action::Derive { .. })).count(),
                     created = plan.actions.iter().filter(|(_, a)| *a == Action::Create).count(),
                     "the pinned maps have another layout: upgrading them");
             }
@@ -613,10 +632,12 @@ mod tests {
     }
 
     /// `PEER_FLOWS` takes one entry without `[cluster]`; with one, as many
-    /// as `FLOWS` (per-CPU capacity × possible CPUs) or `peer_flow_capacity`.
+    /// as `FLOWS4` (per-CPU capacity × possible CPUs) or `peer_flow_capacity`.
     #[test]
     fn peer_flows_sized_from_the_cluster() {
         let global = "[global]\ninterfaces = [\"eth0\"]\nflow_capacity_per_cpu = 1000\n";
+        const BIG: &str = "[global]\ninterfaces = [\"eth0\"]\nflow_capacity_per_cpu = 100000\n";
+        const MID: &str = "[global]\ninterfaces = [\"eth0\"]\nflow_capacity_per_cpu = 5000\n";
         let cluster = "[cluster]\nid = \"a\"\nkey = \"0123456789abcdef\"\n";
         let sizes = |text: &str, ncpus: u32| {
             let c = crate::config::parse(text, "hola.toml").unwrap_or_else(|e| panic!("{e}"));
@@ -624,7 +645,13 @@ mod tests {
         };
 
         let alone = sizes(global, 4);
+        assert_eq!(size_of(&alone, names::FLOWS4), 4000);
+        // IPv6: a quarter, but at least 4,096 per CPU or all of FLOWS4's.
         assert_eq!(size_of(&alone, names::FLOWS), 4000);
+        assert_eq!(size_of(&sizes(BIG, 4), names::FLOWS4), 400_000);
+        assert_eq!(size_of(&sizes(BIG, 4), names::FLOWS), 100_000);
+        assert_eq!(size_of(&sizes(MID, 2), names::FLOWS4), 10_000);
+        assert_eq!(size_of(&sizes(MID, 2), names::FLOWS), 8192);
         assert_eq!(size_of(&alone, names::PEER_FLOWS), 1);
 
         let default = sizes(&format!("{global}{cluster}"), 4);
@@ -644,8 +671,12 @@ mod tests {
         assert_eq!(d.peer_flows, super::super::PEER_FLOWS_OFF);
         assert_eq!(size_of(&map_sizes(&d, 2), names::PEER_FLOWS), 1);
         assert_eq!(
-            size_of(&map_sizes(&d, 2), names::FLOWS),
+            size_of(&map_sizes(&d, 2), names::FLOWS4),
             2 * crate::config::defaults::FLOW_CAPACITY_PER_CPU
+        );
+        assert_eq!(
+            size_of(&map_sizes(&d, 2), names::FLOWS),
+            crate::config::defaults::FLOW_CAPACITY_PER_CPU / 2
         );
         // Every other map is sized the same with or without a cluster.
         for ((name, a), (_, b)) in alone.iter().zip(&set) {

@@ -9,7 +9,7 @@
 //!   `NAT_STATE`/`NAT_SOURCES*`, the counters zeroed for new ids: the
 //!   writes of a plan, and queries of the tables;
 //! - [`nat`]: the `NAT` table (sweeps, peers' translations);
-//! - [`flows`]: `FLOWS`, `PEER_FLOWS`, `FLOW_EVENTS` and the cluster switch;
+//! - [`flows`]: `FLOWS4`, `FLOWS`, `PEER_FLOWS`, `FLOW_EVENTS` and the cluster switch;
 //! - [`counters`]: every per-CPU counter, summed;
 //! - [`vip_filter`]: `VIP_FILTER`, the bitmap of VIP addresses;
 //! - [`quic`]: `QUIC_SERVERS`, the server IDs of `quic` VIPs;
@@ -43,7 +43,7 @@ use lb_common::{
 };
 
 pub use self::{
-    flows::monotonic_ns,
+    flows::{FlowTables, monotonic_ns},
     inspect::{PinnedMap, build_tag, pinned_maps},
     load::unpin_all,
 };
@@ -121,7 +121,7 @@ impl Default for DataplaneConfig {
 impl DataplaneConfig {
     /// The data-plane settings of a whole configuration: `[global]`'s, and
     /// `PEER_FLOWS` sized from `[cluster]` (`peer_flow_capacity`, by
-    /// default as many entries as `FLOWS` on this machine's possible CPUs).
+    /// default as many entries as `FLOWS4` (IPv4 flows) on this machine's possible CPUs).
     pub fn from_config(c: &crate::config::Config) -> Result<Self, DataplaneError> {
         Ok(Self::for_cpus(c, possible_cpus()?))
     }
@@ -167,7 +167,7 @@ impl DataplaneConfig {
 /// `PEER_FLOWS`'s entries without a `[cluster]`: the fewest the kernel
 /// allows. The program names the map, so it must exist, but nothing writes
 /// it and the program reads it only while `CLUSTER_STATE` is on. (An LRU
-/// hash is always preallocated: at `FLOWS`' size it would cost as much
+/// hash is always preallocated: at `FLOWS4`' size it would cost as much
 /// kernel memory as the flow table, for nothing.)
 pub const PEER_FLOWS_OFF: u32 = 1;
 
@@ -281,6 +281,7 @@ pub struct Dataplane {
     graces: BTreeMap<u32, u64>,
     vip_filter: Array<MapData, u64>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    flows4: HashMap<MapData, lb_common::FlowKey4, FlowValue>,
     vip_stats: PerCpuArray<MapData, VipStats>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
     handshakes: PerCpuArray<MapData, HandshakeStats>,

@@ -390,9 +390,16 @@ fn copy(
     let started = Instant::now();
     let mut report = started + PROGRESS_EVERY;
     let mut put = |key: &[u8], v: &[u8], done: &mut Copied| -> Result<(), UpgradeError> {
-        match convert(v) {
+        // Arrays and per-CPU maps keep their keys; a hash's converter may
+        // change them (and drop entries that belong elsewhere).
+        let entry = if layout::per_cpu(o.map_type) || layout::array_like(o.map_type) {
+            convert(v).map(|nv| (key.to_vec(), nv))
+        } else {
+            c.entry(key, v, n.key_size as usize, n.value_size as usize)
+        };
+        match entry {
             None => done.dropped += 1,
-            Some(nv) => match new.update(key, &nv, flags) {
+            Some((key, nv)) => match new.update(&key, &nv, flags) {
                 Ok(()) => done.copied += 1,
                 // Full (a smaller hash), or already there (NOEXIST).
                 Err(e) if matches!(e.raw_os_error(), Some(libc::E2BIG | libc::EEXIST)) => {
@@ -481,18 +488,22 @@ pub(super) fn stage(
     let mut staged = Vec::new();
     let pinned = pinned_layout(pin_dir)?.map(|l| l.maps).unwrap_or_default();
     for (name, action) in &plan.actions {
-        if !matches!(action, Action::Convert(_) | Action::Fresh) {
-            continue;
-        }
-        let mut old = RawMap::open(&pin_dir.join("maps").join(name), name)?;
+        // The pinned map the entries come from: the map's own, or for a
+        // derived map the one it is made from.
+        let from = match action {
+            Action::Convert(_) | Action::Fresh => name.as_str(),
+            Action::Derive { from, .. } => from,
+            Action::Reuse | Action::Create => continue,
+        };
+        let mut old = RawMap::open(&pin_dir.join("maps").join(from), from)?;
         let mut new = RawMap::open(&pin_dir.join(STAGE).join(name), name)?;
         old.layout.version = pinned
             .iter()
-            .find(|m| m.name == *name)
+            .find(|m| m.name == from)
             .map_or(1, |m| m.version);
         new.layout.version = layout::version_of(name);
         let mut before = Vec::new();
-        if let Action::Convert(c) = *action {
+        if let Action::Convert(c) | Action::Derive { convert: c, .. } = *action {
             let t = Instant::now();
             let counters = old.layout.map_type == kind::PERCPU_ARRAY && topped_up(&old.layout);
             let done = copy(&old, &new, c, ncpus, 0, counters.then_some(&mut before))?;
@@ -546,7 +557,7 @@ impl Pending {
     pub fn finish(self) -> Result<(), UpgradeError> {
         let maps = self.pin_dir.join("maps");
         for s in &self.staged {
-            if let Action::Convert(c) = s.action {
+            if let Action::Convert(c) | Action::Derive { convert: c, .. } = s.action {
                 self.top_up(s, c)?;
             }
             let to = maps.join(&s.name);
@@ -632,7 +643,8 @@ mod tests {
             )
         };
         let flows = 4 * crate::config::defaults::FLOW_CAPACITY_PER_CPU;
-        assert_eq!(get(names::FLOWS), (kind::LRU_HASH, 40, 8, flows, 1));
+        assert_eq!(get(names::FLOWS4), (kind::LRU_HASH, 16, 8, flows, 1));
+        assert_eq!(get(names::FLOWS), (kind::LRU_HASH, 40, 8, flows / 4, 2));
         assert_eq!(
             get(names::REASONS),
             (kind::PERCPU_ARRAY, 4, 16, lb_common::Reason::COUNT, 1)
