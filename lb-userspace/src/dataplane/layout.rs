@@ -60,7 +60,12 @@ pub const LEGACY_BUILD: &str = "unrecorded (a build before layout versions)";
 /// map's version (and add a [`CONVERTERS`] row from the previous one, or
 /// upgrades from it are refused) whenever its key or value is read
 /// differently, including at the same sizes.
-pub const VERSIONS: &[(&str, u32)] = &[];
+pub const VERSIONS: &[(&str, u32)] = &[
+    // 2: 64-byte values; `counted_*` and `legacy_*` added (issue 15: a
+    // forwarded packet is counted by its backend alone, its VIP's totals
+    // and `fwd_established` derived from the backends').
+    (names::BACKEND_STATS, 2),
+];
 
 /// The version of `name`'s layout in this build.
 pub fn version_of(name: &str) -> u32 {
@@ -154,10 +159,46 @@ pub struct Converter {
     pub convert: Convert,
 }
 
-/// The converters this build has, for layouts [`VERSIONS`] bumped. Empty
-/// while every map is at version 1: a grown build-sized array (`REASONS`)
-/// and a new map need none.
-pub const CONVERTERS: &[Converter] = &[];
+/// The converters this build has, for layouts [`VERSIONS`] bumped (a
+/// grown build-sized array such as `REASONS`, and a new map, need none).
+pub const CONVERTERS: &[Converter] = &[Converter {
+    map: names::BACKEND_STATS,
+    from: 1,
+    to: 2,
+    convert: Convert::Value(backend_stats_v2),
+}];
+
+/// `BACKEND_STATS` 1 → 2 (one CPU's value): the counters kept, and all
+/// of them marked `legacy`: the build that counted them also counted
+/// every one in its VIP's `VIP_STATS` and in `REASONS`, so the derived
+/// totals must not add them again.
+///
+/// A 64-byte value is this layout already (pins of this build whose
+/// layout was not recorded: a daemon killed before it attached, which
+/// the next one takes for a build before layouts): kept as it is.
+fn backend_stats_v2(old: &[u8]) -> Option<Vec<u8>> {
+    if old.len() == 64 {
+        return Some(old.to_vec());
+    }
+    if old.len() != 32 {
+        return None;
+    }
+    let word = |i: usize| -> [u8; 8] { old[i * 8..i * 8 + 8].try_into().expect("8 bytes") };
+    let mut v = Vec::with_capacity(64);
+    for w in [
+        word(0),
+        word(1),
+        word(2),
+        word(3),
+        [0; 8],
+        [0; 8],
+        word(0),
+        word(1),
+    ] {
+        v.extend_from_slice(&w);
+    }
+    Some(v)
+}
 
 /// What an upgrade does with one map of the new build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
