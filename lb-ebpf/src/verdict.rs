@@ -54,15 +54,23 @@ impl From<Reason> for Verdict {
     }
 }
 
-/// Counts one packet of `bytes` under `reason`. An established forward
-/// is not counted here: its backend's counters hold it (`credit_forward`),
-/// and userspace derives the `FwdEstablished` total from them (one counter
-/// write per established packet; see `BackendStats`).
+/// Counts one packet of `bytes` under `reason`, in the programs that
+/// forward to backends (`hola_lb`, `hola_nat_request`, `hola_frag`): an
+/// established forward is not counted here, its backend's counters hold
+/// it (`credit_forward`), and userspace derives the `FwdEstablished` total
+/// from them (one counter write per established packet; see
+/// `BackendStats`).
+#[inline(always)]
+pub fn count_forward(reason: Reason, bytes: u64) {
+    if reason as u32 != Reason::FwdEstablished as u32 {
+        count(reason, bytes);
+    }
+}
+
+/// Counts one packet of `bytes` under `reason` (the other programs, which
+/// never return `FwdEstablished`).
 #[inline(always)]
 pub fn count(reason: Reason, bytes: u64) {
-    if reason as u32 == Reason::FwdEstablished as u32 {
-        return;
-    }
     if let Some(c) = REASONS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU array element; only this CPU writes it while the
         // program runs, and XDP programs are not preempted mid-run.
