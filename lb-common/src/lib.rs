@@ -22,7 +22,7 @@ pub mod vip;
 pub use backend::Backend;
 pub use flow::{FlowKey, FlowKey4, FlowValue, HandshakeStats, NatValue};
 pub use settings::Settings;
-pub use stats::{BackendStats, Reason, ReasonStats, VipStats};
+pub use stats::{BackendStats, Reason, ReasonStats, RetiredStats, VipStats};
 pub use vip::{AddrVips, VipKey, VipMeta, VipSlot};
 
 /// Address family codes used inside map keys (not the kernel's AF_* values,

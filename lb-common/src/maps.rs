@@ -17,6 +17,7 @@ pub const FLOWS4: &str = "FLOWS4";
 pub const VIP_STATS: &str = "VIP_STATS";
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
 pub const REASONS: &str = "REASONS";
+pub const RETIRED: &str = "RETIRED";
 pub const TX_PORTS: &str = "TX_PORTS";
 pub const PROBE_EGRESS: &str = "PROBE_EGRESS";
 pub const NAT: &str = "NAT";

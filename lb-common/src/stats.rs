@@ -15,7 +15,20 @@ pub struct VipStats {
 }
 const _: () = assert!(core::mem::size_of::<VipStats>() == 32);
 
-/// One element of `BACKEND_STATS`, indexed by backend id.
+/// One element of `BACKEND_STATS`, indexed by backend id (layout version
+/// 2). A forwarded packet writes only this (one counter write for an
+/// established forward): the VIP's packets and bytes and the
+/// `fwd_established` reason are derived from it in userspace
+/// (`dataplane/counters.rs`, docs/maps.md):
+///
+/// - the VIP's = its own `VIP_STATS` (packets that reached no backend)
+///   + the sum over its backends of `packets - legacy_packets`
+///   + what its removed backends had (`RETIRED`);
+/// - `fwd_established` = its own `REASONS` entry (what a build before
+///   this one counted there) + the sum over backends of `packets -
+///   legacy_packets - counted_packets` + `RETIRED`'s established part.
+///
+/// The same for bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendStats {
@@ -25,8 +38,41 @@ pub struct BackendStats {
     pub bytes: u64,
     pub new_flows: u64,
     pub _reserved: u64,
+    /// Of `packets`: those forwarded under a reason other than
+    /// `FwdEstablished` (new flows, SYNs, floods, QUIC, peer flows,
+    /// fragments), which `REASONS` counts explicitly.
+    pub counted_packets: u64,
+    pub counted_bytes: u64,
+    /// Of `packets`: those a build before layout version 2 counted (it
+    /// wrote the VIP's counters and `REASONS` for every packet too), set
+    /// by the upgrade's conversion and never written by the program.
+    pub legacy_packets: u64,
+    pub legacy_bytes: u64,
 }
-const _: () = assert!(core::mem::size_of::<BackendStats>() == 32);
+const _: () = assert!(core::mem::size_of::<BackendStats>() == 64);
+
+/// One element of `RETIRED`, indexed by VIP id: what removed backends
+/// forwarded, kept when their ids are reused. Written only by userspace
+/// (the owner), never by the program, so that folding a backend's
+/// per-CPU counters in is not a read-modify-write racing the program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetiredStats {
+    /// Packets and bytes the VIP's removed backends forwarded (reset
+    /// when the VIP id is given to a new VIP).
+    pub vip_packets: u64,
+    pub vip_bytes: u64,
+    /// Of those, forwarded as `FwdEstablished` (never reset: the reason
+    /// totals are global and outlive the VIP).
+    pub established_packets: u64,
+    pub established_bytes: u64,
+    /// The backend id whose counters this element holds already while
+    /// its fold completes (0: none): a fold interrupted by a crash is
+    /// finished, not repeated, by the next daemon.
+    pub folding: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<RetiredStats>() == 40);
 
 /// One element of `REASONS`, indexed by [`Reason`].
 #[repr(C)]
@@ -216,4 +262,4 @@ impl Reason {
     }
 }
 
-crate::pod!(VipStats, BackendStats, ReasonStats);
+crate::pod!(VipStats, BackendStats, ReasonStats, RetiredStats);

@@ -206,14 +206,6 @@ fn early(
     now: u64,
 ) -> Result<Verdict, Reason> {
     let vip = only_vip(addr, key.proto).ok_or(Reason::DropFragment)?;
-    let vip_stats = VIP_STATS.get_ptr_mut(vip.vip_id);
-    if let Some(s) = vip_stats {
-        // SAFETY: per-CPU element, written only by this CPU.
-        unsafe {
-            (*s).packets += 1;
-            (*s).bytes += bytes;
-        }
-    }
     let fk = FlowKey {
         src: key.src,
         dst: key.dst,
@@ -228,14 +220,19 @@ fn early(
     let b = match BACKENDS.get(id) {
         Some(b) if id != 0 && b.flags & BACKEND_F_ACTIVE != 0 => b,
         _ => {
-            if let Some(s) = vip_stats {
+            if let Some(s) = VIP_STATS.get_ptr_mut(vip.vip_id) {
                 // SAFETY: per-CPU element, written only by this CPU.
-                unsafe { (*s).no_backend += 1 };
+                unsafe {
+                    (*s).packets += 1;
+                    (*s).bytes += bytes;
+                    (*s).no_backend += 1;
+                }
             }
             return Err(Reason::DropNoBackend);
         }
     };
     if b.flags & BACKEND_F_NEXTHOP == 0 {
+        verdict::count_vip(vip.vip_id, bytes);
         return Err(Reason::DropNoNexthop);
     }
     let mut v = toward(id, hash, vip.flags & VIP_MODE_MASK, b, key.family);
@@ -370,15 +367,24 @@ fn send(
         }
         _ => return Err(Reason::DropFragment),
     };
-    if reason == Reason::FwdFragment
-        && let Some(s) = VIP_STATS.get_ptr_mut(b.vip_id)
-    {
-        // SAFETY: per-CPU element, written only by this CPU.
-        unsafe {
-            (*s).packets += 1;
-            (*s).bytes += bytes;
-        }
-    }
+    // From here the packet is its VIP's: counted by its backend once
+    // forwarded, by the VIP itself if it fails on the way.
+    let uncounted = |_: &Reason| verdict::count_vip(b.vip_id, bytes);
+    let action = to_backend(ctx, l3_off, family, v, b).inspect_err(uncounted)?;
+    verdict::credit_forward(b.vip_id, v.backend_id, bytes, false, true);
+    Ok(Verdict { reason, action })
+}
+
+/// The rewrite of a later fragment for backend `b` (`v` says how), and
+/// its action.
+#[inline(always)]
+fn to_backend(
+    ctx: &XdpContext,
+    l3_off: usize,
+    family: u8,
+    v: &FragValue,
+    b: &Backend,
+) -> Result<u32, Reason> {
     if v.kind == FRAG_TUNNEL {
         let inner = if family == FAMILY_V4 {
             let ip = ipv4::parse(ctx, l3_off)?;
@@ -400,9 +406,7 @@ fn send(
         }
         forward::rewrite_macs(ctx, b)?;
     }
-    let action = forward::egress(ctx, b)?;
-    verdict::credit_forward(b.vip_id, v.backend_id, bytes, false);
-    Ok(Verdict { reason, action })
+    forward::egress(ctx, b)
 }
 
 /// Rewrites the addresses `v` flags, and for IPv4 the header checksum (a

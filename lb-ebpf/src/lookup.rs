@@ -165,14 +165,10 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
         _pad: [0; 2],
     };
     let vip = find_vip(&key, addr_vips).ok_or(Reason::PassNotVip)?;
-    let vip_stats = VIP_STATS.get_ptr_mut(vip.vip_id);
-    if let Some(s) = vip_stats {
-        // SAFETY: per-CPU element, written only by this CPU.
-        unsafe {
-            (*s).packets += 1;
-            (*s).bytes += bytes;
-        }
-    }
+    // The VIP's packets and bytes: only those that reach no backend are
+    // counted in `VIP_STATS` (each error return below); a forwarded one
+    // is counted by its backend alone (`verdict::credit_forward`).
+    let uncounted = |_: &Reason| verdict::count_vip(vip.vip_id, bytes);
 
     // Established flow: its backend, as long as that backend still exists,
     // still belongs to this VIP and is not down (weight 0, draining, still
@@ -236,9 +232,13 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
             match BACKENDS.get(id) {
                 Some(b) if id != 0 && b.flags & BACKEND_F_ACTIVE != 0 => (id, hash, b),
                 _ => {
-                    if let Some(s) = vip_stats {
+                    if let Some(s) = VIP_STATS.get_ptr_mut(vip.vip_id) {
                         // SAFETY: per-CPU element, written only by this CPU.
-                        unsafe { (*s).no_backend += 1 };
+                        unsafe {
+                            (*s).packets += 1;
+                            (*s).bytes += bytes;
+                            (*s).no_backend += 1;
+                        }
                     }
                     return Err(Reason::DropNoBackend);
                 }
@@ -249,6 +249,7 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
     // Checked before the flow is recorded: a flow whose first packet could
     // not be sent is not a flow yet.
     if backend.flags & BACKEND_F_NEXTHOP == 0 {
+        verdict::count_vip(vip.vip_id, bytes);
         return Err(Reason::DropNoNexthop);
     }
     if FRAG && first_of_many {
@@ -264,14 +265,15 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
     }
 
     if mode == VIP_MODE_TUNNEL {
+        // (`check` counts the VIP's packet it answers.)
         too_big::check(ctx, eth.l3_off, backend, inner)?;
-        forward::encap(ctx, eth.l3_off, backend, inner, hash)?;
+        forward::encap(ctx, eth.l3_off, backend, inner, hash).inspect_err(uncounted)?;
     } else {
         if mode == VIP_MODE_NAT || mode == VIP_MODE_FULLNAT {
             // The NAT work runs in a program of its own (its stack would
             // not fit beside this one's), told what we know. It credits the
             // backend's counters (and the new flow) once it has decided to
-            // forward: it may still drop the packet.
+            // forward, or the VIP's if it drops the packet.
             if let Some(s) = NAT_SCRATCH.get_ptr_mut(0) {
                 // SAFETY: per-CPU element, used only by this CPU, and the
                 // tail-called program runs on this CPU right after.
@@ -294,16 +296,24 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
             }
             // SAFETY: the index is a slot of ICMP_PROGS.
             unsafe { ICMP_PROGS.tail_call(ctx, NAT_REQUEST) };
+            verdict::count_vip(vip.vip_id, bytes);
             return Err(Reason::Aborted);
         }
-        forward::rewrite_macs(ctx, backend)?;
+        forward::rewrite_macs(ctx, backend).inspect_err(uncounted)?;
     }
-    let action = forward::egress(ctx, backend)?;
-    verdict::credit_forward(vip.vip_id, backend_id, bytes, reason == Reason::FwdNewFlow);
+    let action = forward::egress(ctx, backend).inspect_err(uncounted)?;
     // (Only dsr and tunnel VIPs can be `quic`: the NAT programs count their
     // own verdicts.)
+    let counted = quic_fallback.unwrap_or(reason);
+    verdict::credit_forward(
+        vip.vip_id,
+        backend_id,
+        bytes,
+        reason == Reason::FwdNewFlow,
+        counted as u32 != Reason::FwdEstablished as u32,
+    );
     Ok(Verdict {
-        reason: quic_fallback.unwrap_or(reason),
+        reason: counted,
         action,
     })
 }

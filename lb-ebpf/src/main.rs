@@ -41,7 +41,7 @@ pub fn hola_lb(ctx: XdpContext) -> u32 {
     trace::entry(&ctx);
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = lookup::try_lb::<false>(&ctx, bytes).unwrap_or_else(verdict::Verdict::from);
-    verdict::count(verdict.reason, bytes);
+    verdict::count_forward(verdict.reason, bytes);
     trace::after(&ctx, &verdict);
     verdict.action
 }
@@ -52,7 +52,7 @@ pub fn hola_lb(ctx: XdpContext) -> u32 {
 pub fn hola_nat_request(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = nat::request_entry(&ctx).unwrap_or_else(verdict::Verdict::from);
-    verdict::count(verdict.reason, bytes);
+    verdict::count_forward(verdict.reason, bytes);
     trace::after(&ctx, &verdict);
     verdict.action
 }
@@ -106,7 +106,7 @@ pub fn hola_too_big(ctx: XdpContext) -> u32 {
 pub fn hola_frag(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = frag::entry(&ctx, bytes).unwrap_or_else(verdict::Verdict::from);
-    verdict::count(verdict.reason, bytes);
+    verdict::count_forward(verdict.reason, bytes);
     trace::after(&ctx, &verdict);
     verdict.action
 }

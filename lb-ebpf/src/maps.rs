@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     AddrVips, Backend, BackendStats, FlowKey, FlowKey4, FlowValue, HandshakeStats, NatValue,
-    Reason, ReasonStats, VipKey, VipMeta, VipStats,
+    Reason, ReasonStats, RetiredStats, VipKey, VipMeta, VipStats,
     flow::{FloodState, NatScratch},
     frag::{FRAG_CAPACITY, FragKey, FragValue},
     trace::{TraceFilter, TraceState},
@@ -213,6 +213,15 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entr
 /// Per-CPU counters per verdict reason. Written by the program, read by userspace.
 #[map]
 pub static REASONS: PerCpuArray<ReasonStats> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+// ---- Counters of removed backends (issue 15: one counter write per forward) ----
+
+/// Per VIP id: what the VIP's removed backends forwarded (`RetiredStats`),
+/// folded in by userspace once such a backend can no longer be chosen.
+/// Written and read by userspace only: the program never touches it (it
+/// is here so that it is created, pinned and upgraded with the others).
+#[map]
+pub static RETIRED: Array<RetiredStats> = Array::with_max_entries(1024, 0);
 
 /// Egress interfaces for XDP_REDIRECT: ifindex → ifindex. Written by
 /// userspace for every interface a backend names; read by bpf_redirect_map.

@@ -128,16 +128,25 @@ pub fn request_entry(ctx: &XdpContext) -> Result<Verdict, Reason> {
         family: s.key.family,
         proto: s.key.proto,
     };
-    request(ctx, &at, s, b)?;
-    forward::rewrite_macs(ctx, b)?;
-    let action = forward::egress(ctx, b)?;
+    // A packet this program drops (or fails to send) reaches no backend:
+    // its VIP counts it (a forwarded one is counted by its backend alone).
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let uncounted = |_: &Reason| crate::verdict::count_vip(b.vip_id, bytes);
+    request(ctx, &at, s, b).inspect_err(uncounted)?;
+    forward::rewrite_macs(ctx, b).inspect_err(uncounted)?;
+    let action = forward::egress(ctx, b).inspect_err(uncounted)?;
     // Forwarded: now (not in `hola_lb`, before this program could still
     // drop it) the backend and the new flow are credited. The frame's size
     // is the one `hola_lb` saw: the rewrite changes no length. The VIP is
     // the backend's own: `hola_lb` checked a flow-table hit against it, and
     // a Maglev pick comes from that VIP's table (which holds only its own).
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
-    crate::verdict::credit_forward(b.vip_id, s.backend_id, bytes, s.new_flow == NEW_FLOW_MAGLEV);
+    crate::verdict::credit_forward(
+        b.vip_id,
+        s.backend_id,
+        bytes,
+        s.new_flow == NEW_FLOW_MAGLEV,
+        s.new_flow != 0,
+    );
     Ok(Verdict {
         reason: match s.new_flow {
             NEW_FLOW_MAGLEV => Reason::FwdNewFlow,

@@ -89,6 +89,9 @@ fn oversize(
             return Ok(());
         }
     }
+    // The packet reaches no backend: its VIP counts it (a forwarded one is
+    // counted by its backend alone).
+    crate::verdict::count_vip(b.vip_id, (ctx.data_end() - ctx.data()) as u64);
     if let Some(m) = TOO_BIG_MTU.get_ptr_mut(0) {
         // SAFETY: per-CPU element, used only by this CPU, and the
         // tail-called program runs on this CPU right after.

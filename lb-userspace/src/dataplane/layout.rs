@@ -64,7 +64,14 @@ pub const LEGACY_BUILD: &str = "unrecorded (a build before layout versions)";
 /// - `FLOWS` 2: IPv6 flows only; IPv4 flows moved to `FLOWS4` (16-byte
 ///   keys). Version 1 held both.
 /// - `FLOOD` 2: `FloodState` gained `syns` (24 bytes).
-pub const VERSIONS: &[(&str, u32)] = &[(names::FLOWS, 2), (names::FLOOD, 2)];
+/// - `BACKEND_STATS` 2: 64-byte values; `counted_*` and `legacy_*` added
+///   (issue 15: a forwarded packet is counted by its backend alone, its
+///   VIP's totals and `fwd_established` derived from the backends').
+pub const VERSIONS: &[(&str, u32)] = &[
+    (names::FLOWS, 2),
+    (names::FLOOD, 2),
+    (names::BACKEND_STATS, 2),
+];
 
 /// The version of `name`'s layout in this build.
 pub fn version_of(name: &str) -> u32 {
@@ -220,6 +227,13 @@ pub const CONVERTERS: &[Converter] = &[
         // No SYN counted yet in the current window.
         convert: Convert::ZeroExtend,
     },
+    Converter {
+        map: names::BACKEND_STATS,
+        source: None,
+        from: 1,
+        to: 2,
+        convert: Convert::Value(backend_stats_v2),
+    },
 ];
 
 /// The flow-table split (`FLOWS` 1 into `FLOWS` 2 and `FLOWS4`).
@@ -250,6 +264,38 @@ mod flows {
         let bytes: [u8; 16] = unsafe { std::mem::transmute(k4) };
         Some((bytes.to_vec(), v.to_vec()))
     }
+}
+
+/// `BACKEND_STATS` 1 → 2 (one CPU's value): the counters kept, and all
+/// of them marked `legacy`: the build that counted them also counted
+/// every one in its VIP's `VIP_STATS` and in `REASONS`, so the derived
+/// totals must not add them again.
+///
+/// A 64-byte value is this layout already (pins of this build whose
+/// layout was not recorded: a daemon killed before it attached, which
+/// the next one takes for a build before layouts): kept as it is.
+fn backend_stats_v2(old: &[u8]) -> Option<Vec<u8>> {
+    if old.len() == 64 {
+        return Some(old.to_vec());
+    }
+    if old.len() != 32 {
+        return None;
+    }
+    let word = |i: usize| -> [u8; 8] { old[i * 8..i * 8 + 8].try_into().expect("8 bytes") };
+    let mut v = Vec::with_capacity(64);
+    for w in [
+        word(0),
+        word(1),
+        word(2),
+        word(3),
+        [0; 8],
+        [0; 8],
+        word(0),
+        word(1),
+    ] {
+        v.extend_from_slice(&w);
+    }
+    Some(v)
 }
 
 /// What an upgrade does with one map of the new build.

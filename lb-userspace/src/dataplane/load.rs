@@ -179,6 +179,12 @@ impl Dataplane {
             backend_stats: take!(names::BACKEND_STATS),
             handshakes: take!(names::HANDSHAKES),
             reasons: take!(names::REASONS),
+            retired: take!(names::RETIRED),
+            retired_copy: vec![Default::default(); cfg.max_vips as usize + 1],
+            retired_ids: Default::default(),
+            rcu_pending: true,
+            rcu: super::retire::RcuWait::new()
+                .map_err(|e| DataplaneError::RcuWait(e.to_string()))?,
             tx_ports: take!(names::TX_PORTS),
             nat: take!(names::NAT),
             nat_syn: take!(names::NAT_SYN),
@@ -211,6 +217,7 @@ impl Dataplane {
             .collect::<Result<_, _>>()
             .map_err(map_err(names::VIPS))?;
         let mut backends = Vec::new();
+        let mut markers = std::collections::BTreeMap::new();
         for id in 1..=self.cfg.max_backends {
             let b = self
                 .backends_map
@@ -218,8 +225,11 @@ impl Dataplane {
                 .map_err(map_err(names::BACKENDS))?;
             if b.flags & BACKEND_F_ACTIVE != 0 {
                 backends.push((id, b));
+            } else if let Some(v) = Self::marker_of(&b) {
+                markers.insert(id, v);
             }
         }
+        self.adopt_retired(markers)?;
         let mut adopted = Vec::with_capacity(vips.len());
         for (key, meta) in vips {
             let vip = VipAddr {
@@ -441,7 +451,7 @@ pub(super) fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
 }
 
 /// Every map's capacity, from the load-time settings.
-pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 31] {
+pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 32] {
     [
         (names::FLOWS4, flows4_capacity(cfg, ncpus)),
         (names::FLOWS, flows6_capacity(cfg, ncpus)),
@@ -459,6 +469,7 @@ pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u3
         (names::GRACE_SYNS, grace_syns_capacity(cfg, ncpus)),
         (names::TX_PORTS, cfg.max_tx_ports),
         (names::REASONS, Reason::COUNT),
+        (names::RETIRED, cfg.max_vips + 1),
         (names::NAT, cfg.nat_capacity),
         (names::NAT_SYN, nat_syn_capacity(cfg)),
         (names::FULLNAT_FLOWS, cfg.nat_capacity),

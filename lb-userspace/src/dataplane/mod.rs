@@ -25,6 +25,7 @@ mod load;
 mod mtu;
 mod nat;
 mod quic;
+mod retire;
 mod tables;
 mod trace;
 pub mod upgrade;
@@ -191,6 +192,8 @@ pub enum DataplaneError {
         name: &'static str,
         source: ProgramError,
     },
+    #[error("waiting for an RCU grace period before folding a removed backend's counters: {0}")]
+    RcuWait(String),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -286,6 +289,15 @@ pub struct Dataplane {
     backend_stats: PerCpuArray<MapData, BackendStats>,
     handshakes: PerCpuArray<MapData, HandshakeStats>,
     reasons: PerCpuArray<MapData, ReasonStats>,
+    /// `RETIRED`, and what it holds (only this owner writes it).
+    retired: Array<MapData, lb_common::RetiredStats>,
+    retired_copy: Vec<lb_common::RetiredStats>,
+    /// Removed backends whose counters are not folded into `RETIRED` yet:
+    /// id → VIP id (their `BACKENDS` markers).
+    retired_ids: BTreeMap<u32, u32>,
+    /// A marker was written since the last RCU grace period waited for.
+    rcu_pending: bool,
+    rcu: retire::RcuWait,
     tx_ports: DevMapHash<MapData>,
     nat: HashMap<MapData, FlowKey, NatValue>,
     nat_syn: HashMap<MapData, FlowKey, NatValue>,

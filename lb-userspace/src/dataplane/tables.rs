@@ -6,9 +6,7 @@
 use std::{net::IpAddr, os::fd::AsFd as _};
 
 use aya::maps::PerCpuValues;
-use lb_common::{
-    AddrVips, Backend, BackendStats, FlowKey, HandshakeStats, VipKey, VipStats, maps as names,
-};
+use lb_common::{AddrVips, BackendStats, FlowKey, HandshakeStats, VipKey, VipStats, maps as names};
 
 use super::{Dataplane, DataplaneError, batch, ignore_missing, map_err, monotonic_ns};
 use crate::{
@@ -166,11 +164,14 @@ impl Dataplane {
                 }
                 Ok(())
             }
-            Write::ZeroVipStats { id } => self
-                .vip_stats
-                .set(*id, self.zeroed::<VipStats>(), 0)
-                .map_err(map_err(names::VIP_STATS)),
+            Write::ZeroVipStats { id } => {
+                self.fold_vip(*id)?;
+                self.vip_stats
+                    .set(*id, self.zeroed::<VipStats>(), 0)
+                    .map_err(map_err(names::VIP_STATS))
+            }
             Write::ZeroBackendStats { id } => {
+                self.fold_backend(*id, true)?;
                 self.backend_stats
                     .set(*id, self.zeroed::<BackendStats>(), 0)
                     .map_err(map_err(names::BACKEND_STATS))?;
@@ -182,10 +183,9 @@ impl Dataplane {
                 .backends_map
                 .set(*id, *entry, 0)
                 .map_err(map_err(names::BACKENDS)),
-            Write::ClearBackend { id } => self
-                .backends_map
-                .set(*id, Backend::default(), 0)
-                .map_err(map_err(names::BACKENDS)),
+            // A marker of its VIP stays until its counters are folded
+            // (`retire.rs`).
+            Write::ClearBackend { id } => self.retire_backend(*id),
             Write::TxPort { ifindex } => self
                 .tx_ports
                 .insert(*ifindex, *ifindex, None, 0)
@@ -226,7 +226,7 @@ impl Dataplane {
     }
 
     /// A per-CPU value of zeroes for every possible CPU.
-    fn zeroed<T: Default + Clone + aya::Pod>(&self) -> PerCpuValues<T> {
+    pub(super) fn zeroed<T: Default + Clone + aya::Pod>(&self) -> PerCpuValues<T> {
         PerCpuValues::try_from(vec![T::default(); self.ncpus]).expect("ncpus > 0")
     }
 

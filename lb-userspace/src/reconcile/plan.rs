@@ -76,11 +76,14 @@ pub enum Write {
     PrevUntil { vip_id: u32, grace: Duration },
     /// `VIP_STATS[id]` zeroed on every CPU (a new VIP).
     ZeroVipStats { id: u32 },
-    /// `BACKEND_STATS[id]` and `HANDSHAKES[id]` zeroed (a new backend).
+    /// `BACKEND_STATS[id]` and `HANDSHAKES[id]` zeroed (a new backend),
+    /// a removed backend's counters there folded into `RETIRED` first.
     ZeroBackendStats { id: u32 },
     /// `BACKENDS[id] = entry`.
     Backend { id: u32, entry: Backend },
-    /// `BACKENDS[id]` emptied: no slot names it any more.
+    /// `BACKENDS[id]` emptied: no slot names it any more. (The data plane
+    /// leaves a marker of its VIP there until the id is handed out again,
+    /// so that its counters stay its VIP's: `dataplane/retire.rs`.)
     ClearBackend { id: u32 },
     /// `TX_PORTS[ifindex] = ifindex`: a backend's egress interface.
     TxPort { ifindex: u32 },
