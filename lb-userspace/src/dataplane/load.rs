@@ -107,28 +107,7 @@ impl Dataplane {
             name: names::PROG_LB,
             source,
         })?;
-        // The ICMP programs `hola_lb` tail-calls, in their slots (which a
-        // pinned `ICMP_PROGS` of a previous daemon holds until replaced).
-        let mut icmp_progs: ProgramArray<MapData> = {
-            let m = ebpf
-                .take_map(names::ICMP_PROGS)
-                .ok_or(DataplaneError::MissingMap(names::ICMP_PROGS))?;
-            m.try_into().map_err(|source| DataplaneError::Map {
-                name: names::ICMP_PROGS,
-                source,
-            })?
-        };
-        for (slot, name) in TAIL_CALLED {
-            let p: &mut Xdp = program(&mut ebpf, name)?;
-            p.load()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            let fd = p
-                .fd()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            icmp_progs
-                .set(slot, fd, 0)
-                .map_err(map_err(names::ICMP_PROGS))?;
-        }
+        let icmp_progs = fill_tail_calls(&mut ebpf)?;
 
         let upgrade = match (pin_dir, plan) {
             (Some(dir), Some((plan, current))) if plan.migrates() => {
@@ -426,6 +405,33 @@ impl Dataplane {
                 source,
             })
     }
+}
+
+/// Loads the programs `hola_lb` tail-calls and puts them in their slots of
+/// `ICMP_PROGS` (which a pinned `ICMP_PROGS` of a previous daemon holds
+/// until replaced); the map, held so that its slots stay filled.
+fn fill_tail_calls(ebpf: &mut Ebpf) -> Result<ProgramArray<MapData>, DataplaneError> {
+    let mut icmp_progs: ProgramArray<MapData> = {
+        let m = ebpf
+            .take_map(names::ICMP_PROGS)
+            .ok_or(DataplaneError::MissingMap(names::ICMP_PROGS))?;
+        m.try_into().map_err(|source| DataplaneError::Map {
+            name: names::ICMP_PROGS,
+            source,
+        })?
+    };
+    for (slot, name) in TAIL_CALLED {
+        let p: &mut Xdp = program(ebpf, name)?;
+        p.load()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        let fd = p
+            .fd()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        icmp_progs
+            .set(slot, fd, 0)
+            .map_err(map_err(names::ICMP_PROGS))?;
+    }
+    Ok(icmp_progs)
 }
 
 /// The `SETTINGS` global the program is loaded with.
