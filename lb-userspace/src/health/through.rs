@@ -227,13 +227,10 @@ async fn add_rule(handle: &rtnetlink::Handle, v6: bool) -> Result<(), String> {
 /// Removes what [`install_route`] installed (`hola down`): what was
 /// removed, as lines to print (none when nothing was there).
 pub async fn remove_route() -> Result<Vec<String>, String> {
-    let (conn, handle, _) =
-        rtnetlink::new_connection().map_err(|e| format!("opening a netlink socket: {e}"))?;
-    let task = tokio::spawn(conn);
-    let result = async {
+    netlink(async |handle| {
         let mut removed = Vec::new();
         for v6 in [false, true] {
-            let rule = probe_rule(&handle, v6).message_mut().clone();
+            let rule = probe_rule(handle, v6).message_mut().clone();
             match handle.rule().del(rule).execute().await {
                 Ok(()) => removed.push(format!("the probe rule `{}`", rule_text(v6))),
                 Err(e) if is_errno(&e, libc::ENOENT) => {}
@@ -292,10 +289,8 @@ pub async fn remove_route() -> Result<Vec<String>, String> {
             }
         }
         Ok(removed)
-    }
-    .await;
-    task.abort();
-    result
+    })
+    .await
 }
 
 /// `lo`'s index in every network namespace.

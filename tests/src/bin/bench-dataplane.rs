@@ -116,6 +116,31 @@ fn fresh(dst: &str, i: usize, flags: u8) -> Vec<u8> {
     .bytes()
 }
 
+/// A data plane loaded with `cfg` and one dsr VIP, 198.18.1.1:80/tcp, of
+/// 10 backends (a Maglev table of 65,537 slots); `what` names it in errors.
+fn one_dsr_vip(cfg: DataplaneConfig, what: &str) -> Dataplane {
+    let mut dp =
+        Dataplane::load(cfg).unwrap_or_else(|e| panic!("loading the {what} balancer: {e}"));
+    let vip = VipAddr {
+        addr: "198.18.1.1".parse().expect("vip"),
+        port: 80,
+        proto: Proto::Tcp,
+    };
+    dp.add_vip(VipSpec {
+        vip,
+        mode: Mode::Dsr,
+        src_hash: false,
+        table_size: 65537,
+        quic: false,
+    })
+    .expect("add VIP");
+    let bs: Vec<_> = (1..=10)
+        .map(|i| backend(format!("198.18.2.{i}").parse().expect("backend")))
+        .collect();
+    dp.set_backends(&vip, &bs).expect("backends");
+    dp
+}
+
 /// The three VIPs (dsr, tunnel, IPv6 dsr) of 10 backends each that the
 /// established paths run through.
 fn provision(dp: &mut Dataplane) {
@@ -309,30 +334,14 @@ fn main() {
 
     // A full flow table: every new flow evicts one (the LRU's shrink path),
     // which an empty 4,000,000-entry table never reaches in a run.
-    let mut dp_full = Dataplane::load(DataplaneConfig {
-        flow_capacity_per_cpu: FULL_TABLE,
-        new_flow_rate: 0,
-        ..Default::default()
-    })
-    .expect("loading the full-table balancer");
-    let full_vip = VipAddr {
-        addr: "198.18.1.1".parse().expect("vip"),
-        port: 80,
-        proto: Proto::Tcp,
-    };
-    dp_full
-        .add_vip(VipSpec {
-            vip: full_vip,
-            mode: Mode::Dsr,
-            src_hash: false,
-            table_size: 65537,
-            quic: false,
-        })
-        .expect("add VIP");
-    let bs: Vec<_> = (1..=10)
-        .map(|i| backend(format!("198.18.2.{i}").parse().expect("backend")))
-        .collect();
-    dp_full.set_backends(&full_vip, &bs).expect("backends");
+    let dp_full = one_dsr_vip(
+        DataplaneConfig {
+            flow_capacity_per_cpu: FULL_TABLE,
+            new_flow_rate: 0,
+            ..Default::default()
+        },
+        "full-table",
+    );
     // Fill it: four times its capacity on every CPU, so that whichever CPU
     // runs the measured calls finds no free entry.
     let fill = 4 * FULL_TABLE as usize * possible_cpus().expect("CPUs") as usize;
@@ -350,22 +359,14 @@ fn main() {
     // A SYN flood: a data plane whose SYN-flood switch (`new_flow_rate`
     // SYNs a second per CPU, here 1) is on after a round's first SYN, so
     // that its SYNs are looked up in no flow table, as during a flood.
-    let mut dp_flood = Dataplane::load(DataplaneConfig {
-        flow_capacity_per_cpu: 65_536,
-        new_flow_rate: 1,
-        ..Default::default()
-    })
-    .expect("loading the SYN-flood balancer");
-    dp_flood
-        .add_vip(VipSpec {
-            vip: full_vip,
-            mode: Mode::Dsr,
-            src_hash: false,
-            table_size: 65537,
-            quic: false,
-        })
-        .expect("add VIP");
-    dp_flood.set_backends(&full_vip, &bs).expect("backends");
+    let dp_flood = one_dsr_vip(
+        DataplaneConfig {
+            flow_capacity_per_cpu: 65_536,
+            new_flow_rate: 1,
+            ..Default::default()
+        },
+        "SYN-flood",
+    );
 
     // NAT mode on a data plane of its own, so that the other paths run
     // with no NAT VIP (a NAT VIP makes every packet not for a VIP look for
