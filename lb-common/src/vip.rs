@@ -108,4 +108,56 @@ const _: () = assert!(core::mem::size_of::<AddrVips>() == 8 + 20 * ADDR_SLOTS);
 /// More VIPs at this address than fit in the slots: look in `VIPS`.
 pub const ADDR_F_OVERFLOW: u32 = 1 << 0;
 
-crate::pod!(VipKey, VipMeta, VipSlot, AddrVips);
+/// Slots of each of the `VIP_DIRECT4` and `VIP_DIRECT6` arrays.
+pub const VIP_DIRECT_SLOTS: u32 = 4096;
+
+/// The `VIP_DIRECT*` slot of a destination address (folded as for
+/// [`vip_filter_bit`]): the low bits of its filter bit.
+#[inline(always)]
+pub fn vip_direct_slot(folded: u32) -> u32 {
+    vip_filter_bit(folded) & (VIP_DIRECT_SLOTS - 1)
+}
+
+/// [`DirectVips4::state`]: the slot holds the one VIP address whose slot
+/// it is, and its VIPs. A destination with this slot and another address
+/// is not a VIP address. Any other state (0: no VIP address has this slot,
+/// or not yet written; [`DIRECT_SHARED`]) sends the program to the
+/// `VIP_ADDRS*` hash map.
+pub const DIRECT_OWNED: u32 = 1;
+/// [`DirectVips4::state`]: two or more VIP addresses have this slot.
+pub const DIRECT_SHARED: u32 = 2;
+
+/// A slot of `VIP_DIRECT4`: a copy of one address's `VIP_ADDRS4` entry,
+/// found by an inlined array read instead of a hash lookup.
+///
+/// The array is memory-mapped and written in place by userspace as a
+/// sequence lock: `seq` is made odd, the rest written, then `seq` made even
+/// again (one greater). The program reads `seq`, what it needs, and `seq`
+/// again, and trusts what it read only when both reads are the same even
+/// number; otherwise it looks in the hash map, which is always whole.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectVips4 {
+    pub seq: u32,
+    /// [`DIRECT_OWNED`], [`DIRECT_SHARED`] or 0.
+    pub state: u32,
+    /// The address (as loaded from the packet) when `state` is
+    /// [`DIRECT_OWNED`].
+    pub addr: u32,
+    pub _pad: u32,
+    pub vips: AddrVips,
+}
+const _: () = assert!(core::mem::size_of::<DirectVips4>() == 16 + 168);
+
+/// A slot of `VIP_DIRECT6`; as [`DirectVips4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectVips6 {
+    pub seq: u32,
+    pub state: u32,
+    pub addr: [u8; 16],
+    pub vips: AddrVips,
+}
+const _: () = assert!(core::mem::size_of::<DirectVips6>() == 24 + 168);
+
+crate::pod!(VipKey, VipMeta, VipSlot, AddrVips, DirectVips4, DirectVips6);

@@ -33,6 +33,7 @@ use crate::{
     },
     quic, too_big, trace,
     verdict::{self, Verdict},
+    vip_direct::{self, Direct},
 };
 
 /// `FRAG`: false in `hola_lb`, which hands every fragment to `hola_frag`
@@ -53,10 +54,10 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
     if eth.proto == ETH_P_IP {
         let ip = ipv4::parse(ctx, eth.l3_off)?;
         let daddr = u32::from_ne_bytes(ip.daddr);
-        addr_vips = match maybe_vip(daddr)
-            .then(|| VIP_ADDRS4.get_ptr(daddr))
-            .flatten()
-        {
+        addr_vips = match at_address(
+            maybe_vip(daddr).then(|| vip_direct::v4(daddr)),
+            || VIP_ADDRS4.get_ptr(daddr),
+        ) {
             Some(v) => v,
             None => {
                 let at = Layout {
@@ -92,10 +93,11 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
         };
     } else if eth.proto == ETH_P_IPV6 {
         let ip = ipv6::parse(ctx, eth.l3_off)?;
-        addr_vips = match maybe_vip(fold_v6(&ip.daddr))
-            .then(|| VIP_ADDRS6.get_ptr(ip.daddr))
-            .flatten()
-        {
+        let folded = fold_v6(&ip.daddr);
+        addr_vips = match at_address(
+            maybe_vip(folded).then(|| vip_direct::v6(&ip.daddr, folded)),
+            || VIP_ADDRS6.get_ptr(ip.daddr),
+        ) {
             Some(v) => v,
             None => {
                 let at = Layout {
@@ -164,7 +166,18 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
         family,
         _pad: [0; 2],
     };
-    let vip = find_vip(&key, addr_vips).ok_or(Reason::PassNotVip)?;
+    let vip = match addr_vips {
+        // SAFETY: as `vip_direct::v4`/`v6` returned them.
+        AddrAt::Direct { vips, seq_at, seq } => match unsafe {
+            vip_direct::find(&key, vips, seq_at, seq)
+        } {
+            Some(found) => found,
+            // The slot was written meanwhile: the hash map is whole.
+            None => hashed_vip(&key),
+        },
+        AddrAt::Hash(p) => find_vip(&key, p),
+    }
+    .ok_or(Reason::PassNotVip)?;
     // The VIP's packets and bytes: only those that reach no backend are
     // counted in `VIP_STATS` (each error return below); a forwarded one
     // is counted by its backend alone (`verdict::credit_forward`).
@@ -430,6 +443,45 @@ pub fn usable(flow: FlowValue, vip_id: u32) -> Option<(u32, u32, &'static Backen
         .then_some((flow.backend_id, flow.hash, b))
 }
 
+/// Where the VIPs of a packet's destination address are.
+enum AddrAt {
+    /// In its `VIP_DIRECT*` slot (see `vip_direct::Direct::Vips`).
+    Direct {
+        vips: *const AddrVips,
+        seq_at: *const u32,
+        seq: u32,
+    },
+    /// In its `VIP_ADDRS*` entry.
+    Hash(*const AddrVips),
+}
+
+/// The VIPs at the destination address, from its direct slot (`None`
+/// when the filter already said it is no VIP address) or, when the slot
+/// cannot tell, from `hashed`; `None`: not a VIP address.
+#[inline(always)]
+fn at_address(
+    direct: Option<Direct>,
+    hashed: impl FnOnce() -> Option<*const AddrVips>,
+) -> Option<AddrAt> {
+    match direct? {
+        Direct::Vips { vips, seq_at, seq } => Some(AddrAt::Direct { vips, seq_at, seq }),
+        Direct::NotVip => None,
+        Direct::Unknown => hashed().map(AddrAt::Hash),
+    }
+}
+
+/// The VIP for `key` from `VIP_ADDRS*` (when its direct slot was written
+/// while the program read it).
+#[inline(always)]
+fn hashed_vip(key: &FlowKey) -> Option<VipMeta> {
+    let at = if key.family == FAMILY_V4 {
+        VIP_ADDRS4.get_ptr(u32::from_ne_bytes([key.dst[0], key.dst[1], key.dst[2], key.dst[3]]))
+    } else {
+        VIP_ADDRS6.get_ptr(key.dst)
+    };
+    find_vip(key, at?)
+}
+
 /// Whether the destination whose folded address is `folded` may be a VIP
 /// address: its `VIP_FILTER` bit is set (clear: certainly not).
 #[inline(always)]
@@ -480,6 +532,14 @@ pub fn find_vip(key: &FlowKey, addr: *const AddrVips) -> Option<VipMeta> {
     if addr.flags & ADDR_F_OVERFLOW == 0 {
         return any;
     }
+    find_overflow(key, any)
+}
+
+/// The VIP for `key` at an address with more VIPs than its inline slots
+/// hold: the exact port in `VIPS`, else `any` (the all-ports VIP among the
+/// slots, if one), else the all-ports VIP in `VIPS`.
+#[inline(always)]
+pub fn find_overflow(key: &FlowKey, any: Option<VipMeta>) -> Option<VipMeta> {
     let mut vk = VipKey {
         addr: key.dst,
         port: key.dport,

@@ -30,6 +30,7 @@ mod quic;
 mod too_big;
 mod trace;
 mod verdict;
+mod vip_direct;
 
 use aya_ebpf::{
     macros::{classifier, xdp},

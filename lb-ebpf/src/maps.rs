@@ -3,7 +3,7 @@
 //! real capacities at load time (`EbpfLoader::map_max_entries`).
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
@@ -13,6 +13,7 @@ use lb_common::{
     flow::{FloodState, NatScratch},
     frag::{FRAG_CAPACITY, FragKey, FragValue},
     trace::{TraceFilter, TraceState},
+    vip::{DirectVips4, DirectVips6},
 };
 
 /// (address, port, protocol) → VIP, for every VIP. Written by userspace
@@ -37,6 +38,21 @@ pub static VIP_ADDRS4: HashMap<u32, AddrVips> = HashMap::with_max_entries(1024, 
 /// after it is deleted), read by the program.
 #[map]
 pub static VIP_FILTER: Array<u64> = Array::with_max_entries(lb_common::vip::VIP_FILTER_WORDS, 0);
+
+/// A direct-mapped copy of `VIP_ADDRS4` (`lb_common::vip::vip_direct_slot`
+/// of the address → the address and its VIPs), so that a VIP's packet
+/// finds its VIP with an inlined array read and no hash lookup. Written in
+/// place by userspace through a memory mapping, as a sequence lock (see
+/// `DirectVips4`); a slot two VIP addresses share, or one being written,
+/// sends the program to `VIP_ADDRS4`.
+#[map]
+pub static VIP_DIRECT4: Array<DirectVips4> =
+    Array::with_max_entries(lb_common::vip::VIP_DIRECT_SLOTS, BPF_F_MMAPABLE);
+
+/// IPv6 addresses' slots; as `VIP_DIRECT4`.
+#[map]
+pub static VIP_DIRECT6: Array<DirectVips6> =
+    Array::with_max_entries(lb_common::vip::VIP_DIRECT_SLOTS, BPF_F_MMAPABLE);
 
 /// IPv6 address → the VIPs at that address. As `VIP_ADDRS4`.
 #[map]

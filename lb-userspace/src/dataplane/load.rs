@@ -53,6 +53,7 @@ impl Dataplane {
     pub fn load_object(cfg: DataplaneConfig, object: &[u8]) -> Result<Self, DataplaneError> {
         let mut dp = Self::load_with(cfg, None, object)?;
         dp.vip_filter_rebuild()?;
+        dp.vip_direct_rebuild()?;
         Ok(dp)
     }
 
@@ -64,6 +65,7 @@ impl Dataplane {
         let mut dp = Self::load_with(cfg, Some(pin_dir), programs::HOLA)?;
         dp.adopt()?;
         dp.vip_filter_rebuild()?;
+        dp.vip_direct_rebuild()?;
         Ok(dp)
     }
 
@@ -137,6 +139,8 @@ impl Dataplane {
             .collect::<Result<_, _>>()
             .map_err(map_err(names::QUIC_SERVERS))?;
         let rings_fd = super::batch::array_fd(&ebpf, names::RINGS)?;
+        let direct4 = super::vip_direct::DirectSlots::map(&ebpf, names::VIP_DIRECT4)?;
+        let direct6 = super::vip_direct::DirectSlots::map(&ebpf, names::VIP_DIRECT6)?;
         let prev_rings_fd = super::batch::array_fd(&ebpf, names::PREV_RINGS)?;
         Ok(Self {
             quic_servers,
@@ -152,6 +156,8 @@ impl Dataplane {
             prev_until: take!(names::PREV_UNTIL),
             graces: Default::default(),
             vip_filter: take!(names::VIP_FILTER),
+            direct4,
+            direct6,
             flows: take!(names::FLOWS),
             flows4: take!(names::FLOWS4),
             vip_stats: take!(names::VIP_STATS),
@@ -457,7 +463,7 @@ pub(super) fn settings(cfg: &DataplaneConfig, ncpus: u32) -> Settings {
 }
 
 /// Every map's capacity, from the load-time settings.
-pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 32] {
+pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u32); 34] {
     [
         (names::FLOWS4, flows4_capacity(cfg, ncpus)),
         (names::FLOWS, flows6_capacity(cfg, ncpus)),
@@ -465,6 +471,8 @@ pub(super) fn map_sizes(cfg: &DataplaneConfig, ncpus: u32) -> [(&'static str, u3
         (names::VIP_ADDRS4, cfg.max_vips),
         (names::VIP_ADDRS6, cfg.max_vips),
         (names::VIP_FILTER, lb_common::vip::VIP_FILTER_WORDS),
+        (names::VIP_DIRECT4, lb_common::vip::VIP_DIRECT_SLOTS),
+        (names::VIP_DIRECT6, lb_common::vip::VIP_DIRECT_SLOTS),
         (names::VIP_STATS, cfg.max_vips + 1),
         (names::BACKENDS, cfg.max_backends + 1),
         (names::BACKEND_STATS, cfg.max_backends + 1),

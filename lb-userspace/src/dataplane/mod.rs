@@ -12,6 +12,7 @@
 //! - [`flows`]: `FLOWS4`, `FLOWS`, `PEER_FLOWS`, `FLOW_EVENTS` and the cluster switch;
 //! - [`counters`]: every per-CPU counter, summed;
 //! - [`vip_filter`]: `VIP_FILTER`, the bitmap of VIP addresses;
+//! - [`vip_direct`]: `VIP_DIRECT*`, direct-mapped copies of `VIP_ADDRS*`;
 //! - [`quic`]: `QUIC_SERVERS`, the server IDs of `quic` VIPs;
 //! - [`layout`], [`upgrade`]: the pinned maps' layouts, and upgrades that
 //!   convert them.
@@ -29,6 +30,7 @@ mod retire;
 mod tables;
 mod trace;
 pub mod upgrade;
+mod vip_direct;
 mod vip_filter;
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
@@ -216,6 +218,14 @@ pub enum DataplaneError {
     TxPorts(aya::maps::xdp::XdpMapError),
     #[error("map {0} is missing from the hola eBPF object (built from another version?)")]
     MissingMap(&'static str),
+    #[error(
+        "map {name}: mapping it into memory failed: {source} (it must be created with \
+         BPF_F_MMAPABLE; a map pinned by another build is removed by `hola down`)"
+    )]
+    Mmap {
+        name: &'static str,
+        source: std::io::Error,
+    },
     #[error("reading the number of possible CPUs: {0}")]
     Cpus(std::io::Error),
     #[error("backend {backend} is not in VIP {vip}")]
@@ -283,6 +293,9 @@ pub struct Dataplane {
     /// → its `PREV_UNTIL`.
     graces: BTreeMap<u32, u64>,
     vip_filter: Array<MapData, u64>,
+    /// `VIP_DIRECT4` and `VIP_DIRECT6`, memory-mapped.
+    direct4: vip_direct::DirectSlots<lb_common::vip::DirectVips4>,
+    direct6: vip_direct::DirectSlots<lb_common::vip::DirectVips6>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     flows4: HashMap<MapData, lb_common::FlowKey4, FlowValue>,
     vip_stats: PerCpuArray<MapData, VipStats>,

@@ -258,6 +258,8 @@ impl Dataplane {
                 .map_err(map_err(names::VIP_ADDRS6))?;
             }
         }
+        // The direct slot follows the hash map (see `vip_direct`).
+        self.vip_direct_update(addr, entry)?;
         if entry.is_none() {
             self.vip_filter_remove(addr)?;
         }
