@@ -54,10 +54,9 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
     if eth.proto == ETH_P_IP {
         let ip = ipv4::parse(ctx, eth.l3_off)?;
         let daddr = u32::from_ne_bytes(ip.daddr);
-        addr_vips = match at_address(
-            maybe_vip(daddr).then(|| vip_direct::v4(daddr)),
-            || VIP_ADDRS4.get_ptr(daddr),
-        ) {
+        addr_vips = match at_address(maybe_vip(daddr).then(|| vip_direct::v4(daddr)), || {
+            VIP_ADDRS4.get_ptr(daddr)
+        }) {
             Some(v) => v,
             None => {
                 let at = Layout {
@@ -168,13 +167,13 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
     };
     let vip = match addr_vips {
         // SAFETY: as `vip_direct::v4`/`v6` returned them.
-        AddrAt::Direct { vips, seq_at, seq } => match unsafe {
-            vip_direct::find(&key, vips, seq_at, seq)
-        } {
-            Some(found) => found,
-            // The slot was written meanwhile: the hash map is whole.
-            None => hashed_vip(&key),
-        },
+        AddrAt::Direct { vips, seq_at, seq } => {
+            match unsafe { vip_direct::find(&key, vips, seq_at, seq) } {
+                Some(found) => found,
+                // The slot was written meanwhile: the hash map is whole.
+                None => hashed_vip(&key),
+            }
+        }
         AddrAt::Hash(p) => find_vip(&key, p),
     }
     .ok_or(Reason::PassNotVip)?;
@@ -475,7 +474,9 @@ fn at_address(
 #[inline(always)]
 fn hashed_vip(key: &FlowKey) -> Option<VipMeta> {
     let at = if key.family == FAMILY_V4 {
-        VIP_ADDRS4.get_ptr(u32::from_ne_bytes([key.dst[0], key.dst[1], key.dst[2], key.dst[3]]))
+        VIP_ADDRS4.get_ptr(u32::from_ne_bytes([
+            key.dst[0], key.dst[1], key.dst[2], key.dst[3],
+        ]))
     } else {
         VIP_ADDRS6.get_ptr(key.dst)
     };

@@ -46,13 +46,7 @@ pub fn v4(daddr: u32) -> Direct {
         let seq = read_volatile(seq_at);
         let state = read_volatile(addr_of!((*e).state));
         let addr = read_volatile(addr_of!((*e).addr));
-        decide(
-            seq,
-            state,
-            addr == daddr,
-            seq_at,
-            addr_of!((*e).vips),
-        )
+        decide(seq, state, addr == daddr, seq_at, addr_of!((*e).vips))
     }
 }
 

@@ -14,11 +14,11 @@ use std::{
     path::PathBuf,
 };
 
+use aya::maps::{HashMap, Map, MapData};
 use hola_tests::{
     fixture::{diff, expected_deltas, hex, pin_to_cpu0, require_root, run, snapshot},
     packet::{L4, LB_MAC, Pkt, with_macs},
 };
-use aya::maps::{HashMap, Map, MapData};
 use lb_common::{
     AddrVips, Reason,
     flow::TCP_ACK,
@@ -188,7 +188,14 @@ fn a_vip_address_is_found_in_its_direct_slot_or_in_the_hash_map() {
     // A removed: B owns the slot.
     dp.remove_vip(&va).expect("remove VIP A");
     assert_eq!(dp.vip_direct_state(ib), (DIRECT_OWNED, Some(ib)));
-    forwarded(&mut dp, "B, owning the slot after A went", 80, vb, to_b, 41003);
+    forwarded(
+        &mut dp,
+        "B, owning the slot after A went",
+        80,
+        vb,
+        to_b,
+        41003,
+    );
     passed(&mut dp, "A, no longer a VIP", ia, 80);
 
     // B removed: the slot is empty.
@@ -203,7 +210,11 @@ fn a_vip_address_is_found_in_its_direct_slot_or_in_the_hash_map() {
     add(&mut dp, all, IpAddr::from([198, 18, 201, 100]));
     let ports: Vec<u16> = (80..90).collect();
     for (i, p) in ports.iter().enumerate() {
-        add(&mut dp, vip(c, *p), IpAddr::from([198, 18, 201, i as u8 + 1]));
+        add(
+            &mut dp,
+            vip(c, *p),
+            IpAddr::from([198, 18, 201, i as u8 + 1]),
+        );
     }
     assert_eq!(dp.vip_direct_state(c), (DIRECT_OWNED, Some(c)));
     for (i, p) in ports.iter().enumerate() {
@@ -243,7 +254,12 @@ fn a_vip_address_is_found_in_its_direct_slot_or_in_the_hash_map() {
         (DIRECT_OWNED, Some(IpAddr::V6(x6)))
     );
     forwarded(&mut dp, "IPv6 X, its slot owned", 80, vx, to_x, 43000);
-    passed(&mut dp, "IPv6 Y, X's slot, not a VIP yet", IpAddr::V6(y6), 80);
+    passed(
+        &mut dp,
+        "IPv6 Y, X's slot, not a VIP yet",
+        IpAddr::V6(y6),
+        80,
+    );
     add(&mut dp, vy, to_y);
     assert_eq!(dp.vip_direct_state(IpAddr::V6(x6)), (DIRECT_SHARED, None));
     forwarded(&mut dp, "IPv6 X, its slot shared", 80, vx, to_x, 43001);

@@ -307,6 +307,8 @@ fn an_upgrade_across_layouts_keeps_every_flow_and_counter() {
     assert!(!d.bpffs.join("maps-next").exists(), "nothing left staged");
     for m in [
         "VIP_FILTER",
+        "VIP_DIRECT4",
+        "VIP_DIRECT6",
         "PREV_RINGS",
         "NAT_SYN",
         "GRACE_SYNS",

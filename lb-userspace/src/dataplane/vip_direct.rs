@@ -21,8 +21,7 @@ use std::{
 };
 
 use lb_common::{
-    AddrVips,
-    maps as names,
+    AddrVips, maps as names,
     vip::{
         DIRECT_OWNED, DIRECT_SHARED, DirectVips4, DirectVips6, VIP_DIRECT_SLOTS, fold_v6,
         vip_direct_slot,
@@ -308,7 +307,10 @@ impl Dataplane {
             }
             IpAddr::V6(a) => {
                 let s = self.direct6.get(slot6(&a.octets()));
-                (s.state, (s.state == DIRECT_OWNED).then(|| IpAddr::from(s.addr)))
+                (
+                    s.state,
+                    (s.state == DIRECT_OWNED).then(|| IpAddr::from(s.addr)),
+                )
             }
         }
     }
