@@ -54,7 +54,7 @@ impl<T: Slot> DirectSlots<T> {
         // Elements are 8-byte aligned in the kernel's array; both types'
         // sizes are multiples of 8 (asserted in lb-common), so the stride
         // is the size.
-        const { assert!(size_of::<T>() % 8 == 0) };
+        const { assert!(size_of::<T>().is_multiple_of(8)) };
         let page = 4096;
         let bytes = (size_of::<T>() * VIP_DIRECT_SLOTS as usize).div_ceil(page) * page;
         // SAFETY: a shared mapping of the map's values, of the size the
