@@ -245,6 +245,15 @@ fn vip_defs(nat: bool, redirect: u32) -> Vec<VipDef> {
             vec![b("198.18.2.10", 0, Redirect)],
         ),
     ];
+    // A VIP address with 198.18.1.2's `VIP_DIRECT4` slot (and another
+    // filter bit): both are found through `VIP_ADDRS4`.
+    d.push(v(
+        "198.19.103.30",
+        80,
+        Tcp,
+        Dsr,
+        vec![b("198.18.2.20", 0, Tx)],
+    ));
     // More VIPs on one address than its map entry holds inline.
     for port in 1..=10u16 {
         let addr = format!("198.18.2.{}", 40 + port);
@@ -1919,6 +1928,10 @@ fn run_case(
         Target::Elsewhere { v6, proto, port } => {
             let dst = if *v6 {
                 IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, c.sport))
+            } else if c.client.is_multiple_of(8) {
+                // 198.18.1.1's `VIP_FILTER` bit, so its `VIP_DIRECT4` slot,
+                // which that VIP address owns: "not a VIP" from the slot.
+                IpAddr::V4(Ipv4Addr::new(198, 19, 103, 13))
             } else {
                 IpAddr::V4(Ipv4Addr::new(198, 18, 9, c.client))
             };
