@@ -12,7 +12,9 @@ use std::{
 
 use super::DataplaneError;
 
-/// `BPF_MAP_UPDATE_BATCH` (include/uapi/linux/bpf.h, `enum bpf_cmd`).
+/// `BPF_MAP_LOOKUP_BATCH` and `BPF_MAP_UPDATE_BATCH`
+/// (include/uapi/linux/bpf.h, `enum bpf_cmd`).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// The `batch` member of `union bpf_attr`, as the kernel lays it out.
@@ -68,6 +70,73 @@ pub(super) fn update_u32_array(
         }
     }
     Ok(())
+}
+
+/// The values of slots `first .. first + count` of a `u32` array map, in as
+/// few calls as the chunking allows (`BPF_MAP_LOOKUP_BATCH`: the kernel
+/// walks the array from the key after `in_batch`, or from 0 without it).
+/// Adopting a previous daemon's tables reads every VIP's Maglev table this
+/// way: 65,537 slots per large VIP, one system call each before.
+pub(super) fn lookup_u32_array(
+    map: BorrowedFd<'_>,
+    first: u32,
+    count: u32,
+) -> io::Result<Vec<u32>> {
+    let mut values = vec![0u32; count as usize];
+    let mut keys = vec![0u32; (count as usize).min(CHUNK)];
+    let mut done = 0usize;
+    while done < count as usize {
+        let want = (count as usize - done).min(CHUNK);
+        // The key before the first wanted one; none for slot 0.
+        let prev: u32 = (first + done as u32).wrapping_sub(1);
+        let mut out_batch = 0u32;
+        let mut attr = BatchAttr {
+            in_batch: if first as usize + done == 0 {
+                0
+            } else {
+                &prev as *const u32 as u64
+            },
+            out_batch: &mut out_batch as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values[done..].as_mut_ptr() as u64,
+            count: want as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: `attr` is the kernel's `batch` layout; `in_batch` and
+        // `out_batch` point at a u32 key each, `keys` and `values` at room
+        // for `count` u32s, all alive for the call; the kernel writes only
+        // those and `attr.count`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>() as u32,
+            )
+        };
+        let got = attr.count as usize;
+        // ENOENT: the walk reached the array's end (with `got` entries).
+        if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
+            return Err(io::Error::last_os_error());
+        }
+        if got < want
+            || keys[..got]
+                .iter()
+                .enumerate()
+                .any(|(i, k)| *k as usize != first as usize + done + i)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "batch lookup returned {got} of {want} slots from {}",
+                    first as usize + done
+                ),
+            ));
+        }
+        done += got;
+    }
+    Ok(values)
 }
 
 /// Whether `e` says the kernel has no batch update for this map (then each

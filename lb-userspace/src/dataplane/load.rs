@@ -226,19 +226,31 @@ impl Dataplane {
                     Proto::Udp
                 },
             };
-            let mut ring = Vec::with_capacity(meta.ring_size as usize);
-            for i in 0..meta.ring_size {
-                ring.push(
-                    self.rings
-                        .get(&(meta.ring_base + i), 0)
-                        .map_err(map_err(names::RINGS))?,
-                );
-            }
+            let ring = self.adopt_ring(meta.ring_base, meta.ring_size)?;
             adopted.push((vip, meta, ring));
         }
         self.tables =
             Tables::adopt(capacity(&self.cfg), adopted, &backends).with_grace(self.cfg.table_grace);
         Ok(())
+    }
+
+    /// A VIP's Maglev table as `RINGS` holds it: one batched read (or, on
+    /// a kernel without batch lookups, one read per slot).
+    fn adopt_ring(&self, base: u32, size: u32) -> Result<Vec<u32>, DataplaneError> {
+        use std::os::fd::AsFd as _;
+        match super::batch::lookup_u32_array(self.rings_fd.as_fd(), base, size) {
+            Ok(ring) => Ok(ring),
+            Err(e) if super::batch::unsupported(&e) => (base..base + size)
+                .map(|i| self.rings.get(&i, 0).map_err(map_err(names::RINGS)))
+                .collect(),
+            Err(io_error) => Err(DataplaneError::Map {
+                name: names::RINGS,
+                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_batch",
+                    io_error,
+                }),
+            }),
+        }
     }
 
     /// Once the balancer is attached to every interface: ends an upgrade
