@@ -366,10 +366,12 @@ fn dataplane(out: &mut String, targets: &mut Vec<Target>, d: &Value) {
          705.5 ns for its SYN. The full-table row runs on a data plane of its own\n\
          whose 16,384-entry flow table was filled first, so every new flow evicts\n\
          one.\n\n\
-         **What the cost is made of.** The established path makes two hash\n\
-         lookups (`VIP_ADDRS4` by destination address, which carries the\n\
-         address's VIPs inline, and the `FLOWS` LRU by 5-tuple), one array lookup\n\
-         (`BACKENDS`) and three per-CPU counter updates. A new flow adds the\n\
+         **What the cost is made of.** The established path makes one hash\n\
+         lookup (the `FLOWS4` or `FLOWS` LRU by 5-tuple), inlined array reads\n\
+         (the `VIP_FILTER` bit, the destination's `VIP_DIRECT4`/`VIP_DIRECT6`\n\
+         slot holding the address's VIPs, which spares the `VIP_ADDRS*` hash\n\
+         lookup, and `BACKENDS`) and one per-CPU counter update (the\n\
+         backend's). A new flow adds the\n\
          Maglev slot read, the insert-rate check and the LRU insert\n\
          (`htab_lru_map_update_elem`), which dominates; into a full table the\n\
          insert also evicts. A TCP SYN that misses the table is forwarded by the\n\
