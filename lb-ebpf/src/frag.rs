@@ -80,7 +80,7 @@ fn parse(ctx: &XdpContext) -> Result<Parsed, Reason> {
 pub fn entry(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
     let p = parse(ctx)?;
     if p.f.offset == 0 {
-        return lookup::try_lb::<true>(ctx, bytes);
+        return lookup::try_lb::<true>(ctx, bytes, false);
     }
     follow(ctx, p.l3_off, &p.key, bytes)
 }

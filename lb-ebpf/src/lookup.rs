@@ -40,9 +40,16 @@ use crate::{
 /// (one branch, on a path the fragment bits already take); true in
 /// `hola_frag` for a first fragment, which is balanced as any packet and
 /// its datagram remembered (`frag::remember`). The constant compiles the
-/// fragment work out of `hola_lb`.
+/// fragment work out of `hola_lb`. `traced` (`hola_lb` only): a trace runs
+/// (`trace::entry` read the filter). `hola_frag` reads the filter where it
+/// needs it instead: a flag carried through the whole function doubles the
+/// states the verifier explores, more than `hola_frag` may.
 #[inline(always)]
-pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Reason> {
+pub fn try_lb<const FRAG: bool>(
+    ctx: &XdpContext,
+    bytes: u64,
+    traced: bool,
+) -> Result<Verdict, Reason> {
     let eth = eth::parse(ctx)?;
     // `FRAG` only: the datagram's id, and whether this is the first of
     // several fragments (then its datagram is remembered).
@@ -257,7 +264,12 @@ pub fn try_lb<const FRAG: bool>(ctx: &XdpContext, bytes: u64) -> Result<Verdict,
             }
         }
     };
-    trace::note(&vip, backend_id, hash);
+    trace::note(
+        if FRAG { trace::on() } else { traced },
+        &vip,
+        backend_id,
+        hash,
+    );
     // Checked before the flow is recorded: a flow whose first packet could
     // not be sent is not a flow yet.
     if backend.flags & BACKEND_F_NEXTHOP == 0 {

@@ -39,11 +39,12 @@ use aya_ebpf::{
 
 #[xdp]
 pub fn hola_lb(ctx: XdpContext) -> u32 {
-    trace::entry(&ctx);
+    let traced = trace::entry(&ctx);
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let verdict = lookup::try_lb::<false>(&ctx, bytes).unwrap_or_else(verdict::Verdict::from);
+    let verdict = lookup::try_lb::<false>(&ctx, bytes, traced.is_some())
+        .unwrap_or_else(verdict::Verdict::from);
     verdict::count_forward(verdict.reason, bytes);
-    trace::after(&ctx, &verdict);
+    trace::after_with(&ctx, traced, &verdict);
     verdict.action
 }
 

@@ -1,6 +1,8 @@
-//! `hola trace`: three hooks, each one array load and branch while no trace
-//! runs (`TRACE_FILTER`'s `enabled` is 0), and the work behind them while
-//! one does (the `no-trace` feature compiles them out: `bench-dataplane`
+//! `hola trace`: three hooks, which cost `hola_lb` one array load and
+//! branch per packet while no trace runs (`TRACE_FILTER`'s `enabled` is 0:
+//! `entry` reads it and hands the answer to the other two; the programs
+//! `hola_lb` tail-calls read it once, in `after`), and the work behind them
+//! while one does (the `no-trace` feature compiles them out: `bench-dataplane`
 //! measures the balancer with and without them):
 //!
 //! - [`entry`], first thing in `hola_lb`: a packet that matches the filter
@@ -53,13 +55,21 @@ fn filter() -> Option<&'static TraceFilter> {
     TRACE_FILTER.get(0).filter(|f| f.enabled != 0)
 }
 
-/// At `hola_lb`'s entry: marks (or unmarks) this CPU's packet, and writes
-/// the "before" record of a packet that matches.
+/// Whether a trace runs (for `hola_frag`, which has no [`entry`]).
 #[inline(always)]
-pub fn entry(ctx: &XdpContext) {
-    if let Some(f) = filter() {
-        entry_traced(ctx, f);
-    }
+pub fn on() -> bool {
+    filter().is_some()
+}
+
+/// At `hola_lb`'s entry: marks (or unmarks) this CPU's packet, and writes
+/// the "before" record of a packet that matches. Returns the filter while
+/// a trace runs, for `hola_lb` to hand to [`note`] and [`after_with`]: the
+/// filter is read once per packet, not at each hook.
+#[inline(always)]
+pub fn entry(ctx: &XdpContext) -> Option<&'static TraceFilter> {
+    let f = filter()?;
+    entry_traced(ctx, f);
+    Some(f)
 }
 
 #[inline(always)]
@@ -87,8 +97,8 @@ fn entry_traced(ctx: &XdpContext, f: &TraceFilter) {
 /// Where `hola_lb` has chosen `backend_id` for a packet of `vip` whose
 /// flow hash is `hash`: kept for the packet's "after" record.
 #[inline(always)]
-pub fn note(vip: &VipMeta, backend_id: u32, hash: u32) {
-    if filter().is_none() {
+pub fn note(on: bool, vip: &VipMeta, backend_id: u32, hash: u32) {
+    if !on {
         return;
     }
     if let Some(st) = TRACE_STATE.get_ptr_mut(0) {
@@ -109,7 +119,13 @@ pub fn note(vip: &VipMeta, backend_id: u32, hash: u32) {
 /// At a program's verdict: the "after" record of a marked packet.
 #[inline(always)]
 pub fn after(ctx: &XdpContext, v: &Verdict) {
-    if let Some(f) = filter() {
+    after_with(ctx, filter(), v);
+}
+
+/// [`after`] with the filter [`entry`] read (`hola_lb`).
+#[inline(always)]
+pub fn after_with(ctx: &XdpContext, f: Option<&TraceFilter>, v: &Verdict) {
+    if let Some(f) = f {
         after_traced(ctx, f, v);
     }
 }
