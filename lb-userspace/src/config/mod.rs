@@ -168,6 +168,11 @@ pub struct Global {
     pub xdp_mode: XdpMode,
     #[serde(default = "d::flow_capacity_per_cpu")]
     pub flow_capacity_per_cpu: u32,
+    /// IPv6 flow-table (`FLOWS`) entries per possible CPU; `None`: a
+    /// quarter of `flow_capacity_per_cpu`, at least 4,096 (or as many as
+    /// that when it is fewer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_capacity_v6_per_cpu: Option<u32>,
     #[serde(default = "d::max_vips")]
     pub max_vips: u32,
     #[serde(default = "d::max_backends")]

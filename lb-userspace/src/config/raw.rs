@@ -166,6 +166,7 @@ struct RawGlobal {
     interfaces: Option<Vec<String>>,
     xdp_mode: Option<String>,
     flow_capacity_per_cpu: Option<i64>,
+    flow_capacity_v6_per_cpu: Option<i64>,
     max_vips: Option<i64>,
     max_backends: Option<i64>,
     ring_capacity: Option<i64>,
@@ -315,6 +316,17 @@ impl RawGlobal {
                 FLOW_CAPACITY_PER_CPU,
                 FLOW_CAPACITY_RANGE,
             ),
+            // (A value no `u32` holds is reported here; the range is
+            // checked with the others.)
+            flow_capacity_v6_per_cpu: self.flow_capacity_v6_per_cpu.map(|v| {
+                int(
+                    sink,
+                    "flow_capacity_v6_per_cpu",
+                    Some(v),
+                    FLOW_CAPACITY_RANGE.lo,
+                    FLOW_CAPACITY_RANGE,
+                )
+            }),
             max_vips: int(sink, "max_vips", self.max_vips, MAX_VIPS, MAX_VIPS_RANGE),
             max_backends: int(
                 sink,

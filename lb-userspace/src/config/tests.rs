@@ -1115,3 +1115,30 @@ fn a_misspelt_through_is_an_error_naming_the_choices() {
         "{e}"
     );
 }
+
+#[test]
+fn ipv6_flow_capacity() {
+    let c = parse(&vip_text("", ""), "hola.toml").expect("parses");
+    assert_eq!(c.global.flow_capacity_v6_per_cpu, None, "default: derived");
+    assert!(!c.to_toml().contains("flow_capacity_v6_per_cpu"));
+    let c = parse(
+        &vip_text("flow_capacity_v6_per_cpu = 262144\n", ""),
+        "hola.toml",
+    )
+    .expect("parses");
+    assert_eq!(c.global.flow_capacity_v6_per_cpu, Some(262_144));
+    assert!(c.to_toml().contains("flow_capacity_v6_per_cpu = 262144"));
+    for (bad, line) in [("0", "0"), ("16777217", "16777217"), ("-1", "-1")] {
+        let errs = errors(&vip_text(
+            &format!("flow_capacity_v6_per_cpu = {bad}\n"),
+            "",
+        ));
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(
+            errs[0].contains(&format!(
+                "global.flow_capacity_v6_per_cpu = {line}: must be 1..=16777216"
+            )),
+            "{errs:#?}"
+        );
+    }
+}

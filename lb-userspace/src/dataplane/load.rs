@@ -521,7 +521,8 @@ pub fn flows4_capacity(cfg: &DataplaneConfig, ncpus: u32) -> u32 {
     cfg.flow_capacity_per_cpu.saturating_mul(ncpus)
 }
 
-/// `FLOWS`' entries (IPv6 flows): a quarter of `FLOWS4`'s, but at least
+/// `FLOWS`' entries (IPv6 flows): `flow_capacity_v6_per_cpu` per possible
+/// CPU when it is set; else a quarter of `FLOWS4`'s, but at least
 /// 4,096 per possible CPU or as many as `FLOWS4` when that is fewer (so a
 /// small table, as tests and labs use, holds as many flows of either
 /// family). An IPv6 entry takes 112 bytes of kernel memory, an IPv4 one
@@ -530,6 +531,9 @@ pub fn flows4_capacity(cfg: &DataplaneConfig, ncpus: u32) -> u32 {
 /// replace took 112 (docs/benchmarks.md, "Kernel memory"), not 200 as two
 /// full-size tables would.
 pub fn flows6_capacity(cfg: &DataplaneConfig, ncpus: u32) -> u32 {
+    if let Some(per_cpu) = cfg.flow_capacity_v6_per_cpu {
+        return per_cpu.saturating_mul(ncpus);
+    }
     let v4 = flows4_capacity(cfg, ncpus);
     (v4 / 4).max(v4.min(4096u32.saturating_mul(ncpus)))
 }
@@ -690,6 +694,11 @@ mod tests {
         assert_eq!(size_of(&sizes(MID, 2), names::FLOWS4), 10_000);
         assert_eq!(size_of(&sizes(MID, 2), names::FLOWS), 8192);
         assert_eq!(size_of(&alone, names::PEER_FLOWS), 1);
+        // Set on its own: that many per CPU, more or fewer than FLOWS4.
+        let v6 = |n: u32| format!("{BIG}flow_capacity_v6_per_cpu = {n}\n");
+        assert_eq!(size_of(&sizes(&v6(300_000), 4), names::FLOWS), 1_200_000);
+        assert_eq!(size_of(&sizes(&v6(300_000), 4), names::FLOWS4), 400_000);
+        assert_eq!(size_of(&sizes(&v6(10), 2), names::FLOWS), 20);
 
         let default = sizes(&format!("{global}{cluster}"), 4);
         assert_eq!(size_of(&default, names::FLOWS), 4000);

@@ -57,6 +57,9 @@ use crate::reconcile::{PlanError, Tables};
 pub struct DataplaneConfig {
     /// Flow-table entries per possible CPU.
     pub flow_capacity_per_cpu: u32,
+    /// IPv6 flow-table entries per possible CPU; `None`: derived from
+    /// `flow_capacity_per_cpu` (`load::flows6_capacity`).
+    pub flow_capacity_v6_per_cpu: Option<u32>,
     /// Most VIPs at once.
     pub max_vips: u32,
     /// Most backends at once, over all VIPs.
@@ -101,6 +104,7 @@ impl Default for DataplaneConfig {
         use crate::config::defaults as d;
         Self {
             flow_capacity_per_cpu: d::FLOW_CAPACITY_PER_CPU,
+            flow_capacity_v6_per_cpu: None,
             max_vips: d::MAX_VIPS,
             max_backends: d::MAX_BACKENDS,
             ring_capacity: d::RING_CAPACITY,
@@ -147,6 +151,7 @@ impl DataplaneConfig {
     pub fn from_global(g: &crate::config::Global) -> Self {
         DataplaneConfig {
             flow_capacity_per_cpu: g.flow_capacity_per_cpu,
+            flow_capacity_v6_per_cpu: g.flow_capacity_v6_per_cpu,
             max_vips: g.max_vips,
             max_backends: g.max_backends,
             ring_capacity: g.ring_capacity,

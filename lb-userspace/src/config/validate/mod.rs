@@ -259,6 +259,11 @@ fn check_global(sink: &mut Sink<'_>, g: &Global) {
             g.flow_capacity_per_cpu,
             FLOW_CAPACITY_RANGE,
         ),
+        (
+            "flow_capacity_v6_per_cpu",
+            g.flow_capacity_v6_per_cpu.unwrap_or(FLOW_CAPACITY_RANGE.lo),
+            FLOW_CAPACITY_RANGE,
+        ),
         ("max_vips", g.max_vips, MAX_VIPS_RANGE),
         ("max_backends", g.max_backends, MAX_BACKENDS_RANGE),
         ("nat_capacity", g.nat_capacity, NAT_CAPACITY_RANGE),
