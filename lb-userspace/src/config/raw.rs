@@ -288,6 +288,20 @@ impl RawConfig {
     }
 }
 
+/// `global.flow_capacity_v6_per_cpu`, when set: a value no `u32` holds is
+/// reported here (and replaced by one in range, so it is not reported
+/// twice); the range is checked with the other capacities.
+fn v6_capacity(sink: &mut Sink<'_>, v: Option<i64>) -> Option<u32> {
+    v.map(|v| {
+        sink.int(
+            "global.flow_capacity_v6_per_cpu",
+            Some(v),
+            FLOW_CAPACITY_RANGE.lo,
+            FLOW_CAPACITY_RANGE,
+        )
+    })
+}
+
 impl RawGlobal {
     /// The fields in the order their errors are reported (which matters
     /// only for an inline table, all on one line).
@@ -316,17 +330,7 @@ impl RawGlobal {
                 FLOW_CAPACITY_PER_CPU,
                 FLOW_CAPACITY_RANGE,
             ),
-            // (A value no `u32` holds is reported here; the range is
-            // checked with the others.)
-            flow_capacity_v6_per_cpu: self.flow_capacity_v6_per_cpu.map(|v| {
-                int(
-                    sink,
-                    "flow_capacity_v6_per_cpu",
-                    Some(v),
-                    FLOW_CAPACITY_RANGE.lo,
-                    FLOW_CAPACITY_RANGE,
-                )
-            }),
+            flow_capacity_v6_per_cpu: v6_capacity(sink, self.flow_capacity_v6_per_cpu),
             max_vips: int(sink, "max_vips", self.max_vips, MAX_VIPS, MAX_VIPS_RANGE),
             max_backends: int(
                 sink,
