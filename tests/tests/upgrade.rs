@@ -25,6 +25,7 @@ use hola_tests::{
     topo::{DSR_VIP, Lab, Servers, http_get},
     upgrade_base,
 };
+use lb_userspace::doctor::{Check, Report, Status};
 use serde_json::Value;
 
 /// How long the test waits for a build of the older `hola` that another
@@ -226,6 +227,20 @@ fn an_upgrade_across_layouts_keeps_every_flow_and_counter() {
     let (log, lh) = new_connections(&lab, stop.clone());
     std::thread::sleep(Duration::from_millis(500));
     let before = stats(&d);
+
+    // Before it: this build's `hola doctor` says what its `hola run` will
+    // do to the older build's pins (a warning, not a missing-map failure).
+    let pins = doctor_pins(&d);
+    assert_eq!(pins.status, Status::Warn, "{pins:#?}");
+    for part in [
+        "pinned by another build",
+        "upgrades them in place, creating ",
+        "VIP_DIRECT4",
+        "FLOWS4",
+        "converting ",
+    ] {
+        assert!(pins.saw.contains(part), "no {part:?} in {pins:#?}");
+    }
 
     // The upgrade: the older daemon stops (its program and maps stay,
     // pinned, forwarding), the current one takes them over.
@@ -511,4 +526,28 @@ fn hash_maps_are_copied_entry_by_entry_and_cpu_by_cpu() {
             dropped: 1
         }
     );
+}
+
+/// The "pinned maps" check of this build's `hola doctor --json`, run in the
+/// daemon's namespace against its configuration.
+fn doctor_pins(d: &Daemon) -> Check {
+    let o = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", d.ns))
+        .arg(hola_bin())
+        .args(["doctor", "--json", "--config"])
+        .arg(&d.config)
+        .output()
+        .expect("running hola doctor");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let report: Report = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "hola doctor printed no report ({e}): {text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    report
+        .checks
+        .into_iter()
+        .find(|c| c.name == "pinned maps")
+        .unwrap_or_else(|| panic!("no \"pinned maps\" check in hola doctor's report: {text}"))
 }

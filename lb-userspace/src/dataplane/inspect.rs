@@ -49,6 +49,64 @@ pub fn pinned_maps(
         .collect())
 }
 
+/// What the next `hola run` of this build would do to the maps pinned
+/// under `pin_dir` with `cfg` (for `hola doctor`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PinsPreview {
+    /// Nothing pinned, or pins of this build's layout: used as they are.
+    Current,
+    /// Pins of another build's layout (`build`) that `hola run` upgrades
+    /// in place: the maps it creates empty, and those it fills from the
+    /// pinned ones (converted, or derived from a map that split).
+    Upgrade {
+        build: String,
+        created: Vec<String>,
+        converted: Vec<String>,
+    },
+    /// Pins `hola run` refuses to start on, and why.
+    Refused(String),
+}
+
+/// [`PinsPreview`] of the maps pinned under `pin_dir`.
+pub fn pins_preview(cfg: &DataplaneConfig, pin_dir: &Path) -> PinsPreview {
+    use super::layout::{self, Action};
+    let ncpus = match possible_cpus() {
+        Ok(n) => n,
+        Err(e) => return PinsPreview::Refused(e.to_string()),
+    };
+    let old = match super::upgrade::pinned_layout(pin_dir) {
+        Ok(Some(old)) => old,
+        Ok(None) => return PinsPreview::Current,
+        Err(e) => return PinsPreview::Refused(e.to_string()),
+    };
+    let current = match super::upgrade::current_layout(cfg, ncpus) {
+        Ok(c) => c,
+        Err(e) => return PinsPreview::Refused(e.to_string()),
+    };
+    let plan = match layout::plan(&old, &current, layout::CONVERTERS) {
+        Ok(p) => p,
+        Err(e) => return PinsPreview::Refused(e.to_string()),
+    };
+    let named = |f: fn(&Action) -> bool| -> Vec<String> {
+        plan.actions
+            .iter()
+            .filter(|(_, a)| f(a))
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    let created = named(|a| *a == Action::Create);
+    let converted = named(|a| matches!(a, Action::Convert(_) | Action::Derive { .. }));
+    // (Another build of the same layout: its maps are used as they are.)
+    if created.is_empty() && converted.is_empty() {
+        return PinsPreview::Current;
+    }
+    PinsPreview::Upgrade {
+        build: old.build,
+        created,
+        converted,
+    }
+}
+
 /// The capacity [`build_tag`] gives the maps: a program's instructions,
 /// which its tag hashes, do not depend on its maps' sizes.
 const SMALL: u32 = 64;

@@ -47,7 +47,7 @@ use lb_common::{
 
 pub use self::{
     flows::{FlowTables, monotonic_ns},
-    inspect::{PinnedMap, build_tag, pinned_maps},
+    inspect::{PinnedMap, PinsPreview, build_tag, pinned_maps, pins_preview},
     load::unpin_all,
 };
 pub use crate::model::{BackendSpec, Mode, Nexthop, Proto, VipAddr, VipSpec, addr_bytes};

@@ -8,6 +8,7 @@ use super::{
     iface::{self, Conf, Iface},
 };
 pub use crate::dataplane::PinnedMap as MapPin;
+use crate::dataplane::PinsPreview;
 use crate::stats::StatsReport;
 
 /// The pinned link of one interface: the id of the program it holds.
@@ -50,6 +51,8 @@ pub struct Seen {
     pub conf: BTreeMap<String, Conf>,
     pub pin_dir: PathBuf,
     pub maps: Vec<MapPin>,
+    /// What the next `hola run` of this build would do to the pins.
+    pub pins: PinsPreview,
     pub links: Vec<LinkPin>,
     /// The tag of this build's `hola_lb`, or why it could not be had.
     pub build_tag: Result<u64, String>,
@@ -152,6 +155,41 @@ fn maps(s: &Seen) -> Check {
             name,
             format!("no map pinned under {dir}: hola has not started with this configuration"),
             "start hola (systemctl start hola); check global.bpffs_dir",
+        );
+    }
+    if let PinsPreview::Refused(why) = &s.pins {
+        return Check::fail(
+            name,
+            format!("the next hola run of this build refuses the pins under {dir}: {why}"),
+            "follow the message; doctor checked the layouts only, nothing was changed",
+        );
+    }
+    if let PinsPreview::Upgrade {
+        build,
+        created,
+        converted,
+    } = &s.pins
+        && missing
+            .iter()
+            .all(|m| created.iter().chain(converted).any(|c| c == m))
+    {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        return Check::warn(
+            name,
+            format!(
+                "pinned by another build ({build}): the next hola run of this build upgrades \
+                 them in place, creating {} and converting {} (every flow and counter kept)",
+                list(created),
+                list(converted)
+            ),
+            "restart hola with this build (systemctl restart hola) when ready; \
+             docs/operations.md, upgrades",
         );
     }
     if !missing.is_empty() {

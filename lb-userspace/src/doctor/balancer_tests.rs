@@ -67,6 +67,7 @@ fn seen() -> Seen {
             wanted: 100,
             pinned: Some(Ok(100)),
         }],
+        pins: crate::dataplane::PinsPreview::Current,
         links: vec![LinkPin {
             iface: "eth0".into(),
             path: "/sys/fs/bpf/hola/links/eth0".into(),
@@ -164,6 +165,43 @@ fn pins_missing_resized_or_of_another_build() {
         f[0].saw,
         "FLOWS: pinned with 50 entries, the configuration asks for 100: the next hola run \
          refuses to start"
+    );
+    // Pins of an older build that lack a map this build adds: the next
+    // hola run upgrades them (a warning naming what it does), unless it
+    // refuses them (a failure with its reason).
+    let mut s = seen();
+    s.maps.push(MapPin {
+        name: "VIP_DIRECT4",
+        wanted: 4096,
+        pinned: None,
+    });
+    s.pins = crate::dataplane::PinsPreview::Upgrade {
+        build: "0123456789abcdef".into(),
+        created: vec!["VIP_DIRECT4".into()],
+        converted: vec!["FLOWS".into()],
+    };
+    let f = failing(&s);
+    assert_eq!(f[0].status, Status::Warn);
+    assert_eq!(
+        f[0].saw,
+        "pinned by another build (0123456789abcdef): the next hola run of this build upgrades \
+         them in place, creating VIP_DIRECT4 and converting FLOWS (every flow and counter kept)"
+    );
+    s.pins = crate::dataplane::PinsPreview::Upgrade {
+        build: "0123456789abcdef".into(),
+        created: vec![],
+        converted: vec![],
+    };
+    let f = failing(&s);
+    assert_eq!(f[0].status, Status::Fail);
+    assert_eq!(f[0].saw, "missing under /sys/fs/bpf/hola/maps: VIP_DIRECT4");
+    s.pins = crate::dataplane::PinsPreview::Refused("no converter for FLOWS".into());
+    let f = failing(&s);
+    assert_eq!(f[0].status, Status::Fail);
+    assert_eq!(
+        f[0].saw,
+        "the next hola run of this build refuses the pins under /sys/fs/bpf/hola: no \
+         converter for FLOWS"
     );
     let mut s = seen();
     s.build_tag = Ok(0xdef);
