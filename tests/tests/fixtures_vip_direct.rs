@@ -320,3 +320,110 @@ impl Drop for PinDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The sequence lock under a real race: a thread rewrites an address's
+/// slot as fast as it can, alternating two versions (port 80 a VIP of
+/// backends X; port 80 no VIP, port 81 one of backend Y), while this thread
+/// runs SYNs to port 80 through the program. Each version alone gives
+/// "forwarded to an X backend" or "passed"; a slot read half from one and
+/// half from the other can give port 80 with port 81's VIP, "forwarded to
+/// Y", which must never happen.
+#[test]
+fn a_slot_rewritten_while_packets_read_it_is_never_read_torn() {
+    require_root();
+    let mut dp = Dataplane::load(DataplaneConfig {
+        flow_capacity_per_cpu: 1024,
+        ..Default::default()
+    })
+    .expect("loading the balancer (the verifier must accept it)");
+    let a = Ipv4Addr::new(198, 18, 1, 90);
+    let (vx, vy) = (vip(IpAddr::V4(a), 80), vip(IpAddr::V4(a), 81));
+    let xs = [
+        IpAddr::from([198, 18, 203, 1]),
+        IpAddr::from([198, 18, 203, 2]),
+    ];
+    let y = IpAddr::from([198, 18, 203, 9]);
+    dp.add_vip(VipSpec {
+        vip: vx,
+        mode: Mode::Dsr,
+        src_hash: false,
+        table_size: 251,
+        quic: false,
+    })
+    .expect("add VIP X");
+    dp.set_backends(&vx, &[backend(xs[0]), backend(xs[1])])
+        .expect("set backends");
+    add(&mut dp, vy, y);
+    let mut w = dp.vip_direct_writer4().expect("mapping VIP_DIRECT4");
+    let both = w.read(a).expect("the address owns its slot");
+    assert_eq!(both.count, 2);
+    let at = |port: u16| {
+        both.slots[..2]
+            .iter()
+            .find(|s| s.port == port.to_be())
+            .copied()
+            .expect("the VIP's inline slot")
+    };
+    let mut v1 = both;
+    v1.count = 1;
+    v1.slots[0] = at(80);
+    v1.slots[1] = Default::default();
+    let mut v2 = v1;
+    v2.slots[0] = at(81);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut writes = 0u64;
+            let t = std::time::Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && t.elapsed() < std::time::Duration::from_secs(30)
+            {
+                w.write(a, &v1);
+                w.write(a, &v2);
+                writes += 2;
+            }
+            w.write(a, &both);
+            writes
+        })
+    };
+    let x_macs: Vec<[u8; 6]> = xs.iter().map(|x| bmac(*x)).collect();
+    let (mut fwd, mut pass, mut bad) = (0u64, 0u64, Vec::new());
+    let t = std::time::Instant::now();
+    for i in 0..100_000u32 {
+        let p = Pkt::new(
+            "198.18.0.1",
+            "198.18.1.90",
+            L4::tcp(1024 + (i % 60_000) as u16, 80, lb_common::flow::TCP_SYN),
+        );
+        let (action, out) = run(dp.program().expect("program"), &p.bytes())
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e}"));
+        match action {
+            XDP_TX if x_macs.iter().any(|m| out[..6] == m[..]) => fwd += 1,
+            XDP_PASS => pass += 1,
+            _ => bad.push((i, action, hex(&out[..12]))),
+        }
+        if t.elapsed() > std::time::Duration::from_secs(20) {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.join().expect("the writer thread");
+    println!(
+        "{} packets in {:?}: {fwd} forwarded to X, {pass} passed, {} otherwise; {writes} slot writes",
+        fwd + pass + bad.len() as u64,
+        t.elapsed(),
+        bad.len()
+    );
+    assert!(
+        bad.is_empty(),
+        "{} packets read a torn slot (first: {:?})",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    assert!(
+        fwd > 0 && pass > 0,
+        "the race did not happen: every packet saw one version ({fwd} forwarded, {pass} passed)"
+    );
+}

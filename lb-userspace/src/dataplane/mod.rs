@@ -49,6 +49,7 @@ pub use self::{
     flows::{FlowTables, monotonic_ns},
     inspect::{PinnedMap, PinsPreview, build_tag, pinned_maps, pins_preview},
     load::unpin_all,
+    vip_direct::VipDirectWriter4,
 };
 pub use crate::model::{BackendSpec, Mode, Nexthop, Proto, VipAddr, VipSpec, addr_bytes};
 use crate::reconcile::{PlanError, Tables};

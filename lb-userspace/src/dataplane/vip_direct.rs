@@ -153,6 +153,34 @@ impl<T: Slot> DirectSlots<T> {
     }
 }
 
+/// See [`Dataplane::vip_direct_writer4`]: writes a slot as the owner does
+/// (a sequence lock), with any content.
+#[doc(hidden)]
+pub struct VipDirectWriter4(DirectSlots<DirectVips4>);
+
+impl VipDirectWriter4 {
+    /// The VIPs `addr`'s slot holds now (the slot must be `addr`'s).
+    pub fn read(&self, addr: std::net::Ipv4Addr) -> Option<AddrVips> {
+        let k = u32::from_ne_bytes(addr.octets());
+        let s = self.0.get(slot4(&k));
+        (s.state == DIRECT_OWNED && s.addr == k).then_some(s.vips)
+    }
+
+    /// Makes `addr`'s slot owned by `addr` with `vips`.
+    pub fn write(&mut self, addr: std::net::Ipv4Addr, vips: &AddrVips) {
+        let k = u32::from_ne_bytes(addr.octets());
+        self.0.set(
+            slot4(&k),
+            &DirectVips4 {
+                state: DIRECT_OWNED,
+                addr: k,
+                vips: *vips,
+                ..Default::default()
+            },
+        );
+    }
+}
+
 /// Overwrites the first four bytes (`seq`) of a slot value.
 fn set_seq<T: Slot>(v: &mut T, seq: u32) {
     // SAFETY: `seq` is the first field of both slot types, a u32.
@@ -330,6 +358,16 @@ impl Dataplane {
             (false, true) => self.direct6.begin(i),
             (false, false) => self.direct6.end(i),
         }
+    }
+
+    /// A second writer of `VIP_DIRECT4` (its own mapping), for tests that
+    /// race the program's reads against slot writes from another thread.
+    #[doc(hidden)]
+    pub fn vip_direct_writer4(&self) -> Result<VipDirectWriter4, DataplaneError> {
+        Ok(VipDirectWriter4(DirectSlots::map(
+            &self.ebpf,
+            names::VIP_DIRECT4,
+        )?))
     }
 
     fn addrs4_entries(&self) -> Result<Vec<(u32, AddrVips)>, DataplaneError> {
