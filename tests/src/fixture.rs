@@ -5,7 +5,9 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp};
 use lb_common::Reason;
-use lb_userspace::dataplane::{Dataplane, VipAddr};
+use lb_userspace::dataplane::{BackendSpec, Dataplane, Nexthop, VipAddr};
+
+use crate::packet::LB_MAC;
 
 /// Fails the test with a clear message unless running as root: loading BPF
 /// programs needs CAP_BPF/CAP_NET_ADMIN.
@@ -161,4 +163,64 @@ pub fn hex(b: &[u8]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// An address from a literal.
+pub fn ip(s: &str) -> IpAddr {
+    s.parse()
+        .unwrap_or_else(|e| panic!("{s:?} is not an address: {e}"))
+}
+
+/// A fixture backend's next-hop MAC: 02:00:00:00:0b and the last octet of
+/// its address, so an output frame names its backend.
+pub fn backend_mac(addr: IpAddr) -> [u8; 6] {
+    let last = match addr {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15],
+    };
+    [0x02, 0, 0, 0, 0x0b, last]
+}
+
+/// A fixture backend at `addr`: weight 1, up, the client's port, no QUIC
+/// server ID, reached back through the interface the packet came in on
+/// (XDP_TX) with [`backend_mac`] and the balancer's MAC. Rows that need
+/// other values change them with `BackendSpec { weight: 5, ..backend(a) }`.
+pub fn backend(addr: &str) -> BackendSpec {
+    let addr = ip(addr);
+    BackendSpec {
+        addr,
+        weight: 1,
+        up: true,
+        port: 0,
+        nexthop: Some(Nexthop {
+            dmac: backend_mac(addr),
+            smac: LB_MAC,
+            ifindex: 0,
+        }),
+        server_id: 0,
+    }
+}
+
+/// A pin directory on the BPF filesystem (`/sys/fs/bpf/NAME`), made empty
+/// at the start and removed with everything pinned in it however the test
+/// ends.
+pub struct PinDir(pub std::path::PathBuf);
+
+impl PinDir {
+    pub fn new(name: &str) -> Self {
+        let d = Self(std::path::PathBuf::from("/sys/fs/bpf").join(name));
+        let _ = lb_userspace::dataplane::unpin_all(&d.0);
+        let _ = std::fs::remove_dir_all(&d.0);
+        std::fs::create_dir_all(&d.0).unwrap_or_else(|e| {
+            panic!("{}: {e} (is /sys/fs/bpf a BPF filesystem?)", d.0.display())
+        });
+        d
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = lb_userspace::dataplane::unpin_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -8,7 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{Ebpf, maps::PerCpuArray, programs::Xdp};
 use hola_tests::{
-    fixture::{diff, expected_deltas, hex, pin_to_cpu0, require_root, run, snapshot},
+    fixture::{
+        self, backend_mac, diff, expected_deltas, hex, pin_to_cpu0, require_root, run, snapshot,
+    },
     netns::cmd,
     packet::{
         CLIENT_MAC, L4, LB_MAC, Pkt, TCP_ACK, TCP_SYN, fold, ipv4_header_ok, sum16, with_macs,
@@ -16,7 +18,7 @@ use hola_tests::{
 };
 use lb_common::{Reason, ReasonStats, hash::flow_hash};
 use lb_userspace::{
-    dataplane::{BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec},
+    dataplane::{BackendSpec, Dataplane, DataplaneConfig, Mode, Proto, VipAddr, VipSpec},
     programs,
 };
 
@@ -25,27 +27,10 @@ const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
-fn bmac(addr: IpAddr) -> [u8; 6] {
-    let last = match addr {
-        IpAddr::V4(a) => a.octets()[3],
-        IpAddr::V6(a) => a.octets()[15],
-    };
-    [0x02, 0, 0, 0, 0x0b, last]
-}
-
 fn backend(addr: &str, weight: u32) -> BackendSpec {
-    let addr: IpAddr = addr.parse().expect("backend address");
     BackendSpec {
-        addr,
         weight,
-        up: true,
-        port: 0,
-        nexthop: Some(Nexthop {
-            dmac: bmac(addr),
-            smac: LB_MAC,
-            ifindex: 0,
-        }),
-        server_id: 0,
+        ..fixture::backend(addr)
     }
 }
 
@@ -64,7 +49,7 @@ fn tunnelled(p: &Pkt, to: IpAddr) -> Vec<u8> {
     let hash = flow_hash(&p.flow_key(), false);
     let inner = p.l3();
     let mut f = Vec::new();
-    f.extend_from_slice(&bmac(to));
+    f.extend_from_slice(&backend_mac(to));
     f.extend_from_slice(&LB_MAC);
     for v in &p.vlans {
         f.extend_from_slice(&0x8100u16.to_be_bytes());
@@ -155,7 +140,7 @@ impl Row {
         let input = p.bytes();
         Row {
             name: name.into(),
-            output: with_macs(&input, bmac(to), LB_MAC),
+            output: with_macs(&input, backend_mac(to), LB_MAC),
             input,
             action: XDP_TX,
             reason,
@@ -698,7 +683,7 @@ fn packet_fixtures() {
             Row {
                 name: "dsr: IPv4 UDP length shorter than the IP payload (padding) is forwarded"
                     .into(),
-                output: with_macs(&padded, bmac(ip("198.18.2.4")), LB_MAC),
+                output: with_macs(&padded, backend_mac(ip("198.18.2.4")), LB_MAC),
                 input: padded,
                 action: XDP_TX,
                 reason: Reason::FwdNewFlow,
@@ -885,7 +870,7 @@ fn packet_fixtures() {
     let to_backend = |p: &Pkt, to: &str, port: u16| -> Vec<u8> {
         let mut q = p.clone();
         q.dst = ip(to);
-        q.dmac = bmac(ip(to));
+        q.dmac = backend_mac(ip(to));
         q.smac = LB_MAC;
         q.l4 = match &q.l4 {
             L4::Tcp {
@@ -913,7 +898,7 @@ fn packet_fixtures() {
     let reply = |from: &str, to: &str, l4: L4, vlan: Option<u16>| -> Pkt {
         let mut r = Pkt::new(from, to, l4);
         r.dmac = LB_MAC;
-        r.smac = bmac(ip(from));
+        r.smac = backend_mac(ip(from));
         if let Some(t) = vlan {
             r = r.vlan(t);
         }
@@ -1169,7 +1154,7 @@ fn packet_fixtures() {
             p.smac = macs.1;
             p.bytes()
         };
-    let to_lb = |from: &str| (LB_MAC, bmac(ip(from)));
+    let to_lb = |from: &str| (LB_MAC, backend_mac(ip(from)));
     let icmp_row = |name: &str, input: Vec<u8>, output: Vec<u8>| Row {
         name: name.into(),
         input,
@@ -1244,7 +1229,7 @@ fn packet_fixtures() {
             3,
             4,
             &rep4,
-            (bmac(ip("198.18.4.1")), LB_MAC),
+            (backend_mac(ip("198.18.4.1")), LB_MAC),
         ),
     ));
     nat_rows.push(icmp_row(
@@ -1256,7 +1241,7 @@ fn packet_fixtures() {
             2,
             0,
             &rep6,
-            (bmac(ip("2001:db8:4::1")), LB_MAC),
+            (backend_mac(ip("2001:db8:4::1")), LB_MAC),
         ),
     ));
     // Not ours: an echo request, and an error about no NAT flow.
@@ -1382,7 +1367,7 @@ fn packet_fixtures() {
         let mut q = p.clone();
         q.src = ip(snat);
         q.dst = ip(to);
-        q.dmac = bmac(ip(to));
+        q.dmac = backend_mac(ip(to));
         q.smac = LB_MAC;
         if let L4::Tcp { sport, dport, .. } = &mut q.l4 {
             *sport = port;
@@ -1403,7 +1388,7 @@ fn packet_fixtures() {
     let back = |from: &str, snat: &str, port: u16, l4: L4| -> Pkt {
         let mut r = Pkt::new(from, snat, l4);
         r.dmac = LB_MAC;
-        r.smac = bmac(ip(from));
+        r.smac = backend_mac(ip(from));
         let _ = port;
         r
     };
@@ -1588,7 +1573,7 @@ fn packet_fixtures() {
                 3,
                 4,
                 &as_backend_sent,
-                (bmac(ip("198.18.4.3")), LB_MAC),
+                (backend_mac(ip("198.18.4.3")), LB_MAC),
             ),
         ),
     ];

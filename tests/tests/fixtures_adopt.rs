@@ -5,22 +5,12 @@
 //! of the array, and across a batch boundary (65,536 slots), and exactly
 //! what the kernel holds (read back one slot at a time).
 
-use std::{net::IpAddr, path::PathBuf, time::Instant};
+use std::{net::IpAddr, time::Instant};
 
-use hola_tests::fixture::{pin_to_cpu0, require_root};
+use hola_tests::fixture::{PinDir, pin_to_cpu0, require_root};
 use lb_userspace::dataplane::{
     BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec,
 };
-
-/// A pin directory on the BPF filesystem, removed however the test ends.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = lb_userspace::dataplane::unpin_all(&self.0);
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn backend(last: u8) -> BackendSpec {
     BackendSpec {
@@ -41,9 +31,7 @@ fn backend(last: u8) -> BackendSpec {
 fn an_adopted_maglev_table_is_the_one_written_slot_for_slot() {
     require_root();
     pin_to_cpu0();
-    let dir = PinDir(PathBuf::from("/sys/fs/bpf/hola-test-adopt"));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).expect("a bpffs directory");
+    let dir = PinDir::new("hola-test-adopt");
     let cfg = DataplaneConfig {
         flow_capacity_per_cpu: 1024,
         ..Default::default()

@@ -9,7 +9,9 @@
 use std::{net::IpAddr, time::Duration};
 
 use hola_tests::{
-    fixture::{diff, expected_deltas, hex, pin_to_cpu0, require_root, run, snapshot},
+    fixture::{
+        self, backend_mac, diff, expected_deltas, hex, ip, pin_to_cpu0, require_root, run, snapshot,
+    },
     packet::{L4, LB_MAC, Pkt, with_macs},
 };
 use lb_common::{
@@ -18,36 +20,15 @@ use lb_common::{
     hash::flow_hash,
 };
 use lb_userspace::dataplane::{
-    BackendSpec, Dataplane, DataplaneConfig, FlowTables, Mode, Nexthop, Proto, VipAddr, VipSpec,
+    BackendSpec, Dataplane, DataplaneConfig, FlowTables, Mode, Proto, VipAddr, VipSpec,
 };
 
 const XDP_TX: u32 = 3;
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("address")
-}
-
-fn bmac(addr: IpAddr) -> [u8; 6] {
-    let last = match addr {
-        IpAddr::V4(a) => a.octets()[3],
-        IpAddr::V6(a) => a.octets()[15],
-    };
-    [0x02, 0, 0, 0, 0x0d, last]
-}
-
 fn backend(addr: &str, weight: u32) -> BackendSpec {
-    let addr = ip(addr);
     BackendSpec {
-        addr,
         weight,
-        up: true,
-        port: 0,
-        nexthop: Some(Nexthop {
-            dmac: bmac(addr),
-            smac: LB_MAC,
-            ifindex: 0,
-        }),
-        server_id: 0,
+        ..fixture::backend(addr)
     }
 }
 
@@ -167,7 +148,7 @@ fn ipv4_flows_in_flows4_ipv6_flows_in_flows() {
         &mut dp,
         "dsr IPv4 SYN: where the table says, not recorded",
         &syn4,
-        Some(&with_macs(&syn4.bytes(), bmac(x), LB_MAC)),
+        Some(&with_macs(&syn4.bytes(), backend_mac(x), LB_MAC)),
         Reason::FwdSyn,
         dsr4,
         x,
@@ -179,7 +160,7 @@ fn ipv4_flows_in_flows4_ipv6_flows_in_flows() {
         &mut dp,
         "dsr IPv4 ACK: a new flow",
         &ack4,
-        Some(&with_macs(&ack4.bytes(), bmac(x), LB_MAC)),
+        Some(&with_macs(&ack4.bytes(), backend_mac(x), LB_MAC)),
         Reason::FwdNewFlow,
         dsr4,
         x,
@@ -205,7 +186,7 @@ fn ipv4_flows_in_flows4_ipv6_flows_in_flows() {
         &mut dp,
         "dsr IPv4 established after a table change: its backend from FLOWS4",
         &ack4,
-        Some(&with_macs(&ack4.bytes(), bmac(x), LB_MAC)),
+        Some(&with_macs(&ack4.bytes(), backend_mac(x), LB_MAC)),
         Reason::FwdEstablished,
         dsr4,
         x,
@@ -223,7 +204,7 @@ fn ipv4_flows_in_flows4_ipv6_flows_in_flows() {
         &mut dp,
         "dsr IPv4 second flow: the new table",
         &other4,
-        Some(&with_macs(&other4.bytes(), bmac(z), LB_MAC)),
+        Some(&with_macs(&other4.bytes(), backend_mac(z), LB_MAC)),
         Reason::FwdNewFlow,
         dsr4,
         z,
@@ -241,7 +222,7 @@ fn ipv4_flows_in_flows4_ipv6_flows_in_flows() {
     // IPv6: recorded in FLOWS, FLOWS4 unchanged.
     let ack6 = Pkt::new("2001:db8::1", "2001:db8:1::60", L4::tcp(40000, 80, TCP_ACK));
     let b6 = ip("2001:db8:2::61");
-    let want6 = with_macs(&ack6.bytes(), bmac(b6), LB_MAC);
+    let want6 = with_macs(&ack6.bytes(), backend_mac(b6), LB_MAC);
     forward(
         &mut dp,
         "dsr IPv6 ACK: a new flow",

@@ -11,44 +11,25 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hola_tests::{
-    fixture::{diff, expected_deltas, hex, pin_to_cpu0, require_root, run, snapshot},
+    fixture::{
+        self, backend_mac, diff, expected_deltas, hex, ip, pin_to_cpu0, require_root, run, snapshot,
+    },
     netns::cmd,
     packet::{CLIENT_MAC, L4, LB_MAC, Pkt, fold, fragments, sum16, with_macs},
 };
 use lb_common::{FlowKey, Reason, frag::FRAG_LIFETIME_NS, hash::flow_hash};
 use lb_userspace::dataplane::{
-    BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec,
+    BackendSpec, Dataplane, DataplaneConfig, Mode, Proto, VipAddr, VipSpec,
 };
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
-fn bmac(addr: IpAddr) -> [u8; 6] {
-    let last = match addr {
-        IpAddr::V4(a) => a.octets()[3],
-        IpAddr::V6(a) => a.octets()[15],
-    };
-    [0x02, 0, 0, 0, 0x0b, last]
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("address")
-}
-
 fn backend(addr: &str, port: u16) -> BackendSpec {
-    let addr = ip(addr);
     BackendSpec {
-        addr,
-        weight: 1,
-        server_id: 0,
-        up: true,
         port,
-        nexthop: Some(Nexthop {
-            dmac: bmac(addr),
-            smac: LB_MAC,
-            ifindex: 0,
-        }),
+        ..fixture::backend(addr)
     }
 }
 
@@ -66,7 +47,7 @@ fn udp_vip(addr: &str, port: u16) -> VipAddr {
 fn tunnelled(frame: &[u8], to: IpAddr, hash: u32) -> Vec<u8> {
     let inner = &frame[14..];
     let mut f = Vec::new();
-    f.extend_from_slice(&bmac(to));
+    f.extend_from_slice(&backend_mac(to));
     f.extend_from_slice(&LB_MAC);
     match to {
         IpAddr::V4(dst) => {
@@ -183,7 +164,7 @@ fn fwd(
 fn nat_request(p: &Pkt, to: &str, port: u16) -> Pkt {
     let mut q = p.clone();
     q.dst = ip(to);
-    q.dmac = bmac(ip(to));
+    q.dmac = backend_mac(ip(to));
     q.smac = LB_MAC;
     if let L4::Udp { sport, payload, .. } = &p.l4 {
         q.l4 = L4::udp(*sport, port, payload);
@@ -195,7 +176,7 @@ fn nat_request(p: &Pkt, to: &str, port: u16) -> Pkt {
 fn reply(from: &str, to: &str, l4: L4) -> Pkt {
     let mut r = Pkt::new(from, to, l4);
     r.dmac = LB_MAC;
-    r.smac = bmac(ip(from));
+    r.smac = backend_mac(ip(from));
     r
 }
 
@@ -229,7 +210,7 @@ fn family_rows(
         rows.push(fwd(
             &format!("{fam} dsr fragment {i} of a datagram in order"),
             fr.clone(),
-            with_macs(fr, bmac(to), LB_MAC),
+            with_macs(fr, backend_mac(to), LB_MAC),
             reason,
             dsr.0,
             to,
@@ -248,7 +229,7 @@ fn family_rows(
         rows.push(fwd(
             &format!("{fam} dsr fragment {i} of a datagram whose first comes last"),
             f[i].clone(),
-            with_macs(&f[i], bmac(to), LB_MAC),
+            with_macs(&f[i], backend_mac(to), LB_MAC),
             reason,
             dsr.0,
             to,
@@ -430,7 +411,7 @@ fn fragment_fixtures() {
     rows.push(fwd(
         "IPv4 first fragment to one of two UDP VIPs of an address",
         amb[0].clone(),
-        with_macs(&amb[0], bmac(to), LB_MAC),
+        with_macs(&amb[0], backend_mac(to), LB_MAC),
         Reason::FwdNewFlow,
         a4,
         to,
@@ -438,7 +419,7 @@ fn fragment_fixtures() {
     rows.push(fwd(
         "IPv4 later fragment after its first, address with two UDP VIPs",
         amb[1].clone(),
-        with_macs(&amb[1], bmac(to), LB_MAC),
+        with_macs(&amb[1], backend_mac(to), LB_MAC),
         Reason::FwdFragment,
         a4,
         to,

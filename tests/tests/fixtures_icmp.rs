@@ -8,40 +8,19 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hola_tests::{
-    fixture::{diff, expected_deltas, hex, pin_to_cpu0, require_root, run, snapshot},
+    fixture::{
+        backend, backend_mac, diff, expected_deltas, hex, ip, pin_to_cpu0, require_root, run,
+        snapshot,
+    },
     packet::{L4, LB_MAC, Pkt, TCP_ACK, fold, sum16, with_macs},
 };
 use lb_common::{Reason, hash::flow_hash};
 use lb_userspace::dataplane::{
-    BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec,
+    BackendSpec, Dataplane, DataplaneConfig, Mode, Proto, VipAddr, VipSpec,
 };
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
-
-fn bmac(addr: IpAddr) -> [u8; 6] {
-    let last = match addr {
-        IpAddr::V4(a) => a.octets()[3],
-        IpAddr::V6(a) => a.octets()[15],
-    };
-    [0x02, 0, 0, 0, 0x0b, last]
-}
-
-fn backend(addr: &str) -> BackendSpec {
-    let addr: IpAddr = addr.parse().expect("backend address");
-    BackendSpec {
-        addr,
-        weight: 1,
-        server_id: 0,
-        up: true,
-        port: 0,
-        nexthop: Some(Nexthop {
-            dmac: bmac(addr),
-            smac: LB_MAC,
-            ifindex: 0,
-        }),
-    }
-}
 
 fn vip(addr: &str, port: u16) -> VipAddr {
     VipAddr {
@@ -49,10 +28,6 @@ fn vip(addr: &str, port: u16) -> VipAddr {
         port,
         proto: Proto::Tcp,
     }
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("address")
 }
 
 /// An ICMP error frame from `from` to `to` quoting `quoted` (an IP
@@ -84,7 +59,7 @@ fn icmp(from: &str, to: &str, kind: u8, code: u8, mtu: u16, quoted: &[u8]) -> Pk
 /// tunnel prefixes (198.18.255.0/24, 2001:db8:ffff::/112) and the hash.
 fn tunnelled(inner: &[u8], tos: u8, hash: u32, to: IpAddr) -> Vec<u8> {
     let mut f = Vec::new();
-    f.extend_from_slice(&bmac(to));
+    f.extend_from_slice(&backend_mac(to));
     f.extend_from_slice(&LB_MAC);
     match to {
         IpAddr::V4(dst) => {
@@ -288,7 +263,7 @@ fn rows(dp: &mut Dataplane, c: &Case) -> Vec<String> {
             let hash = flow_hash(&data.flow_key(), false);
             tunnelled(&err.l3(), err.tos, hash, to)
         } else {
-            with_macs(&input, bmac(to), LB_MAC)
+            with_macs(&input, backend_mac(to), LB_MAC)
         };
         Row {
             name: name.into(),
@@ -310,7 +285,7 @@ fn rows(dp: &mut Dataplane, c: &Case) -> Vec<String> {
     let data_out = if tunnel {
         tunnelled(&data.l3(), 0, flow_hash(&data.flow_key(), false), b)
     } else {
-        with_macs(&data.bytes(), bmac(b), LB_MAC)
+        with_macs(&data.bytes(), backend_mac(b), LB_MAC)
     };
     go(
         dp,
@@ -484,7 +459,7 @@ fn icmp_errors_follow_the_previous_table_during_a_grace_period() {
     let row = Row {
         name: "grace: too big about a flow in a moved slot goes to the previous table's backend"
             .into(),
-        output: with_macs(&input, bmac(old), LB_MAC),
+        output: with_macs(&input, backend_mac(old), LB_MAC),
         input,
         action: XDP_TX,
         reason: Reason::FwdIcmpMaglev,

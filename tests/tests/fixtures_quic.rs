@@ -9,7 +9,9 @@ use std::{
 };
 
 use hola_tests::{
-    fixture::{diff, expected_deltas, hex, pin_to_cpu0, require_root, run, snapshot},
+    fixture::{
+        self, backend_mac, diff, expected_deltas, hex, pin_to_cpu0, require_root, run, snapshot,
+    },
     packet::{L4, LB_MAC, Pkt, with_macs},
 };
 use lb_common::{
@@ -17,32 +19,15 @@ use lb_common::{
     quic::{QUIC_FIXED_BIT, QUIC_LONG_HEADER, QuicServerKey, encode_cid},
 };
 use lb_userspace::dataplane::{
-    BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec,
+    BackendSpec, Dataplane, DataplaneConfig, Mode, Proto, VipAddr, VipSpec,
 };
 
 const XDP_TX: u32 = 3;
 
-fn bmac(addr: IpAddr) -> [u8; 6] {
-    let last = match addr {
-        IpAddr::V4(a) => a.octets()[3],
-        IpAddr::V6(a) => a.octets()[15],
-    };
-    [0x02, 0, 0, 0, 0x0c, last]
-}
-
 fn backend(addr: &str, server_id: u16) -> BackendSpec {
-    let addr: IpAddr = addr.parse().expect("backend address");
     BackendSpec {
-        addr,
-        weight: 1,
-        up: true,
-        port: 0,
-        nexthop: Some(Nexthop {
-            dmac: bmac(addr),
-            smac: LB_MAC,
-            ifindex: 0,
-        }),
         server_id,
+        ..fixture::backend(addr)
     }
 }
 
@@ -98,7 +83,7 @@ impl Row {
         let input = p.bytes();
         Row {
             name: name.into(),
-            output: with_macs(&input, bmac(to), LB_MAC),
+            output: with_macs(&input, backend_mac(to), LB_MAC),
             input,
             reason,
             vip,

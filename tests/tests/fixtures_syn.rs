@@ -13,39 +13,24 @@
 use std::{net::IpAddr, time::Duration};
 
 use hola_tests::{
-    fixture::{diff, expected_deltas, hex, pin_to_cpu0, require_root, run, snapshot},
+    fixture::{
+        self, backend_mac, diff, expected_deltas, hex, pin_to_cpu0, require_root, run, snapshot,
+    },
     packet::{L4, LB_MAC, Pkt, TCP_ACK, TCP_SYN, with_macs},
 };
 use lb_common::{FlowValue, Reason, hash::flow_hash};
 use lb_userspace::dataplane::{
-    BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec,
+    BackendSpec, Dataplane, DataplaneConfig, Mode, Proto, VipAddr, VipSpec,
 };
 
 const XDP_TX: u32 = 3;
 const CLIENT: &str = "198.18.0.9";
 const CLIENT6: &str = "2001:db8::9";
 
-fn bmac(addr: IpAddr) -> [u8; 6] {
-    let last = match addr {
-        IpAddr::V4(a) => a.octets()[3],
-        IpAddr::V6(a) => a.octets()[15],
-    };
-    [0x02, 0, 0, 0, 0x0d, last]
-}
-
 fn backend(addr: &str, weight: u32) -> BackendSpec {
-    let addr: IpAddr = addr.parse().expect("backend address");
     BackendSpec {
-        addr,
         weight,
-        up: true,
-        port: 0,
-        nexthop: Some(Nexthop {
-            dmac: bmac(addr),
-            smac: LB_MAC,
-            ifindex: 0,
-        }),
-        server_id: 0,
+        ..fixture::backend(addr)
     }
 }
 
@@ -82,13 +67,13 @@ fn row(
         errs.push(format!("verdict {action}, expected XDP_TX"));
     }
     let ok = match out {
-        Out::Dsr => got == with_macs(&input, bmac(to), LB_MAC),
+        Out::Dsr => got == with_macs(&input, backend_mac(to), LB_MAC),
         Out::Tunnel => {
             let IpAddr::V4(a) = to else {
                 unreachable!("IPv4 tunnel rows only")
             };
             got.len() == input.len() + 20
-                && got[..6] == bmac(to)
+                && got[..6] == backend_mac(to)
                 && got[6..12] == LB_MAC
                 && got[14 + 9] == 4
                 && got[14 + 16..14 + 20] == a.octets()
@@ -98,7 +83,7 @@ fn row(
             let IpAddr::V4(a) = to else {
                 unreachable!("IPv4 nat rows only")
             };
-            got.len() == input.len() && got[..6] == bmac(to) && got[30..34] == a.octets()
+            got.len() == input.len() && got[..6] == backend_mac(to) && got[30..34] == a.octets()
         }
     };
     if !ok {

@@ -9,14 +9,14 @@
 //! the exact output bytes and the exact counter changes, and the slot's
 //! state after every change.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{HashMap, Map, MapData};
 use hola_tests::{
-    fixture::{diff, expected_deltas, hex, pin_to_cpu0, require_root, run, snapshot},
+    fixture::{
+        self, PinDir, backend_mac, diff, expected_deltas, hex, pin_to_cpu0, require_root, run,
+        snapshot,
+    },
     packet::{L4, LB_MAC, Pkt, with_macs},
 };
 use lb_common::{
@@ -25,33 +25,14 @@ use lb_common::{
     vip::{DIRECT_OWNED, DIRECT_SHARED, fold_v6, vip_direct_slot, vip_filter_bit},
 };
 use lb_userspace::dataplane::{
-    BackendSpec, Dataplane, DataplaneConfig, Mode, Nexthop, Proto, VipAddr, VipSpec,
+    BackendSpec, Dataplane, DataplaneConfig, Mode, Proto, VipAddr, VipSpec,
 };
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
-fn bmac(addr: IpAddr) -> [u8; 6] {
-    let o = match addr {
-        IpAddr::V4(a) => a.octets()[3],
-        IpAddr::V6(a) => a.octets()[15],
-    };
-    [0x02, 0, 0, 0, 0x0e, o]
-}
-
 fn backend(addr: IpAddr) -> BackendSpec {
-    BackendSpec {
-        addr,
-        weight: 1,
-        up: true,
-        port: 0,
-        nexthop: Some(Nexthop {
-            dmac: bmac(addr),
-            smac: LB_MAC,
-            ifindex: 0,
-        }),
-        server_id: 0,
-    }
+    fixture::backend(&addr.to_string())
 }
 
 fn vip(addr: IpAddr, port: u16) -> VipAddr {
@@ -90,7 +71,7 @@ fn forwarded(dp: &mut Dataplane, name: &str, port: u16, v: VipAddr, to: IpAddr, 
     let (action, out) = run(dp.program().expect("program"), &input)
         .unwrap_or_else(|e| panic!("{name}: BPF_PROG_TEST_RUN failed: {e}"));
     assert_eq!(action, XDP_TX, "{name}: verdict");
-    let want = with_macs(&input, bmac(to), LB_MAC);
+    let want = with_macs(&input, backend_mac(to), LB_MAC);
     assert!(
         out == want,
         "{name}: output bytes differ\n got:\n{}\n want:\n{}",
@@ -270,9 +251,7 @@ fn a_vip_address_is_found_in_its_direct_slot_or_in_the_hash_map() {
 fn the_direct_slots_are_rebuilt_from_the_hash_maps_at_load() {
     require_root();
     pin_to_cpu0();
-    let dir = PinDir(PathBuf::from("/sys/fs/bpf/hola-test-vip-direct"));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).expect("a bpffs directory");
+    let dir = PinDir::new("hola-test-vip-direct");
     let cfg = DataplaneConfig::default();
     let a = IpAddr::from([198, 18, 1, 77]);
     let to = IpAddr::from([198, 18, 202, 1]);
@@ -309,16 +288,6 @@ fn the_direct_slots_are_rebuilt_from_the_hash_maps_at_load() {
     addrs.insert(k, entry, 0).expect("restoring A's entry");
     drop(dp);
     lb_userspace::dataplane::unpin_all(&dir.0).expect("unpinning");
-}
-
-/// A pin directory on the BPF filesystem, removed however the test ends.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = lb_userspace::dataplane::unpin_all(&self.0);
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The sequence lock under a real race: a thread rewrites an address's
@@ -388,7 +357,7 @@ fn a_slot_rewritten_while_packets_read_it_is_never_read_torn() {
             writes
         })
     };
-    let x_macs: Vec<[u8; 6]> = xs.iter().map(|x| bmac(*x)).collect();
+    let x_macs: Vec<[u8; 6]> = xs.iter().map(|x| backend_mac(*x)).collect();
     let (mut fwd, mut pass, mut bad) = (0u64, 0u64, Vec::new());
     let t = std::time::Instant::now();
     for i in 0..100_000u32 {
