@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_EXIST, xdp_action},
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     programs::XdpContext,
 };
 use lb_common::{
@@ -21,7 +21,10 @@ use lb_common::{
 use crate::{
     csum,
     forward::{self, nat_timeouts},
-    maps::{BACKENDS, FULLNAT_CURSOR, HANDSHAKES, NAT, NAT_SCRATCH, NAT_STATE, NAT_SYN, TX_PORTS},
+    maps::{
+        BACKENDS, FULLNAT_CURSOR, HANDSHAKES, NAT, NAT_CLOCK, NAT_SCRATCH, NAT_STATE, NAT_SYN,
+        TX_PORTS,
+    },
     parse::{
         eth::{self, ETH_P_IP, ETH_P_IPV6},
         ipv4, ipv6,
@@ -97,14 +100,32 @@ fn write_back(key: &FlowKey, v: &NatValue) {
 /// The clock of NAT entries' idle, touch and close times:
 /// `CLOCK_MONOTONIC_COARSE` (the same clock as userspace's
 /// `CLOCK_MONOTONIC`, updated once a tick: behind it by at most a few ms,
-/// which no timeout of seconds notices). A few loads, where
-/// `bpf_ktime_get_ns` reads the clock source on every packet. The SYN →
-/// SYN-ACK latency, in microseconds, takes the precise clock
-/// ([`precise_now`]), only on those two packets.
+/// which no timeout of seconds notices). The SYN → SYN-ACK latency, in
+/// microseconds, takes the precise clock ([`precise_now`]), only on those
+/// two packets.
+///
+/// The coarse clock moves only when a tick advances jiffies, so this CPU
+/// reads it once per jiffy and keeps it in `NAT_CLOCK`: the verifier
+/// inlines `bpf_jiffies64` (a load) and the per-CPU array lookup, where
+/// the helper call of `bpf_ktime_get_coarse_ns` cost about 30 ns a packet.
+/// A read that falls between a tick's jiffies update and its clock update
+/// keeps the clock's previous value for that jiffy: one tick more behind.
 #[inline(always)]
 pub fn coarse_now() -> u64 {
-    // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    // SAFETY: a helper without arguments (inlined by the verifier).
+    let j = unsafe { bpf_jiffies64() };
+    let Some(c) = NAT_CLOCK.get_ptr_mut(0) else {
+        // SAFETY: a helper without arguments.
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    // SAFETY: per-CPU element, used only by this CPU while it runs.
+    let c = unsafe { &mut *c };
+    if c[0] != j || c[1] == 0 {
+        // SAFETY: a helper without arguments.
+        c[1] = unsafe { bpf_ktime_get_coarse_ns() };
+        c[0] = j;
+    }
+    c[1]
 }
 
 /// `CLOCK_MONOTONIC`, precise: for the SYN and SYN-ACK (or RST) times of the
