@@ -281,7 +281,7 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
         old_port: s.key.dport,
         new_port: bport,
     };
-    rewrite(ctx, at, &dst)?;
+    rewrite_inline(ctx, at, &dst)?;
     if fullnat {
         let src = Change {
             which: Field::Src,
@@ -290,7 +290,7 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
             old_port: s.key.sport,
             new_port: s.rev.dport,
         };
-        rewrite(ctx, at, &src)?;
+        rewrite_inline(ctx, at, &src)?;
     }
     Ok(())
 }
@@ -653,13 +653,22 @@ struct Change {
 /// Replaces the source or destination address and port, updating the IPv4
 /// header checksum and the TCP or UDP checksum (which covers the addresses
 /// through the pseudo-header). Not inlined: a BPF-to-BPF call with a stack
-/// frame of its own.
+/// frame of its own (`hola_frag_reply`, which translates a reply too, has
+/// no room on its stack for it). The request path, whose program has,
+/// inlines it ([`rewrite_inline`]) and spares the call.
 #[inline(never)]
 fn rewrite(ctx: &XdpContext, at: &Layout, c: &Change) -> Result<(), Reason> {
+    rewrite_inline(ctx, at, c)
+}
+
+/// [`rewrite`], inlined into its caller.
+#[inline(always)]
+fn rewrite_inline(ctx: &XdpContext, at: &Layout, c: &Change) -> Result<(), Reason> {
     let (which, old_addr, new_addr, old_port, new_port) =
         (c.which, &c.old_addr, &c.new_addr, c.old_port, c.new_port);
-    // Offsets arrive through memory in a function of its own: bound them
-    // for the verifier (L3 starts at 14 or 18, L4 at most 60 bytes later).
+    // Offsets arrive through memory (in a function of its own, or from
+    // the scratch): bound them for the verifier (L3 starts at 14 or 18,
+    // L4 at most 60 bytes later).
     let at = &Layout {
         l3_off: at.l3_off & 0x3f,
         l4_off: at.l4_off & 0x7f,
