@@ -31,6 +31,7 @@ pub const NAT_SCRATCH: &str = "NAT_SCRATCH";
 pub const NAT_SOURCES4: &str = "NAT_SOURCES4";
 pub const NAT_SOURCES6: &str = "NAT_SOURCES6";
 pub const FULLNAT_CURSOR: &str = "FULLNAT_CURSOR";
+pub const NAT_CLOCK: &str = "NAT_CLOCK";
 pub const HANDSHAKES: &str = "HANDSHAKES";
 pub const PEER_FLOWS: &str = "PEER_FLOWS";
 pub const FLOW_EVENTS: &str = "FLOW_EVENTS";

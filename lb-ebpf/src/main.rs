@@ -23,6 +23,7 @@ mod icmp_flow;
 mod lookup;
 mod maps;
 mod nat;
+mod nat_rewrite;
 mod nat_syn;
 mod parse;
 mod probe;

@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_EXIST, xdp_action},
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     programs::XdpContext,
 };
 use lb_common::{
@@ -19,9 +19,12 @@ use lb_common::{
 };
 
 use crate::{
-    csum,
     forward::{self, nat_timeouts},
-    maps::{BACKENDS, FULLNAT_CURSOR, HANDSHAKES, NAT, NAT_SCRATCH, NAT_STATE, NAT_SYN, TX_PORTS},
+    maps::{
+        BACKENDS, FULLNAT_CURSOR, HANDSHAKES, NAT, NAT_CLOCK, NAT_SCRATCH, NAT_STATE, NAT_SYN,
+        TX_PORTS,
+    },
+    nat_rewrite::{Change, Field, rewrite, rewrite_inline},
     parse::{
         eth::{self, ETH_P_IP, ETH_P_IPV6},
         ipv4, ipv6,
@@ -66,6 +69,24 @@ pub fn nat_copy(key: &FlowKey) -> Option<NatValue> {
     Some(unsafe { p.read() })
 }
 
+/// Copies the entry at `p` (in `NAT` or `NAT_SYN`) into `dst`, a map value
+/// (the scratch's). Not `*dst = p.read()`: with nothing to tell the two
+/// apart, LLVM merges that copy and the assignment into a `memmove`, which
+/// the BPF target has only as a call to a byte-by-byte loop (96 rounds of
+/// eight instructions, the largest part of the request path's cost). A
+/// non-overlapping copy is a `memcpy` of known size and alignment, which
+/// the backend expands inline into twelve 8-byte loads and stores.
+///
+/// # Safety
+/// `p` must come from a lookup in `NAT` or `NAT_SYN` (see `nat_copy`);
+/// `dst` is not in those maps, so the two never overlap.
+#[inline(always)]
+pub(crate) unsafe fn copy_entry(dst: &mut NatValue, p: *const NatValue) {
+    // SAFETY: the caller vouches for `p` (in bounds, aligned, read once
+    // here); `dst` is a distinct, writable, aligned `NatValue`.
+    unsafe { core::ptr::copy_nonoverlapping(p, dst, 1) }
+}
+
 /// Writes a changed copy of the entry of `key` back, only if the entry
 /// still exists (BPF_EXIST): an entry expired and deleted, or evicted,
 /// since the copy was taken stays gone. The whole value is written: a
@@ -79,14 +100,32 @@ fn write_back(key: &FlowKey, v: &NatValue) {
 /// The clock of NAT entries' idle, touch and close times:
 /// `CLOCK_MONOTONIC_COARSE` (the same clock as userspace's
 /// `CLOCK_MONOTONIC`, updated once a tick: behind it by at most a few ms,
-/// which no timeout of seconds notices). A few loads, where
-/// `bpf_ktime_get_ns` reads the clock source on every packet. The SYN →
-/// SYN-ACK latency, in microseconds, takes the precise clock
-/// ([`precise_now`]), only on those two packets.
+/// which no timeout of seconds notices). The SYN → SYN-ACK latency, in
+/// microseconds, takes the precise clock ([`precise_now`]), only on those
+/// two packets.
+///
+/// The coarse clock moves only when a tick advances jiffies, so this CPU
+/// reads it once per jiffy and keeps it in `NAT_CLOCK`: the verifier
+/// inlines `bpf_jiffies64` (a load) and the per-CPU array lookup, where
+/// the helper call of `bpf_ktime_get_coarse_ns` cost about 30 ns a packet.
+/// A read that falls between a tick's jiffies update and its clock update
+/// keeps the clock's previous value for that jiffy: one tick more behind.
 #[inline(always)]
 pub fn coarse_now() -> u64 {
-    // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    // SAFETY: a helper without arguments (inlined by the verifier).
+    let j = unsafe { bpf_jiffies64() };
+    let Some(c) = NAT_CLOCK.get_ptr_mut(0) else {
+        // SAFETY: a helper without arguments.
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    // SAFETY: per-CPU element, used only by this CPU while it runs.
+    let c = unsafe { &mut *c };
+    if c[0] != j || c[1] == 0 {
+        // SAFETY: a helper without arguments.
+        c[1] = unsafe { bpf_ktime_get_coarse_ns() };
+        c[0] = j;
+    }
+    c[1]
 }
 
 /// `CLOCK_MONOTONIC`, precise: for the SYN and SYN-ACK (or RST) times of the
@@ -242,7 +281,7 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
         old_port: s.key.dport,
         new_port: bport,
     };
-    rewrite(ctx, at, &dst)?;
+    rewrite_inline(ctx, at, &dst)?;
     if fullnat {
         let src = Change {
             which: Field::Src,
@@ -251,7 +290,7 @@ fn request(ctx: &XdpContext, at: &Layout, s: &mut NatScratch, b: &Backend) -> Re
             old_port: s.key.sport,
             new_port: s.rev.dport,
         };
-        rewrite(ctx, at, &src)?;
+        rewrite_inline(ctx, at, &src)?;
     }
     Ok(())
 }
@@ -266,8 +305,8 @@ fn established(s: &mut NatScratch, now: u64, closing: bool, t: &NatTimeouts) -> 
     // The entry is copied into the scratch value (the stack has no room
     // for it), worked on there and written back if touched: see
     // `nat_copy` for why no pointer into it is kept.
-    // SAFETY: as in `nat_copy`.
-    s.value = unsafe { p.read() };
+    // SAFETY: as in `nat_copy`; the scratch is no map element of `NAT`.
+    unsafe { copy_entry(&mut s.value, p) };
     if !ours(s) || nat_expired(&s.value, s.key.proto, now, t) {
         return false;
     }
@@ -593,82 +632,4 @@ fn touch(v: &mut NatValue, now: u64, closing: bool) -> bool {
         changed = true;
     }
     changed
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Field {
-    Src,
-    Dst,
-}
-
-/// One address-and-port change for `rewrite` (a BPF function takes at most
-/// five arguments).
-struct Change {
-    which: Field,
-    old_addr: [u8; 16],
-    new_addr: [u8; 16],
-    old_port: u16,
-    new_port: u16,
-}
-
-/// Replaces the source or destination address and port, updating the IPv4
-/// header checksum and the TCP or UDP checksum (which covers the addresses
-/// through the pseudo-header). Not inlined: a BPF-to-BPF call with a stack
-/// frame of its own.
-#[inline(never)]
-fn rewrite(ctx: &XdpContext, at: &Layout, c: &Change) -> Result<(), Reason> {
-    let (which, old_addr, new_addr, old_port, new_port) =
-        (c.which, &c.old_addr, &c.new_addr, c.old_port, c.new_port);
-    // Offsets arrive through memory in a function of its own: bound them
-    // for the verifier (L3 starts at 14 or 18, L4 at most 60 bytes later).
-    let at = &Layout {
-        l3_off: at.l3_off & 0x3f,
-        l4_off: at.l4_off & 0x7f,
-        family: at.family,
-        proto: at.proto,
-    };
-    // The L4 checksum: the sum of the changes to addresses and port.
-    let mut delta = 0u32;
-    if at.family == FAMILY_V4 {
-        let off = at.l3_off + if which == Field::Src { 12 } else { 16 };
-        let mut ip_delta = 0u32;
-        csum::add_change4(&mut ip_delta, old_addr, new_addr);
-        delta = ip_delta;
-        let a: *mut [u8; 4] = ptr_at(ctx, off)?;
-        let c: *mut [u8; 2] = ptr_at(ctx, at.l3_off + 10)?;
-        // SAFETY: ptr_at checked the bounds of both.
-        unsafe {
-            a.write_unaligned([new_addr[0], new_addr[1], new_addr[2], new_addr[3]]);
-            let old = u16::from_be_bytes(c.read_unaligned());
-            c.write_unaligned(csum::apply(old, ip_delta).to_be_bytes());
-        }
-    } else {
-        let off = at.l3_off + if which == Field::Src { 8 } else { 24 };
-        csum::add_change16(&mut delta, old_addr, new_addr);
-        let a: *mut [u8; 16] = ptr_at(ctx, off)?;
-        // SAFETY: ptr_at checked the bounds.
-        unsafe { a.write_unaligned(*new_addr) };
-    }
-    // Ports are in network order in memory, so their bytes are the words.
-    let (op, np) = (old_port.to_ne_bytes(), new_port.to_ne_bytes());
-    csum::add_word(&mut delta, u16::from_be_bytes(op), u16::from_be_bytes(np));
-    let port: *mut [u8; 2] = ptr_at(ctx, at.l4_off + if which == Field::Src { 0 } else { 2 })?;
-    // SAFETY: ptr_at checked the bounds.
-    unsafe { port.write_unaligned(np) };
-    let check_off = if at.proto == PROTO_UDP { 6 } else { 16 };
-    let c: *mut [u8; 2] = ptr_at(ctx, at.l4_off + check_off)?;
-    // SAFETY: ptr_at checked the bounds.
-    unsafe {
-        let old = u16::from_be_bytes(c.read_unaligned());
-        if at.proto == PROTO_UDP && old == 0 {
-            // UDP without a checksum (IPv4 only): stays without.
-            return Ok(());
-        }
-        let mut new = csum::apply(old, delta);
-        if at.proto == PROTO_UDP && new == 0 {
-            new = 0xffff; // 0 would mean "no checksum"
-        }
-        c.write_unaligned(new.to_be_bytes());
-    }
-    Ok(())
 }

@@ -11,7 +11,7 @@ use lb_common::{
 
 use crate::{
     maps::{BACKENDS, NAT_SYN},
-    nat::{NAT_F_PENDING, ours},
+    nat::{NAT_F_PENDING, copy_entry, ours},
 };
 
 /// fullnat: the backend a SYN's forward entry in `NAT_SYN` (by the
@@ -43,8 +43,8 @@ pub fn pending(s: &mut NatScratch, now: u64, t: &NatTimeouts) -> bool {
     let Some(p) = NAT_SYN.get_ptr(&s.rev) else {
         return false;
     };
-    // SAFETY: as in `nat_copy`.
-    s.value = unsafe { p.read() };
+    // SAFETY: as in `nat_copy`; the scratch is no map element of `NAT_SYN`.
+    unsafe { copy_entry(&mut s.value, p) };
     if s.value.flags & NAT_F_FORWARD != 0 || !ours(s) || nat_expired(&s.value, s.key.proto, now, t)
     {
         return false;
@@ -61,8 +61,8 @@ pub fn pending_port(s: &mut NatScratch, now: u64, t: &NatTimeouts) -> bool {
     let Some(p) = NAT_SYN.get_ptr(&s.key) else {
         return false;
     };
-    // SAFETY: as in `nat_copy`.
-    s.value = unsafe { p.read() };
+    // SAFETY: as in `nat_copy`; the scratch is no map element of `NAT_SYN`.
+    unsafe { copy_entry(&mut s.value, p) };
     if s.value.flags & NAT_F_FORWARD == 0
         || s.value.backend_id != s.backend_id
         || nat_expired(&s.value, s.key.proto, now, t)

@@ -112,7 +112,12 @@ pub const CONFIG_SIZED: &[&str] = &[
 /// Per-CPU arrays that hold the program's working state, not counters:
 /// copied once, never topped up with what the old program added after
 /// the copy.
-pub const SCRATCH: &[&str] = &[names::FLOOD, names::NAT_SCRATCH, names::FULLNAT_CURSOR];
+pub const SCRATCH: &[&str] = &[
+    names::FLOOD,
+    names::NAT_SCRATCH,
+    names::FULLNAT_CURSOR,
+    names::NAT_CLOCK,
+];
 
 /// An entry converter: the old key and value to the new ones, or `None`.
 pub type EntryFn = fn(&[u8], &[u8]) -> Option<(Vec<u8>, Vec<u8>)>;
